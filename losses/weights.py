@@ -1,0 +1,178 @@
+"""Pretrained weights: where they are looked for, how they are verified and loaded.
+
+Resolution order (SPEC §4): an explicit directory or ``$LOSS_SERVICE_WEIGHTS_DIR`` →
+``$TORCH_HOME/hub/checkpoints`` and the Hugging Face cache → a download, only when asked for
+(``loss-service weights fetch``, or ``LOSS_SERVICE_AUTO_DOWNLOAD=1``).
+Files are read with ``torch.load(weights_only=True)`` or safetensors, never with pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+FETCH_COMMAND = "uv run loss-service weights fetch"
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """One backbone's checkpoint: accepted file names, download URL and hash prefix."""
+
+    name: str
+    filenames: tuple[str, ...]
+    url: str
+    hf_repo: str | None = None
+    hf_filename: str = "model.safetensors"
+    extra_filenames: tuple[str, ...] = field(default=())
+
+    @property
+    def sha256_prefix(self) -> str | None:
+        """torchvision's convention: ``<name>-<first 8+ hex of sha256>.pth``."""
+        match = re.search(r"-([a-f0-9]{6,})\.", self.filenames[0])
+        return match.group(1) if match else None
+
+
+WEIGHT_SPECS: dict[str, WeightSpec] = {
+    spec.name: spec
+    for spec in (
+        WeightSpec("vgg16", ("vgg16-397923af.pth",), "https://download.pytorch.org/models/vgg16-397923af.pth"),
+        WeightSpec("vgg19", ("vgg19-dcbb9e9d.pth",), "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"),
+        WeightSpec(
+            "dinov2",
+            ("dinov2_vitb14_pretrain.pth", "vit_base_patch14_dinov2.lvd142m.safetensors"),
+            "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
+            hf_repo="timm/vit_base_patch14_dinov2.lvd142m",
+        ),
+    )
+}
+
+
+class WeightsError(RuntimeError):
+    """Base class of weight problems; the message says what to do."""
+
+
+class WeightsNotFoundError(WeightsError, FileNotFoundError):
+    def __init__(self, spec: WeightSpec, searched: list[Path]):
+        self.spec = spec
+        self.searched = searched
+        places = "\n  ".join(str(p) for p in searched) or "(no directory configured)"
+        super().__init__(
+            f"weights for {spec.name!r} not found: looked for {' or '.join(spec.filenames)} in\n  {places}\n"
+            f"Fetch them with `{FETCH_COMMAND} --models {spec.name}` (set LOSS_SERVICE_WEIGHTS_DIR to choose "
+            f"the directory), or opt in to random weights explicitly (pretrained=False / --random-weights)."
+        )
+
+
+class ChecksumError(WeightsError):
+    pass
+
+
+def verify_enabled() -> bool:
+    return os.environ.get("LOSS_SERVICE_VERIFY_WEIGHTS", "1") not in ("0", "false", "no")
+
+
+def default_weights_dir() -> Path:
+    """Where ``weights fetch`` writes: the configured directory, else torch's hub cache."""
+    configured = os.environ.get("LOSS_SERVICE_WEIGHTS_DIR")
+    return Path(configured) if configured else Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def _huggingface_dirs(spec: WeightSpec) -> list[Path]:
+    if spec.hf_repo is None:
+        return []
+    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+        os.environ.get("HF_HOME", os.path.join(Path.home(), ".cache", "huggingface")), "hub"
+    )
+    repo_dir = Path(hub) / ("models--" + spec.hf_repo.replace("/", "--")) / "snapshots"
+    return sorted(repo_dir.glob("*"), reverse=True) if repo_dir.is_dir() else [repo_dir]
+
+
+def search_dirs(spec: WeightSpec, weights_dir: str | Path | None = None) -> list[Path]:
+    """Directories searched for ``spec``, in resolution order."""
+    dirs: list[Path] = []
+    explicit = weights_dir or os.environ.get("LOSS_SERVICE_WEIGHTS_DIR")
+    if explicit:
+        dirs.append(Path(explicit))
+    dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
+    dirs.extend(_huggingface_dirs(spec))
+    return dirs
+
+
+def find_weights(spec: WeightSpec, weights_dir: str | Path | None = None) -> Path | None:
+    for directory in search_dirs(spec, weights_dir):
+        names = spec.filenames + ((spec.hf_filename,) if "snapshots" in directory.parts else ())
+        for name in names:
+            candidate = directory / name
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def checksum_status(spec: WeightSpec, path: Path) -> str:
+    """``ok``, ``mismatch`` or ``no-reference`` (no hash is published in the file name)."""
+    prefix = spec.sha256_prefix
+    if prefix is None or path.name != spec.filenames[0]:
+        return "no-reference"
+    return "ok" if sha256_of(path).startswith(prefix) else "mismatch"
+
+
+_verified: set[tuple[str, int, float]] = set()
+
+
+def verify(spec: WeightSpec, path: Path) -> None:
+    """Raise ChecksumError on a hash mismatch; each unchanged file is hashed once per process."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime)
+    if not verify_enabled() or key in _verified:
+        return
+    if checksum_status(spec, path) == "mismatch":
+        raise ChecksumError(
+            f"{path}: sha256 does not start with {spec.sha256_prefix} (torchvision's published hash prefix); "
+            f"the file is corrupt or not the official one. Delete it and run `{FETCH_COMMAND} --models {spec.name}`."
+        )
+    _verified.add(key)
+
+
+def download(spec: WeightSpec, target_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """Download ``spec`` into ``target_dir`` (checking the hash prefix where one is published)."""
+    target_dir = Path(target_dir) if target_dir else default_weights_dir()
+    target_dir.mkdir(parents=True, exist_ok=True)
+    destination = target_dir / spec.filenames[0]
+    torch.hub.download_url_to_file(spec.url, str(destination), hash_prefix=spec.sha256_prefix, progress=progress)
+    return destination
+
+
+def resolve(spec: WeightSpec, weights_dir: str | Path | None = None) -> Path:
+    """Find (or, with ``LOSS_SERVICE_AUTO_DOWNLOAD=1``, download) and verify ``spec``'s file."""
+    path = find_weights(spec, weights_dir)
+    if path is None and os.environ.get("LOSS_SERVICE_AUTO_DOWNLOAD") == "1":
+        path = download(spec, weights_dir)
+    if path is None:
+        raise WeightsNotFoundError(spec, search_dirs(spec, weights_dir))
+    verify(spec, path)
+    return path
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint without unpickling arbitrary objects."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state

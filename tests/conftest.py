@@ -1,0 +1,86 @@
+"""Shared fixtures: generated checkpoints in the real formats, and real photos.
+
+Nothing here downloads. Checkpoints are small-valued deterministic random weights written in
+torchvision's and DINOv2's file layouts; the real loader reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# Point every cache at empty directories before anything reads them, so no test can pick
+# up (or download) real weights, and make generated checkpoints acceptable.
+_SANDBOX = Path(tempfile.mkdtemp(prefix="loss-service-tests-"))
+os.environ["TORCH_HOME"] = str(_SANDBOX / "torch")
+os.environ["HF_HOME"] = str(_SANDBOX / "hf")
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ.pop("LOSS_SERVICE_AUTO_DOWNLOAD", None)
+os.environ["LOSS_SERVICE_VERIFY_WEIGHTS"] = "0"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+GENERATED_SEED = 1234
+
+
+def generated_vgg_state(name: str) -> dict[str, torch.Tensor]:
+    """A torchvision-format ``features.*`` state dict with deterministic random weights."""
+    import torchvision
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(GENERATED_SEED)
+        features = getattr(torchvision.models, name)(weights=None).features
+    return {f"features.{k}": v for k, v in features.state_dict().items()}
+
+
+def generated_dinov2_official_state() -> dict[str, torch.Tensor]:
+    """The official ``dinov2_vitb14_pretrain.pth`` layout (mask_token included), random weights."""
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(GENERATED_SEED)
+        model = timm.create_model("vit_base_patch14_dinov2.lvd142m", pretrained=False, num_classes=0)
+        state = dict(model.state_dict())
+        state["mask_token"] = torch.zeros(1, 768)
+    return state
+
+
+def write_weights(directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(generated_vgg_state("vgg16"), directory / "vgg16-397923af.pth")
+    torch.save(generated_vgg_state("vgg19"), directory / "vgg19-dcbb9e9d.pth")
+    torch.save(generated_dinov2_official_state(), directory / "dinov2_vitb14_pretrain.pth")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def weights_dir() -> Path:
+    """A weights directory holding all three generated checkpoints; set as the default dir."""
+    directory = write_weights(_SANDBOX / "weights")
+    os.environ["LOSS_SERVICE_WEIGHTS_DIR"] = str(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[np.ndarray]:
+    """scikit-image's bundled photos (uint8 RGB); chelsea and coffee are non-square."""
+    from skimage import data
+
+    return [data.astronaut()[:256, :256], data.chelsea(), data.coffee()[:200, :300]]
+
+
+def degrade(image: np.ndarray, seed: int) -> np.ndarray:
+    """A blurred, noisy, re-quantised copy of a uint8 image."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    blurred = gaussian_filter(image.astype(np.float64), sigma=(1.0, 1.0, 0))
+    return np.clip(blurred + rng.normal(0, 6, image.shape), 0, 255).round().astype(np.uint8)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """uint8 H×W×C → (1, C, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(image).permute(2, 0, 1).unsqueeze(0).float() / 255.0

@@ -1,0 +1,81 @@
+"""PSNR/SSIM against scikit-image on its bundled photos. Tolerance: |Δ| ≤ 1e-6."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.color import rgb2ycbcr
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from losses import SSIMLoss, psnr, ssim
+
+from .conftest import degrade, to_tensor
+
+TOL = 1e-6
+
+
+def reference(gt: np.ndarray, sr: np.ndarray, crop_border: int, y_channel: bool) -> tuple[float, float]:
+    """scikit-image on the [0, 255] scale; Y via skimage's rgb2ycbcr (MATLAB's BT.601 matrix)."""
+    if y_channel:
+        gt, sr = rgb2ycbcr(gt)[..., 0], rgb2ycbcr(sr)[..., 0]
+    else:
+        gt, sr = gt.astype(np.float64), sr.astype(np.float64)
+    if crop_border:
+        gt, sr = gt[crop_border:-crop_border, crop_border:-crop_border], sr[crop_border:-crop_border, crop_border:-crop_border]
+    channel_axis = None if y_channel else -1
+    s = structural_similarity(
+        gt, sr, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=channel_axis
+    )
+    return peak_signal_noise_ratio(gt, sr, data_range=255), s
+
+
+@pytest.mark.parametrize("crop_border,y_channel", [(0, False), (0, True), (4, False), (4, True)])
+def test_matches_scikit_image(photos, crop_border, y_channel):
+    for index, gt in enumerate(photos):
+        sr = degrade(gt, seed=index)
+        ref_psnr, ref_ssim = reference(gt, sr, crop_border, y_channel)
+        ours_psnr = psnr(to_tensor(sr), to_tensor(gt), crop_border=crop_border, y_channel=y_channel)
+        ours_ssim = ssim(to_tensor(sr), to_tensor(gt), crop_border=crop_border, y_channel=y_channel)
+        assert ours_psnr.dtype == torch.float64 and ours_psnr.shape == (1,)
+        assert abs(ours_psnr.item() - ref_psnr) <= TOL, (gt.shape, ours_psnr.item(), ref_psnr)
+        assert abs(ours_ssim.item() - ref_ssim) <= TOL, (gt.shape, ours_ssim.item(), ref_ssim)
+
+
+def test_batch_gives_one_value_per_image(photos):
+    gt = photos[0]
+    batch_gt = torch.cat([to_tensor(gt)] * 3)
+    batch_sr = torch.cat([to_tensor(degrade(gt, seed=s)) for s in range(3)])
+    values = ssim(batch_sr, batch_gt)
+    assert values.shape == (3,)
+    for i in range(3):
+        assert abs(values[i].item() - ssim(batch_sr[i : i + 1], batch_gt[i : i + 1]).item()) <= 1e-12
+
+
+def test_identical_images(photos):
+    x = to_tensor(photos[1])
+    assert math.isinf(psnr(x, x).item()) and psnr(x, x).item() > 0
+    assert abs(ssim(x, x).item() - 1.0) <= 1e-12
+
+
+def test_y_channel_formula_by_hand():
+    x = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64).view(1, 3, 1, 1).expand(1, 3, 16, 16)
+    from losses.psnr_ssim import rgb_to_y
+
+    expected = 16 + 65.481 * 0.2 + 128.553 * 0.5 + 24.966 * 0.9
+    assert abs(rgb_to_y(x.double())[0, 0, 0, 0].item() - expected) <= 1e-9
+
+
+def test_too_small_for_window():
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="at least 11"):
+        ssim(x, x)
+
+
+def test_ssim_loss_is_differentiable_and_consistent(photos):
+    gt, sr = to_tensor(photos[0]), to_tensor(degrade(photos[0], seed=7)).requires_grad_(True)
+    loss = SSIMLoss()(sr, gt)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(sr.grad).all() and sr.grad.abs().sum() > 0
+    # data range 1 on [0, 1] equals data range 255 on [0, 255]; float32 vs float64 rounding only.
+    assert abs((1 - loss.item()) - ssim(sr.detach(), gt).item()) <= 1e-4
