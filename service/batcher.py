@@ -1,0 +1,188 @@
+"""A generic dynamic batcher: it groups keyed work items and runs a batch callable on them.
+
+It knows nothing about metrics or tensors. Items with equal keys can share one call of
+``run_batch(key, payloads) -> results``. A dedicated worker thread (one per device) takes the
+oldest item's key and every queued item with that key, up to ``max_batch_size`` items or
+``max_batch_pixels`` cost; with ``max_delay_s`` > 0 a batch may wait that long after its first
+item for company, and with 0 the worker never waits while work is queued.
+
+Faults: ``run_batch`` raises ``BatchTooLarge`` (e.g. on out-of-memory) to have the batch
+split in halves and retried; any other exception makes each item run alone, so one bad
+item fails alone. Results may also be exception instances, which fail their item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable, Sequence
+
+
+class QueueFull(Exception):
+    """The queue holds ``max_queue`` items; the caller should retry later."""
+
+
+class BatchTooLarge(Exception):
+    """Raised by ``run_batch`` when the batch does not fit; the batcher splits it."""
+
+
+class ShuttingDown(Exception):
+    """The batcher no longer accepts work."""
+
+
+@dataclass
+class Outcome:
+    value: Any
+    queue_s: float
+    compute_s: float
+    batch_size: int
+
+
+@dataclass
+class _Item:
+    key: Hashable
+    payload: Any
+    cost: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+BatchObserver = Callable[[Hashable, int, float], None]
+
+
+class Batcher:
+    def __init__(
+        self,
+        run_batch: Callable[[Hashable, Sequence[Any]], Sequence[Any]],
+        *,
+        max_batch_size: int = 16,
+        max_batch_cost: int | None = None,
+        max_delay_s: float = 0.0,
+        max_queue: int | None = None,
+        on_batch: BatchObserver | None = None,
+        name: str = "batcher",
+    ):
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_batch_cost = max_batch_cost
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+
+    @property
+    def depth(self) -> int:
+        """Items queued and not yet taken into a batch."""
+        return len(self._queue)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def submit(self, key: Hashable, payload: Any, cost: int = 1) -> Outcome:
+        loop = asyncio.get_running_loop()
+        item = _Item(key, payload, cost, loop, loop.create_future())
+        with self._cond:
+            if self._stopping:
+                raise ShuttingDown("the batcher is shutting down")
+            if self.max_queue is not None and len(self._queue) >= self.max_queue:
+                raise QueueFull(f"queue full ({self.max_queue} items)")
+            self._queue.append(item)
+            self._cond.notify()
+        return await item.future
+
+    async def stop(self) -> None:
+        """Finish everything already queued, then end the worker thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
+
+    # --- worker thread -------------------------------------------------------------------
+
+    def _compatible(self, key: Hashable) -> list[_Item]:
+        batch, cost = [], 0
+        for item in self._queue:
+            if item.key != key:
+                continue
+            if batch and self.max_batch_cost is not None and cost + item.cost > self.max_batch_cost:
+                break
+            batch.append(item)
+            cost += item.cost
+            if len(batch) == self.max_batch_size:
+                break
+        return batch
+
+    def _is_full(self, batch: list[_Item]) -> bool:
+        if len(batch) >= self.max_batch_size:
+            return True
+        return self.max_batch_cost is not None and sum(item.cost for item in batch) >= self.max_batch_cost
+
+    def _next_batch(self) -> list[_Item] | None:
+        with self._cond:
+            while not self._queue:
+                if self._stopping:
+                    return None
+                self._cond.wait()
+            first = self._queue[0]
+            deadline = first.enqueued + self.max_delay_s
+            batch = self._compatible(first.key)
+            while not self._stopping and not self._is_full(batch) and (remaining := deadline - time.perf_counter()) > 0:
+                self._cond.wait(remaining)
+                batch = self._compatible(first.key)
+            for item in batch:
+                self._queue.remove(item)
+            return batch
+
+    def _work(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            self._run(batch)
+
+    def _run(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            results = list(self._run_batch(batch[0].key, [item.payload for item in batch]))
+            if len(results) != len(batch):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
+        except BatchTooLarge as exc:
+            if len(batch) == 1:
+                self._settle(batch[0], exc, started, time.perf_counter(), 1)
+            else:
+                half = len(batch) // 2
+                self._run(batch[:half])
+                self._run(batch[half:])
+            return
+        except Exception as exc:  # noqa: BLE001 - isolate the failing item
+            if len(batch) == 1:
+                self._settle(batch[0], exc, started, time.perf_counter(), 1)
+            else:
+                for item in batch:
+                    self._run([item])
+            return
+        finished = time.perf_counter()
+        if self._on_batch is not None:
+            self._on_batch(batch[0].key, len(batch), finished - started)
+        for item, result in zip(batch, results):
+            self._settle(item, result, started, finished, len(batch))
+
+    @staticmethod
+    def _settle(item: _Item, result: Any, started: float, finished: float, size: int) -> None:
+        def resolve() -> None:
+            if item.future.done():  # the client went away
+                return
+            if isinstance(result, BaseException):
+                item.future.set_exception(result)
+            else:
+                item.future.set_result(Outcome(result, started - item.enqueued, finished - started, size))
+
+        try:
+            item.loop.call_soon_threadsafe(resolve)
+        except RuntimeError:  # the event loop is already closed: nobody is waiting
+            pass

@@ -1,0 +1,146 @@
+"""Decode uploads into float32 H×W×3 arrays in [0, 1] (SPEC §2), or fail with a clear 4xx.
+
+PNG (8/16 bit), JPEG, WebP, BMP, TIFF and NumPy ``.npy`` (never with pickle). Alpha is dropped
+with a warning; palette, grayscale and CMYK become RGB; EXIF orientation is not applied.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import invalid, too_large, unsupported
+
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
+NPY_MAGIC = b"\x93NUMPY"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NPY_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+NPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+@dataclass
+class Decoded:
+    pixels: np.ndarray  # float32, H×W×3, [0, 1]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.pixels.shape[0], self.pixels.shape[1]
+
+
+def decode(data: bytes, field_name: str, max_pixels: int | None = None) -> Decoded:
+    if not data:
+        raise unsupported(field_name, f"{field_name}: empty file")
+    if data.startswith(NPY_MAGIC):
+        return _decode_npy(data, field_name, max_pixels)
+    return _decode_image(data, field_name, max_pixels)
+
+
+def _check_pixels(field_name: str, height: int, width: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and height * width > max_pixels:
+        raise too_large(field_name, f"{field_name}: {width}×{height} = {width * height} pixels exceeds the limit of {max_pixels}")
+
+
+def _to_rgb(array: np.ndarray, field_name: str, warnings: list[str]) -> np.ndarray:
+    """H×W or H×W×C (C in 1, 2, 3, 4) → H×W×3, dropping alpha with a warning."""
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[2] not in (1, 2, 3, 4):
+        raise invalid(field_name, f"{field_name}: expected H×W or H×W×C with C in 1..4, got shape {array.shape}")
+    if array.shape[2] in (2, 4):
+        warnings.append(f"{field_name}: alpha channel dropped")
+        array = array[..., :-1]
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    return np.ascontiguousarray(array)
+
+
+def _decode_npy(data: bytes, field_name: str, max_pixels: int | None) -> Decoded:
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(stream)  # the header alone: check the size before loading
+    except Exception as exc:  # noqa: BLE001 - any malformed header is the client's
+        raise unsupported(field_name, f"{field_name}: malformed .npy header ({exc})") from None
+    if dtype.hasobject:
+        raise unsupported(field_name, f"{field_name}: .npy object arrays are refused (they need pickle)")
+    if len(shape) not in (2, 3):
+        raise invalid(field_name, f"{field_name}: .npy must be H×W or H×W×C, got shape {shape}")
+    _check_pixels(field_name, shape[0], shape[1], max_pixels)
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001
+        raise unsupported(field_name, f"{field_name}: unreadable .npy ({exc})") from None
+    warnings: list[str] = []
+    if array.dtype in NPY_SCALES:
+        pixels = array.astype(np.float32) / NPY_SCALES[array.dtype]
+    elif array.dtype in NPY_FLOATS:
+        pixels = array.astype(np.float32)
+        if not np.isfinite(pixels).all():
+            raise invalid(field_name, f"{field_name}: .npy holds NaN or Inf values")
+        if pixels.min(initial=0.0) < 0.0 or pixels.max(initial=0.0) > 1.0:
+            warnings.append(f"{field_name}: float values outside [0, 1] were clamped")
+            pixels = pixels.clip(0.0, 1.0)
+    else:
+        raise unsupported(field_name, f"{field_name}: .npy dtype {array.dtype} unsupported; use uint8, uint16, float16 or float32")
+    return Decoded(_to_rgb(pixels, field_name, warnings), warnings)
+
+
+def _is_16bit_color_png(data: bytes) -> bool:
+    # IHDR: bit depth at byte 24, colour type at 25 (2 = RGB, 6 = RGBA, 4 = grey + alpha).
+    return data.startswith(PNG_MAGIC) and len(data) > 25 and data[24] == 16 and data[25] in (2, 4, 6)
+
+
+def _decode_16bit_png(data: bytes) -> np.ndarray:
+    """Pillow reduces 16-bit colour PNGs to 8 bits; pypng keeps every bit."""
+    import png
+
+    width, height, rows, info = png.Reader(bytes=data).asDirect()
+    planes = info["planes"]
+    return np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
+
+
+def _decode_image(data: bytes, field_name: str, max_pixels: int | None) -> Decoded:
+    try:
+        image = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise too_large(field_name, f"{field_name}: {exc}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        raise unsupported(field_name, f"{field_name}: not a decodable image; accepted: {', '.join(IMAGE_FORMATS)} or .npy") from None
+    if image.format not in IMAGE_FORMATS:
+        raise unsupported(field_name, f"{field_name}: format {image.format} unsupported; accepted: {', '.join(IMAGE_FORMATS)} or .npy")
+    width, height = image.size
+    _check_pixels(field_name, height, width, max_pixels)
+    warnings: list[str] = []
+    try:
+        if _is_16bit_color_png(data):
+            array = _decode_16bit_png(data).astype(np.float32) / 65535.0
+        else:
+            array = _pil_to_float(image, warnings)
+    except Image.DecompressionBombError as exc:
+        raise too_large(field_name, f"{field_name}: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise unsupported(field_name, f"{field_name}: truncated or corrupt {image.format} ({exc})") from None
+    return Decoded(_to_rgb(array, field_name, warnings), warnings)
+
+
+def _pil_to_float(image: Image.Image, warnings: list[str]) -> np.ndarray:
+    mode = image.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0
+    if mode == "I":
+        array = np.asarray(image)
+        return array.astype(np.float32) / (65535.0 if array.max(initial=0) > 255 else 255.0)
+    if mode == "F":
+        return np.asarray(image, dtype=np.float32).clip(0.0, 1.0)
+    if mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "1"):
+        image = image.convert("RGB" if mode != "1" else "L")
+    elif mode not in ("RGB", "RGBA", "L", "LA"):
+        image = image.convert("RGBA" if "A" in mode else "RGB")
+    return np.asarray(image, dtype=np.uint8).astype(np.float32) / 255.0

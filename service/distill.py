@@ -1,0 +1,63 @@
+"""/v1/distill: DistillationLoss on tensors sent as a safetensors body (CPU, off the event loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import torch
+
+from losses import DistillationLoss
+
+from .errors import invalid, unsupported
+from .models import DistillResponse
+
+REQUIRED = ("teacher_logits", "student_logits", "labels")
+
+
+def _feature_list(tensors: dict[str, torch.Tensor], prefix: str) -> list[torch.Tensor]:
+    indices = sorted(int(k.split(".", 1)[1]) for k in tensors if k.startswith(prefix + ".") and k.split(".", 1)[1].isdigit())
+    if indices != list(range(len(indices))):
+        raise invalid("body", f"{prefix}.<i> must be numbered 0..n-1, got {indices}")
+    return [tensors[f"{prefix}.{i}"].float() for i in indices]
+
+
+def compute(body: bytes, config_text: str) -> DistillResponse:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    try:
+        config = json.loads(config_text)
+    except json.JSONDecodeError as exc:
+        raise invalid("config", f"config: not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise invalid("config", "config: must be a JSON object of DistillationLoss keyword arguments")
+    try:
+        loss = DistillationLoss(**config)
+    except (TypeError, ValueError) as exc:
+        raise invalid("config", f"config: {exc}") from None
+    try:
+        tensors = load(body)
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as exc:
+        raise unsupported("body", f"body: not a safetensors file ({exc})") from None
+    missing = [name for name in REQUIRED if name not in tensors]
+    if missing:
+        raise invalid("body", f"body: missing tensor(s) {missing}; present: {sorted(tensors)}")
+    extra = tensors.get("student_logits_teacher_features")
+    try:
+        result = loss(
+            tensors["teacher_logits"].float(),
+            _feature_list(tensors, "teacher_features"),
+            tensors["student_logits"].float(),
+            _feature_list(tensors, "student_features"),
+            tensors["labels"].float(),
+            None if extra is None else extra.float(),
+        )
+    except (ValueError, RuntimeError, IndexError) as exc:
+        raise invalid("body", f"body: {exc}") from None
+    total = result.pop("total")
+    return DistillResponse(components=result, total=float(total))
+
+
+async def run(service, body: bytes, config_text: str) -> DistillResponse:
+    return await asyncio.get_running_loop().run_in_executor(service.decode_pool, compute, body, config_text)

@@ -1,0 +1,35 @@
+"""Client-facing errors: an HTTP status plus a machine-readable detail naming the field.
+
+The detail has FastAPI's own validation shape, ``[{"loc": [...], "msg": ..., "type": ...}]``,
+so clients parse one format for every 4xx.
+"""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    def __init__(self, status: int, field: str | None, message: str, kind: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.field, self.message, self.kind, self.headers = status, field, message, kind, headers
+
+    @property
+    def detail(self) -> list[dict]:
+        loc = ["body", self.field] if self.field else ["request"]
+        return [{"loc": loc, "msg": self.message, "type": self.kind}]
+
+
+def too_large(field: str, message: str) -> ServiceError:
+    return ServiceError(413, field, message, "too_large")
+
+
+def unsupported(field: str, message: str) -> ServiceError:
+    return ServiceError(415, field, message, "unsupported_media")
+
+
+def invalid(field: str, message: str) -> ServiceError:
+    return ServiceError(422, field, message, "invalid")
+
+
+def unavailable(field: str | None, message: str, retry_after: int | None = None) -> ServiceError:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return ServiceError(503, field, message, "unavailable", headers)

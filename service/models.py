@@ -1,0 +1,66 @@
+"""Pydantic models of the HTTP responses (they also document the API in /docs)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Timing(BaseModel):
+    queue: float = Field(description="ms waiting for a device batch")
+    compute: float = Field(description="ms of the device batch this request ran in")
+    total: float = Field(description="ms from request received to response ready")
+
+
+class ScoreResponse(BaseModel):
+    scores: dict[str, float | None] = Field(description="per-metric values; composite metrics add '<name>.<component>'; null where not finite")
+    pretrained: bool
+    device: str
+    precision: str
+    timing_ms: Timing
+    warnings: list[str] = []
+
+
+class ItemError(BaseModel):
+    status: int
+    detail: list[dict] | str
+
+
+class BatchItemError(BaseModel):
+    error: ItemError
+
+
+class BatchResponse(BaseModel):
+    results: list[ScoreResponse | BatchItemError]
+    mean: dict[str, float | None] = Field(description="mean over the successful triplets (finite values only)")
+
+
+class MetricInfo(BaseModel):
+    name: str
+    lower_is_better: bool
+    needs: list[str]
+    options: dict
+    backbone: str | None
+    description: str
+    available: bool
+
+
+class ModelInfo(BaseModel):
+    loaded: bool
+    pretrained: bool
+    device: str
+    error: str | None = None
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    draining: bool
+    pretrained: bool
+    device: str
+    precision: str
+    models: dict[str, ModelInfo]
+    missing: list[str]
+
+
+class DistillResponse(BaseModel):
+    components: dict[str, float]
+    total: float

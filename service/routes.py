@@ -1,0 +1,82 @@
+"""Thin route functions: parse the request, hand it to the service, return its model."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+
+from . import distill
+from .errors import invalid
+from .models import BatchResponse, DistillResponse, MetricInfo, ScoreResponse
+from .scoring import DEFAULT_METRICS
+
+METRICS_HELP = f"comma list of metric names (GET /v1/metrics); default {DEFAULT_METRICS}"
+OPTIONS_HELP = 'JSON object of metric options, e.g. {"crop_border": 4, "y_channel": true}'
+ERRORS = {
+    401: {"description": "missing or wrong API key"},
+    413: {"description": "body or image too large"},
+    415: {"description": "undecodable or unsupported data"},
+    422: {"description": "invalid request; detail names the field"},
+    503: {"description": "overloaded (Retry-After), shutting down, or a needed model is missing"},
+}
+
+
+async def reject_duplicates(request: Request, fields: tuple[str, ...]) -> None:
+    form = await request.form()  # parsed once by FastAPI already; cached on the request
+    for name in fields:
+        if len(form.getlist(name)) > 1:
+            raise invalid(name, f"{name} given {len(form.getlist(name))} times; /v1/score takes one triplet (use /v1/score/batch)")
+
+
+def build_router(service) -> APIRouter:
+    router = APIRouter(prefix="/v1", responses=ERRORS)
+
+    @router.post("/score", response_model=ScoreResponse, tags=["scoring"])
+    async def score(
+        request: Request,
+        sr: UploadFile = File(..., description="super-resolved image"),
+        gt: UploadFile = File(..., description="ground truth, same H×W as sr"),
+        lr: UploadFile | None = File(None, description="low-resolution input (any size up to sr's)"),
+        teacher: UploadFile | None = File(None, description="teacher output, same H×W as sr (metric kd)"),
+        metrics: str = Form(DEFAULT_METRICS, description=METRICS_HELP),
+        options: str = Form("{}", description=OPTIONS_HELP),
+    ) -> ScoreResponse:
+        await reject_duplicates(request, ("sr", "gt", "lr", "teacher", "metrics", "options"))
+        plan = service.scorer.plan(metrics, options)
+        return await service.score(dict(sr=sr, gt=gt, lr=lr, teacher=teacher), plan)
+
+    @router.post("/score/batch", response_model=BatchResponse, tags=["scoring"])
+    async def score_batch(
+        sr: list[UploadFile] = File(..., description="SR images; the i-th of each field form triplet i"),
+        gt: list[UploadFile] = File(..., description="ground truths, paired with sr by order"),
+        lr: list[UploadFile] | None = File(None, description="LR inputs, paired by order"),
+        teacher: list[UploadFile] | None = File(None, description="teacher outputs, paired by order"),
+        metrics: str = Form(DEFAULT_METRICS, description=METRICS_HELP),
+        options: str = Form("{}", description=OPTIONS_HELP),
+    ) -> BatchResponse:
+        plan = service.scorer.plan(metrics, options)
+        return await service.score_batch(dict(sr=sr, gt=gt, lr=lr or [], teacher=teacher or []), plan)
+
+    @router.post(
+        "/distill",
+        response_model=DistillResponse,
+        tags=["distillation"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "safetensors file: teacher_logits, student_logits, labels, teacher_features.<i>, "
+                "student_features.<i>, optional student_logits_teacher_features",
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
+    async def distill_route(
+        request: Request,
+        config: str = Query("{}", description="DistillationLoss keyword arguments as a JSON object", max_length=4096),
+    ) -> DistillResponse:
+        return await distill.run(service, await request.body(), config)
+
+    @router.get("/metrics", response_model=list[MetricInfo], tags=["catalogue"])
+    async def catalogue() -> list[dict]:
+        return service.catalogue()
+
+    return router

@@ -1,0 +1,220 @@
+"""The scoring engine: loads the backbones once, validates a request against the metric
+registry, and runs batches of decoded triplets on the device. It knows nothing about HTTP
+(errors are ``ServiceError``s with a status) and nothing about loss formulas (the registry
+in ``losses`` computes them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from losses import registry
+from losses.backbones import get_backbone
+from losses.weights import WeightsError
+
+from .batcher import BatchTooLarge
+from .decode import Decoded
+from .device import check_device, select_device
+from .errors import ServiceError, invalid, unavailable
+from .settings import Settings
+
+log = logging.getLogger("loss_service")
+
+DEFAULT_METRICS = "psnr,ssim,perceptual"
+MAX_OPTIONS_CHARS = 4096
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass
+class Job:
+    """One validated triplet: decoded images and the metric plan they are scored with."""
+
+    images: dict[str, np.ndarray]
+    metrics: tuple[str, ...]
+    options: dict[str, dict]
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> tuple:
+        """Jobs with equal keys stack into one batch: same metrics, options and image shapes."""
+        shapes = tuple(sorted((role, image.shape) for role, image in self.images.items()))
+        return self.metrics, json.dumps(self.options, sort_keys=True), shapes
+
+    @staticmethod
+    def backbone_label(key: tuple) -> str:
+        """The backbones a batch with this key ran, e.g. ``vgg16+dinov2`` (``none`` for pixel metrics)."""
+        names, options_json, _ = key
+        options = json.loads(options_json)
+        used = {b for m in registry.get_metrics(names) for b in m.backbones(options[m.name])}
+        return "+".join(sorted(used)) or "none"
+
+    @property
+    def cost(self) -> int:
+        height, width = self.images["sr"].shape[:2]
+        return height * width
+
+
+@dataclass
+class ModelState:
+    loaded: bool
+    pretrained: bool
+    device: str
+    error: str | None = None
+
+
+class Scorer:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.device = select_device(settings.device)
+        self.precision = settings.precision
+        self.pretrained = not settings.random_weights
+        self.models: dict[str, ModelState] = {}
+        self.device_warnings: list[str] = []
+
+    # --- start-up ------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load every configured backbone once; a missing checkpoint is fatal only with --strict."""
+        self.device_warnings = check_device(self.device, self.precision)
+        for name in self.settings.model_names:
+            try:
+                self.backbone(name)
+                self.models[name] = ModelState(True, self.pretrained, str(self.device))
+            except WeightsError as exc:
+                if self.settings.strict:
+                    raise
+                log.warning("model %s unavailable: %s", name, exc)
+                self.models[name] = ModelState(False, self.pretrained, str(self.device), str(exc))
+
+    def backbone(self, name: str):
+        return get_backbone(name, self.device, self.pretrained, self.settings.weights_dir)
+
+    def warmup(self) -> None:
+        """One small forward pass through every metric whose models loaded."""
+        usable = [m.name for m in registry.REGISTRY.values() if self._missing(m, dict(m.options)) is None]
+        rng = np.random.default_rng(0)
+        images = {role: rng.random((32, 32, 3), dtype=np.float32) for role in registry.IMAGE_ROLES}
+        metrics = registry.get_metrics(usable)
+        job = Job(images, tuple(usable), registry.resolve_options(metrics, {}))
+        self.run_batch(job.key, [job])
+
+
+    @property
+    def ready(self) -> bool:
+        return all(state.loaded for state in self.models.values())
+
+    # --- request validation --------------------------------------------------------------
+
+    def _missing(self, metric: registry.Metric, options: dict) -> str | None:
+        for name in sorted(metric.backbones(options)):
+            state = self.models.get(name)
+            if state is None:
+                return f"metric {metric.name!r} needs model {name!r}, which this server does not load (see --models)"
+            if not state.loaded:
+                return f"metric {metric.name!r} needs model {name!r}: {state.error}"
+        return None
+
+    def plan(self, metrics_field: str | None, options_field: str | None) -> tuple[tuple[str, ...], dict[str, dict]]:
+        """Parse the ``metrics`` and ``options`` form fields into a validated plan."""
+        names = [n.strip() for n in (metrics_field or DEFAULT_METRICS).split(",") if n.strip()]
+        options_text = options_field or "{}"
+        if len(options_text) > MAX_OPTIONS_CHARS:
+            raise invalid("options", f"options: {len(options_text)} characters; at most {MAX_OPTIONS_CHARS}")
+        try:
+            options = json.loads(options_text)
+        except json.JSONDecodeError as exc:
+            raise invalid("options", f"options: not valid JSON ({exc})") from None
+        if not isinstance(options, dict):
+            raise invalid("options", "options: must be a JSON object, e.g. {\"crop_border\": 4}")
+        try:
+            metrics = registry.get_metrics(names)
+            per_metric = registry.resolve_options(metrics, options)
+        except registry.MetricError as exc:
+            raise invalid(exc.field, str(exc)) from None
+        for metric in metrics:
+            if (reason := self._missing(metric, per_metric[metric.name])) is not None:
+                raise unavailable("metrics", reason)
+        return tuple(m.name for m in metrics), per_metric
+
+    def job(self, plan: tuple[tuple[str, ...], dict[str, dict]], decoded: dict[str, Decoded]) -> Job:
+        """Check the images against each other and the metrics' needs."""
+        names, options = plan
+        try:
+            registry.check_images(registry.get_metrics(names), decoded)
+        except registry.MetricError as exc:
+            raise invalid(exc.field, str(exc)) from None
+        sr_size = decoded["sr"].size
+        for role in ("gt", "teacher"):
+            if role in decoded and decoded[role].size != sr_size:
+                raise invalid(role, f"{role} is {_hw(decoded[role].size)} but sr is {_hw(sr_size)}; they must match")
+        if "lr" in decoded and (decoded["lr"].size[0] > sr_size[0] or decoded["lr"].size[1] > sr_size[1]):
+            raise invalid("lr", f"lr is {_hw(decoded['lr'].size)}, larger than sr {_hw(sr_size)}; were the fields swapped?")
+        warnings = [w for d in decoded.values() for w in d.warnings]
+        return Job({role: d.pixels for role, d in decoded.items()}, names, options, warnings)
+
+    # --- device work (runs on the batcher's thread) --------------------------------------
+
+    def _to_device(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        if self.device.type == "cuda":
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.contiguous()
+
+    def compute_batch(self, jobs: Sequence[Job]) -> dict[str, torch.Tensor]:
+        first = jobs[0]
+        images = {role: self._to_device([job.images[role] for job in jobs]) for role in first.images}
+        autocast = (
+            torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+            if self.precision in AUTOCAST_DTYPES
+            else nullcontext()
+        )
+        with torch.inference_mode(), autocast:
+            return registry.compute(registry.get_metrics(first.metrics), images, first.options, self.backbone)
+
+    def run_batch(self, key: Any, jobs: Sequence[Job]) -> list[dict[str, float]]:
+        try:
+            scores = self.compute_batch(jobs)
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise BatchTooLarge(f"out of memory at batch size {len(jobs)}") from None
+        except (ValueError, registry.MetricError) as exc:
+            raise invalid("sr", str(exc)) from None
+        columns = {name: values.double().cpu().tolist() for name, values in scores.items()}
+        return [{name: values[i] for name, values in columns.items()} for i in range(len(jobs))]
+
+
+def _hw(size: tuple[int, int]) -> str:
+    return f"{size[1]}×{size[0]}"
+
+
+def finite_scores(scores: dict[str, float]) -> tuple[dict[str, float | None], list[str]]:
+    """JSON has no inf/NaN: report them as null with a warning (identical images → PSNR inf)."""
+    out: dict[str, float | None] = {}
+    warnings = []
+    for name, value in scores.items():
+        if math.isfinite(value):
+            out[name] = value
+        else:
+            out[name] = None
+            reason = "identical images (MSE is 0)" if value == math.inf and name.startswith("psnr") else "not finite"
+            warnings.append(f"{name}: {value} reported as null ({reason})")
+    return out, warnings
+
+
+def too_large_for_device(settings: Settings, exc: BaseException) -> ServiceError:
+    limit = settings.max_image_pixels
+    return ServiceError(
+        413, "sr",
+        f"{exc}: a single image does not fit in device memory; "
+        f"the pixel limit (--max-image-pixels) is {limit if limit else 'unset'}; send smaller images",
+        "too_large",
+    )

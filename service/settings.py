@@ -1,0 +1,46 @@
+"""Server settings: every field is a ``serve`` flag and a ``LOSS_SERVICE_<NAME>`` variable."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KNOWN_MODELS = ("vgg16", "vgg19", "dinov2")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOSS_SERVICE_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="interface to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:N'")
+    models: str = Field(",".join(KNOWN_MODELS), description="comma list of backbones to load")
+    weights_dir: str | None = Field(None, description="directory searched first for checkpoints")
+    random_weights: bool = Field(False, description="explicit opt-in: random backbone weights (responses say pretrained=false)")
+    strict: bool = Field(False, description="fail at start-up when any model's weights are missing")
+    max_batch_size: int = Field(16, ge=1, description="items per device batch")
+    max_batch_pixels: int | None = Field(None, ge=1, description="pixel budget per batch (sum of H×W over items)")
+    max_delay_ms: float = Field(0.0, ge=0, description="how long a batch may wait for company after its first item")
+    max_queue: int | None = Field(None, ge=1, description="queued items before 503 + Retry-After")
+    max_image_pixels: int | None = Field(None, ge=1, description="largest H×W accepted per image (413 above)")
+    max_body_mb: float | None = Field(None, gt=0, description="largest request body in MB (413 above)")
+    api_key: str | None = Field(None, description="bearer token required on /v1/* when set")
+    precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="fp16/bf16 need compute capability ≥ 7.0")
+    decode_threads: int = Field(4, ge=1, description="threads that decode uploads")
+    drain_seconds: float = Field(0.0, ge=0, description="on SIGTERM, keep answering (readyz 503) this long before closing")
+    retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 on overload")
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in KNOWN_MODELS]
+        if unknown:
+            raise ValueError(f"unknown model(s) {unknown}; valid: {list(KNOWN_MODELS)}")
+        return ",".join(names)
+
+    @property
+    def model_names(self) -> list[str]:
+        return [name for name in self.models.split(",") if name]
