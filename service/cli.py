@@ -26,6 +26,7 @@ def _settings_flags(parser: argparse.ArgumentParser) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     import logging
+    import signal
 
     import uvicorn
 
@@ -35,6 +36,9 @@ def serve(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func") and v is not None}
     settings = Settings(**given)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # uvicorn re-raises SIGTERM after its graceful shutdown so that the default action kills the
+    # process (status -15); with this no-op as the handler it restores, a drained server exits 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30, log_level="info")
     return 0
 

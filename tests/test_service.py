@@ -1,0 +1,231 @@
+"""End-to-end tests against a real ``loss-service serve`` process with generated checkpoints."""
+
+import asyncio
+import json
+import math
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from losses import REGISTRY
+from losses.registry import get_metrics, resolve_options
+from service.decode import decode
+
+from .servers import SubprocessServer, metric_value, npy_bytes, png_bytes, random_image
+from .test_registry import library_values
+
+
+@pytest.fixture(scope="module")
+def server(weights_dir):
+    with SubprocessServer("--max-image-pixels", "1000000", "--max-body-mb", "4", "--max-delay-ms", "2") as srv:
+        yield srv
+
+
+def triplet(seed=0, size=(28, 42)):
+    gt = random_image(*size, seed)
+    noise = np.random.default_rng(seed + 100).integers(-20, 21, gt.shape)
+    sr = np.clip(gt.astype(int) + noise, 0, 255).astype(np.uint8)
+    lr = gt[::2, ::2].copy()
+    teacher = np.clip(gt.astype(int) - noise // 2, 0, 255).astype(np.uint8)
+    return {role: png_bytes(a) for role, a in dict(sr=sr, gt=gt, lr=lr, teacher=teacher).items()}
+
+
+def files(images: dict, **extra):
+    return [(role, (f"{role}.png", data, "image/png")) for role, data in images.items()] + list(extra.items())
+
+
+def test_every_catalogue_metric_equals_library(server):
+    images = triplet(seed=1)
+    options = dict(crop_border=2, y_channel=True, perceptual_weight=0.3, lambda_kd=0.5, loss_weight=2.0)
+    catalogue = httpx.get(f"{server.url}/v1/metrics").json()
+    names = [entry["name"] for entry in catalogue]
+    assert sorted(names) == sorted(REGISTRY)
+    response = httpx.post(
+        f"{server.url}/v1/score", files=files(images), data=dict(metrics=",".join(names), options=json.dumps(options)), timeout=120
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["pretrained"] is True and body["device"] == "cpu" and body["precision"] == "fp32"
+    assert set(body["timing_ms"]) == {"queue", "compute", "total"}
+    tensors = {role: torch.from_numpy(decode(data, role).pixels).permute(2, 0, 1)[None] for role, data in images.items()}
+    tensors = {role: torch.cat([t, t]) for role, t in tensors.items()}  # library_values scores per image of a batch
+    per_metric = resolve_options(get_metrics(names), options)
+    with torch.no_grad():
+        expected = library_values(tensors, per_metric)
+    for name, value in expected.items():
+        ours, ref = body["scores"][name], value[0].item()
+        tolerance = 1e-6 if name in ("psnr", "ssim") else 1e-5 * max(abs(ref), 1e-12)
+        assert abs(ours - ref) <= tolerance, (name, ours, ref)
+
+
+def test_identical_images_give_null_psnr_with_warning(server):
+    image = png_bytes(random_image(24, 24, 5))
+    response = httpx.post(f"{server.url}/v1/score", files=files(dict(sr=image, gt=image)), data=dict(metrics="psnr,ssim"))
+    body = response.json()
+    assert response.status_code == 200
+    assert body["scores"]["psnr"] is None and abs(body["scores"]["ssim"] - 1.0) < 1e-12
+    assert any("psnr" in w and "identical" in w for w in body["warnings"])
+
+
+def test_npy_and_alpha_inputs(server):
+    gt = random_image(20, 20, 3)
+    sr_float = (gt.astype(np.float32) / 255.0)
+    rgba = np.dstack([gt, np.full(gt.shape[:2], 255, np.uint8)])
+    response = httpx.post(
+        f"{server.url}/v1/score",
+        files=[("sr", ("sr.npy", npy_bytes(sr_float), "application/octet-stream")), ("gt", ("gt.png", png_bytes(rgba, "RGBA"), "image/png"))],
+        data=dict(metrics="l1"),
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["scores"]["l1"] <= 1e-7
+    assert any("alpha" in w for w in response.json()["warnings"])
+
+
+def test_batch_endpoint_pairs_by_order_and_isolates_failures(server):
+    good = [triplet(seed=s) for s in (2, 3)]
+    bad_gt = png_bytes(random_image(10, 10, 9))
+    upload = []
+    for role in ("sr", "gt"):
+        upload += [(role, (f"{role}{i}.png", t[role], "image/png")) for i, t in enumerate(good)]
+    upload += [("sr", ("sr2.png", good[0]["sr"], "image/png")), ("gt", ("gt2.png", bad_gt, "image/png"))]
+    response = httpx.post(f"{server.url}/v1/score/batch", files=upload, data=dict(metrics="psnr,l1"), timeout=60)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 3
+    assert results[2]["error"]["status"] == 422 and results[2]["error"]["detail"][0]["loc"] == ["body", "gt"]
+    singles = [httpx.post(f"{server.url}/v1/score", files=files({k: t[k] for k in ("sr", "gt")}), data=dict(metrics="psnr,l1")).json() for t in good]
+    for result, single in zip(results[:2], singles):
+        assert result["scores"] == pytest.approx(single["scores"], rel=1e-12)
+    mean = response.json()["mean"]
+    assert mean["psnr"] == pytest.approx((singles[0]["scores"]["psnr"] + singles[1]["scores"]["psnr"]) / 2, rel=1e-12)
+
+
+BAD_INPUTS = {
+    "garbage": (415, "sr", lambda t: files({**t, "sr": b"not an image at all"})),
+    "shape_mismatch": (422, "gt", lambda t: files({**t, "gt": png_bytes(random_image(10, 12, 1))})),
+    "unknown_metric": (422, "metrics", lambda t: files(t, metrics="psnr,bogus")),
+    "missing_image_for_metric": (422, "lr", lambda t: files({k: t[k] for k in ("sr", "gt")}, metrics="clp_vgg19")),
+    "malformed_options": (422, "options", lambda t: files(t, options="{not json")),
+    "wrong_option_type": (422, "options", lambda t: files(t, options='{"crop_border": "four"}')),
+    "too_many_pixels": (413, "sr", lambda t: files({**t, "sr": png_bytes(np.zeros((1001, 1000, 3), np.uint8))})),
+    "missing_gt": (422, "gt", lambda t: files({"sr": t["sr"]})),
+    "pickled_npy": (415, "sr", lambda t: files({**t, "sr": npy_bytes(np.array([{"a": 1}], dtype=object))})),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gets_4xx_naming_the_field_and_server_keeps_serving(server, case):
+    status, field, build = BAD_INPUTS[case]
+    t = {k: v for k, v in triplet(seed=4).items() if k in ("sr", "gt")}
+    parts = build(t)
+    upload = [p for p in parts if isinstance(p[1], tuple)]
+    data = {k: v for k, v in parts if not isinstance(v, tuple)}
+    response = httpx.post(f"{server.url}/v1/score", files=upload, data=data)
+    assert response.status_code == status, response.text
+    detail = response.json()["detail"]
+    assert any(field in entry["loc"] for entry in detail), detail
+    ok = httpx.post(f"{server.url}/v1/score", files=files(t), data=dict(metrics="psnr"))
+    assert ok.status_code == 200
+
+
+def test_body_limit(server):
+    big = b"\x00" * (5 * 2**20)
+    response = httpx.post(f"{server.url}/v1/score", files=[("sr", ("a.png", big, "image/png")), ("gt", ("b.png", big, "image/png"))])
+    assert response.status_code == 413
+    assert "max-body-mb" in response.json()["detail"][0]["msg"]
+
+
+def test_distill_round_trip_equals_library(server):
+    from safetensors.torch import save
+
+    from losses import DistillationLoss
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "teacher_logits": torch.randn(4, 10, generator=g),
+        "student_logits": torch.randn(4, 10, generator=g),
+        "labels": torch.nn.functional.one_hot(torch.arange(4) % 10, 10).float(),
+        "teacher_features.0": torch.randn(4, 6, 8, generator=g),
+        "student_features.0": torch.randn(4, 6, 8, generator=g),
+        "student_logits_teacher_features": torch.randn(4, 10, generator=g),
+    }
+    config = dict(logit_loss="soft_entropy", aux_loss="mk-mmd", tau=2.0, beta=0.5)
+    response = httpx.post(f"{server.url}/v1/distill", params=dict(config=json.dumps(config)), content=save(tensors),
+                          headers={"content-type": "application/octet-stream"})
+    assert response.status_code == 200, response.text
+    expected = DistillationLoss(**config)(
+        tensors["teacher_logits"], [tensors["teacher_features.0"]], tensors["student_logits"], [tensors["student_features.0"]],
+        tensors["labels"], tensors["student_logits_teacher_features"],
+    )
+    body = response.json()
+    assert body["total"] == pytest.approx(float(expected["total"]), rel=1e-6)
+    for name in ("hard", "term1", "term2", "aux"):
+        assert body["components"][name] == pytest.approx(expected[name], rel=1e-6)
+    garbage = httpx.post(f"{server.url}/v1/distill", content=b"garbage", headers={"content-type": "application/octet-stream"})
+    assert garbage.status_code == 415 and garbage.json()["detail"][0]["loc"] == ["body", "body"]
+    missing_tensor = save({k: v for k, v in tensors.items() if k != "student_logits_teacher_features"})
+    no_term2 = httpx.post(f"{server.url}/v1/distill", params=dict(config=json.dumps(config)), content=missing_tensor)
+    assert no_term2.status_code == 422 and "student_logits_teacher_features" in no_term2.text
+
+
+def test_concurrent_same_size_requests_are_batched(server):
+    images = {k: v for k, v in triplet(seed=6, size=(64, 64)).items() if k in ("sr", "gt")}
+
+    async def one(client):
+        r = await client.post("/v1/score", files=files(images), data=dict(metrics="perceptual"))
+        assert r.status_code == 200
+        return r.json()
+
+    async def burst():
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            return await asyncio.gather(*(one(client) for _ in range(24)))
+
+    before = metric_value(httpx.get(f"{server.url}/metrics").text, "loss_service_batch_size_count")
+    results = asyncio.run(burst())
+    text = httpx.get(f"{server.url}/metrics").text
+    batches = metric_value(text, "loss_service_batch_size_count") - before
+    assert batches < 24, "24 concurrent requests never shared a batch"
+    assert max(r["timing_ms"]["queue"] for r in results) >= 0
+    # A lone request's added latency over its raw compute: measured and printed, not asserted.
+    lone = [httpx.post(f"{server.url}/v1/score", files=files(images), data=dict(metrics="perceptual")).json() for _ in range(5)]
+    added = sorted(r["timing_ms"]["total"] - r["timing_ms"]["compute"] for r in lone)
+    print(f"\nlone request: median added latency over compute = {added[2]:.2f} ms (queue {lone[2]['timing_ms']['queue']:.3f} ms)")
+
+
+def test_readyz_catalogue_and_prometheus_names(server):
+    ready = httpx.get(f"{server.url}/readyz").json()
+    assert ready["ready"] and ready["pretrained"] and set(ready["models"]) == {"vgg16", "vgg19", "dinov2"}
+    assert all(m["loaded"] and m["device"] == "cpu" for m in ready["models"].values())
+    entry = {e["name"]: e for e in httpx.get(f"{server.url}/v1/metrics").json()}["psnr"]
+    assert entry["options"] == {"crop_border": 0, "y_channel": False} and entry["lower_is_better"] is False
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in ("loss_service_requests_total", "loss_service_batch_size", "loss_service_queue_wait_seconds",
+                 "loss_service_compute_seconds", "loss_service_queue_depth"):
+        assert name in text, name
+    assert 'endpoint="/v1/score"' in text
+    assert httpx.get(f"{server.url}/docs").status_code == 200
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    assert "multipart/form-data" in schema["paths"]["/v1/score"]["post"]["requestBody"]["content"]
+
+
+def test_sigterm_completes_in_flight_requests(weights_dir):
+    images = {k: v for k, v in triplet(seed=8, size=(112, 112)).items()}
+    with SubprocessServer("--models", "dinov2", "--max-batch-size", "1") as srv:
+
+        async def one(client):
+            return await client.post("/v1/score", files=files(images), data=dict(metrics="clp_dinov2"))
+
+        async def scenario():
+            async with httpx.AsyncClient(base_url=srv.url, timeout=120) as client:
+                tasks = [asyncio.create_task(one(client)) for _ in range(4)]
+                await asyncio.sleep(0.5)  # the requests are in flight
+                srv.process.send_signal(__import__("signal").SIGTERM)
+                return await asyncio.gather(*tasks, return_exceptions=True)
+
+        responses = asyncio.run(scenario())
+        assert all(not isinstance(r, Exception) and r.status_code == 200 for r in responses), responses
+        srv.process.wait(timeout=60)
+        assert srv.process.returncode == 0
