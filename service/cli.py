@@ -12,7 +12,11 @@ import sys
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Settings field; unset flags fall back to LOSS_SERVICE_<NAME> or the default."""
-    from .settings import Settings
+    try:
+        from .settings import Settings
+    except ImportError:  # the client-only install: `serve` explains what to install
+        parser.description = "needs the server extra: pip install 'loss-service[server]'"
+        return
 
     for name, info in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -28,10 +32,14 @@ def serve(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    import uvicorn
+    try:
+        import uvicorn
 
-    from .app import create_app
-    from .settings import Settings
+        from .app import create_app
+        from .settings import Settings
+    except ImportError as exc:
+        print(f"loss-service serve needs the server extra ({exc}): pip install 'loss-service[server]'", file=sys.stderr)
+        return 2
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func") and v is not None}
     settings = Settings(**given)
@@ -82,6 +90,57 @@ def weights_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import run_eval
+
+    return run_eval(args)
+
+
+def score_local(args: argparse.Namespace) -> dict:
+    """Score one triplet in-process with the library (needs the server extra)."""
+    import json
+
+    import torch
+
+    from losses import registry
+    from losses.backbones import get_backbone
+
+    from .decode import decode
+
+    images = {role: getattr(args, role) for role in ("sr", "gt", "lr", "teacher") if getattr(args, role)}
+    tensors = {
+        role: torch.from_numpy(decode(open(path, "rb").read(), role).pixels).permute(2, 0, 1)[None]
+        for role, path in images.items()
+    }
+    metrics = registry.get_metrics([n.strip() for n in args.metrics.split(",") if n.strip()])
+    options = registry.resolve_options(metrics, json.loads(args.options or "{}"))
+    backbone = lambda name: get_backbone(name, "cpu", not args.random_weights, args.weights_dir)  # noqa: E731
+    with torch.inference_mode():
+        scores = registry.compute(metrics, tensors, options, backbone)
+    return {"scores": {name: value.item() for name, value in scores.items()}, "pretrained": not args.random_weights, "device": "cpu"}
+
+
+def score(args: argparse.Namespace) -> int:
+    import json
+
+    if args.local:
+        result = score_local(args)
+    else:
+        from .client import LossClient
+
+        with LossClient(args.url, api_key=args.api_key) as client:
+            result = client.score(args.sr, args.gt, args.lr, args.teacher, args.metrics, **json.loads(args.options or "{}"))
+    if args.as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        width = max(map(len, result["scores"]))
+        for name, value in result["scores"].items():
+            print(f"{name:<{width}}  {value}")
+        for warning in result.get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loss-service", description="Exact SR losses and metrics: server, library tools and client.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -99,6 +158,44 @@ def build_parser() -> argparse.ArgumentParser:
     listing = weights_commands.add_parser("list", help="show which weights are present, their size and checksum status")
     listing.add_argument("--weights-dir", default=None)
     listing.set_defaults(func=weights_list)
+
+    ev = commands.add_parser("eval", help="score folders of SR/GT(/LR) images through a server; CSV + JSON + summary")
+    ev.add_argument("--url", action="append", required=True, help="server base URL; repeat to spread over replicas")
+    ev.add_argument("--sr", required=True, help="folder of SR outputs")
+    ev.add_argument("--gt", required=True, help="folder of ground truths")
+    ev.add_argument("--lr", help="folder of LR inputs (for clp_*)")
+    ev.add_argument("--teacher", help="folder of teacher outputs (for kd)")
+    ev.add_argument("--sr-suffix", default="", help="suffix stripped from SR stems, e.g. _x4 or _SR")
+    ev.add_argument("--lr-suffix", default="", help="suffix stripped from LR stems, e.g. x4")
+    ev.add_argument("--teacher-suffix", default="", help="suffix stripped from teacher stems")
+    ev.add_argument("--metrics", default="psnr,ssim,perceptual", help="comma list (default psnr,ssim,perceptual)")
+    ev.add_argument("--crop-border", type=int, default=None, help="pixels cropped from each edge for psnr/ssim")
+    ev.add_argument("--y-channel", action="store_true", help="psnr/ssim on the BT.601 luma channel")
+    ev.add_argument("--options", default=None, help="further metric options as JSON")
+    ev.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    ev.add_argument("--out", default="results.csv", help="CSV path (default results.csv)")
+    ev.add_argument("--json", default=None, help="JSON report path")
+    ev.add_argument("--resume", action="store_true", help="skip images already in --json (or --out)")
+    ev.add_argument("--api-key", default=None, help="bearer token")
+    ev.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=evaluate)
+
+    one = commands.add_parser("score", help="score one triplet and print the scores")
+    one.add_argument("sr")
+    one.add_argument("gt")
+    one.add_argument("lr", nargs="?")
+    one.add_argument("--teacher")
+    one.add_argument("--metrics", default="psnr,ssim,perceptual")
+    one.add_argument("--options", default=None, help='metric options as JSON, e.g. {"crop_border": 4}')
+    where = one.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", action="append", help="score through a server")
+    where.add_argument("--local", action="store_true", help="score in-process with the library (server extra)")
+    one.add_argument("--api-key", default=None)
+    one.add_argument("--weights-dir", default=None, help="with --local")
+    one.add_argument("--random-weights", action="store_true", help="with --local: explicit opt-in to random weights")
+    one.add_argument("--json", dest="as_json", action="store_true", help="print the full JSON response")
+    one.set_defaults(func=score)
     return parser
 
 

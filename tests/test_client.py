@@ -1,0 +1,255 @@
+"""Client and eval command: against a real server, stub servers for retries/timeouts, and
+the torch-free import."""
+
+import csv
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.cli import main as cli_main
+from service.client import AsyncLossClient, BadRequest, LossClient, RequestTimeout, ServerBusy
+from service.evaluate import pair_folders
+
+from .servers import SubprocessServer, metric_value, npy_bytes, random_image
+
+
+@pytest.fixture(scope="module")
+def server(weights_dir):
+    with SubprocessServer("--models", "vgg16") as srv:
+        yield srv
+
+
+class Stub:
+    """A tiny HTTP server on 127.0.0.1 whose answers a test scripts."""
+
+    def __init__(self, answers=None, delay: float = 0.0):
+        self.answers = list(answers or [])
+        self.delay = delay
+        self.hits = 0
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                stub.hits += 1
+                time.sleep(stub.delay)
+                status, headers = stub.answers.pop(0) if stub.answers else (200, {})
+                body = json.dumps({"scores": {"psnr": 1.0}, "warnings": []} if status == 200 else {"detail": [{"loc": ["request"], "msg": "busy", "type": "unavailable"}]}).encode()
+                self.send_response(status)
+                for k, v in {**headers, "content-type": "application/json", "content-length": str(len(body))}.items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_retries_honour_retry_after_then_succeed():
+    stub = Stub([(503, {"Retry-After": "1"}), (503, {"Retry-After": "1"})])
+    try:
+        started = time.monotonic()
+        result = LossClient(stub.url, backoff=0.01).score(b"x", b"y")
+        assert result["scores"]["psnr"] == 1.0 and stub.hits == 3
+        assert time.monotonic() - started >= 2.0  # waited as the server asked
+    finally:
+        stub.close()
+
+
+def test_async_retries_and_giving_up():
+    import asyncio
+
+    stub = Stub([(503, {"Retry-After": "0"})] * 10)
+    try:
+        async def go():
+            async with AsyncLossClient(stub.url, retries=2, backoff=0.01) as client:
+                return await client.score(b"x", b"y")
+
+        with pytest.raises(ServerBusy) as info:
+            asyncio.run(go())
+        assert info.value.status == 503 and stub.hits == 3
+    finally:
+        stub.close()
+
+
+def test_server_that_never_answers_times_out():
+    stub = Stub(delay=5.0)
+    try:
+        with pytest.raises(RequestTimeout):
+            LossClient(stub.url, timeout=0.5).score(b"x", b"y")
+    finally:
+        stub.close()
+
+
+def test_two_urls_both_receive_traffic():
+    stubs = [Stub(delay=0.05), Stub(delay=0.05)]
+    try:
+        with LossClient([s.url for s in stubs]) as client:
+            results = list(client.score_many([(b"x", b"y")] * 12, concurrency=4))
+        assert len(results) == 12 and all(s.hits >= 3 for s in stubs), [s.hits for s in stubs]
+    finally:
+        for s in stubs:
+            s.close()
+
+
+def test_connection_errors_are_retried_on_another_replica():
+    stub = Stub()
+    dead = "http://127.0.0.1:9"  # discard port: nothing listens
+    try:
+        with LossClient([dead, stub.url], backoff=0.01) as client:
+            results = list(client.score_many([(b"x", b"y")] * 4, concurrency=2))
+        assert len(results) == 4 and stub.hits == 4
+    finally:
+        stub.close()
+
+
+def test_every_image_type_gives_the_same_score(server, tmp_path):
+    import torch
+
+    gt = random_image(24, 32, 1)
+    sr = random_image(24, 32, 2)
+    path = tmp_path / "sr.png"
+    Image.fromarray(sr).save(path)
+    variants = [path, str(path), path.read_bytes(), Image.fromarray(sr), sr, sr.astype(np.float32) / 255,
+                sr.astype(np.uint16) * 257, torch.from_numpy(sr).permute(2, 0, 1).float() / 255]
+    with LossClient(server.url) as client:
+        values = [client.score(v, gt, metrics="psnr,l1")["scores"] for v in variants]
+        with pytest.raises(BadRequest) as info:
+            client.score(sr, gt[:10], metrics="psnr")
+        assert info.value.status == 422 and info.value.detail[0]["loc"] == ["body", "gt"]
+    for v in values[1:]:
+        assert v["psnr"] == pytest.approx(values[0]["psnr"], abs=1e-4) and v["l1"] == pytest.approx(values[0]["l1"], abs=1e-6)
+
+
+def test_distill_through_client(server):
+    g = np.random.default_rng(0)
+    tensors = {"teacher_logits": g.normal(size=(2, 5)).astype(np.float32), "student_logits": g.normal(size=(2, 5)).astype(np.float32),
+               "labels": np.eye(5, dtype=np.float32)[:2]}
+    with LossClient(server.url) as client:
+        result = client.distill(tensors, logit_loss="soft_entropy", lambda2=0.0)
+    assert result["total"] == pytest.approx(result["components"]["hard"] + result["components"]["term1"], rel=1e-6)
+
+
+def make_folders(root: Path) -> dict[str, Path]:
+    dirs = {role: root / role for role in ("sr", "gt", "lr")}
+    for d in dirs.values():
+        d.mkdir()
+    for i in range(4):
+        gt = random_image(32, 32, i)
+        noise = np.random.default_rng(10 + i).integers(-30, 31, gt.shape)
+        sr = np.clip(gt.astype(int) + noise * (i + 1) // 2, 0, 255).astype(np.uint8)
+        Image.fromarray(gt).save(dirs["gt"] / f"img{i}.png")
+        if i % 2:
+            (dirs["sr"] / f"img{i}_x4.npy").write_bytes(npy_bytes(sr.astype(np.float32) / 255))
+        else:
+            Image.fromarray(sr).save(dirs["sr"] / f"img{i}_x4.png")
+        Image.fromarray(gt[::4, ::4]).save(dirs["lr"] / f"img{i}x4.bmp")
+    Image.fromarray(random_image(8, 8, 0)).save(dirs["gt"] / "lonely.png")  # no SR partner
+    Image.fromarray(random_image(16, 16, 0)).save(dirs["sr"] / "img9_x4.png")  # wrong size → fails
+    Image.fromarray(random_image(32, 32, 0)).save(dirs["gt"] / "img9.png")
+    Image.fromarray(random_image(8, 8, 0)).save(dirs["lr"] / "img9x4.png")
+    (dirs["gt"] / "notes.txt").write_text("not an image")
+    return dirs
+
+
+def test_pairing_edge_cases(tmp_path):
+    dirs = make_folders(tmp_path)
+    pairing = pair_folders(dirs, {"sr": "_x4", "lr": "x4"})
+    assert sorted(pairing.pairs) == ["img0", "img1", "img2", "img3", "img9"]
+    assert pairing.pairs["img1"]["sr"].suffix == ".npy" and pairing.pairs["img1"]["lr"].suffix == ".bmp"
+    assert pairing.unpaired == {"gt": ["lonely.png"]}
+    (dirs["gt"] / "img0.jpg").write_bytes((dirs["gt"] / "img0.png").read_bytes())
+    assert any("img0" in a for a in pair_folders(dirs, {"sr": "_x4", "lr": "x4"}).ambiguous)
+    without_suffix = pair_folders({k: dirs[k] for k in ("sr", "gt")}, {})
+    assert not without_suffix.pairs and len(without_suffix.unpaired["sr"]) == 5
+
+
+def test_eval_writes_what_the_server_answers_and_resumes(server, tmp_path, capsys):
+    dirs = make_folders(tmp_path)
+    out, report = tmp_path / "results.csv", tmp_path / "results.json"
+    args = ["eval", "--url", server.url, "--sr", str(dirs["sr"]), "--gt", str(dirs["gt"]), "--lr", str(dirs["lr"]),
+            "--sr-suffix", "_x4", "--lr-suffix", "x4", "--metrics", "psnr,ssim,l1", "--crop-border", "2", "--y-channel",
+            "--out", str(out), "--json", str(report), "--quiet"]
+    assert cli_main(args) == 1  # img9 failed (size mismatch)
+    data = json.loads(report.read_text())
+    assert [r["image"] for r in data["results"]] == ["img0", "img1", "img2", "img3"]
+    assert data["failures"][0]["image"] == "img9" and data["failures"][0]["status"] == 422
+    assert data["server"]["pretrained"] is True and data["server"]["device"] == "cpu"
+    assert data["unpaired"] == {"gt": ["lonely.png"]}
+    with LossClient(server.url) as client:
+        for i in range(4):
+            expected = client.score(*(data_path(dirs, "sr", f"img{i}"), dirs["gt"] / f"img{i}.png"), metrics="psnr,ssim,l1",
+                                    crop_border=2, y_channel=True)["scores"]
+            row = next(r for r in csv.DictReader(out.open()) if r["image"] == f"img{i}")
+            assert {k: float(v) for k, v in row.items() if k != "image"} == expected
+            assert data["results"][i]["scores"] == expected
+    summary = data["summary"]["psnr"]
+    values = [r["scores"]["psnr"] for r in data["results"]]
+    assert summary["mean"] == pytest.approx(np.mean(values)) and summary["min"] == min(values)
+    assert summary["worst"][0]["value"] == min(values)  # psnr: higher is better, so the worst is the lowest
+    printed = capsys.readouterr().err
+    assert "lonely.png" in printed and "img9" in printed
+
+    (dirs["sr"] / "img9_x4.png").unlink()
+    Image.fromarray(random_image(32, 32, 5)).save(dirs["sr"] / "img5_x4.png")
+    Image.fromarray(random_image(32, 32, 6)).save(dirs["gt"] / "img5.png")
+    Image.fromarray(random_image(8, 8, 6)).save(dirs["lr"] / "img5x4.png")
+    before = metric_value(httpx.get(f"{server.url}/metrics").text, "loss_service_requests_total", 'endpoint="/v1/score"')
+    assert cli_main(args + ["--resume"]) == 0
+    after = metric_value(httpx.get(f"{server.url}/metrics").text, "loss_service_requests_total", 'endpoint="/v1/score"')
+    assert after - before == 1  # only img5 was scored
+    assert [r["image"] for r in json.loads(report.read_text())["results"]] == ["img0", "img1", "img2", "img3", "img5"]
+
+
+def data_path(dirs, role, stem):
+    return next(dirs[role].glob(f"{stem}_x4.*"))
+
+
+def test_score_command(server, tmp_path, capsys):
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(random_image(20, 20, 1)).save(a)
+    Image.fromarray(random_image(20, 20, 2)).save(b)
+    assert cli_main(["score", str(a), str(b), "--url", server.url, "--metrics", "psnr,perceptual", "--json"]) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert cli_main(["score", str(a), str(b), "--local", "--metrics", "psnr,perceptual", "--json"]) == 0
+    local = json.loads(capsys.readouterr().out)
+    assert local["scores"] == pytest.approx(remote["scores"], rel=1e-5)
+
+
+def test_client_imports_without_torch_or_fastapi():
+    blocker = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'fastapi', 'torchvision', 'timm', 'uvicorn', 'pydantic_settings', 'prometheus_client', 'lpips'):\n"
+        "            raise ImportError('blocked ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from service.client import LossClient, AsyncLossClient\n"
+        "import service, service.evaluate, service.cli\n"
+        "service.cli.build_parser().parse_args(['serve'])\n"
+        "service.cli.build_parser().parse_args(['eval', '--url', 'http://x', '--sr', 'a', '--gt', 'b'])\n"
+        "import numpy as np\n"
+        "from service.client import encode_image\n"
+        "encode_image(np.zeros((4, 4, 3), np.uint16), 'sr')\n"
+        "assert 'torch' not in sys.modules and 'fastapi' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
