@@ -141,6 +141,12 @@ def score(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_bench(args: argparse.Namespace) -> int:
+    from .bench import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loss-service", description="Exact SR losses and metrics: server, library tools and client.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -196,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--random-weights", action="store_true", help="with --local: explicit opt-in to random weights")
     one.add_argument("--json", dest="as_json", action="store_true", help="print the full JSON response")
     one.set_defaults(func=score)
+
+    bench = commands.add_parser("bench", help="measure throughput, latency, SSIM/PSNR vs peers and memory; table + JSON")
+    bench.add_argument("--quick", action="store_true", help="small sizes and counts (a few minutes on a CPU)")
+    bench.add_argument("--json", default="bench-results.json", help="where to write the JSON (default bench-results.json)")
+    bench.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    bench.add_argument("--sections", default="inprocess,service,peers,memory", help="comma list of sections to run")
+    bench.add_argument("--quiet", action="store_true", help="no per-measurement log lines")
+    bench.set_defaults(func=run_bench)
     return parser
 
 
