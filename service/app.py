@@ -174,33 +174,45 @@ def batch_mean(results: list) -> dict[str, float | None]:
     return {name: (sum(values) / len(values) if values else None) for name, values in columns.items()}
 
 
-class BodyLimit:
-    """ASGI middleware: 413 for bodies over the limit, by Content-Length or while streaming."""
+class RequestGuard:
+    """ASGI middleware: 413 for bodies over the limit (by Content-Length or while streaming),
+    408 for a client that stalls mid-body longer than ``body_timeout_s``."""
 
-    def __init__(self, app, max_bytes: int | None, on_reject):
-        self.app, self.max_bytes, self.on_reject = app, max_bytes, on_reject
+    def __init__(self, app, max_bytes: int | None, body_timeout_s: float, on_reject):
+        self.app, self.max_bytes, self.body_timeout_s, self.on_reject = app, max_bytes, body_timeout_s, on_reject
 
     def _error(self, size: str) -> StarletteHTTPException:
-        self.on_reject()
+        self.on_reject("body_too_large")
         message = f"request body {size} exceeds --max-body-mb ({self.max_bytes / 2**20:g} MB)"
         return StarletteHTTPException(413, detail=[{"loc": ["body"], "msg": message, "type": "too_large"}])
 
+    def _stalled(self) -> StarletteHTTPException:
+        self.on_reject("body_timeout")
+        message = f"no request body data for {self.body_timeout_s:g} s (--body-timeout-s)"
+        return StarletteHTTPException(408, detail=[{"loc": ["body"], "msg": message, "type": "timeout"}])
+
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or self.max_bytes is None:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+        if self.max_bytes is not None and length is not None and length.isdigit() and int(length) > self.max_bytes:
             error = self._error(f"of {int(length)} bytes")
             response = JSONResponse({"detail": error.detail}, status_code=413, headers={"Connection": "close"})
             return await response(scope, receive, send)
-        received = 0
+        received, body_done = 0, False
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # later reads wait for a disconnect, which may rightly take long
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except asyncio.TimeoutError:
+                raise self._stalled() from None  # FastAPI re-raises HTTPExceptions from body parsing
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise self._error(f"of more than {self.max_bytes} bytes")  # FastAPI re-raises HTTPException
+            if self.max_bytes is not None and received > self.max_bytes:
+                raise self._error(f"of more than {self.max_bytes} bytes")
             return message
 
         await self.app(scope, limited_receive, send)
@@ -286,5 +298,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return response
 
     max_bytes = int(settings.max_body_mb * 2**20) if settings.max_body_mb else None
-    app.add_middleware(BodyLimit, max_bytes=max_bytes, on_reject=lambda: service.telemetry.rejected.labels(reason="body_too_large").inc())
+    app.add_middleware(RequestGuard, max_bytes=max_bytes, body_timeout_s=settings.body_timeout_s,
+                       on_reject=lambda reason: service.telemetry.rejected.labels(reason=reason).inc())
     return app

@@ -63,7 +63,7 @@ def _backbone_getter(device):
 
 
 def time_compute(metric: str, batch: int, size: int, device, repeats: int) -> float:
-    """Median seconds for one batched ``compute`` call, after a batch-1 warm-up at that size."""
+    """Median seconds of ``repeats`` batched ``compute`` calls, after a batch-1 warm-up at that size."""
     import torch
 
     from losses import registry
@@ -364,7 +364,7 @@ def run(args) -> int:
 
     if "inprocess" in sections or "service" in sections:
         metrics = INPROCESS_METRICS if "inprocess" in sections else ("perceptual",)
-        report["inprocess"] = bench_inprocess(device, sizes if "inprocess" in sections else (256,), batches, metrics, 1 if quick else 3, log)
+        report["inprocess"] = bench_inprocess(device, sizes if "inprocess" in sections else (256,), batches, metrics, 1, log)
     if "service" in sections:
         rates = {r["batch"]: r["images_per_s"] for r in report["inprocess"] if r["metric"] == "perceptual" and r["size"] == 256}
         concurrencies = (1, 4, 16) if quick else (1, 4, 16, 64)

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from losses import DistillationLoss
 
@@ -13,6 +14,24 @@ from .errors import invalid, unsupported
 from .models import DistillResponse
 
 REQUIRED = ("teacher_logits", "student_logits", "labels")
+
+
+class DistillConfig(BaseModel):
+    """DistillationLoss keyword arguments, typed so a bad value is a 422, not a crash."""
+
+    model_config = ConfigDict(extra="forbid")
+    logit_loss: str | None = None
+    aux_loss: str | None = None
+    features_index: list[int] = Field(default_factory=lambda: [-1], max_length=64)
+    tau: float = Field(3.0, gt=0, allow_inf_nan=False)
+    mode: str | None = None
+    lambda1: float = Field(1.0, allow_inf_nan=False)
+    lambda2: float = Field(1.0, allow_inf_nan=False)
+    alpha: float = Field(1.0, allow_inf_nan=False)
+    beta: float = Field(1.0, allow_inf_nan=False)
+    gamma: float = Field(1.0, allow_inf_nan=False)
+    spatial_avg: str | None = None
+    multiple_lrs: int | None = Field(None, ge=1, le=64)
 
 
 def _feature_list(tensors: dict[str, torch.Tensor], prefix: str) -> list[torch.Tensor]:
@@ -33,8 +52,8 @@ def compute(body: bytes, config_text: str) -> DistillResponse:
     if not isinstance(config, dict):
         raise invalid("config", "config: must be a JSON object of DistillationLoss keyword arguments")
     try:
-        loss = DistillationLoss(**config)
-    except (TypeError, ValueError) as exc:
+        loss = DistillationLoss(**DistillConfig(**config).model_dump())
+    except (ValidationError, ValueError) as exc:
         raise invalid("config", f"config: {exc}") from None
     try:
         tensors = load(body)
@@ -53,7 +72,7 @@ def compute(body: bytes, config_text: str) -> DistillResponse:
             tensors["labels"].float(),
             None if extra is None else extra.float(),
         )
-    except (ValueError, RuntimeError, IndexError) as exc:
+    except (ValueError, RuntimeError, IndexError, TypeError) as exc:
         raise invalid("body", f"body: {exc}") from None
     total = result.pop("total")
     return DistillResponse(components=result, total=float(total))

@@ -13,6 +13,7 @@ METRICS_HELP = f"comma list of metric names (GET /v1/metrics); default {DEFAULT_
 OPTIONS_HELP = 'JSON object of metric options, e.g. {"crop_border": 4, "y_channel": true}'
 ERRORS = {
     401: {"description": "missing or wrong API key"},
+    408: {"description": "the client stalled while sending the body"},
     413: {"description": "body or image too large"},
     415: {"description": "undecodable or unsupported data"},
     422: {"description": "invalid request; detail names the field"},

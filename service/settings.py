@@ -26,6 +26,7 @@ class Settings(BaseSettings):
     max_queue: int | None = Field(None, ge=1, description="queued items before 503 + Retry-After")
     max_image_pixels: int | None = Field(None, ge=1, description="largest H×W accepted per image (413 above)")
     max_body_mb: float | None = Field(None, gt=0, description="largest request body in MB (413 above)")
+    body_timeout_s: float = Field(30.0, gt=0, description="408 when a client sends no body data for this long")
     api_key: str | None = Field(None, description="bearer token required on /v1/* when set")
     precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="fp16/bf16 need compute capability ≥ 7.0")
     decode_threads: int = Field(4, ge=1, description="threads that decode uploads")

@@ -1,0 +1,282 @@
+"""Hardening: a malformed-input corpus, a bounded load test, and faults (disconnects, slow
+clients, SIGTERM under load, restarts). Figures go to stdout and, when
+LOSS_SERVICE_RELIABILITY_REPORT names a file, to that JSON file (RELIABILITY.md quotes it)."""
+
+import asyncio
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from losses import PerceptualLoss, psnr
+from service.client import LossClient, _png
+from service.decode import decode
+
+from .servers import SubprocessServer, free_port, metric_value, npy_bytes, png_bytes, random_image
+
+REPORT: dict = {}
+GOOD_SR, GOOD_GT = png_bytes(random_image(32, 32, 1)), png_bytes(random_image(32, 32, 2))
+
+
+def record(section: str, value) -> None:
+    REPORT[section] = value
+    path = os.environ.get("LOSS_SERVICE_RELIABILITY_REPORT")
+    if path:
+        existing = json.loads(open(path).read()) if os.path.exists(path) else {}
+        existing[section] = value
+        with open(path, "w") as handle:
+            json.dump(existing, handle, indent=2)
+    print(f"\n{section}: {json.dumps(value, indent=1)[:4000]}")
+
+
+@pytest.fixture(scope="module")
+def server(weights_dir):
+    with SubprocessServer("--models", "vgg16", "--max-image-pixels", "4000000", "--body-timeout-s", "2") as srv:
+        yield srv
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def bomb_png() -> bytes:
+    """A 10-kB PNG whose header claims 100000×100000 RGB pixels."""
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 10_000)) + _png_chunk(b"IEND", b"")
+
+
+def encoded(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def part(name, data, filename=None):
+    return (name, (filename or f"{name}.bin", data, "application/octet-stream"))
+
+
+def pair(sr=GOOD_SR, gt=GOOD_GT, **more):
+    return [part("sr", sr), part("gt", gt)] + [part(k, v) for k, v in more.items()]
+
+
+RGB = random_image(32, 32, 7)
+FLOAT = RGB.astype(np.float32) / 255
+# name → (request kwargs, expected status, field named in the detail / or expected warning text)
+CORPUS = {
+    "empty_file": (dict(files=pair(sr=b"")), 415, "sr"),
+    "truncated_png": (dict(files=pair(sr=GOOD_SR[: len(GOOD_SR) // 2])), 415, "sr"),
+    "truncated_jpeg": (dict(files=pair(sr=encoded(Image.fromarray(RGB), "JPEG")[:300])), 415, "sr"),
+    "text_named_png": (dict(files=[("sr", ("sr.png", b"hello, I am text", "image/png")), part("gt", GOOD_GT)]), 415, "sr"),
+    "decompression_bomb_header": (dict(files=pair(sr=bomb_png())), 413, "sr"),
+    "gif_unsupported": (dict(files=pair(sr=encoded(Image.fromarray(RGB), "GIF"))), 415, "sr"),
+    "png_16bit_rgb": (dict(files=pair(sr=_png(RGB.astype(np.uint16) * 257)), data=dict(metrics="psnr")), 200, None),
+    "png_16bit_gray": (dict(files=pair(sr=png_bytes(RGB[..., 0].astype(np.uint16) * 257), gt=png_bytes(RGB[..., 0])), data=dict(metrics="psnr")), 200, None),
+    "cmyk_jpeg": (dict(files=pair(sr=encoded(Image.fromarray(RGB).convert("CMYK"), "JPEG")), data=dict(metrics="psnr")), 200, None),
+    "palette_png": (dict(files=pair(sr=encoded(Image.fromarray(RGB).convert("P"), "PNG")), data=dict(metrics="psnr")), 200, None),
+    "rgba_png": (dict(files=pair(sr=png_bytes(np.dstack([RGB, RGB[..., :1]]), "RGBA")), data=dict(metrics="psnr")), 200, "alpha channel dropped"),
+    "image_1x1_ssim": (dict(files=pair(sr=png_bytes(RGB[:1, :1]), gt=png_bytes(RGB[:1, :1])), data=dict(metrics="ssim")), 422, "sr"),
+    "image_2x2_psnr": (dict(files=pair(sr=png_bytes(RGB[:2, :2]), gt=png_bytes(RGB[1:3, 1:3])), data=dict(metrics="psnr")), 200, None),
+    "npy_object_pickle": (dict(files=pair(sr=npy_bytes(np.array([{"x": 1}], dtype=object)))), 415, "sr"),
+    "npy_nan": (dict(files=pair(sr=npy_bytes(np.where(FLOAT > 0.5, np.nan, FLOAT).astype(np.float32)))), 422, "sr"),
+    "npy_inf": (dict(files=pair(sr=npy_bytes(np.where(FLOAT > 0.5, np.inf, FLOAT).astype(np.float32)))), 422, "sr"),
+    "npy_negative": (dict(files=pair(sr=npy_bytes(FLOAT - 0.5)), data=dict(metrics="psnr")), 200, "clamped"),
+    "npy_above_one": (dict(files=pair(sr=npy_bytes(FLOAT + 0.5)), data=dict(metrics="psnr")), 200, "clamped"),
+    "npy_1d": (dict(files=pair(sr=npy_bytes(FLOAT.ravel()))), 422, "sr"),
+    "npy_4d": (dict(files=pair(sr=npy_bytes(FLOAT[None]))), 422, "sr"),
+    "npy_bool_dtype": (dict(files=pair(sr=npy_bytes(RGB > 100))), 415, "sr"),
+    "shape_mismatch": (dict(files=pair(gt=png_bytes(RGB[:16]))), 422, "gt"),
+    "lr_larger_than_sr": (dict(files=pair(lr=png_bytes(random_image(64, 64, 3))), data=dict(metrics="psnr")), 422, "lr"),
+    "missing_gt": (dict(files=[part("sr", GOOD_SR)]), 422, "gt"),
+    "duplicate_sr": (dict(files=pair() + [part("sr", GOOD_SR)]), 422, "sr"),
+    "oversized_options": (dict(files=pair(), data=dict(options=json.dumps({"crop_border": 0, "pad": "x" * 5000}))), 422, "options"),
+    "options_not_object": (dict(files=pair(), data=dict(options="[1, 2]")), 422, "options"),
+    "unknown_metric": (dict(files=pair(), data=dict(metrics="psnr,fid")), 422, "metrics"),
+    "metric_needs_missing_image": (dict(files=pair(), data=dict(metrics="kd")), 422, "teacher"),
+    "wrong_content_type_json": (dict(json={"sr": "x", "gt": "y"}), 422, "sr"),
+}
+
+
+def test_malformed_input_corpus(server):
+    outcomes = {}
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        for name, (kwargs, status, expect) in CORPUS.items():
+            response = client.post("/v1/score", **kwargs)
+            body = response.json()
+            outcomes[name] = dict(status=response.status_code,
+                                  detail=body.get("detail", [{}])[0].get("msg") if response.status_code >= 400 else None,
+                                  warnings=body.get("warnings"))
+            assert response.status_code == status, (name, response.text)
+            if status >= 400:
+                assert any(expect in entry["loc"] for entry in body["detail"]), (name, body)
+            elif expect:
+                assert any(expect in w for w in body["warnings"]), (name, body)
+            ok = client.post("/v1/score", files=pair(), data=dict(metrics="psnr,perceptual"))
+            assert ok.status_code == 200, (name, ok.text)
+        garbage = client.post("/v1/distill", content=os.urandom(512), headers={"content-type": "application/octet-stream"})
+        outcomes["distill_garbage_body"] = dict(status=garbage.status_code, detail=garbage.json()["detail"][0]["msg"], warnings=None)
+        assert garbage.status_code == 415
+        bad_config = client.post("/v1/distill", params=dict(config='{"tau": "hot"}'), content=b"x")
+        outcomes["distill_bad_config"] = dict(status=bad_config.status_code, detail=bad_config.json()["detail"][0]["msg"], warnings=None)
+        assert bad_config.status_code == 422
+        assert client.post("/v1/score", files=pair()).status_code == 200
+    assert len(outcomes) >= 20
+    record("corpus", outcomes)
+
+
+def test_bounded_load_only_200_or_503_and_every_200_correct(weights_dir):
+    seconds = float(os.environ.get("LOSS_SERVICE_LOAD_SECONDS", "12"))
+    assert seconds <= 60
+    triplets = [(random_image(32, 32, 10 + i), random_image(32, 32, 20 + i)) for i in range(4)]
+    expected = []
+    perceptual = PerceptualLoss.from_preset("perceptual")
+    for sr, gt in triplets:
+        x, y = (torch.from_numpy(decode(png_bytes(a), "x").pixels).permute(2, 0, 1)[None] for a in (sr, gt))
+        with torch.no_grad():
+            expected.append(dict(psnr=psnr(x, y).item(), perceptual=perceptual(x, y).item()))
+    uploads = [pair(png_bytes(sr), png_bytes(gt)) for sr, gt in triplets]
+    statuses: dict[int, int] = {}
+    wrong, missing_retry_after = [], 0
+
+    with SubprocessServer("--models", "vgg16", "--max-queue", "8", "--max-batch-size", "8") as srv:
+        pid = srv.process.pid
+        rss = dict(before=rss_bytes(pid), during=0)
+        stop = time.monotonic() + seconds
+
+        async def client_loop(client, index):
+            nonlocal missing_retry_after
+            k = index % len(uploads)
+            while time.monotonic() < stop:
+                response = await client.post("/v1/score", files=uploads[k], data=dict(metrics="psnr,perceptual"))
+                statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+                if response.status_code == 200:
+                    scores = response.json()["scores"]
+                    if abs(scores["psnr"] - expected[k]["psnr"]) > 1e-6 or abs(scores["perceptual"] - expected[k]["perceptual"]) > 1e-5 * expected[k]["perceptual"]:
+                        wrong.append((k, scores))
+                elif response.status_code == 503:
+                    missing_retry_after += "retry-after" not in response.headers
+                    await asyncio.sleep(0.05)
+                k = (k + 1) % len(uploads)
+
+        async def sample_rss():
+            while time.monotonic() < stop:
+                rss["during"] = max(rss["during"], rss_bytes(pid))
+                await asyncio.sleep(0.2)
+
+        async def run():
+            limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60, limits=limits) as client:
+                await asyncio.gather(sample_rss(), *(client_loop(client, i) for i in range(64)))
+
+        asyncio.run(run())
+        time.sleep(0.5)
+        rss["after"] = rss_bytes(pid)
+        depth = metric_value(httpx.get(f"{srv.url}/metrics").text, "loss_service_queue_depth")
+    figures = dict(clients=64, seconds=seconds, statuses=statuses, wrong_scores=len(wrong), missing_retry_after=missing_retry_after,
+                   rss_mib={k: round(v / 2**20, 1) for k, v in rss.items()}, final_queue_depth=depth)
+    record("load", figures)
+    assert set(statuses) <= {200, 503} and statuses.get(200, 0) > 0
+    assert not wrong and missing_retry_after == 0 and depth == 0
+    assert rss["during"] - rss["before"] < 1.5 * 2**30 and rss["after"] <= rss["during"]
+
+
+def raw_request(port: int, body_prefix: bytes, declared_length: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    head = (f"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n"
+            f"Content-Length: {declared_length}\r\n\r\n").encode()
+    sock.sendall(head + body_prefix)
+    return sock
+
+
+def test_client_disconnecting_mid_upload(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    for _ in range(5):
+        sock = raw_request(port, b"--XyZ\r\nContent-Disposition: form-data; name=\"sr\"; filename=\"a.png\"\r\n\r\n" + GOOD_SR[:200], 100_000)
+        sock.close()
+    assert httpx.post(f"{server.url}/v1/score", files=pair()).status_code == 200
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_slow_client_gets_408_and_others_are_served(server):
+    port = int(server.url.rsplit(":", 1)[1])
+    sock = raw_request(port, b"--XyZ\r\nContent-Disposition: form-data; name=\"sr\"; filename=\"a.png\"\r\n\r\n", 100_000)
+    started = time.monotonic()
+    assert httpx.post(f"{server.url}/v1/score", files=pair()).status_code == 200  # served while the slow one stalls
+    answer = sock.recv(4096).decode(errors="replace")
+    waited = time.monotonic() - started
+    sock.close()
+    assert answer.startswith("HTTP/1.1 408"), answer[:200]
+    assert 1.5 <= waited <= 10
+    assert "body-timeout-s" in answer
+    record("slow_client", dict(status=408, seconds_until_answer=round(waited, 2)))
+
+
+def test_sigterm_under_load_drains(weights_dir):
+    image = png_bytes(random_image(128, 128, 3))
+    files = pair(image, image)
+    with SubprocessServer("--models", "vgg16", "--max-batch-size", "1", "--drain-seconds", "2") as srv:
+
+        async def scenario():
+            async with httpx.AsyncClient(base_url=srv.url, timeout=120) as client:
+                in_flight = [asyncio.create_task(client.post("/v1/score", files=files, data=dict(metrics="lpips_vgg"))) for _ in range(6)]
+                await asyncio.sleep(0.5)
+                srv.process.send_signal(signal.SIGTERM)
+                await asyncio.sleep(0.3)
+                late = await client.post("/v1/score", files=files, data=dict(metrics="l1"))
+                ready = await client.get("/readyz")
+                return await asyncio.gather(*in_flight), late, ready
+
+        done, late, ready = asyncio.run(scenario())
+        srv.process.wait(timeout=60)
+        figures = dict(in_flight=[r.status_code for r in done], new_request=late.status_code, readyz=ready.status_code,
+                       exit_code=srv.process.returncode)
+        record("sigterm", figures)
+        assert all(r.status_code == 200 for r in done)
+        assert late.status_code == 503 and "retry-after" in late.headers and ready.status_code == 503
+        assert srv.process.returncode == 0
+
+
+def test_restart_client_retries_to_success(weights_dir):
+    port = free_port()
+    flags = ("--models", "vgg16", "--random-weights")
+    result: dict = {}
+
+    def call():
+        with LossClient(f"http://127.0.0.1:{port}", retries=12, backoff=0.5) as client:
+            started = time.monotonic()
+            result["scores"] = client.score(GOOD_SR, GOOD_GT, metrics="psnr")["scores"]
+            result["seconds"] = time.monotonic() - started
+
+    first = SubprocessServer(*flags)
+    first.port, first.url = port, f"http://127.0.0.1:{port}"
+    first.command[first.command.index("--port") + 1] = str(port)
+    with first:
+        assert httpx.post(f"{first.url}/v1/score", files=pair(), data=dict(metrics="psnr")).status_code == 200
+    caller = threading.Thread(target=call)
+    caller.start()  # the server is down now: connection refused, retried
+    time.sleep(1.0)
+    second = SubprocessServer(*flags)
+    second.port, second.url = port, f"http://127.0.0.1:{port}"
+    second.command[second.command.index("--port") + 1] = str(port)
+    with second:
+        caller.join(timeout=120)
+    assert "scores" in result and result["scores"]["psnr"] > 0
+    record("restart", dict(succeeded=True, seconds_until_success=round(result["seconds"], 1)))
