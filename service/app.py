@@ -11,14 +11,13 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from losses import registry
 
@@ -93,7 +92,7 @@ class ScoringService:
 
     def catalogue(self) -> list[dict]:
         return [
-            {**metric.catalogue_entry(), "available": self.scorer._missing(metric, dict(metric.options)) is None}
+            {**metric.catalogue_entry(), "available": self.scorer.missing_reason(metric, dict(metric.options)) is None}
             for metric in registry.REGISTRY.values()
         ]
 
@@ -181,15 +180,15 @@ class RequestGuard:
     def __init__(self, app, max_bytes: int | None, body_timeout_s: float, on_reject):
         self.app, self.max_bytes, self.body_timeout_s, self.on_reject = app, max_bytes, body_timeout_s, on_reject
 
-    def _error(self, size: str) -> StarletteHTTPException:
+    def _error(self, size: str) -> HTTPException:
         self.on_reject("body_too_large")
         message = f"request body {size} exceeds --max-body-mb ({self.max_bytes / 2**20:g} MB)"
-        return StarletteHTTPException(413, detail=[{"loc": ["body"], "msg": message, "type": "too_large"}])
+        return HTTPException(413, detail=[{"loc": ["body"], "msg": message, "type": "too_large"}])
 
-    def _stalled(self) -> StarletteHTTPException:
+    def _stalled(self) -> HTTPException:
         self.on_reject("body_timeout")
         message = f"no request body data for {self.body_timeout_s:g} s (--body-timeout-s)"
-        return StarletteHTTPException(408, detail=[{"loc": ["body"], "msg": message, "type": "timeout"}])
+        return HTTPException(408, detail=[{"loc": ["body"], "msg": message, "type": "timeout"}])
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -282,6 +281,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
 
+    # Added before the counting middleware so it sits inside it: its exceptions then reach
+    # FastAPI's body parsing directly (which re-raises HTTPException), and its 413s are counted.
+    max_bytes = int(settings.max_body_mb * 2**20) if settings.max_body_mb else None
+    app.add_middleware(RequestGuard, max_bytes=max_bytes, body_timeout_s=settings.body_timeout_s,
+                       on_reject=lambda reason: service.telemetry.rejected.labels(reason=reason).inc())
+
     @app.middleware("http")
     async def count_and_drain(request: Request, call_next):
         if service.draining and request.url.path.startswith("/v1/"):
@@ -297,7 +302,4 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         service.telemetry.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
         return response
 
-    max_bytes = int(settings.max_body_mb * 2**20) if settings.max_body_mb else None
-    app.add_middleware(RequestGuard, max_bytes=max_bytes, body_timeout_s=settings.body_timeout_s,
-                       on_reject=lambda reason: service.telemetry.rejected.labels(reason=reason).inc())
     return app

@@ -87,11 +87,27 @@ def time_compute(metric: str, batch: int, size: int, device, repeats: int) -> fl
 # --- sections -------------------------------------------------------------------------------
 
 
+# On a CPU, larger configurations than this (batch × images per triplet × pixels) exceed the
+# 24 GB of the machine the benchmark was written on; CLP holds every layer of three images.
+CPU_MAX_PIXELS_PER_BATCH = 32 * 2 * 512 * 512
+
+
+def images_per_item(metric: str) -> int:
+    from losses import registry
+
+    return len(registry.REGISTRY[metric].needs)
+
+
 def bench_inprocess(device, sizes, batches, metrics, repeats, log) -> list[dict]:
     rows = []
     for metric in metrics:
         for size in sizes:
             for batch in batches:
+                if device.type == "cpu" and batch * images_per_item(metric) * size * size > CPU_MAX_PIXELS_PER_BATCH:
+                    rows.append(dict(metric=metric, size=size, batch=batch, seconds=None, images_per_s=None,
+                                     skipped=f"over {CPU_MAX_PIXELS_PER_BATCH} pixels per batch on a CPU (RAM)"))
+                    log(f"in-process {metric} {size}² batch {batch}: skipped (RAM)")
+                    continue
                 seconds = time_compute(metric, batch, size, device, repeats)
                 rows.append(dict(metric=metric, size=size, batch=batch, seconds=seconds, images_per_s=batch / seconds))
                 log(f"in-process {metric} {size}² batch {batch}: {batch / seconds:.2f} img/s")
@@ -357,25 +373,25 @@ def run(args) -> int:
     device = select_device(args.device)
     quick = args.quick
     log = (lambda message: console.log(message)) if not args.quiet else (lambda message: None)
-    sizes = (256,) if quick else (256, 512)
-    batches = (1, 8) if quick else (1, 8, 32)
+    sizes = tuple(int(v) for v in args.sizes.split(",")) if args.sizes else ((256,) if quick else (256, 512))
+    batches = tuple(int(v) for v in args.batches.split(",")) if args.batches else ((1, 8) if quick else (1, 8, 32))
     report: dict = dict(machine=machine_info(device), quick=quick, started=time.strftime("%Y-%m-%d %H:%M:%S"))
     sections = args.sections.split(",")
 
     if "inprocess" in sections or "service" in sections:
         metrics = INPROCESS_METRICS if "inprocess" in sections else ("perceptual",)
-        report["inprocess"] = bench_inprocess(device, sizes if "inprocess" in sections else (256,), batches, metrics, 1, log)
+        report["inprocess"] = bench_inprocess(device, sizes if "inprocess" in sections else sizes[:1], batches, metrics, 1, log)
     if "service" in sections:
-        rates = {r["batch"]: r["images_per_s"] for r in report["inprocess"] if r["metric"] == "perceptual" and r["size"] == 256}
+        rates = {r["batch"]: r["images_per_s"] for r in report["inprocess"] if r["metric"] == "perceptual" and r["size"] == sizes[0]}
         concurrencies = (1, 4, 16) if quick else (1, 4, 16, 64)
         requests_for = (lambda c: max(4, 2 * c)) if quick else (lambda c: max(16, 4 * c))
-        report["service"], report["lone_request"] = bench_service(args.device, "perceptual", 256, concurrencies, requests_for, rates, log)
-        report["service_inprocess_reference"] = dict(metric="perceptual", size=256, images_per_s_by_batch=rates)
+        report["service"], report["lone_request"] = bench_service(args.device, "perceptual", sizes[0], concurrencies, requests_for, rates, log)
+        report["service_inprocess_reference"] = dict(metric="perceptual", size=sizes[0], images_per_s_by_batch=rates)
     if "peers" in sections:
-        report["peers"] = bench_peers(256 if quick else 512, 1 if quick else 5, log)
+        report["peers"] = bench_peers(sizes[0] if quick else 512, 1 if quick else 5, log)
     if "memory" in sections:
-        configs = [("perceptual", 256, 1), ("perceptual", 256, 8)] if quick else [
-            (m, s, b) for m in ("perceptual", "clp_dinov2") for s in (256, 512) for b in (1, 8)]
+        memory_metrics = ("perceptual",) if quick else ("perceptual", "clp_dinov2")
+        configs = [(m, s, b) for m in memory_metrics for s in sizes for b in batches[:2]]
         report["memory"], report["budget"] = bench_memory(device, configs, log)
 
     print_tables(report, console)
@@ -392,12 +408,16 @@ def print_tables(report: dict, console) -> None:
     if "inprocess" in report:
         table = Table("metric", "size", "batch", "img/s", "ms/batch", title="in-process throughput")
         for r in report["inprocess"]:
-            table.add_row(r["metric"], f"{r['size']}²", str(r["batch"]), f"{r['images_per_s']:.2f}", f"{1e3 * r['seconds']:.1f}")
+            if r["seconds"] is None:
+                table.add_row(r["metric"], f"{r['size']}²", str(r["batch"]), "not run", r["skipped"])
+            else:
+                table.add_row(r["metric"], f"{r['size']}²", str(r["batch"]), f"{r['images_per_s']:.2f}", f"{1e3 * r['seconds']:.1f}")
         console.print(table)
     if "service" in report:
         batched = max(report["service_inprocess_reference"]["images_per_s_by_batch"])
+        size = report["service_inprocess_reference"]["size"]
         table = Table("mode", "concurrency", "img/s", "p50 ms", "p99 ms", "× in-process b=1", f"× in-process b={batched}",
-                      title="service, perceptual 256²")
+                      title=f"service, perceptual {size}²")
         for r in report["service"]:
             table.add_row(r["mode"], str(r["concurrency"]), f"{r['images_per_s']:.2f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
                           f"{r['vs_inprocess_batch1']:.2f}", f"{r['vs_inprocess_batched']:.2f}")

@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", default="bench-results.json", help="where to write the JSON (default bench-results.json)")
     bench.add_argument("--device", default="auto", help="auto, cpu, cuda")
     bench.add_argument("--sections", default="inprocess,service,peers,memory", help="comma list of sections to run")
+    bench.add_argument("--sizes", default=None, help="comma list of square image sizes (default 256,512; --quick 256)")
+    bench.add_argument("--batches", default=None, help="comma list of batch sizes (default 1,8,32; --quick 1,8)")
     bench.add_argument("--quiet", action="store_true", help="no per-measurement log lines")
     bench.set_defaults(func=run_bench)
     return parser

@@ -99,7 +99,7 @@ class Scorer:
 
     def warmup(self) -> None:
         """One small forward pass through every metric whose models loaded."""
-        usable = [m.name for m in registry.REGISTRY.values() if self._missing(m, dict(m.options)) is None]
+        usable = [m.name for m in registry.REGISTRY.values() if self.missing_reason(m, dict(m.options)) is None]
         rng = np.random.default_rng(0)
         images = {role: rng.random((32, 32, 3), dtype=np.float32) for role in registry.IMAGE_ROLES}
         metrics = registry.get_metrics(usable)
@@ -113,7 +113,7 @@ class Scorer:
 
     # --- request validation --------------------------------------------------------------
 
-    def _missing(self, metric: registry.Metric, options: dict) -> str | None:
+    def missing_reason(self, metric: registry.Metric, options: dict) -> str | None:
         for name in sorted(metric.backbones(options)):
             state = self.models.get(name)
             if state is None:
@@ -140,7 +140,7 @@ class Scorer:
         except registry.MetricError as exc:
             raise invalid(exc.field, str(exc)) from None
         for metric in metrics:
-            if (reason := self._missing(metric, per_metric[metric.name])) is not None:
+            if (reason := self.missing_reason(metric, per_metric[metric.name])) is not None:
                 raise unavailable("metrics", reason)
         return tuple(m.name for m in metrics), per_metric
 

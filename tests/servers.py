@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import io
 import os
-import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -27,7 +27,7 @@ def wait_ready(url: str, timeout: float = 120.0, process: subprocess.Popen | Non
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {process.stdout.read() if process.stdout else ''}")
+            raise RuntimeError(f"server exited with {process.returncode}")
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code in (200, 503) and httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
                 if httpx.get(f"{url}/readyz", timeout=2).json().get("device"):
@@ -47,24 +47,24 @@ class SubprocessServer:
         self.command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port), *flags]
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
-        self.output = ""
 
     def __enter__(self) -> "SubprocessServer":
-        self.process = subprocess.Popen(self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # A file, not a pipe: an unread pipe fills up under load and stalls the server's logging.
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, text=True)
         wait_ready(self.url, process=self.process)
         return self
 
-    def terminate(self, timeout: float = 60.0) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        out, _ = self.process.communicate(timeout=timeout)
-        self.output += out or ""
-        return self.process.returncode
+    @property
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
 
     def __exit__(self, *exc) -> None:
         if self.process.poll() is None:
             self.process.kill()
-            out, _ = self.process.communicate(timeout=30)
-            self.output += out or ""
+            self.process.wait(timeout=30)
+        self.log.close()
 
 
 class ThreadServer:

@@ -2,8 +2,6 @@
 
 import asyncio
 import json
-import math
-import time
 
 import httpx
 import numpy as np

@@ -124,3 +124,26 @@ def test_pickle_is_refused(tmp_path):
     torch.save({"features.0.weight": torch.zeros(1), "evil": Evil()}, path, pickle_module=pickle)
     with pytest.raises(Exception, match="(?i)weights.only|unsupported|global"):
         W.load_state_dict(path)
+
+
+def test_weights_fetch_and_list_commands(tmp_path, monkeypatch, capsys):
+    """``weights fetch`` downloads through torch.hub with the hash check; file:// stands in for the network."""
+    from service.cli import main
+
+    source = tmp_path / "mirror" / "scratch.pth"
+    source.parent.mkdir()
+    torch.save(generated_vgg_state("vgg16"), source)
+    prefix = hashlib.sha256(source.read_bytes()).hexdigest()[:8]
+    good = W.WeightSpec("vgg16", (f"vgg16-{prefix}.pth",), source.as_uri())
+    bad = W.WeightSpec("vgg19", ("vgg19-00000000.pth",), source.as_uri())
+    monkeypatch.setattr(W, "WEIGHT_SPECS", {"vgg16": good, "vgg19": bad})
+    target = tmp_path / "weights"
+    assert main(["weights", "fetch", "--models", "vgg16", "--weights-dir", str(target)]) == 0
+    assert (target / good.filenames[0]).read_bytes() == source.read_bytes()
+    with pytest.raises(RuntimeError, match="(?i)hash"):
+        main(["weights", "fetch", "--models", "vgg19", "--weights-dir", str(target)])
+    assert not (target / bad.filenames[0]).exists()
+    monkeypatch.setenv("LOSS_SERVICE_VERIFY_WEIGHTS", "1")
+    main(["weights", "list", "--weights-dir", str(target)])
+    listing = capsys.readouterr().out
+    assert "present" in listing and "ok" in listing and "missing" in listing
