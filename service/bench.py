@@ -390,7 +390,7 @@ def run(args) -> int:
     if "peers" in sections:
         report["peers"] = bench_peers(sizes[0] if quick else 512, 1 if quick else 5, log)
     if "memory" in sections:
-        memory_metrics = ("perceptual",) if quick else ("perceptual", "clp_dinov2")
+        memory_metrics = ("perceptual",) if quick else ("perceptual", "lpips_vgg", "clp_vgg19", "clp_dinov2")
         configs = [(m, s, b) for m in memory_metrics for s in sizes for b in batches[:2]]
         report["memory"], report["budget"] = bench_memory(device, configs, log)
 

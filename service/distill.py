@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from losses import DistillationLoss
 
-from .errors import invalid, unsupported
+from .errors import invalid, json_object, unsupported
 from .models import DistillResponse
 
 REQUIRED = ("teacher_logits", "student_logits", "labels")
@@ -45,12 +44,7 @@ def compute(body: bytes, config_text: str) -> DistillResponse:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    try:
-        config = json.loads(config_text)
-    except json.JSONDecodeError as exc:
-        raise invalid("config", f"config: not valid JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise invalid("config", "config: must be a JSON object of DistillationLoss keyword arguments")
+    config = json_object(config_text, "config", '{"logit_loss": "soft_entropy"}')
     try:
         loss = DistillationLoss(**DistillConfig(**config).model_dump())
     except (ValidationError, ValueError) as exc:

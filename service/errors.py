@@ -6,6 +6,8 @@ so clients parse one format for every 4xx.
 
 from __future__ import annotations
 
+import json
+
 
 class ServiceError(Exception):
     def __init__(self, status: int, field: str | None, message: str, kind: str, headers: dict | None = None):
@@ -33,3 +35,16 @@ def invalid(field: str, message: str) -> ServiceError:
 def unavailable(field: str | None, message: str, retry_after: int | None = None) -> ServiceError:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return ServiceError(503, field, message, "unavailable", headers)
+
+
+def json_object(text: str, field: str, example: str, max_chars: int = 4096) -> dict:
+    """Parse a JSON-object form/query field, or raise a 422 naming it."""
+    if len(text) > max_chars:
+        raise invalid(field, f"{field}: {len(text)} characters; at most {max_chars}")
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise invalid(field, f"{field}: not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise invalid(field, f"{field}: must be a JSON object, e.g. {example}")
+    return value

@@ -23,7 +23,7 @@ from losses.weights import WeightsError
 from .batcher import BatchTooLarge
 from .decode import Decoded
 from .device import check_device, select_device
-from .errors import ServiceError, invalid, unavailable
+from .errors import ServiceError, invalid, json_object, unavailable
 from .settings import Settings
 
 log = logging.getLogger("loss_service")
@@ -125,15 +125,7 @@ class Scorer:
     def plan(self, metrics_field: str | None, options_field: str | None) -> tuple[tuple[str, ...], dict[str, dict]]:
         """Parse the ``metrics`` and ``options`` form fields into a validated plan."""
         names = [n.strip() for n in (metrics_field or DEFAULT_METRICS).split(",") if n.strip()]
-        options_text = options_field or "{}"
-        if len(options_text) > MAX_OPTIONS_CHARS:
-            raise invalid("options", f"options: {len(options_text)} characters; at most {MAX_OPTIONS_CHARS}")
-        try:
-            options = json.loads(options_text)
-        except json.JSONDecodeError as exc:
-            raise invalid("options", f"options: not valid JSON ({exc})") from None
-        if not isinstance(options, dict):
-            raise invalid("options", "options: must be a JSON object, e.g. {\"crop_border\": 4}")
+        options = json_object(options_field or "{}", "options", '{"crop_border": 4}', MAX_OPTIONS_CHARS)
         try:
             metrics = registry.get_metrics(names)
             per_metric = registry.resolve_options(metrics, options)
