@@ -195,7 +195,10 @@ def get_backbone(name: str, device="cpu", pretrained: bool = True, weights_dir=N
     key = (name, str(device), pretrained, str(weights_dir or os.environ.get("LOSS_SERVICE_WEIGHTS_DIR", "")))
     with _shared_lock:
         if key not in _shared:
-            _shared[key] = BUILDERS[name](pretrained, weights_dir).to(device)
+            # Built outside any caller's inference_mode: inference tensors as weights would make
+            # every later backward() through the shared instance fail.
+            with torch.inference_mode(False):
+                _shared[key] = BUILDERS[name](pretrained, weights_dir).to(device)
         return _shared[key]
 
 

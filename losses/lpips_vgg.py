@@ -79,5 +79,6 @@ def shared_lin_layers(device) -> nn.ModuleList:
     """One copy of the lin layers per device, for the registry's batched scoring."""
     key = str(torch.device(device))
     if key not in _shared_lins:
-        _shared_lins[key] = build_lin_layers().to(device)
+        with torch.inference_mode(False):  # see get_backbone
+            _shared_lins[key] = build_lin_layers().to(device)
     return _shared_lins[key]

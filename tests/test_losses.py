@@ -265,3 +265,12 @@ def test_shared_instance_per_backbone_and_device(weights_dir):
     parent.train()
     assert not get_backbone("vgg16", "cpu").training
     assert not any(k.startswith("features") for k in copy.deepcopy(a).state_dict())
+
+
+def test_backbone_first_built_under_inference_mode_still_trains(weights_dir):
+    clear_shared_backbones()
+    with torch.inference_mode():
+        get_backbone("vgg16", "cpu")  # as the server and `score --local` first build it
+    x = torch.rand(1, 3, 16, 16, requires_grad=True)
+    PerceptualLoss.from_preset("perceptual")(x, torch.rand(1, 3, 16, 16)).backward()
+    assert torch.isfinite(x.grad).all()
