@@ -1,20 +1,29 @@
-"""Exact SR/restoration losses and metrics as a PyTorch library (see SPEC.md §3)."""
+"""Exact SR/restoration losses and metrics as a PyTorch library (docs/metrics.md).
 
-from .backbones import Backbone, DINOv2Features, VGGFeatures, clear_shared_backbones, get_backbone
+Start with ``list_metrics()``, ``create_metric(name, **options)`` and ``score(sr, gt, ...)``;
+the loss classes below are the same formulas as training losses.
+"""
+
+from .api import DEFAULT_METRICS, MetricModule, create_metric, list_metrics, score
+from .backbones import BACKBONES, Backbone, BackboneSpec, DINOv2Features, SequentialFeatures, build_backbone, clear_shared_backbones, get_backbone
 from .clp import CLPLoss
 from .distillation import DistillationLoss
-from .features import FeatureView
+from .dists import DISTSLoss
+from .features import FeatureView, ImageBatch
 from .hybrid import HybridLoss
 from .kd import FeatureKDLoss, KDImageLoss
-from .lpips_vgg import LPIPS
+from .lpips_loss import LPIPS
 from .perceptual import PERCEPTUAL_PRESETS, PerceptualLoss, VGGPerceptualLoss
-from .psnr_ssim import SSIMLoss, psnr, ssim
+from .psnr_ssim import SSIMLoss, lr_psnr, ms_ssim, psnr, ssim
+from .resize import imresize
 from .registry import REGISTRY, Metric, MetricError, compute
 from .weights import ChecksumError, WeightsError, WeightsNotFoundError
 
 __all__ = [
-    "Backbone", "DINOv2Features", "VGGFeatures", "clear_shared_backbones", "get_backbone",
-    "CLPLoss", "DistillationLoss", "FeatureView", "HybridLoss", "FeatureKDLoss", "KDImageLoss", "LPIPS",
-    "PERCEPTUAL_PRESETS", "PerceptualLoss", "VGGPerceptualLoss", "SSIMLoss", "psnr", "ssim",
+    "DEFAULT_METRICS", "MetricModule", "create_metric", "list_metrics", "score",
+    "BACKBONES", "Backbone", "BackboneSpec", "DINOv2Features", "SequentialFeatures", "build_backbone",
+    "clear_shared_backbones", "get_backbone",
+    "CLPLoss", "DistillationLoss", "DISTSLoss", "FeatureView", "ImageBatch", "HybridLoss", "FeatureKDLoss", "KDImageLoss", "LPIPS",
+    "PERCEPTUAL_PRESETS", "PerceptualLoss", "VGGPerceptualLoss", "SSIMLoss", "psnr", "ssim", "ms_ssim", "lr_psnr", "imresize",
     "REGISTRY", "Metric", "MetricError", "compute", "ChecksumError", "WeightsError", "WeightsNotFoundError",
 ]

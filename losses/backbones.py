@@ -1,4 +1,9 @@
-"""Frozen feature backbones (VGG16, VGG19, DINOv2 ViT-B/14) behind one interface.
+"""Frozen feature backbones behind one interface, each declared once as a ``BackboneSpec``.
+
+A spec holds everything about a backbone: its builder, its checkpoint (file names, hash
+prefix, source URL), its input normalisation and its layer names. Weight resolution,
+``weights fetch``/``list``, the server's ``--models`` choices and the catalogue all read
+``BACKBONES``; adding a backbone is one ``register_backbone`` call plus its builder.
 
 ``backbone(x, layers)`` returns ``{layer_name: feature_map}`` for images ``x`` in [0, 1];
 the forward pass stops at the deepest requested layer. ``get_backbone`` keeps one shared
@@ -9,17 +14,60 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Iterable
+import types
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import weights as W
+from .tables import add_named
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_INIT_SEED = 0
+
+StateDict = Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One backbone, declared once (compare torchvision's ``Weights`` and timm's ``PretrainedCfg``).
+
+    ``build(spec, state)`` returns the ``Backbone`` with ``state`` loaded, or with the seeded
+    random initialisation when ``state`` is None (explicit opt-in only).
+    """
+
+    name: str
+    build: Callable[["BackboneSpec", StateDict | None], "Backbone"]
+    layers: tuple[str, ...]
+    files: tuple[str, ...]
+    url: str
+    hf_repo: str | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # The smallest H and W its deepest layer accepts (strided layers shrink the image to nothing).
+    min_side: int = 1
+    description: str = ""
+
+    @property
+    def weights(self) -> W.WeightSpec:
+        return W.WeightSpec(self.name, self.files, self.url, self.hf_repo)
+
+
+BACKBONES: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(spec: BackboneSpec) -> BackboneSpec:
+    return add_named(BACKBONES, spec, "backbone")
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone {name!r}; valid: {sorted(BACKBONES)}")
+    return BACKBONES[name]
 
 
 def to_rgb(x: torch.Tensor) -> torch.Tensor:
@@ -28,16 +76,16 @@ def to_rgb(x: torch.Tensor) -> torch.Tensor:
 
 
 class Backbone(nn.Module):
-    """Common behaviour: frozen, always in eval mode, ImageNet normalisation built in."""
+    """Common behaviour: frozen, always in eval mode, the spec's normalisation built in."""
 
-    layer_names: tuple[str, ...] = ()
-
-    def __init__(self, name: str, pretrained: bool):
+    def __init__(self, spec: BackboneSpec):
         super().__init__()
-        self.name = name
-        self.pretrained = pretrained
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.spec = spec
+        self.name = spec.name
+        self.layer_names = spec.layers
+        self.pretrained = True
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
     def freeze(self) -> "Backbone":
         for parameter in self.parameters():
@@ -60,31 +108,19 @@ class Backbone(nn.Module):
         return layers
 
 
-VGG_CONFIGS = {"vgg16": (2, 2, 3, 3, 3), "vgg19": (2, 2, 4, 4, 4)}
+class SequentialFeatures(Backbone):
+    """A torchvision ``features`` stack (VGG, AlexNet); ``spec.layers`` names its indices."""
 
-
-def vgg_layer_names(convs_per_stage: tuple[int, ...]) -> list[str]:
-    """Names for torchvision's ``features`` indices: conv/relu per stage, then pool."""
-    names = []
-    for stage, n_convs in enumerate(convs_per_stage, start=1):
-        for conv in range(1, n_convs + 1):
-            names += [f"conv{stage}_{conv}", f"relu{stage}_{conv}"]
-        names.append(f"pool{stage}")
-    return names
-
-
-class VGGFeatures(Backbone):
-    """torchvision's VGG ``features`` (the classifier is never built)."""
-
-    def __init__(self, name: str, features: nn.Sequential, pretrained: bool):
-        super().__init__(name, pretrained)
+    def __init__(self, spec: BackboneSpec, features: nn.Sequential):
+        super().__init__(spec)
+        if len(features) != len(spec.layers):
+            raise ValueError(f"{spec.name}: {len(features)} modules but {len(spec.layers)} layer names")
         self.features = features
-        self.layer_names = tuple(vgg_layer_names(VGG_CONFIGS[name]))
         self.freeze()
 
     def _apply(self, fn, recurse=True):
-        """Keep the weights channels-last on a CPU, where oneDNN runs VGG ~25% faster in that
-        layout (BENCHMARKS.md); on CUDA keep cuDNN's native NCHW (not measured on a GPU)."""
+        """Keep the weights channels-last on a CPU, oneDNN's preferred layout for convolutions;
+        on CUDA keep cuDNN's native NCHW (no GPU was available to compare the two)."""
         module = super()._apply(fn, recurse)
         if self.mean.device.type == "cpu":
             for parameter in self.features.parameters():
@@ -106,18 +142,99 @@ class VGGFeatures(Backbone):
         return out
 
 
+def vgg_layer_names(convs_per_stage: tuple[int, ...]) -> tuple[str, ...]:
+    """Names for torchvision's VGG ``features`` indices: conv/relu per stage, then pool."""
+    names = []
+    for stage, n_convs in enumerate(convs_per_stage, start=1):
+        for conv in range(1, n_convs + 1):
+            names += [f"conv{stage}_{conv}", f"relu{stage}_{conv}"]
+        names.append(f"pool{stage}")
+    return tuple(names)
+
+
+def _seeded_init(build):
+    """Random initialisation that is the same in every process (explicit opt-in only)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return build()
+
+
+def torchvision_features(arch: str, state: StateDict | None) -> nn.Sequential:
+    """torchvision's ``<arch>(weights=None).features`` with the checkpoint's ``features.*`` keys
+    (the classifier is never built, and a full checkpoint's classifier keys are ignored)."""
+    import torchvision
+
+    features = _seeded_init(lambda: getattr(torchvision.models, arch)(weights=None).features)
+    if state is not None:
+        features_state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+        if not features_state:
+            raise W.WeightsError(f"no 'features.*' keys; is this a torchvision {arch} checkpoint?")
+        features.load_state_dict(features_state)
+    return features
+
+
+def build_torchvision_features(spec: BackboneSpec, state: StateDict | None) -> SequentialFeatures:
+    """A backbone named after its torchvision architecture (vgg16, vgg19, alexnet)."""
+    return SequentialFeatures(spec, torchvision_features(spec.name, state))
+
+
+class L2Pool(nn.Module):
+    """DISTS's L2 pooling: √(Hann-weighted 3×3 mean of x², stride 2, padding 1 + 1e-12).
+
+    The window is ``np.hanning(5)[1:-1]`` = (½, 1, ½) as an outer product, normalised to sum 1,
+    exactly as the ``dists-pytorch`` package builds it (in float32)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        hann = torch.tensor([0.5, 1.0, 0.5], dtype=torch.float64)
+        window = (hann[:, None] * hann[None, :]).float()
+        self.register_buffer("window", (window / window.sum()).expand(channels, 1, 3, 3).contiguous())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.conv2d(x * x, self.window, stride=2, padding=1, groups=x.shape[1])
+        return (pooled + 1e-12).sqrt()
+
+
+def build_vgg16_l2pool(spec: BackboneSpec, state: StateDict | None) -> SequentialFeatures:
+    """VGG16 (same weight file) with the max-pool that opens stages 2–5 replaced by L2 pooling (DISTS)."""
+    features = torchvision_features("vgg16", state)
+    pools = [index for index, module in enumerate(features) if isinstance(module, nn.MaxPool2d)]
+    for index in pools[:-1]:  # the last pool ends stage 5, after every layer DISTS reads
+        features[index] = L2Pool(features[index - 2].out_channels)
+    return SequentialFeatures(spec, features)
+
+
 DINO_BLOCKS = 8
 DINO_PATCH = 14
+# The official DINOv2 code's ``interpolate_offset``: it resizes the position grid by a scale factor
+# of (n + 0.1) / 37, not to an exact size, and without antialiasing.
+DINO_POS_OFFSET = 0.1
+
+
+def official_pos_embed(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Class token plus position embeddings for (B, h, w, C) patch tokens, as DINOv2's own
+    ``interpolate_pos_encoding`` does it (timm's ``dynamic_img_size`` resizes to the exact grid
+    with antialiasing instead, which differs by 3–5% per block away from 518×518)."""
+    batch, height, width, dim = x.shape
+    pos = model.pos_embed
+    side = model.patch_embed.grid_size[0]
+    if (height, width) != (side, side):
+        grid = pos[:, 1:].float().reshape(1, side, side, dim).permute(0, 3, 1, 2)
+        scale = ((height + DINO_POS_OFFSET) / side, (width + DINO_POS_OFFSET) / side)
+        grid = F.interpolate(grid, scale_factor=scale, mode="bicubic", antialias=False)
+        pos = torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, height * width, dim).to(pos.dtype)], dim=1)
+    tokens = torch.cat([model.cls_token.expand(batch, -1, -1), x.reshape(batch, -1, dim)], dim=1)
+    return model.pos_drop(tokens + pos)
 
 
 class DINOv2Features(Backbone):
-    """timm's ``vit_base_patch14_dinov2``: the first 8 blocks' normed patch tokens as maps."""
+    """timm's ``vit_base_patch14_dinov2`` (its weight loading of both checkpoint layouts) with the
+    official position-embedding resize: the first 8 blocks' normed patch tokens as maps."""
 
-    layer_names = tuple(f"block{i}" for i in range(DINO_BLOCKS))
-
-    def __init__(self, model: nn.Module, pretrained: bool):
-        super().__init__("dinov2", pretrained)
+    def __init__(self, spec: BackboneSpec, model: nn.Module):
+        super().__init__(spec)
         model.blocks = model.blocks[:DINO_BLOCKS]
+        model._pos_embed = types.MethodType(official_pos_embed, model)
         self.model = model
         self.freeze()
 
@@ -141,47 +258,69 @@ class DINOv2Features(Backbone):
         return {self.layer_names[i]: fmap for i, fmap in zip(indices, maps)}
 
 
-def _seeded_init(build):
-    """Random initialisation that is the same in every process (explicit opt-in only)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(RANDOM_INIT_SEED)
-        return build()
-
-
-def build_vgg(name: str, pretrained: bool = True, weights_dir=None) -> VGGFeatures:
-    import torchvision
-
-    features = _seeded_init(lambda: getattr(torchvision.models, name)(weights=None).features)
-    if pretrained:
-        path = W.resolve(W.WEIGHT_SPECS[name], weights_dir)
-        state = W.load_state_dict(path)
-        features_state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
-        if not features_state:
-            raise W.WeightsError(f"{path}: no 'features.*' keys; is this a torchvision {name} checkpoint?")
-        features.load_state_dict(features_state)
-    return VGGFeatures(name, features, pretrained)
-
-
-def build_dinov2(pretrained: bool = True, weights_dir=None) -> DINOv2Features:
+def build_dinov2(spec: BackboneSpec, state: StateDict | None) -> DINOv2Features:
+    """timm's ViT-B/14 DINOv2; ``checkpoint_filter_fn`` reads both the official and timm layouts."""
     import timm
     from timm.models.vision_transformer import checkpoint_filter_fn
 
     model = _seeded_init(
-        lambda: timm.create_model(
-            "vit_base_patch14_dinov2.lvd142m", pretrained=False, num_classes=0, dynamic_img_size=True
-        )
+        lambda: timm.create_model("vit_base_patch14_dinov2.lvd142m", pretrained=False, num_classes=0, dynamic_img_size=True)
     )
-    if pretrained:
-        path = W.resolve(W.WEIGHT_SPECS["dinov2"], weights_dir)
-        model.load_state_dict(checkpoint_filter_fn(W.load_state_dict(path), model))
-    return DINOv2Features(model, pretrained)
+    if state is not None:
+        model.load_state_dict(checkpoint_filter_fn(dict(state), model))
+    return DINOv2Features(spec, model)
 
 
-BUILDERS = {
-    "vgg16": lambda pretrained, weights_dir: build_vgg("vgg16", pretrained, weights_dir),
-    "vgg19": lambda pretrained, weights_dir: build_vgg("vgg19", pretrained, weights_dir),
-    "dinov2": lambda pretrained, weights_dir: build_dinov2(pretrained, weights_dir),
-}
+# --- the backbones ------------------------------------------------------------------------------
+
+register_backbone(BackboneSpec(
+    "vgg16", build_torchvision_features, vgg_layer_names((2, 2, 3, 3, 3)),
+    files=("vgg16-397923af.pth",), url="https://download.pytorch.org/models/vgg16-397923af.pth", min_side=16,
+    description="torchvision VGG16 IMAGENET1K_V1 features",
+))
+register_backbone(BackboneSpec(
+    "vgg19", build_torchvision_features, vgg_layer_names((2, 2, 4, 4, 4)),
+    files=("vgg19-dcbb9e9d.pth",), url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", min_side=16,
+    description="torchvision VGG19 IMAGENET1K_V1 features",
+))
+register_backbone(BackboneSpec(
+    "vgg16_l2pool", build_vgg16_l2pool, vgg_layer_names((2, 2, 3, 3, 3)),
+    files=("vgg16-397923af.pth",), url="https://download.pytorch.org/models/vgg16-397923af.pth",
+    description="VGG16 IMAGENET1K_V1 features with L2 pooling (DISTS); shares vgg16's weight file",
+))
+register_backbone(BackboneSpec(
+    "alexnet", build_torchvision_features,
+    ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4", "conv5", "relu5", "pool5"),
+    files=("alexnet-owt-7be5be79.pth",), url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", min_side=31,
+    description="torchvision AlexNet IMAGENET1K_V1 features (LPIPS-Alex)",
+))
+register_backbone(BackboneSpec(
+    "dinov2", build_dinov2, tuple(f"block{i}" for i in range(DINO_BLOCKS)),
+    files=("dinov2_vitb14_pretrain.pth", "vit_base_patch14_dinov2.lvd142m.safetensors"),
+    url="https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
+    hf_repo="timm/vit_base_patch14_dinov2.lvd142m", min_side=8,
+    description="DINOv2 ViT-B/14 (LVD-142M), first 8 blocks",
+))
+
+
+# --- building and sharing -------------------------------------------------------------------------
+
+
+def build_backbone(name: str, pretrained: bool = True, weights_dir=None) -> Backbone:
+    """A new instance of ``name``: its checkpoint resolved, verified and loaded (or seeded random
+    weights with ``pretrained=False``, an explicit opt-in)."""
+    spec = backbone_spec(name)
+    if not pretrained:
+        model = spec.build(spec, None)
+    else:
+        path = W.resolve(spec.weights, weights_dir)
+        try:
+            model = spec.build(spec, W.load_state_dict(path))
+        except (RuntimeError, KeyError) as exc:
+            raise W.WeightsError(f"{path}: not a {name} checkpoint ({exc})") from exc
+    model.pretrained = pretrained
+    return model
+
 
 _shared: dict[tuple, Backbone] = {}
 _shared_lock = threading.Lock()
@@ -189,8 +328,7 @@ _shared_lock = threading.Lock()
 
 def get_backbone(name: str, device="cpu", pretrained: bool = True, weights_dir=None) -> Backbone:
     """The process-wide instance of ``name`` on ``device`` (built on first use)."""
-    if name not in BUILDERS:
-        raise ValueError(f"unknown backbone {name!r}; valid: {sorted(BUILDERS)}")
+    backbone_spec(name)
     device = torch.device(device)
     key = (name, str(device), pretrained, str(weights_dir or os.environ.get("LOSS_SERVICE_WEIGHTS_DIR", "")))
     with _shared_lock:
@@ -198,7 +336,7 @@ def get_backbone(name: str, device="cpu", pretrained: bool = True, weights_dir=N
             # Built outside any caller's inference_mode: inference tensors as weights would make
             # every later backward() through the shared instance fail.
             with torch.inference_mode(False):
-                _shared[key] = BUILDERS[name](pretrained, weights_dir).to(device)
+                _shared[key] = build_backbone(name, pretrained, weights_dir).to(device)
         return _shared[key]
 
 

@@ -1,4 +1,4 @@
-"""CLP: contrastive perceptual loss, a triplet margin on deep features (SPEC §3.5).
+"""CLP: contrastive perceptual loss, a triplet margin on deep features (docs/metrics.md).
 
 Anchor = SR, positive = target, negative = LR (bicubic-resized to SR size, and replaced by
 1 − target wherever it equals the target exactly).
@@ -6,25 +6,18 @@ Anchor = SR, positive = target, negative = LR (bicubic-resized to SR size, and r
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import torch
 import torch.nn.functional as F
 
-from .features import BackboneLoss, FeatureView, extract
+from .features import FeatureLoss, FeatureView, ImageBatch
 
-CLP_BACKBONES: dict[str, tuple[FeatureView, dict[str, float]]] = {
-    "dinov2": (
-        FeatureView("dinov2", tuple(f"block{i}" for i in range(8))),
-        dict(zip((f"block{i}" for i in range(8)), (1.0, 0.5, 0.5, 1.0, 0.5, 0.5, 1.0, 0.1))),
-    ),
-    "vgg19": (
-        FeatureView("vgg19", ("relu1_2", "relu2_2", "relu3_4", "relu4_4", "relu5_4")),
-        dict(relu1_2=0.5, relu2_2=0.5, relu3_4=1.0, relu4_4=1.0, relu5_4=1.0),
-    ),
+CLP_VIEWS: dict[str, FeatureView] = {
+    "dinov2": FeatureView.of("dinov2", {f"block{i}": w for i, w in enumerate((1.0, 0.5, 0.5, 1.0, 0.5, 0.5, 1.0, 0.1))}),
+    "vgg19": FeatureView.of("vgg19", dict(relu1_2=0.5, relu2_2=0.5, relu3_4=1.0, relu4_4=1.0, relu5_4=1.0)),
 }
 CLP_ALIASES = {"vgg": "vgg19"}
 TRIPLET = dict(margin=1.0, p=2, eps=1e-6)
+NEGATIVE = "clp_negative"
 
 
 def resize_like(lr: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -40,38 +33,40 @@ def clp_negative(lr: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(lr == target, 1.0 - target, lr)
 
 
-def clp_from_features(
-    anchor: Mapping[str, torch.Tensor],
-    positive: Mapping[str, torch.Tensor],
-    negative: Mapping[str, torch.Tensor],
-    layer_weights: Mapping[str, float],
-) -> torch.Tensor:
+def clp_per_sample(batch: ImageBatch, view: FeatureView) -> torch.Tensor:
     """Per-sample CLP (B,): mean over layers of the triplet loss over every (sample, channel) row."""
+    batch.derived(NEGATIVE, lambda: clp_negative(batch["lr"], batch["gt"]))
+    anchor, positive, negative = (batch.features(role, view) for role in ("sr", "gt", NEGATIVE))
     per_layer = []
-    for layer, weight in layer_weights.items():
+    for layer, weight in view.layer_weights:
         rows = [(f[layer] * weight).flatten(2) for f in (anchor, positive, negative)]
-        batch, channels = rows[0].shape[:2]
-        loss = F.triplet_margin_loss(*(r.reshape(batch * channels, -1) for r in rows), reduction="none", **TRIPLET)
-        per_layer.append(loss.view(batch, channels).mean(dim=1))
+        size, channels = rows[0].shape[:2]
+        loss = F.triplet_margin_loss(*(r.reshape(size * channels, -1) for r in rows), reduction="none", **TRIPLET)
+        per_layer.append(loss.view(size, channels).mean(dim=1))
     return torch.stack(per_layer).mean(dim=0)
 
 
-class CLPLoss(BackboneLoss):
-    """``CLPLoss(model)(sr, target, lr)``: loss_weight · mean over layers of the triplet margin loss."""
+class CLPLoss(FeatureLoss):
+    """``CLPLoss(backbone)(sr, target, lr)``: loss_weight · mean over layers of the triplet margin loss.
 
-    def __init__(self, model: str = "dinov2", loss_weight: float = 1.0, pretrained: bool = True, weights_dir=None):
-        model = CLP_ALIASES.get(model, model)
-        if model not in CLP_BACKBONES:
-            raise ValueError(f"CLP model must be one of {sorted(CLP_BACKBONES) + sorted(CLP_ALIASES)}, got {model!r}")
-        super().__init__(model, pretrained, weights_dir)
-        self.view, self.layer_weights = CLP_BACKBONES[model]
+    ``backbone`` is ``dinov2`` or ``vgg19`` (``vgg`` is an alias); ``model=`` is the seed's name
+    for the same argument.
+    """
+
+    def __init__(self, backbone: str = "dinov2", loss_weight: float = 1.0, pretrained: bool = True, weights_dir=None,
+                 *, model: str | None = None):
+        if model is not None:
+            backbone = model
+        backbone = CLP_ALIASES.get(backbone, backbone)
+        if backbone not in CLP_VIEWS:
+            raise ValueError(f"CLP backbone must be one of {sorted(CLP_VIEWS) + sorted(CLP_ALIASES)}, got {backbone!r}")
+        super().__init__(pretrained, weights_dir)
+        self.view = CLP_VIEWS[backbone]
         self.loss_weight = loss_weight
+        self.require(backbone)
 
     def per_sample(self, sr: torch.Tensor, target: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        backbone = self.backbone_for(sr)
-        negative = clp_negative(lr, target)
-        features = [extract(backbone, image, self.view) for image in (sr, target, negative)]
-        return self.loss_weight * clp_from_features(*features, self.layer_weights)
+        return self.loss_weight * clp_per_sample(self.batch((self.view,), sr=sr, gt=target, lr=lr), self.view)
 
     def forward(self, sr: torch.Tensor, target: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         return self.per_sample(sr, target, lr).mean().to(sr.dtype)

@@ -1,4 +1,4 @@
-"""DistillationLoss: logit and feature distillation for classifiers / recognisers (SPEC §3.6).
+"""DistillationLoss: logit and feature distillation for classifiers / recognisers (docs/metrics.md).
 
 total = α·hard + β·Σ_i aux_i + γ·(term1 + term2); β is applied once to the sum (the original
 compounded it across feature indices; that is not reproduced). No τ² factor.
@@ -37,7 +37,10 @@ def mk_mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x = F.normalize(F.normalize(x, dim=-1).flatten(1), dim=1)
     y = F.normalize(F.normalize(y, dim=-1).flatten(1), dim=1)
     batch = x.shape[0]
-    blocks = [_squared_distances(x, x), _squared_distances(y, y), _squared_distances(x, y)]
+    # A sample's distance to itself is exactly 0; computed as |a|² + |a|² − 2a·a it is rounding
+    # noise (~1e-8), which for B = 1 would become the block's σ² and turn K_xx from 1 into e^(−1/2f).
+    eye = torch.eye(batch, dtype=torch.bool, device=x.device)
+    blocks = [_squared_distances(x, x).masked_fill(eye, 0.0), _squared_distances(y, y).masked_fill(eye, 0.0), _squared_distances(x, y)]
     sigma2 = [d.mean().clamp_min(MMD_MIN_SIGMA2) for d in blocks]
     total = x.new_zeros(())
     for factor in MMD_KERNEL_FACTORS:

@@ -1,4 +1,4 @@
-"""Knowledge-distillation losses on images and on feature maps (SPEC §3.4)."""
+"""Knowledge-distillation losses on images and on feature maps (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -8,41 +8,42 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hybrid import weighted_result
-from .perceptual import PerceptualLoss
+from .features import FeatureLoss, ImageBatch
+from .hybrid import batch_means, per_sample_mean
+from .perceptual import feature_distance, preset_view
+
+KD_DEFAULTS = dict(lambda_kd=1.0, lambda_vgg=0.1)
 
 
-def kd_pixel_terms(student: torch.Tensor, gt: torch.Tensor, teacher: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Per-sample L1(student, GT) and L1(student, teacher), shape (B,)."""
-    return {
-        "l1_gt": (student - gt).abs().flatten(1).mean(dim=1),
-        "l1_teacher": (student - teacher).abs().flatten(1).mean(dim=1),
+def kd_terms(batch: ImageBatch, lambdas: dict[str, float], vgg_view) -> dict[str, torch.Tensor]:
+    """Per-sample L1(student, GT), L1(student, teacher), VGG relu2_2(student, teacher) (only
+    computed when λ_vgg > 0) and ``total`` = l1_gt + λ_kd·l1_teacher + λ_vgg·vgg, each (B,)."""
+    student = batch["sr"]
+    terms = {
+        "l1_gt": per_sample_mean((student - batch["gt"]).abs()),
+        "l1_teacher": per_sample_mean((student - batch["teacher"]).abs()),
+        "vgg": feature_distance(batch, "sr", "teacher", vgg_view) if lambdas["lambda_vgg"] > 0 else batch.zeros(),
     }
+    terms["total"] = terms["l1_gt"] + lambdas["lambda_kd"] * terms["l1_teacher"] + lambdas["lambda_vgg"] * terms["vgg"]
+    return terms
 
 
-class KDImageLoss(nn.Module):
+class KDImageLoss(FeatureLoss):
     """total = L1(student, GT) + λ_kd·L1(student, teacher) + λ_vgg·VGG(student, teacher).
 
     VGG is the ``vgg_relu2_2`` preset. Returns every component (detached floats) and ``total``.
     """
 
     def __init__(self, lambda_kd: float = 1.0, lambda_vgg: float = 0.1, normalize: bool = True, pretrained=True, weights_dir=None):
-        super().__init__()
-        self.weights = dict(l1_gt=1.0, l1_teacher=lambda_kd, vgg=lambda_vgg)
-        self.vgg = (
-            PerceptualLoss.from_preset("vgg_relu2_2", normalize=normalize, pretrained=pretrained, weights_dir=weights_dir)
-            if lambda_vgg > 0
-            else None
-        )
+        super().__init__(pretrained, weights_dir)
+        self.lambdas = dict(lambda_kd=lambda_kd, lambda_vgg=lambda_vgg)
+        self.view = preset_view("vgg_relu2_2", normalize)
+        if lambda_vgg > 0:
+            self.require(self.view.backbone)
 
     def forward(self, student: torch.Tensor, gt: torch.Tensor, teacher: torch.Tensor) -> dict:
-        terms = kd_pixel_terms(student, gt, teacher)
-        terms["vgg"] = (
-            self.vgg.per_sample(student, teacher)
-            if self.vgg is not None
-            else torch.zeros(student.shape[0], dtype=student.dtype, device=student.device)
-        )
-        return weighted_result(terms, self.weights, student.dtype)
+        batch = self.batch((self.view,), sr=student, gt=gt, teacher=teacher)
+        return batch_means(kd_terms(batch, self.lambdas, self.view), student.dtype)
 
 
 FEATURE_CRITERIA = {

@@ -1,4 +1,4 @@
-"""VGG feature (perceptual) losses: Σ_k w_k · crit(φ_k(x), φ_k(y)) (SPEC §3.2)."""
+"""VGG feature (perceptual) losses: Σ_k w_k · crit(φ_k(x), φ_k(y)) (docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -6,62 +6,73 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .features import BackboneLoss, FeatureView, extract
+from .features import FeatureLoss, FeatureView, ImageBatch, LayerWeights
 
 CRITERIA = {
     "l1": lambda a, b: (a - b).abs(),
     "l2": lambda a, b: (a - b).pow(2),
 }
+PERCEPTUAL_BACKBONES = ("vgg16", "vgg19")
+DEFAULT_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
 
-# Named presets; each is also a metric of the service.
+# Named presets (PerceptualLoss keyword arguments); each is also a metric of the service.
 PERCEPTUAL_PRESETS: dict[str, dict] = {
     # The "VSR training fix" PerceptualLoss: features[:4], [:9], [:16], [:23].
-    "perceptual": dict(
-        backbone="vgg16",
-        layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
-        layer_weights=(0.25, 0.25, 0.25, 0.25),
-        criterion="l1",
-        resize=None,
-    ),
+    "perceptual": dict(backbone="vgg16", layer_weights=dict(relu1_2=0.25, relu2_2=0.25, relu3_3=0.25, relu4_3=0.25),
+                       criterion="l1", resize=None),
     # The knowledge-distillation VGGPerceptualLoss (it omitted normalisation: normalize=False).
-    "vgg_relu2_2": dict(backbone="vgg16", layers=("relu2_2",), layer_weights=(1.0,), criterion="l1", resize=224),
+    "vgg_relu2_2": dict(backbone="vgg16", layer_weights=dict(relu2_2=1.0), criterion="l1", resize=224),
 }
 
 
-def feature_distance(
-    fx: Mapping[str, torch.Tensor], fy: Mapping[str, torch.Tensor], layer_weights: Mapping[str, float], criterion: str
-) -> torch.Tensor:
-    """Per-sample Σ_k w_k · mean(crit(φ_k(x), φ_k(y))), shape (B,)."""
+def preset_view(name: str, normalize: bool = True) -> FeatureView:
+    preset = PERCEPTUAL_PRESETS[name]
+    return FeatureView.of(preset["backbone"], preset["layer_weights"], resize=preset["resize"], normalize=normalize)
+
+
+def feature_distance(batch: ImageBatch, x: str, y: str, view: FeatureView, criterion: str = "l1") -> torch.Tensor:
+    """Per-sample Σ_k w_k · mean(crit(φ_k(x), φ_k(y))) between two roles of the batch, shape (B,)."""
     crit = CRITERIA[criterion]
-    return sum(w * crit(fx[k], fy[k]).flatten(1).mean(dim=1) for k, w in layer_weights.items())
+    fx, fy = batch.features(x, view), batch.features(y, view)
+    return sum(w * crit(fx[k], fy[k]).flatten(1).mean(dim=1) for k, w in view.layer_weights)
 
 
-class PerceptualLoss(BackboneLoss):
-    """Perceptual loss on a frozen VGG; differentiable w.r.t. the first argument."""
+class PerceptualLoss(FeatureLoss):
+    """Perceptual loss on a frozen VGG; differentiable w.r.t. the first argument.
+
+    ``layer_weights`` is a mapping ``{layer: weight}`` (then ``layers`` may be omitted) or a
+    sequence paired with ``layers`` (default: relu1_2, relu2_2, relu3_3, relu4_3, weight 1 each);
+    a layer the backbone lacks is refused here, at construction.
+    """
 
     def __init__(
         self,
         backbone: str = "vgg16",
-        layers: Sequence[str] = ("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
-        layer_weights: Sequence[float] | None = None,
+        layers: Sequence[str] | None = None,
+        layer_weights: LayerWeights | Sequence[float] | None = None,
         criterion: str = "l1",
         resize: int | None = None,
         normalize: bool = True,
         pretrained: bool = True,
         weights_dir=None,
     ):
-        if backbone not in ("vgg16", "vgg19"):
-            raise ValueError(f"PerceptualLoss backbone must be 'vgg16' or 'vgg19', got {backbone!r}")
+        if backbone not in PERCEPTUAL_BACKBONES:
+            raise ValueError(f"PerceptualLoss backbone must be one of {list(PERCEPTUAL_BACKBONES)}, got {backbone!r}")
         if criterion not in CRITERIA:
             raise ValueError(f"criterion must be one of {sorted(CRITERIA)}, got {criterion!r}")
-        layers = tuple(layers)
-        layer_weights = tuple(layer_weights) if layer_weights is not None else (1.0,) * len(layers)
-        if len(layer_weights) != len(layers):
-            raise ValueError(f"{len(layers)} layers but {len(layer_weights)} layer weights")
-        super().__init__(backbone, pretrained, weights_dir)
-        self.view = FeatureView(backbone, layers, resize, normalize)
-        self.layer_weights = dict(zip(layers, layer_weights))
+        super().__init__(pretrained, weights_dir)
+        if isinstance(layer_weights, Mapping):
+            if layers is not None and tuple(layers) != tuple(layer_weights):
+                raise ValueError(f"layers {list(layers)} disagree with the layer_weights mapping {list(layer_weights)}")
+            self.view = FeatureView.of(backbone, layer_weights, resize=resize, normalize=normalize)
+        else:
+            self.view = FeatureView.of(backbone, layers or DEFAULT_LAYERS, layer_weights, resize=resize, normalize=normalize)
         self.criterion = criterion
+        self.require(backbone)
+
+    @property
+    def layer_weights(self) -> dict[str, float]:
+        return self.view.weights
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "PerceptualLoss":
@@ -70,8 +81,7 @@ class PerceptualLoss(BackboneLoss):
         return cls(**{**PERCEPTUAL_PRESETS[name], **overrides})
 
     def per_sample(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        backbone = self.backbone_for(x)
-        return feature_distance(extract(backbone, x, self.view), extract(backbone, y, self.view), self.layer_weights, self.criterion)
+        return feature_distance(self.batch((self.view,), sr=x, gt=y), "sr", "gt", self.view, self.criterion)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.per_sample(x, y).mean().to(x.dtype)

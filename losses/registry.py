@@ -1,8 +1,9 @@
-"""The metric registry: each metric is one declarative entry plus one function.
+"""The metric registry: each metric is one declarative entry pointing at its formula.
 
-A metric function takes a ``MetricInputs`` (the batch's images and a per-batch feature
-cache) and its options, and returns per-image values of shape (B,), or a mapping with
-``total`` and named components. Adding a metric means adding one ``register`` call.
+A metric function takes an ``ImageBatch`` (the batch's images and its feature cache) and the
+metric's resolved options, and returns per-image values of shape (B,), or a mapping with
+``total`` and named components. The formulas live in their loss modules; this file only
+lists metrics. Adding a metric means one ``register`` call (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -12,17 +13,21 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
-from .backbones import Backbone, get_backbone
-from .clp import CLP_BACKBONES, clp_from_features, clp_negative
-from .features import FeatureView, extract
-from .hybrid import HYBRID_PRESETS, pixel_terms
-from .kd import kd_pixel_terms
-from .lpips_vgg import LPIPS_VIEW, lpips_from_features, shared_lin_layers
-from .perceptual import PERCEPTUAL_PRESETS, feature_distance
-from .psnr_ssim import psnr, ssim
+from .backbones import Backbone, backbone_spec, get_backbone
+from .clp import CLP_VIEWS, clp_per_sample
+from .features import FeatureView, ImageBatch
+from .hybrid import HYBRID_PRESETS, PERCEPTUAL_VIEW, hybrid_terms
+from .kd import KD_DEFAULTS, kd_terms
+from .dists import DISTS_VIEW, dists_per_sample, shared_alpha_beta
+from .lpips_loss import LPIPS_NETS, lpips_per_sample, shared_lin_layers
+from .perceptual import feature_distance, preset_view
+from .psnr_ssim import MS_SSIM_MIN_SIDE, SSIM_WINDOW, check_crop, lr_psnr, lr_scale, ms_ssim, psnr, ssim
+from .tables import add_named
 
-IMAGE_ROLES = ("sr", "gt", "lr", "teacher")
-MetricFn = Callable[["MetricInputs", dict], "torch.Tensor | dict[str, torch.Tensor]"]
+MetricFn = Callable[[ImageBatch, dict], "torch.Tensor | dict[str, torch.Tensor]"]
+# Checks image sizes (role → (H, W)) against resolved options before any work; raises MetricError.
+SizeCheck = Callable[[Mapping[str, tuple[int, int]], dict], None]
+PAIR = ("sr", "gt")
 
 
 class MetricError(ValueError):
@@ -35,6 +40,8 @@ class MetricError(ValueError):
 
 @dataclass(frozen=True)
 class Metric:
+    """One catalogue entry: what the metric needs, which way is better, its options and formula."""
+
     name: str
     fn: MetricFn
     needs: tuple[str, ...]
@@ -42,7 +49,9 @@ class Metric:
     views: tuple[FeatureView, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
-    # Whether the backbone is used for the given options (HybridLoss skips it at weight 0).
+    convention: str = ""
+    check_sizes: SizeCheck | None = None
+    # Whether the backbone is used for the given options (e.g. HybridLoss skips it at weight 0).
     uses_backbone: Callable[[dict], bool] = lambda options: True
 
     @property
@@ -60,6 +69,7 @@ class Metric:
             options=dict(self.options),
             backbone=self.backbone,
             description=self.description,
+            convention=self.convention,
         )
 
 
@@ -67,116 +77,85 @@ REGISTRY: dict[str, Metric] = {}
 
 
 def register(metric: Metric) -> Metric:
-    if metric.name in REGISTRY:
-        raise ValueError(f"metric {metric.name!r} registered twice")
-    REGISTRY[metric.name] = metric
-    return metric
+    return add_named(REGISTRY, metric, "metric")
 
 
-class MetricInputs:
-    """A batch's images plus a cache so each image passes each backbone view once.
-
-    Views with equal preprocessing share one forward pass, read at the union of the layers
-    that the batch's metrics ask for (e.g. ``perceptual`` and ``lpips_vgg`` share VGG16).
-    """
-
-    def __init__(self, images: Mapping[str, torch.Tensor], metrics: Iterable[Metric], backbone: Callable[[str], Backbone]):
-        self.images = dict(images)
-        self._backbone = backbone
-        self._layers: dict[tuple, set[str]] = {}
-        for metric in metrics:
-            for view in metric.views:
-                self._layers.setdefault(view.preprocessing, set()).update(view.layers)
-        self._features: dict[tuple, dict[str, torch.Tensor]] = {}
-
-    def __getitem__(self, role: str) -> torch.Tensor:
-        return self.images[role]
-
-    def derived(self, name: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """An image computed from the inputs once per batch (e.g. CLP's negative)."""
-        if name not in self.images:
-            self.images[name] = make()
-        return self.images[name]
-
-    def features(self, role: str, view: FeatureView) -> dict[str, torch.Tensor]:
-        key = (role, view.preprocessing)
-        if key not in self._features:
-            layers = sorted(self._layers.get(view.preprocessing, set()) | set(view.layers))
-            self._features[key] = extract(self._backbone(view.backbone), self.images[role], view, layers)
-        return self._features[key]
-
-    @property
-    def device(self) -> torch.device:
-        return self.images["sr"].device
-
-    def zeros(self) -> torch.Tensor:
-        return torch.zeros(self.images["sr"].shape[0], device=self.device)
+def _perceptual(view: FeatureView) -> MetricFn:
+    return lambda batch, options: feature_distance(batch, "sr", "gt", view)
 
 
-def _view(preset: str) -> tuple[FeatureView, dict[str, float]]:
-    p = PERCEPTUAL_PRESETS[preset]
-    return FeatureView(p["backbone"], p["layers"], p["resize"]), dict(zip(p["layers"], p["layer_weights"]))
+def _clp(view: FeatureView) -> MetricFn:
+    return lambda batch, options: options["loss_weight"] * clp_per_sample(batch, view)
 
 
-PERCEPTUAL_VIEW, PERCEPTUAL_WEIGHTS = _view("perceptual")
-VGG_RELU2_2_VIEW, VGG_RELU2_2_WEIGHTS = _view("vgg_relu2_2")
+def _crop_fits(min_side: int, label: str, role: str = "sr") -> SizeCheck:
+    """``crop_border`` must leave ``min_side`` pixels of the ``role`` image on each side."""
+
+    def check(sizes: Mapping[str, tuple[int, int]], options: dict) -> None:
+        try:
+            check_crop(sizes[role], options["crop_border"], min_side, label)
+        except ValueError as exc:
+            raise MetricError("options" if options["crop_border"] else role, str(exc)) from None
+
+    return check
+
+
+def _lr_consistent(sizes: Mapping[str, tuple[int, int]], options: dict) -> None:
+    try:
+        lr_scale(sizes["sr"], sizes["lr"])
+    except ValueError as exc:
+        raise MetricError("lr", str(exc)) from None
+    _crop_fits(1, "lr_psnr", "lr")(sizes, options)
+
+
 SR_CONVENTION = dict(crop_border=0, y_channel=False)
+VGG_RELU2_2_VIEW = preset_view("vgg_relu2_2")
 
+# --- the metrics ------------------------------------------------------------------------------
 
-def _perceptual(inputs: MetricInputs, x: str, y: str, view: FeatureView, weights: dict[str, float]) -> torch.Tensor:
-    return feature_distance(inputs.features(x, view), inputs.features(y, view), weights, "l1")
-
-
-def _hybrid(inputs: MetricInputs, options: dict) -> dict[str, torch.Tensor]:
-    terms = pixel_terms(inputs["sr"], inputs["gt"])
-    use_perceptual = options["perceptual_weight"] > 0
-    terms["perceptual"] = _perceptual(inputs, "sr", "gt", PERCEPTUAL_VIEW, PERCEPTUAL_WEIGHTS) if use_perceptual else inputs.zeros()
-    terms["total"] = sum(options[f"{name}_weight"] * terms[name] for name in ("l1", "ms", "grad", "perceptual"))
-    return terms
-
-
-def _kd(inputs: MetricInputs, options: dict) -> dict[str, torch.Tensor]:
-    terms = kd_pixel_terms(inputs["sr"], inputs["gt"], inputs["teacher"])
-    terms["vgg"] = _perceptual(inputs, "sr", "teacher", VGG_RELU2_2_VIEW, VGG_RELU2_2_WEIGHTS)
-    terms["total"] = terms["l1_gt"] + options["lambda_kd"] * terms["l1_teacher"] + options["lambda_vgg"] * terms["vgg"]
-    return terms
-
-
-def _clp(backbone: str) -> MetricFn:
-    view, weights = CLP_BACKBONES[backbone]
-
-    def clp(inputs: MetricInputs, options: dict) -> torch.Tensor:
-        inputs.derived("clp_negative", lambda: clp_negative(inputs["lr"], inputs["gt"]))
-        features = [inputs.features(role, view) for role in ("sr", "gt", "clp_negative")]
-        return options["loss_weight"] * clp_from_features(*features, weights)
-
-    return clp
-
-
-def _lpips(inputs: MetricInputs, options: dict) -> torch.Tensor:
-    return lpips_from_features(inputs.features("sr", LPIPS_VIEW), inputs.features("gt", LPIPS_VIEW), shared_lin_layers(inputs.device))
-
-
-PAIR = ("sr", "gt")
-register(Metric("psnr", lambda i, o: psnr(i["sr"], i["gt"], **o), PAIR, False, options=SR_CONVENTION,
-                description="PSNR in dB on the [0, 255] scale (BasicSR/MATLAB convention)"))
-register(Metric("ssim", lambda i, o: ssim(i["sr"], i["gt"], **o), PAIR, False, options=SR_CONVENTION,
-                description="SSIM, 11×11 Gaussian window σ=1.5, valid filtering (BasicSR/MATLAB convention)"))
-register(Metric("l1", lambda i, o: (i["sr"] - i["gt"]).abs().flatten(1).mean(dim=1), PAIR, True,
+register(Metric("psnr", lambda b, o: psnr(b["sr"], b["gt"], **o), PAIR, False, options=SR_CONVENTION,
+                description="PSNR in dB on the [0, 255] scale", check_sizes=_crop_fits(1, "PSNR"),
+                convention="BasicSR calculate_psnr / MATLAB: float64, Y = BT.601 studio swing (pyiqa defaults to YIQ)"))
+register(Metric("ssim", lambda b, o: ssim(b["sr"], b["gt"], **o), PAIR, False, options=SR_CONVENTION,
+                description="SSIM, 11×11 Gaussian window σ=1.5, valid filtering", check_sizes=_crop_fits(SSIM_WINDOW, "SSIM"),
+                convention="BasicSR calculate_ssim / MATLAB ssim_index = scikit-image gaussian_weights, no sample covariance"))
+register(Metric("ms_ssim", lambda b, o: ms_ssim(b["sr"], b["gt"], **o), PAIR, False, options=SR_CONVENTION,
+                description="MS-SSIM, 5 scales, weights .0448/.2856/.3001/.2363/.1333",
+                check_sizes=_crop_fits(MS_SSIM_MIN_SIDE, "MS-SSIM"),
+                convention="original MATLAB msssim.m: 2×2 mean + symmetric edge between scales (pytorch-msssim zero-pads odd sizes)"))
+register(Metric("lr_psnr", lambda b, o: lr_psnr(b["sr"], b["lr"], **o), ("sr", "lr"), False, options=SR_CONVENTION,
+                description="PSNR(lr, MATLAB-bicubic-downscaled sr): LR consistency, target ≥ 45 dB", check_sizes=_lr_consistent,
+                convention="NTIRE 2022 Learning the SR Space: MATLAB imresize(sr, 1/s, 'bicubic'), antialiased; crop in LR pixels"))
+register(Metric("l1", lambda b, o: (b["sr"] - b["gt"]).abs().flatten(1).mean(dim=1), PAIR, True,
                 description="mean absolute error on [0, 1]"))
-register(Metric("perceptual", lambda i, o: _perceptual(i, "sr", "gt", PERCEPTUAL_VIEW, PERCEPTUAL_WEIGHTS), PAIR, True,
-                views=(PERCEPTUAL_VIEW,), description="VGG16 relu1_2/2_2/3_3/4_3, ¼ each, L1"))
-register(Metric("vgg_relu2_2", lambda i, o: _perceptual(i, "sr", "gt", VGG_RELU2_2_VIEW, VGG_RELU2_2_WEIGHTS), PAIR, True,
-                views=(VGG_RELU2_2_VIEW,), description="VGG16 relu2_2, L1, resized to 224×224"))
-register(Metric("hybrid", _hybrid, PAIR, True, views=(PERCEPTUAL_VIEW,), options=HYBRID_PRESETS["default"],
+register(Metric("perceptual", _perceptual(PERCEPTUAL_VIEW), PAIR, True, views=(PERCEPTUAL_VIEW,),
+                description="VGG16 relu1_2/2_2/3_3/4_3, ¼ each, L1"))
+register(Metric("vgg_relu2_2", _perceptual(VGG_RELU2_2_VIEW), PAIR, True, views=(VGG_RELU2_2_VIEW,),
+                description="VGG16 relu2_2, L1, resized to 224×224"))
+register(Metric("hybrid", hybrid_terms, PAIR, True, views=(PERCEPTUAL_VIEW,), options=HYBRID_PRESETS["default"],
                 uses_backbone=lambda o: o["perceptual_weight"] > 0,
                 description="l1/ms/grad/perceptual weighted sum; components as hybrid.<term>"))
-register(Metric("kd", _kd, ("sr", "gt", "teacher"), True, views=(VGG_RELU2_2_VIEW,), options=dict(lambda_kd=1.0, lambda_vgg=0.1),
+register(Metric("kd", lambda b, o: kd_terms(b, o, VGG_RELU2_2_VIEW), ("sr", "gt", "teacher"), True,
+                views=(VGG_RELU2_2_VIEW,), options=KD_DEFAULTS, uses_backbone=lambda o: o["lambda_vgg"] > 0,
                 description="L1(sr, gt) + λ_kd·L1(sr, teacher) + λ_vgg·VGG relu2_2(sr, teacher)"))
-for _backbone in CLP_BACKBONES:
-    register(Metric(f"clp_{_backbone}", _clp(_backbone), ("sr", "gt", "lr"), True, views=(CLP_BACKBONES[_backbone][0],),
+for _backbone, _view in CLP_VIEWS.items():
+    register(Metric(f"clp_{_backbone}", _clp(_view), ("sr", "gt", "lr"), True, views=(_view,),
                     options=dict(loss_weight=1.0), description=f"contrastive triplet perceptual loss on {_backbone} features"))
-register(Metric("lpips_vgg", _lpips, PAIR, True, views=(LPIPS_VIEW,), description="LPIPS v0.1, VGG variant"))
+def _lpips(net: str) -> MetricFn:
+    return lambda batch, options: lpips_per_sample(batch, net, shared_lin_layers(net, batch.device))
+
+
+register(Metric("lpips_vgg", _lpips("vgg"), PAIR, True, views=(LPIPS_NETS["vgg"].view,), description="LPIPS v0.1, VGG variant",
+                convention="lpips package, lpips(sr, gt) on [0, 1] inputs mapped to [−1, 1] (normalize=True)"))
+register(Metric("lpips_alex", _lpips("alex"), PAIR, True, views=(LPIPS_NETS["alex"].view,),
+                description="LPIPS v0.1, AlexNet variant (the LPIPS most SR papers report)",
+                convention="lpips package, LPIPS(net='alex', version='0.1'), lpips(sr, gt), [0, 1] mapped to [−1, 1]"))
+register(Metric("dists", lambda b, o: dists_per_sample(b, *shared_alpha_beta(b.device)), PAIR, True, views=(DISTS_VIEW,),
+                description="DISTS: 1 − Σ(α·S1 + β·S2)/Σ(α + β) on VGG16 with L2 pooling",
+                convention="dists-pytorch package (Ding et al. 2020), α/β from its weights.pt; no resize of the input"))
+
+
+# --- validation and batched scoring --------------------------------------------------------------
 
 
 def get_metrics(names: Sequence[str]) -> list[Metric]:
@@ -214,12 +193,34 @@ def resolve_options(metrics: Sequence[Metric], options: Mapping[str, Any]) -> di
     }
 
 
-def check_images(metrics: Sequence[Metric], present: Iterable[str]) -> None:
-    present = set(present)
+def check_images(metrics: Sequence[Metric], sizes: Mapping[str, tuple[int, int]], options: Mapping[str, dict]) -> None:
+    """Every needed image is present, and each metric accepts the sizes (role → (H, W))."""
     for metric in metrics:
-        missing = [role for role in metric.needs if role not in present]
+        missing = [role for role in metric.needs if role not in sizes]
         if missing:
             raise MetricError(missing[0], f"metric {metric.name!r} needs image(s) {missing}")
+        if metric.check_sizes is not None:
+            metric.check_sizes(sizes, options[metric.name])
+        for view in metric.views if metric.backbones(options[metric.name]) else ():
+            _check_backbone_size(metric.name, view, sizes["sr"])
+
+
+def size_problem(metric: Metric, side: int) -> str | None:
+    """Why ``metric`` (default options) cannot score side×side images with a 4× smaller LR, or None."""
+    sizes = {role: (side // 4, side // 4) if role == "lr" else (side, side) for role in ("sr", "gt", "lr", "teacher")}
+    try:
+        check_images([metric], sizes, resolve_options([metric], {}))
+    except MetricError as exc:
+        return str(exc)
+    return None
+
+
+def _check_backbone_size(metric: str, view: FeatureView, size: tuple[int, int]) -> None:
+    """An image the backbone would shrink to nothing is a clear error, not a framework crash."""
+    min_side = backbone_spec(view.backbone).min_side
+    if view.resize is None and min(size) < min_side:
+        raise MetricError("sr", f"metric {metric!r} runs {view.backbone}, which needs images of at least "
+                                f"{min_side}×{min_side}; got {size[1]}×{size[0]}")
 
 
 def compute(
@@ -229,14 +230,14 @@ def compute(
     backbone: Callable[[str], Backbone] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Score a batch: ``{name: (B,)}`` plus ``{name.component: (B,)}`` for composite metrics."""
-    check_images(metrics, images)
+    check_images(metrics, {role: tuple(image.shape[-2:]) for role, image in images.items()}, options)
     if backbone is None:
         device = images["sr"].device
         backbone = lambda name: get_backbone(name, device)  # noqa: E731
-    inputs = MetricInputs(images, metrics, backbone)
+    batch = ImageBatch(images, backbone, (view for metric in metrics for view in metric.views))
     scores: dict[str, torch.Tensor] = {}
     for metric in metrics:
-        result = metric.fn(inputs, options[metric.name])
+        result = metric.fn(batch, options[metric.name])
         if isinstance(result, dict):
             scores[metric.name] = result["total"]
             scores.update({f"{metric.name}.{k}": v for k, v in result.items() if k != "total"})

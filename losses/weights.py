@@ -1,55 +1,44 @@
 """Pretrained weights: where they are looked for, how they are verified and loaded.
 
-Resolution order (SPEC §4): an explicit directory or ``$LOSS_SERVICE_WEIGHTS_DIR`` →
+Resolution order (README, "Weights"): an explicit directory or ``$LOSS_SERVICE_WEIGHTS_DIR`` →
 ``$TORCH_HOME/hub/checkpoints`` and the Hugging Face cache → a download, only when asked for
-(``loss-service weights fetch``, or ``LOSS_SERVICE_AUTO_DOWNLOAD=1``).
+(``loss-service weights fetch``, ``serve`` without ``--offline``, or ``LOSS_SERVICE_AUTO_DOWNLOAD=1``).
 Files are read with ``torch.load(weights_only=True)`` or safetensors, never with pickle.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 FETCH_COMMAND = "uv run loss-service weights fetch"
+log = logging.getLogger("loss_service")
 
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """One backbone's checkpoint: accepted file names, download URL and hash prefix."""
+    """One backbone's checkpoint: accepted file names, download URL and hash prefix.
+
+    Built from the backbone's ``BackboneSpec`` (losses/backbones.py), never written by hand.
+    """
 
     name: str
     filenames: tuple[str, ...]
     url: str
     hf_repo: str | None = None
     hf_filename: str = "model.safetensors"
-    extra_filenames: tuple[str, ...] = field(default=())
 
     @property
     def sha256_prefix(self) -> str | None:
         """torchvision's convention: ``<name>-<first 8+ hex of sha256>.pth``."""
         match = re.search(r"-([a-f0-9]{6,})\.", self.filenames[0])
         return match.group(1) if match else None
-
-
-WEIGHT_SPECS: dict[str, WeightSpec] = {
-    spec.name: spec
-    for spec in (
-        WeightSpec("vgg16", ("vgg16-397923af.pth",), "https://download.pytorch.org/models/vgg16-397923af.pth"),
-        WeightSpec("vgg19", ("vgg19-dcbb9e9d.pth",), "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"),
-        WeightSpec(
-            "dinov2",
-            ("dinov2_vitb14_pretrain.pth", "vit_base_patch14_dinov2.lvd142m.safetensors"),
-            "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
-            hf_repo="timm/vit_base_patch14_dinov2.lvd142m",
-        ),
-    )
-}
 
 
 class WeightsError(RuntimeError):
@@ -146,13 +135,81 @@ def verify(spec: WeightSpec, path: Path) -> None:
     _verified.add(key)
 
 
+def offline() -> bool:
+    """Downloads forbidden: ``LOSS_SERVICE_OFFLINE=1`` (``serve --offline``) or ``HF_HUB_OFFLINE=1``."""
+    return any(os.environ.get(name, "").lower() in ("1", "true", "yes") for name in ("LOSS_SERVICE_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def source_url(spec: WeightSpec) -> str:
+    """``spec.url``, or the same file name under ``$LOSS_SERVICE_WEIGHTS_BASE_URL`` (a mirror)."""
+    base = os.environ.get("LOSS_SERVICE_WEIGHTS_BASE_URL")
+    return f"{base.rstrip('/')}/{spec.filenames[0]}" if base else spec.url
+
+
 def download(spec: WeightSpec, target_dir: str | Path | None = None, progress: bool = True) -> Path:
-    """Download ``spec`` into ``target_dir`` (checking the hash prefix where one is published)."""
+    """Download ``spec`` into ``target_dir``: streamed to a ``.partial`` file, checked against the
+    announced length and the published hash prefix, then renamed. A failed or truncated
+    download leaves no file behind, so a broken checkpoint is never loaded."""
+    import httpx
+
+    if offline():
+        raise WeightsError(f"{spec.name}: weights missing and downloads are off (--offline / LOSS_SERVICE_OFFLINE / HF_HUB_OFFLINE)")
     target_dir = Path(target_dir) if target_dir else default_weights_dir()
     target_dir.mkdir(parents=True, exist_ok=True)
     destination = target_dir / spec.filenames[0]
-    torch.hub.download_url_to_file(spec.url, str(destination), hash_prefix=spec.sha256_prefix, progress=progress)
+    partial = destination.with_name(destination.name + ".partial")
+    url = source_url(spec)
+    try:
+        with httpx.stream("GET", url, follow_redirects=True, timeout=60) as response:
+            response.raise_for_status()
+            expected = int(response.headers["content-length"]) if "content-length" in response.headers else None
+            log.info("fetching %s: %s (%s) from %s", spec.name, destination.name,
+                     f"{expected / 2**20:.1f} MiB" if expected else "size unknown", url)
+            digest, received = hashlib.sha256(), 0
+            with open(partial, "wb") as handle, _progress(progress, destination.name, expected) as advance:
+                for chunk in response.iter_bytes(1 << 20):
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    received += len(chunk)
+                    advance(len(chunk))
+        if expected is not None and received != expected:
+            raise WeightsError(f"{spec.name}: download from {url} truncated ({received} of {expected} bytes)")
+        if verify_enabled() and spec.sha256_prefix and not digest.hexdigest().startswith(spec.sha256_prefix):
+            raise ChecksumError(f"{spec.name}: the file from {url} has sha256 {digest.hexdigest()[:12]}…, not {spec.sha256_prefix}…")
+        partial.replace(destination)
+    except httpx.HTTPError as exc:
+        raise WeightsError(f"{spec.name}: download from {url} failed ({exc}); fetch it elsewhere and put "
+                           f"{destination.name} in {target_dir}, or set LOSS_SERVICE_WEIGHTS_BASE_URL to a mirror") from exc
+    finally:
+        partial.unlink(missing_ok=True)
+    log.info("fetched %s: %s (%d bytes, %s)", spec.name, destination, received, checksum_status(spec, destination))
     return destination
+
+
+class _progress:
+    """A rich progress bar for one download, as a context manager yielding ``advance(n)``."""
+
+    def __init__(self, enabled: bool, name: str, total: int | None):
+        self.enabled, self.name, self.total = enabled, name, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda n: None
+        from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+        self.bar = Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(), transient=True)
+        self.bar.start()
+        task = self.bar.add_task(self.name, total=self.total)
+        return lambda n: self.bar.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.stop()
+
+
+def ensure(spec: WeightSpec, weights_dir: str | Path | None = None) -> Path:
+    """The checkpoint's path, fetching it first when it is missing and downloads are allowed."""
+    return find_weights(spec, weights_dir) or download(spec, weights_dir)
 
 
 def resolve(spec: WeightSpec, weights_dir: str | Path | None = None) -> Path:

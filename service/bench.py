@@ -19,8 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-INPROCESS_METRICS = ("psnr", "ssim", "perceptual", "lpips_vgg", "clp_vgg19", "clp_dinov2")
+INPROCESS_METRICS = ("psnr", "ssim", "ms_ssim", "lr_psnr", "perceptual", "lpips_vgg", "lpips_alex", "dists", "clp_vgg19", "clp_dinov2")
+# The metrics the service section also times end to end, one server, at every size.
+SERVICE_METRICS = ("ms_ssim", "lr_psnr", "lpips_alex", "dists")
 GIB = 2**30
+MIN_TIMED_S = 0.5  # each peer timing runs at least this long
 P4_BUDGET_BYTES = 8 * GIB
 
 
@@ -34,11 +37,34 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo``), so every table says where it was measured."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def blas_info() -> dict:
+    """The BLAS behind torch and behind NumPy/SciPy (SSIM's CPU path does not use it)."""
+    import re
+
+    import torch
+
+    torch_blas = re.search(r"BLAS_INFO=(\w+)", torch.__config__.show())
+    numpy_blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+    return dict(torch=torch_blas.group(1) if torch_blas else "unknown", numpy=f"{numpy_blas.get('name')} {numpy_blas.get('version')}")
+
+
 def machine_info(device) -> dict:
     import torch
 
     info = dict(python=platform.python_version(), torch=torch.__version__, platform=platform.platform(),
-                cpu=platform.processor() or platform.machine(), cpu_count=multiprocessing.cpu_count(),
+                cpu=cpu_model(), blas=blas_info(), cpu_count=multiprocessing.cpu_count(),
                 torch_threads=torch.get_num_threads(), device=str(device))
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
@@ -53,32 +79,31 @@ def _images(batch: int, size: int, device, seed: int = 0) -> dict:
     gt = torch.rand(batch, 3, size, size, generator=g)
     sr = (gt + 0.05 * torch.randn(batch, 3, size, size, generator=g)).clamp(0, 1)
     lr = torch.nn.functional.interpolate(gt, scale_factor=0.25, mode="area")
-    return {k: v.to(device) for k, v in dict(sr=sr, gt=gt, lr=lr).items()}
+    teacher = (gt + 0.02 * torch.randn(batch, 3, size, size, generator=g)).clamp(0, 1)
+    return {k: v.to(device) for k, v in dict(sr=sr, gt=gt, lr=lr, teacher=teacher).items()}
 
 
-def _backbone_getter(device):
-    from losses.backbones import get_backbone
+def score_batch(metric: str, images: dict):
+    """One ``losses.score`` call with deterministic random backbones (speed does not depend on
+    weights), given the images the metric needs."""
+    import losses
 
-    return lambda name: get_backbone(name, device, pretrained=False)
+    needed = {role: image for role, image in images.items() if role in ("sr", "gt", *losses.REGISTRY[metric].needs)}
+    return losses.score(**needed, metrics=(metric,), pretrained=False)
 
 
 def time_compute(metric: str, batch: int, size: int, device, repeats: int) -> float:
-    """Median seconds of ``repeats`` batched ``compute`` calls, after a batch-1 warm-up at that size."""
+    """Median seconds of ``repeats`` batched scoring calls, after a batch-1 warm-up at that size."""
     import torch
 
-    from losses import registry
-
-    metrics = registry.get_metrics([metric])
-    options = registry.resolve_options(metrics, {})
-    backbone = _backbone_getter(device)
     times = []
     with torch.inference_mode():
-        registry.compute(metrics, _images(1, size, device), options, backbone)
+        score_batch(metric, _images(1, size, device))
         images = _images(batch, size, device)
         for _ in range(repeats):
             _sync(device)
             start = time.perf_counter()
-            registry.compute(metrics, images, options, backbone)
+            score_batch(metric, images)
             _sync(device)
             times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -92,6 +117,13 @@ def time_compute(metric: str, batch: int, size: int, device, repeats: int) -> fl
 CPU_MAX_PIXELS_PER_BATCH = 32 * 2 * 512 * 512
 
 
+def unsupported_size(metric: str, size: int) -> str | None:
+    """Why ``metric`` cannot score size×size images (e.g. MS-SSIM below 176²), or None."""
+    from losses import registry
+
+    return registry.size_problem(registry.REGISTRY[metric], size)
+
+
 def images_per_item(metric: str) -> int:
     from losses import registry
 
@@ -103,6 +135,9 @@ def bench_inprocess(device, sizes, batches, metrics, repeats, log) -> list[dict]
     for metric in metrics:
         for size in sizes:
             for batch in batches:
+                if (reason := unsupported_size(metric, size)) is not None:
+                    rows.append(dict(metric=metric, size=size, batch=batch, seconds=None, images_per_s=None, skipped=reason))
+                    continue
                 if device.type == "cpu" and batch * images_per_item(metric) * size * size > CPU_MAX_PIXELS_PER_BATCH:
                     rows.append(dict(metric=metric, size=size, batch=batch, seconds=None, images_per_s=None,
                                      skipped=f"over {CPU_MAX_PIXELS_PER_BATCH} pixels per batch on a CPU (RAM)"))
@@ -178,11 +213,36 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def bench_service(device_flag: str, metric: str, size: int, concurrencies, requests_for, inprocess: dict[int, float], log) -> tuple[list[dict], dict]:
+def upload_files(size: int) -> list:
+    """A random SR/GT pair and a 4× smaller LR, as PNG form fields."""
     rng = np.random.default_rng(0)
     gt = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     sr = np.clip(gt.astype(int) + rng.integers(-12, 13, gt.shape), 0, 255).astype(np.uint8)
-    files = [("sr", ("sr.png", png(sr), "image/png")), ("gt", ("gt.png", png(gt), "image/png"))]
+    lr = gt[::4, ::4].copy()
+    return [(role, (f"{role}.png", png(image), "image/png")) for role, image in dict(sr=sr, gt=gt, lr=lr).items()]
+
+
+def bench_service_metrics(device_flag: str, metrics, sizes, log) -> list[dict]:
+    """End-to-end throughput of each metric at concurrency 4 through one batching server."""
+    rows = []
+    process, url = start_server(["--device", device_flag, "--max-batch-size", "16"])
+    try:
+        for metric in metrics:
+            for size in sizes:
+                if unsupported_size(metric, size) is not None:
+                    continue
+                result = asyncio.run(_load(url, upload_files(size), metric, 4, 16))
+                result.update(metric=metric, size=size, concurrency=4)
+                rows.append(result)
+                log(f"service {metric} {size}² c=4: {result['images_per_s']:.2f} img/s, p50 {result['p50_ms']:.1f} ms")
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    return rows
+
+
+def bench_service(device_flag: str, metric: str, size: int, concurrencies, requests_for, inprocess: dict[int, float], log) -> tuple[list[dict], dict]:
+    files = upload_files(size)[:2]
     rows, lone = [], {}
     for mode, batch_flag in (("batched", "16"), ("unbatched", "1")):
         process, url = start_server(["--device", device_flag, "--models", "vgg16", "--max-batch-size", batch_flag])
@@ -220,46 +280,66 @@ def _real_photos(size: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 
 def bench_peers(size: int, repeats: int, log) -> list[dict]:
-    """SSIM/PSNR of ours and of peers set to the same convention, against scikit-image."""
+    """SSIM/PSNR/MS-SSIM of ours and of peers set to the same convention, each against a reference:
+    scikit-image for SSIM and PSNR, pytorch-msssim for MS-SSIM (at sizes divisible by 32 its
+    avg-pool downsampling equals MATLAB's). Each implementation gets its natural input, made
+    outside the timed region: float64 H×W×C on [0, 255] for scikit-image, contiguous float64
+    (1, C, H, W) on [0, 1] for loss-service, the same on [0, 255] for the torch peers."""
+    import piq
     import torch
-    from pytorch_msssim import ssim as msssim_ssim
+    from pytorch_msssim import ms_ssim as pm_ms_ssim
+    from pytorch_msssim import ssim as pm_ssim
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as tm_ms_ssim
     from torchmetrics.functional.image import peak_signal_noise_ratio as tm_psnr
     from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
 
-    from losses import psnr, ssim
+    from losses import ms_ssim, psnr, ssim
 
     photos = _real_photos(size)
-    reference = {
-        "ssim": [structural_similarity(gt.astype(float), sr.astype(float), gaussian_weights=True, sigma=1.5,
-                                       use_sample_covariance=False, data_range=255, channel_axis=-1) for sr, gt in photos],
-        "psnr": [peak_signal_noise_ratio(gt.astype(float), sr.astype(float), data_range=255) for sr, gt in photos],
+    numpy255 = lambda a: a.astype(np.float64)  # noqa: E731
+    unit = lambda a: (torch.from_numpy(a).permute(2, 0, 1)[None].double() / 255).contiguous()  # noqa: E731
+    scaled = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].double().contiguous()  # noqa: E731
+    sk_ssim = lambda sr, gt: structural_similarity(gt, sr, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,  # noqa: E731
+                                                   data_range=255, channel_axis=-1)
+    pm_msssim = lambda sr, gt: pm_ms_ssim(sr, gt, data_range=255, win_size=11, win_sigma=1.5).item()  # noqa: E731
+    candidates = {  # (metric, implementation): (input maker, function)
+        ("ssim", "loss-service"): (unit, lambda sr, gt: ssim(sr, gt).item()),
+        ("ssim", "scikit-image"): (numpy255, sk_ssim),
+        ("ssim", "torchmetrics"): (scaled, lambda sr, gt: tm_ssim(sr, gt, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=255.0).item()),
+        ("ssim", "pytorch-msssim"): (scaled, lambda sr, gt: pm_ssim(sr, gt, data_range=255, win_size=11, win_sigma=1.5).item()),
+        ("psnr", "loss-service"): (unit, lambda sr, gt: psnr(sr, gt).item()),
+        ("psnr", "scikit-image"): (numpy255, lambda sr, gt: peak_signal_noise_ratio(gt, sr, data_range=255)),
+        ("psnr", "torchmetrics"): (scaled, lambda sr, gt: tm_psnr(sr, gt, data_range=255.0).item()),
+        ("ms_ssim", "loss-service"): (unit, lambda sr, gt: ms_ssim(sr, gt).item()),
+        ("ms_ssim", "pytorch-msssim"): (scaled, pm_msssim),
+        ("ms_ssim", "piq"): (scaled, lambda sr, gt: piq.multi_scale_ssim(sr, gt, data_range=255.0, kernel_size=11, kernel_sigma=1.5).item()),
+        ("ms_ssim", "torchmetrics"): (scaled, lambda sr, gt: tm_ms_ssim(sr, gt, gaussian_kernel=True, sigma=1.5, kernel_size=11,
+                                                                        data_range=255.0, normalize=None).item()),
     }
-    unit = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].double() / 255  # noqa: E731
-    scaled = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].double()  # noqa: E731
-    candidates = {
-        ("ssim", "loss-service"): lambda sr, gt: ssim(unit(sr), unit(gt)).item(),
-        ("ssim", "scikit-image"): lambda sr, gt: structural_similarity(gt.astype(float), sr.astype(float), gaussian_weights=True, sigma=1.5,
-                                                                        use_sample_covariance=False, data_range=255, channel_axis=-1),
-        ("ssim", "torchmetrics"): lambda sr, gt: tm_ssim(scaled(sr), scaled(gt), gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=255.0).item(),
-        ("ssim", "pytorch-msssim"): lambda sr, gt: msssim_ssim(scaled(sr), scaled(gt), data_range=255, win_size=11, win_sigma=1.5).item(),
-        ("psnr", "loss-service"): lambda sr, gt: psnr(unit(sr), unit(gt)).item(),
-        ("psnr", "scikit-image"): lambda sr, gt: peak_signal_noise_ratio(gt.astype(float), sr.astype(float), data_range=255),
-        ("psnr", "torchmetrics"): lambda sr, gt: tm_psnr(scaled(sr), scaled(gt), data_range=255.0).item(),
-    }
+    references = {"ssim": ("scikit-image", numpy255, sk_ssim),
+                  "psnr": ("scikit-image", numpy255, lambda sr, gt: peak_signal_noise_ratio(gt, sr, data_range=255)),
+                  "ms_ssim": ("pytorch-msssim", scaled, pm_msssim)}
+    expected = {metric: [fn(make(sr), make(gt)) for sr, gt in photos] for metric, (_, make, fn) in references.items()
+                if unsupported_size(metric, size) is None}
     rows = []
-    for (metric, peer), fn in candidates.items():
+    for (metric, peer), (make, fn) in candidates.items():
+        if unsupported_size(metric, size) is not None:
+            continue
         values, times = [], []
         for sr, gt in photos:
-            fn(sr, gt)  # warm-up
-            start = time.perf_counter()
-            for _ in range(repeats):
-                value = fn(sr, gt)
-            times.append((time.perf_counter() - start) / repeats)
+            sr_in, gt_in = make(sr), make(gt)
+            fn(sr_in, gt_in)  # warm-up
+            calls, start = 0, time.perf_counter()
+            while calls < repeats or time.perf_counter() - start < MIN_TIMED_S:  # sub-ms calls: many of them
+                value = fn(sr_in, gt_in)
+                calls += 1
+            times.append((time.perf_counter() - start) / calls)
             values.append(value)
-        delta = max(abs(v - r) for v, r in zip(values, reference[metric]))
-        rows.append(dict(metric=metric, peer=peer, ms_per_image=1e3 * statistics.mean(times), max_abs_delta_vs_skimage=delta))
-        log(f"{metric} {peer}: {1e3 * statistics.mean(times):.2f} ms/img, max|Δ| {delta:.2e}")
+        delta = max(abs(v - r) for v, r in zip(values, expected[metric]))
+        rows.append(dict(metric=metric, peer=peer, ms_per_image=1e3 * statistics.mean(times), reference=references[metric][0],
+                         max_abs_delta_vs_reference=delta))
+        log(f"{metric} {peer}: {1e3 * statistics.mean(times):.2f} ms/img, max|Δ| vs {references[metric][0]} {delta:.2e}")
     return rows
 
 
@@ -295,19 +375,16 @@ class PeakRSS:
 def _memory_child(metric: str, batch: int, size: int, device_name: str, queue) -> None:
     import torch
 
-    from losses import registry
+    from losses import get_backbone, registry
 
     device = torch.device(device_name)
-    metrics = registry.get_metrics([metric])
-    options = registry.resolve_options(metrics, {})
-    backbone = _backbone_getter(device)
-    model_bytes = sum(p.numel() * p.element_size() for view in metrics[0].views for p in backbone(view.backbone).parameters())
+    views = registry.REGISTRY[metric].views
+    model_bytes = sum(p.numel() * p.element_size() for view in views for p in get_backbone(view.backbone, device, False).parameters())
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base_cuda = torch.cuda.memory_allocated(device)
     with PeakRSS() as rss, torch.inference_mode():
-        images = _images(batch, size, device)
-        registry.compute(metrics, images, options, backbone)
+        score_batch(metric, _images(batch, size, device))
     result = dict(metric=metric, batch=batch, size=size, peak_rss_gib=rss.peak / GIB, rss_growth_gib=(rss.peak - rss.baseline) / GIB,
                   model_gib=model_bytes / GIB)
     if device.type == "cuda":
@@ -323,6 +400,21 @@ def measure_memory(metric: str, batch: int, size: int, device_name: str) -> dict
     result = queue.get(timeout=1800)
     child.join()
     return result
+
+
+def fit_costs(rows: list[dict]) -> dict[str, float]:
+    """Bytes per pixel per image, per metric: the growth between the two batch sizes measured at
+    the largest size, divided by that size's pixels (CUDA peak on a GPU, RSS growth on a CPU)."""
+    costs = {}
+    for metric in dict.fromkeys(row["metric"] for row in rows):
+        largest = max(row["size"] for row in rows if row["metric"] == metric)
+        group = sorted((r for r in rows if r["metric"] == metric and r["size"] == largest), key=lambda r: r["batch"])
+        if len(group) < 2:
+            continue
+        key = "cuda_peak_gib" if "cuda_peak_gib" in group[0] else "rss_growth_gib"
+        slope = (group[-1][key] - group[0][key]) / (group[-1]["batch"] - group[0]["batch"])
+        costs[metric] = round(max(slope, group[0][key] / group[0]["batch"]) * GIB / largest**2, 1)
+    return costs
 
 
 def bench_memory(device, configs, log) -> tuple[list[dict], list[dict]]:
@@ -387,12 +479,20 @@ def run(args) -> int:
         requests_for = (lambda c: max(4, 2 * c)) if quick else (lambda c: max(16, 4 * c))
         report["service"], report["lone_request"] = bench_service(args.device, "perceptual", sizes[0], concurrencies, requests_for, rates, log)
         report["service_inprocess_reference"] = dict(metric="perceptual", size=sizes[0], images_per_s_by_batch=rates)
+        report["service_metrics"] = bench_service_metrics(args.device, SERVICE_METRICS, sizes, log)
     if "peers" in sections:
         report["peers"] = bench_peers(sizes[0] if quick else 512, 1 if quick else 5, log)
     if "memory" in sections:
-        memory_metrics = ("perceptual",) if quick else ("perceptual", "lpips_vgg", "clp_vgg19", "clp_dinov2")
-        configs = [(m, s, b) for m in memory_metrics for s in sizes for b in batches[:2]]
+        from losses import REGISTRY
+
+        memory_metrics = ("perceptual",) if quick else tuple(args.memory_metrics.split(",")) if args.memory_metrics else tuple(REGISTRY)
+        configs = [(m, s, b) for m in memory_metrics for s in sizes for b in batches[:2] if unsupported_size(m, s) is None]
         report["memory"], report["budget"] = bench_memory(device, configs, log)
+        report["memory_costs"] = fit_costs(report["memory"])
+        if args.write_costs:
+            Path(args.write_costs).write_text(json.dumps(dict(
+                bytes_per_pixel=report["memory_costs"], measured_on=report["machine"], started=report["started"],
+                command="loss-service bench " + " ".join(sys.argv[2:])), indent=2) + "\n")
 
     print_tables(report, console)
     Path(args.json).write_text(json.dumps(report, indent=2))
@@ -424,10 +524,15 @@ def print_tables(report: dict, console) -> None:
         console.print(table)
         lone = report["lone_request"]
         console.print(f"lone request: p50 {lone['p50_ms']:.1f} ms, compute {lone['compute_p50_ms']:.1f} ms, added {lone['added_ms']:.1f} ms")
+        table = Table("metric", "size", "img/s", "p50 ms", "compute p50 ms", title="service, concurrency 4, per metric")
+        for r in report["service_metrics"]:
+            table.add_row(r["metric"], f"{r['size']}²", f"{r['images_per_s']:.2f}", f"{r['p50_ms']:.1f}", f"{r['compute_p50_ms']:.1f}")
+        console.print(table)
     if "peers" in report:
-        table = Table("metric", "implementation", "ms/image", "max |Δ| vs scikit-image", title="SSIM/PSNR against peers")
+        table = Table("metric", "implementation", "ms/image", "max |Δ| vs reference", "reference",
+                      title=f"SSIM/PSNR/MS-SSIM against peers on {report['machine']['cpu']}")
         for r in report["peers"]:
-            table.add_row(r["metric"], r["peer"], f"{r['ms_per_image']:.2f}", f"{r['max_abs_delta_vs_skimage']:.2e}")
+            table.add_row(r["metric"], r["peer"], f"{r['ms_per_image']:.2f}", f"{r['max_abs_delta_vs_reference']:.2e}", r["reference"])
         console.print(table)
     if "memory" in report:
         table = Table("metric", "size", "batch", "peak RSS GiB", "RSS growth GiB", "CUDA peak GiB", title="memory")

@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .protocol import DEFAULT_METRICS, IMAGE_ROLES
+
+DEFAULT_METRICS_ARG = ",".join(DEFAULT_METRICS)
+
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Settings field; unset flags fall back to LOSS_SERVICE_<NAME> or the default."""
@@ -51,19 +55,25 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chosen_backbones(models: str | None) -> list:
+    from losses.backbones import BACKBONES, backbone_spec
+
+    return list(BACKBONES.values()) if not models else [backbone_spec(name.strip()) for name in models.split(",") if name.strip()]
+
+
 def weights_fetch(args: argparse.Namespace) -> int:
     from losses import weights as W
 
     target = args.weights_dir or W.default_weights_dir()
-    for name in args.models.split(","):
-        spec = W.WEIGHT_SPECS[name]
+    for backbone in _chosen_backbones(args.models):
+        spec = backbone.weights
         existing = W.find_weights(spec, target)
         if existing is not None and W.checksum_status(spec, existing) != "mismatch":
-            print(f"{name}: present at {existing}")
+            print(f"{spec.name}: present at {existing}")
             continue
-        print(f"{name}: downloading {spec.url} → {target}")
+        print(f"{spec.name}: downloading {spec.url} → {target}")
         path = W.download(spec, target)
-        print(f"{name}: {path} ({W.checksum_status(spec, path)})")
+        print(f"{spec.name}: {path} ({W.checksum_status(spec, path)})")
     return 0
 
 
@@ -74,19 +84,19 @@ def weights_list(args: argparse.Namespace) -> int:
     from losses import weights as W
 
     table = Table("model", "status", "file", "size", "checksum")
-    missing = 0
-    for name, spec in W.WEIGHT_SPECS.items():
+    searched: list = []
+    for backbone in _chosen_backbones(None):
+        spec = backbone.weights
         path = W.find_weights(spec, args.weights_dir)
         if path is None:
-            missing += 1
-            table.add_row(name, "[red]missing[/red]", " or ".join(spec.filenames), "", "")
+            searched += [d for d in W.search_dirs(spec, args.weights_dir) if d not in searched]
+            table.add_row(spec.name, "[red]missing[/red]", " or ".join(spec.filenames), "", "")
         else:
             status = W.checksum_status(spec, path)
-            table.add_row(name, "present", str(path), f"{path.stat().st_size / 2**20:.1f} MiB", status)
+            table.add_row(spec.name, "present", str(path), f"{path.stat().st_size / 2**20:.1f} MiB", status)
     Console().print(table)
-    if missing:
-        print(f"fetch missing weights with: uv run loss-service weights fetch (looked in: "
-              f"{', '.join(str(d) for d in W.search_dirs(next(iter(W.WEIGHT_SPECS.values())), args.weights_dir))})")
+    if searched:
+        print(f"fetch missing weights with: {W.FETCH_COMMAND} (looked in: {', '.join(str(d) for d in searched)})")
     return 0
 
 
@@ -97,27 +107,25 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def score_local(args: argparse.Namespace) -> dict:
-    """Score one triplet in-process with the library (needs the server extra)."""
+    """Score one triplet in-process with ``losses.score`` (needs the server extra)."""
     import json
 
     import torch
 
-    from losses import registry
-    from losses.backbones import get_backbone
+    import losses
 
     from .decode import decode
 
-    images = {role: getattr(args, role) for role in ("sr", "gt", "lr", "teacher") if getattr(args, role)}
-    tensors = {
-        role: torch.from_numpy(decode(open(path, "rb").read(), role).pixels).permute(2, 0, 1)[None]
-        for role, path in images.items()
-    }
-    metrics = registry.get_metrics([n.strip() for n in args.metrics.split(",") if n.strip()])
-    options = registry.resolve_options(metrics, json.loads(args.options or "{}"))
-    backbone = lambda name: get_backbone(name, "cpu", not args.random_weights, args.weights_dir)  # noqa: E731
+    paths = {role: getattr(args, role) for role in IMAGE_ROLES if getattr(args, role)}
+    tensors = {role: torch.from_numpy(decode(open(path, "rb").read(), role).pixels).permute(2, 0, 1)[None] for role, path in paths.items()}
     with torch.inference_mode():
-        scores = registry.compute(metrics, tensors, options, backbone)
+        scores = losses.score(**tensors, metrics=_metric_names(args.metrics), device="cpu", pretrained=not args.random_weights,
+                              weights_dir=args.weights_dir, **json.loads(args.options or "{}"))
     return {"scores": {name: value.item() for name, value in scores.items()}, "pretrained": not args.random_weights, "device": "cpu"}
+
+
+def _metric_names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def score(args: argparse.Namespace) -> int:
@@ -158,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     weights = commands.add_parser("weights", help="fetch or list pretrained backbone weights")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)
     fetch = weights_commands.add_parser("fetch", help="download weights (checksum-verified) into the weights dir")
-    fetch.add_argument("--models", default="vgg16,vgg19,dinov2", help="comma list (default: all)")
+    fetch.add_argument("--models", default=None, help="comma list of backbones (default: all; `weights list` names them)")
     fetch.add_argument("--weights-dir", default=None, help="target dir (default: $LOSS_SERVICE_WEIGHTS_DIR or $TORCH_HOME/hub/checkpoints)")
     fetch.set_defaults(func=weights_fetch)
     listing = weights_commands.add_parser("list", help="show which weights are present, their size and checksum status")
@@ -174,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sr-suffix", default="", help="suffix stripped from SR stems, e.g. _x4 or _SR")
     ev.add_argument("--lr-suffix", default="", help="suffix stripped from LR stems, e.g. x4")
     ev.add_argument("--teacher-suffix", default="", help="suffix stripped from teacher stems")
-    ev.add_argument("--metrics", default="psnr,ssim,perceptual", help="comma list (default psnr,ssim,perceptual)")
+    ev.add_argument("--metrics", default=DEFAULT_METRICS_ARG, help=f"comma list (default {DEFAULT_METRICS_ARG})")
     ev.add_argument("--crop-border", type=int, default=None, help="pixels cropped from each edge for psnr/ssim")
     ev.add_argument("--y-channel", action="store_true", help="psnr/ssim on the BT.601 luma channel")
     ev.add_argument("--options", default=None, help="further metric options as JSON")
@@ -192,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("gt")
     one.add_argument("lr", nargs="?")
     one.add_argument("--teacher")
-    one.add_argument("--metrics", default="psnr,ssim,perceptual")
+    one.add_argument("--metrics", default=DEFAULT_METRICS_ARG, help=f"comma list (default {DEFAULT_METRICS_ARG})")
     one.add_argument("--options", default=None, help='metric options as JSON, e.g. {"crop_border": 4}')
     where = one.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", action="append", help="score through a server")
@@ -211,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--sizes", default=None, help="comma list of square image sizes (default 256,512; --quick 256)")
     bench.add_argument("--batches", default=None, help="comma list of batch sizes (default 1,8,32; --quick 1,8)")
     bench.add_argument("--quiet", action="store_true", help="no per-measurement log lines")
+    bench.add_argument("--memory-metrics", default=None, help="comma list for the memory section (default: every metric)")
+    bench.add_argument("--write-costs", default=None, metavar="PATH",
+                       help="write the measured bytes per pixel per metric here (the server reads service/memory_costs.json)")
     bench.set_defaults(func=run_bench)
     return parser
 

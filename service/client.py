@@ -23,7 +23,9 @@ from typing import Any, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 import httpx
 import numpy as np
 
-IMAGE_ROLES = ("sr", "gt", "lr", "teacher")
+from .protocol import (CATALOGUE_PATH, DISTILL_CONFIG_PARAM, DISTILL_PATH, IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD, READYZ_PATH,
+                       SCORE_BATCH_PATH, SCORE_PATH)
+
 CONTENT_TYPES = {
     ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
     ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff", ".npy": "application/octet-stream",
@@ -161,6 +163,10 @@ class ClientCore:
         self._lock = threading.Lock()
         self._tiebreak = itertools.count()
 
+    def attempt(self, spec: "RequestSpec", number: int) -> "Attempt":
+        """One try of ``spec`` on the chosen replica, as a context manager around the I/O."""
+        return Attempt(self, spec, number)
+
     # replica choice: least outstanding requests, ties broken round-robin
     def acquire(self) -> str:
         with self._lock:
@@ -180,27 +186,27 @@ class ClientCore:
     def _form(metrics: str | Sequence[str] | None, options: Mapping[str, Any]) -> dict:
         data = {}
         if metrics is not None:
-            data["metrics"] = metrics if isinstance(metrics, str) else ",".join(metrics)
+            data[METRICS_FIELD] = metrics if isinstance(metrics, str) else ",".join(metrics)
         if options:
-            data["options"] = json.dumps(dict(options))
+            data[OPTIONS_FIELD] = json.dumps(dict(options))
         return data
 
     def score_request(self, images: Mapping[str, Any], metrics=None, options: Mapping[str, Any] | None = None) -> RequestSpec:
         files = [(role, encode_image(images[role], role)) for role in IMAGE_ROLES if images.get(role) is not None]
-        return RequestSpec("POST", "/v1/score", files=files, data=self._form(metrics, options or {}))
+        return RequestSpec("POST", SCORE_PATH, files=files, data=self._form(metrics, options or {}))
 
     def batch_request(self, triplets: Iterable[Mapping[str, Any]], metrics=None, options=None) -> RequestSpec:
         files = []
         for triplet in triplets:
             triplet = as_triplet(triplet)
             files += [(role, encode_image(triplet[role], role)) for role in IMAGE_ROLES if triplet.get(role) is not None]
-        return RequestSpec("POST", "/v1/score/batch", files=files, data=self._form(metrics, options or {}))
+        return RequestSpec("POST", SCORE_BATCH_PATH, files=files, data=self._form(metrics, options or {}))
 
     def distill_request(self, tensors: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> RequestSpec:
         from safetensors.numpy import save
 
         arrays = {name: np.ascontiguousarray(_to_numpy(t)) for name, t in tensors.items()}
-        return RequestSpec("POST", "/v1/distill", params={"config": json.dumps(dict(config or {}))}, content=save(arrays),
+        return RequestSpec("POST", DISTILL_PATH, params={DISTILL_CONFIG_PARAM: json.dumps(dict(config or {}))}, content=save(arrays),
                            headers={"Content-Type": "application/octet-stream"})
 
     # responses
@@ -244,6 +250,33 @@ class ClientCore:
         raise kind(message, status, detail)
 
 
+class Attempt:
+    """Holds one replica for one try; on exit releases it and decides: ``done`` with ``result``,
+    or retry after ``delay``. A timeout raises ``RequestTimeout``; transport errors are retried."""
+
+    def __init__(self, core: ClientCore, spec: RequestSpec, number: int):
+        self.core, self.spec, self.number = core, spec, number
+        self.response: httpx.Response | None = None
+        self.done, self.result, self.delay = False, None, 0.0
+
+    def __enter__(self) -> "Attempt":
+        self.url = self.core.acquire()
+        spec = self.spec
+        self.request_args = dict(method=spec.method, url=self.url + spec.path, files=spec.files, data=spec.data,
+                                 params=spec.params, content=spec.content, headers=spec.headers)
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        self.core.release(self.url)
+        if isinstance(error, httpx.TimeoutException):
+            raise self.core.timeout(self.url, self.spec, error) from error
+        if error is not None and not isinstance(error, TRANSPORT_ERRORS):
+            return False
+        self.done, value = self.core.settle(self.number, self.url, self.spec, self.response, error)
+        self.result, self.delay = (value, 0.0) if self.done else (None, value)
+        return True
+
+
 def _describe(detail: Any) -> str:
     if isinstance(detail, list):
         return "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" if isinstance(d, dict) else str(d) for d in detail)
@@ -282,22 +315,12 @@ class LossClient:
         self.http.close()
 
     def _send(self, spec: RequestSpec) -> Any:
-        for attempt in itertools.count():
-            url = self.core.acquire()
-            response, error = None, None
-            try:
-                response = self.http.request(spec.method, url + spec.path, files=spec.files, data=spec.data,
-                                             params=spec.params, content=spec.content, headers=spec.headers)
-            except httpx.TimeoutException as exc:
-                raise self.core.timeout(url, spec, exc) from exc
-            except TRANSPORT_ERRORS as exc:
-                error = exc
-            finally:
-                self.core.release(url)
-            done, value = self.core.settle(attempt, url, spec, response, error)
-            if done:
-                return value
-            time.sleep(value)
+        for number in itertools.count():
+            with self.core.attempt(spec, number) as trial:
+                trial.response = self.http.request(**trial.request_args)
+            if trial.done:
+                return trial.result
+            time.sleep(trial.delay)
 
     def score(self, sr, gt, lr=None, teacher=None, metrics=None, **options) -> dict:
         return self._send(self.core.score_request(dict(sr=sr, gt=gt, lr=lr, teacher=teacher), metrics, options))
@@ -321,13 +344,13 @@ class LossClient:
                 advance()
 
     def metrics(self) -> list[dict]:
-        return self._send(RequestSpec("GET", "/v1/metrics"))
+        return self._send(RequestSpec("GET", CATALOGUE_PATH))
 
     def ready(self) -> dict:
         """/readyz of one replica (503 there is reported, not raised: it is an answer)."""
         url = self.core.acquire()
         try:
-            return self.http.get(url + "/readyz").json()
+            return self.http.get(url + READYZ_PATH).json()
         finally:
             self.core.release(url)
 
@@ -387,22 +410,12 @@ class AsyncLossClient:
         await self.http.aclose()
 
     async def _send(self, spec: RequestSpec) -> Any:
-        for attempt in itertools.count():
-            url = self.core.acquire()
-            response, error = None, None
-            try:
-                response = await self.http.request(spec.method, url + spec.path, files=spec.files, data=spec.data,
-                                             params=spec.params, content=spec.content, headers=spec.headers)
-            except httpx.TimeoutException as exc:
-                raise self.core.timeout(url, spec, exc) from exc
-            except TRANSPORT_ERRORS as exc:
-                error = exc
-            finally:
-                self.core.release(url)
-            done, value = self.core.settle(attempt, url, spec, response, error)
-            if done:
-                return value
-            await asyncio.sleep(value)
+        for number in itertools.count():
+            with self.core.attempt(spec, number) as trial:
+                trial.response = await self.http.request(**trial.request_args)
+            if trial.done:
+                return trial.result
+            await asyncio.sleep(trial.delay)
 
     async def score(self, sr, gt, lr=None, teacher=None, metrics=None, **options) -> dict:
         return await self._send(self.core.score_request(dict(sr=sr, gt=gt, lr=lr, teacher=teacher), metrics, options))
@@ -431,12 +444,12 @@ class AsyncLossClient:
                 advance()
 
     async def metrics(self) -> list[dict]:
-        return await self._send(RequestSpec("GET", "/v1/metrics"))
+        return await self._send(RequestSpec("GET", CATALOGUE_PATH))
 
     async def ready(self) -> dict:
         url = self.core.acquire()
         try:
-            return (await self.http.get(url + "/readyz")).json()
+            return (await self.http.get(url + READYZ_PATH)).json()
         finally:
             self.core.release(url)
 

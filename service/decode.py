@@ -1,4 +1,4 @@
-"""Decode uploads into float32 H×W×3 arrays in [0, 1] (SPEC §2), or fail with a clear 4xx.
+"""Decode uploads into float32 H×W×3 arrays in [0, 1] (docs/metrics.md, "Conventions"), or fail with a clear 4xx.
 
 PNG (8/16 bit), JPEG, WebP, BMP, TIFF and NumPy ``.npy`` (never with pickle). Alpha is dropped
 with a warning; palette, grayscale and CMYK become RGB; EXIF orientation is not applied.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -31,17 +32,32 @@ class Decoded:
         return self.pixels.shape[0], self.pixels.shape[1]
 
 
-def decode(data: bytes, field_name: str, max_pixels: int | None = None) -> Decoded:
+SizeCheck = Callable[[int, int], None]
+
+
+def decode(data: bytes, field_name: str, max_pixels: int | None = None, check_size: SizeCheck | None = None) -> Decoded:
+    """Decode one upload. The size is checked from the header, before any pixel is decoded:
+    against ``max_pixels`` and then ``check_size(height, width)`` (e.g. a memory estimate)."""
     if not data:
         raise unsupported(field_name, f"{field_name}: empty file")
+    limits = _SizeLimits(field_name, max_pixels, check_size)
     if data.startswith(NPY_MAGIC):
-        return _decode_npy(data, field_name, max_pixels)
-    return _decode_image(data, field_name, max_pixels)
+        return _decode_npy(data, field_name, limits)
+    return _decode_image(data, field_name, limits)
 
 
-def _check_pixels(field_name: str, height: int, width: int, max_pixels: int | None) -> None:
-    if max_pixels is not None and height * width > max_pixels:
-        raise too_large(field_name, f"{field_name}: {width}×{height} = {width * height} pixels exceeds the limit of {max_pixels}")
+@dataclass
+class _SizeLimits:
+    field_name: str
+    max_pixels: int | None
+    check_size: SizeCheck | None
+
+    def __call__(self, height: int, width: int) -> None:
+        if self.max_pixels is not None and height * width > self.max_pixels:
+            raise too_large(self.field_name, f"{self.field_name}: {width}×{height} = {width * height} pixels exceeds the "
+                                             f"limit of {self.max_pixels} (--max-image-pixels)")
+        if self.check_size is not None:
+            self.check_size(height, width)
 
 
 def _to_rgb(array: np.ndarray, field_name: str, warnings: list[str]) -> np.ndarray:
@@ -58,7 +74,7 @@ def _to_rgb(array: np.ndarray, field_name: str, warnings: list[str]) -> np.ndarr
     return np.ascontiguousarray(array)
 
 
-def _decode_npy(data: bytes, field_name: str, max_pixels: int | None) -> Decoded:
+def _decode_npy(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
     stream = io.BytesIO(data)
     try:
         version = np.lib.format.read_magic(stream)
@@ -70,7 +86,7 @@ def _decode_npy(data: bytes, field_name: str, max_pixels: int | None) -> Decoded
         raise unsupported(field_name, f"{field_name}: .npy object arrays are refused (they need pickle)")
     if len(shape) not in (2, 3):
         raise invalid(field_name, f"{field_name}: .npy must be H×W or H×W×C, got shape {shape}")
-    _check_pixels(field_name, shape[0], shape[1], max_pixels)
+    check(shape[0], shape[1])
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except Exception as exc:  # noqa: BLE001
@@ -79,15 +95,21 @@ def _decode_npy(data: bytes, field_name: str, max_pixels: int | None) -> Decoded
     if array.dtype in NPY_SCALES:
         pixels = array.astype(np.float32) / NPY_SCALES[array.dtype]
     elif array.dtype in NPY_FLOATS:
-        pixels = array.astype(np.float32)
-        if not np.isfinite(pixels).all():
-            raise invalid(field_name, f"{field_name}: .npy holds NaN or Inf values")
-        if pixels.min(initial=0.0) < 0.0 or pixels.max(initial=0.0) > 1.0:
-            warnings.append(f"{field_name}: float values outside [0, 1] were clamped")
-            pixels = pixels.clip(0.0, 1.0)
+        pixels = unit_range(array.astype(np.float32), field_name, ".npy", warnings)
     else:
         raise unsupported(field_name, f"{field_name}: .npy dtype {array.dtype} unsupported; use uint8, uint16, float16 or float32")
     return Decoded(_to_rgb(pixels, field_name, warnings), warnings)
+
+
+def unit_range(pixels: np.ndarray, field_name: str, source: str, warnings: list[str]) -> np.ndarray:
+    """The one rule for every float or wide-integer source (.npy, float/int32 TIFF): NaN or Inf
+    is a 422; values outside [0, 1] are clamped, with a warning."""
+    if not np.isfinite(pixels).all():
+        raise invalid(field_name, f"{field_name}: {source} holds NaN or Inf values")
+    if pixels.min(initial=0.0) < 0.0 or pixels.max(initial=0.0) > 1.0:
+        warnings.append(f"{field_name}: {source} values outside [0, 1] were clamped")
+        pixels = pixels.clip(0.0, 1.0)
+    return pixels
 
 
 def _is_16bit_color_png(data: bytes) -> bool:
@@ -104,23 +126,23 @@ def _decode_16bit_png(data: bytes) -> np.ndarray:
     return np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
 
 
-def _decode_image(data: bytes, field_name: str, max_pixels: int | None) -> Decoded:
+def _decode_image(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
     try:
         image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as exc:
-        raise too_large(field_name, f"{field_name}: {exc}") from None
+    except Image.DecompressionBombError as exc:  # Pillow's own check, at twice its limit
+        raise too_large(field_name, f"{field_name}: {exc} (--max-image-pixels)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         raise unsupported(field_name, f"{field_name}: not a decodable image; accepted: {', '.join(IMAGE_FORMATS)} or .npy") from None
     if image.format not in IMAGE_FORMATS:
         raise unsupported(field_name, f"{field_name}: format {image.format} unsupported; accepted: {', '.join(IMAGE_FORMATS)} or .npy")
     width, height = image.size
-    _check_pixels(field_name, height, width, max_pixels)
+    check(height, width)
     warnings: list[str] = []
     try:
         if _is_16bit_color_png(data):
             array = _decode_16bit_png(data).astype(np.float32) / 65535.0
         else:
-            array = _pil_to_float(image, warnings)
+            array = _pil_to_float(image, field_name, warnings)
     except Image.DecompressionBombError as exc:
         raise too_large(field_name, f"{field_name}: {exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
@@ -128,15 +150,16 @@ def _decode_image(data: bytes, field_name: str, max_pixels: int | None) -> Decod
     return Decoded(_to_rgb(array, field_name, warnings), warnings)
 
 
-def _pil_to_float(image: Image.Image, warnings: list[str]) -> np.ndarray:
+def _pil_to_float(image: Image.Image, field_name: str, warnings: list[str]) -> np.ndarray:
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0
-    if mode == "I":
+    if mode == "I":  # 32-bit integers: read as 8- or 16-bit data by their range
         array = np.asarray(image)
-        return array.astype(np.float32) / (65535.0 if array.max(initial=0) > 255 else 255.0)
+        scaled = array.astype(np.float32) / (65535.0 if array.max(initial=0) > 255 else 255.0)
+        return unit_range(scaled, field_name, f"{image.format} 32-bit integer", warnings)
     if mode == "F":
-        return np.asarray(image, dtype=np.float32).clip(0.0, 1.0)
+        return unit_range(np.asarray(image, dtype=np.float32), field_name, f"{image.format} float", warnings)
     if mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "1"):

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from losses import DistillationLoss
 
 from .errors import invalid, json_object, unsupported
-from .models import DistillResponse
+from .schemas import DistillResponse
 
 REQUIRED = ("teacher_logits", "student_logits", "labels")
 
@@ -73,4 +73,4 @@ def compute(body: bytes, config_text: str) -> DistillResponse:
 
 
 async def run(service, body: bytes, config_text: str) -> DistillResponse:
-    return await asyncio.get_running_loop().run_in_executor(service.decode_pool, compute, body, config_text)
+    return await asyncio.get_running_loop().run_in_executor(service.cpu_pool, compute, body, config_text)

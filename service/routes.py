@@ -6,10 +6,12 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
 from . import distill
 from .errors import invalid
-from .models import BatchResponse, DistillResponse, MetricInfo, ScoreResponse
-from .scoring import DEFAULT_METRICS
+from .protocol import (CATALOGUE_PATH, DISTILL_CONFIG_PARAM, DEFAULT_METRICS, DISTILL_PATH, IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD,
+                       SCORE_BATCH_PATH, SCORE_PATH)
+from .schemas import BatchResponse, DistillResponse, MetricInfo, ScoreResponse
 
-METRICS_HELP = f"comma list of metric names (GET /v1/metrics); default {DEFAULT_METRICS}"
+DEFAULT_METRICS_FIELD = ",".join(DEFAULT_METRICS)
+METRICS_HELP = f"comma list of metric names (GET {CATALOGUE_PATH}); default {DEFAULT_METRICS_FIELD}"
 OPTIONS_HELP = 'JSON object of metric options, e.g. {"crop_border": 4, "y_channel": true}'
 ERRORS = {
     401: {"description": "missing or wrong API key"},
@@ -25,40 +27,40 @@ async def reject_duplicates(request: Request, fields: tuple[str, ...]) -> None:
     form = await request.form()  # parsed once by FastAPI already; cached on the request
     for name in fields:
         if len(form.getlist(name)) > 1:
-            raise invalid(name, f"{name} given {len(form.getlist(name))} times; /v1/score takes one triplet (use /v1/score/batch)")
+            raise invalid(name, f"{name} given {len(form.getlist(name))} times; {SCORE_PATH} takes one triplet (use {SCORE_BATCH_PATH})")
 
 
 def build_router(service) -> APIRouter:
-    router = APIRouter(prefix="/v1", responses=ERRORS)
+    router = APIRouter(responses=ERRORS)
 
-    @router.post("/score", response_model=ScoreResponse, tags=["scoring"])
+    @router.post(SCORE_PATH, response_model=ScoreResponse, tags=["scoring"])
     async def score(
         request: Request,
         sr: UploadFile = File(..., description="super-resolved image"),
         gt: UploadFile = File(..., description="ground truth, same H×W as sr"),
         lr: UploadFile | None = File(None, description="low-resolution input (any size up to sr's)"),
         teacher: UploadFile | None = File(None, description="teacher output, same H×W as sr (metric kd)"),
-        metrics: str = Form(DEFAULT_METRICS, description=METRICS_HELP),
-        options: str = Form("{}", description=OPTIONS_HELP),
+        metrics: str = Form(DEFAULT_METRICS_FIELD, alias=METRICS_FIELD, description=METRICS_HELP),
+        options: str = Form("{}", alias=OPTIONS_FIELD, description=OPTIONS_HELP),
     ) -> ScoreResponse:
-        await reject_duplicates(request, ("sr", "gt", "lr", "teacher", "metrics", "options"))
+        await reject_duplicates(request, (*IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD))
         plan = service.scorer.plan(metrics, options)
         return await service.score(dict(sr=sr, gt=gt, lr=lr, teacher=teacher), plan)
 
-    @router.post("/score/batch", response_model=BatchResponse, tags=["scoring"])
+    @router.post(SCORE_BATCH_PATH, response_model=BatchResponse, tags=["scoring"])
     async def score_batch(
         sr: list[UploadFile] = File(..., description="SR images; the i-th of each field form triplet i"),
         gt: list[UploadFile] = File(..., description="ground truths, paired with sr by order"),
         lr: list[UploadFile] | None = File(None, description="LR inputs, paired by order"),
         teacher: list[UploadFile] | None = File(None, description="teacher outputs, paired by order"),
-        metrics: str = Form(DEFAULT_METRICS, description=METRICS_HELP),
-        options: str = Form("{}", description=OPTIONS_HELP),
+        metrics: str = Form(DEFAULT_METRICS_FIELD, alias=METRICS_FIELD, description=METRICS_HELP),
+        options: str = Form("{}", alias=OPTIONS_FIELD, description=OPTIONS_HELP),
     ) -> BatchResponse:
         plan = service.scorer.plan(metrics, options)
         return await service.score_batch(dict(sr=sr, gt=gt, lr=lr or [], teacher=teacher or []), plan)
 
     @router.post(
-        "/distill",
+        DISTILL_PATH,
         response_model=DistillResponse,
         tags=["distillation"],
         openapi_extra={
@@ -72,11 +74,11 @@ def build_router(service) -> APIRouter:
     )
     async def distill_route(
         request: Request,
-        config: str = Query("{}", description="DistillationLoss keyword arguments as a JSON object", max_length=4096),
+        config: str = Query("{}", alias=DISTILL_CONFIG_PARAM, description="DistillationLoss keyword arguments as a JSON object", max_length=4096),
     ) -> DistillResponse:
         return await distill.run(service, await request.body(), config)
 
-    @router.get("/metrics", response_model=list[MetricInfo], tags=["catalogue"])
+    @router.get(CATALOGUE_PATH, response_model=list[MetricInfo], tags=["catalogue"])
     async def catalogue() -> list[dict]:
         return service.catalogue()
 

@@ -16,44 +16,59 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+import losses
 from losses import registry
-from losses.backbones import get_backbone
+from losses import weights
+from losses.backbones import backbone_spec, get_backbone
 from losses.weights import WeightsError
 
 from .batcher import BatchTooLarge
 from .decode import Decoded
 from .device import check_device, select_device
 from .errors import ServiceError, invalid, json_object, unavailable
+from .protocol import DEFAULT_METRICS, IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD
 from .settings import Settings
 
 log = logging.getLogger("loss_service")
 
-DEFAULT_METRICS = "psnr,ssim,perceptual"
 MAX_OPTIONS_CHARS = 4096
+MAX_METRICS_CHARS = 1024
+MAX_METRIC_NAMES = 64
 AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+WARMUP_SIDES = (32, 64, 128, 256, 512)
+# How torch's CPU allocator reports a failed allocation (a RuntimeError, not an OutOfMemoryError).
+CPU_ALLOCATION_FAILURES = ("can't allocate memory", "not enough memory", "std::bad_alloc")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated request: metric names, the request's options, and each metric's resolved options."""
+
+    metrics: tuple[str, ...]
+    options: dict[str, Any]
+    resolved: dict[str, dict]
 
 
 @dataclass
 class Job:
-    """One validated triplet: decoded images and the metric plan they are scored with."""
+    """One validated triplet: decoded images and the plan they are scored with."""
 
     images: dict[str, np.ndarray]
-    metrics: tuple[str, ...]
-    options: dict[str, dict]
+    plan: Plan
     warnings: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> tuple:
         """Jobs with equal keys stack into one batch: same metrics, options and image shapes."""
         shapes = tuple(sorted((role, image.shape) for role, image in self.images.items()))
-        return self.metrics, json.dumps(self.options, sort_keys=True), shapes
+        return self.plan.metrics, json.dumps(self.plan.resolved, sort_keys=True), shapes
 
     @staticmethod
     def backbone_label(key: tuple) -> str:
         """The backbones a batch with this key ran, e.g. ``vgg16+dinov2`` (``none`` for pixel metrics)."""
-        names, options_json, _ = key
-        options = json.loads(options_json)
-        used = {b for m in registry.get_metrics(names) for b in m.backbones(options[m.name])}
+        names, resolved_json, _ = key
+        resolved = json.loads(resolved_json)
+        used = {b for m in registry.get_metrics(names) for b in m.backbones(resolved[m.name])}
         return "+".join(sorted(used)) or "none"
 
     @property
@@ -84,8 +99,11 @@ class Scorer:
     def load(self) -> None:
         """Load every configured backbone once; a missing checkpoint is fatal only with --strict."""
         self.device_warnings = check_device(self.device, self.precision)
+        fetch = self.pretrained and not (self.settings.offline or weights.offline())
         for name in self.settings.model_names:
             try:
+                if fetch:
+                    weights.ensure(backbone_spec(name).weights, self.settings.weights_dir)
                 self.backbone(name)
                 self.models[name] = ModelState(True, self.pretrained, str(self.device))
             except WeightsError as exc:
@@ -98,14 +116,17 @@ class Scorer:
         return get_backbone(name, self.device, self.pretrained, self.settings.weights_dir)
 
     def warmup(self) -> None:
-        """One small forward pass through every metric whose models loaded."""
-        usable = [m.name for m in registry.REGISTRY.values() if self.missing_reason(m, dict(m.options)) is None]
+        """One small forward pass through every metric whose models loaded, each at the smallest
+        of WARMUP_SIDES it accepts (MS-SSIM needs 176²; most metrics run at 32²)."""
+        usable = [m for m in registry.REGISTRY.values() if self.missing_reason(m, dict(m.options)) is None]
+        by_side: dict[int, list[str]] = {}
+        for metric in usable:
+            by_side.setdefault(next(side for side in WARMUP_SIDES if registry.size_problem(metric, side) is None), []).append(metric.name)
         rng = np.random.default_rng(0)
-        images = {role: rng.random((32, 32, 3), dtype=np.float32) for role in registry.IMAGE_ROLES}
-        metrics = registry.get_metrics(usable)
-        job = Job(images, tuple(usable), registry.resolve_options(metrics, {}))
-        self.run_batch(job.key, [job])
-
+        for side, names in sorted(by_side.items()):
+            images = {role: rng.random((side // 4 if role == "lr" else side,) * 2 + (3,), dtype=np.float32) for role in IMAGE_ROLES}
+            job = Job(images, self.plan(",".join(names), None))
+            self.run_batch(job.key, [job])
 
     @property
     def ready(self) -> bool:
@@ -122,25 +143,29 @@ class Scorer:
                 return f"metric {metric.name!r} needs model {name!r}: {state.error}"
         return None
 
-    def plan(self, metrics_field: str | None, options_field: str | None) -> tuple[tuple[str, ...], dict[str, dict]]:
+    def plan(self, metrics_field: str | None, options_field: str | None) -> Plan:
         """Parse the ``metrics`` and ``options`` form fields into a validated plan."""
-        names = [n.strip() for n in (metrics_field or DEFAULT_METRICS).split(",") if n.strip()]
-        options = json_object(options_field or "{}", "options", '{"crop_border": 4}', MAX_OPTIONS_CHARS)
+        metrics_field = metrics_field or ",".join(DEFAULT_METRICS)
+        if len(metrics_field) > MAX_METRICS_CHARS:
+            raise invalid(METRICS_FIELD, f"metrics: {len(metrics_field)} characters; at most {MAX_METRICS_CHARS}")
+        names = [n.strip() for n in metrics_field.split(",") if n.strip()]
+        if len(names) > MAX_METRIC_NAMES:
+            raise invalid(METRICS_FIELD, f"metrics: {len(names)} names; at most {MAX_METRIC_NAMES}")
+        options = json_object(options_field or "{}", OPTIONS_FIELD, '{"crop_border": 4}', MAX_OPTIONS_CHARS)
         try:
             metrics = registry.get_metrics(names)
-            per_metric = registry.resolve_options(metrics, options)
+            resolved = registry.resolve_options(metrics, options)
         except registry.MetricError as exc:
             raise invalid(exc.field, str(exc)) from None
         for metric in metrics:
-            if (reason := self.missing_reason(metric, per_metric[metric.name])) is not None:
-                raise unavailable("metrics", reason)
-        return tuple(m.name for m in metrics), per_metric
+            if (reason := self.missing_reason(metric, resolved[metric.name])) is not None:
+                raise unavailable(METRICS_FIELD, reason)
+        return Plan(tuple(m.name for m in metrics), options, resolved)
 
-    def job(self, plan: tuple[tuple[str, ...], dict[str, dict]], decoded: dict[str, Decoded]) -> Job:
+    def job(self, plan: Plan, decoded: dict[str, Decoded]) -> Job:
         """Check the images against each other and the metrics' needs."""
-        names, options = plan
         try:
-            registry.check_images(registry.get_metrics(names), decoded)
+            registry.check_images(registry.get_metrics(plan.metrics), {role: d.size for role, d in decoded.items()}, plan.resolved)
         except registry.MetricError as exc:
             raise invalid(exc.field, str(exc)) from None
         sr_size = decoded["sr"].size
@@ -150,15 +175,17 @@ class Scorer:
         if "lr" in decoded and (decoded["lr"].size[0] > sr_size[0] or decoded["lr"].size[1] > sr_size[1]):
             raise invalid("lr", f"lr is {_hw(decoded['lr'].size)}, larger than sr {_hw(sr_size)}; were the fields swapped?")
         warnings = [w for d in decoded.values() for w in d.warnings]
-        return Job({role: d.pixels for role, d in decoded.items()}, names, options, warnings)
+        return Job({role: d.pixels for role, d in decoded.items()}, plan, warnings)
 
     # --- device work (runs on the batcher's thread) --------------------------------------
 
     def _to_device(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
+        """Decoded H×W×3 arrays as a (B, 3, H, W) batch. On a CPU the permuted view is already
+        channels-last, the layout the VGG backbones run in there: no copy to NCHW and back."""
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
         if self.device.type == "cuda":
             return batch.pin_memory().to(self.device, non_blocking=True)
-        return batch.contiguous()
+        return batch
 
     def compute_batch(self, jobs: Sequence[Job]) -> dict[str, torch.Tensor]:
         first = jobs[0]
@@ -169,16 +196,27 @@ class Scorer:
             else nullcontext()
         )
         with torch.inference_mode(), autocast:
-            return registry.compute(registry.get_metrics(first.metrics), images, first.options, self.backbone)
+            return losses.score(**images, metrics=first.plan.metrics, device=self.device, pretrained=self.pretrained,
+                                weights_dir=self.settings.weights_dir, **first.plan.options)
+
+    def _release_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def run_batch(self, key: Any, jobs: Sequence[Job]) -> list[dict[str, float]]:
         try:
             scores = self.compute_batch(jobs)
-        except torch.OutOfMemoryError:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise BatchTooLarge(f"out of memory at batch size {len(jobs)}") from None
-        except (ValueError, registry.MetricError) as exc:
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            self._release_memory()
+            raise BatchTooLarge(f"out of memory at batch size {len(jobs)} ({type(exc).__name__})") from None
+        except RuntimeError as exc:
+            if not any(sign in str(exc) for sign in CPU_ALLOCATION_FAILURES):
+                raise
+            self._release_memory()  # the CPU allocator's failure is handled as CUDA's OOM is
+            raise BatchTooLarge(f"out of memory at batch size {len(jobs)} (the CPU allocator failed)") from None
+        except registry.MetricError as exc:
+            raise invalid(exc.field, str(exc)) from None
+        except ValueError as exc:
             raise invalid("sr", str(exc)) from None
         columns = {name: values.double().cpu().tolist() for name, values in scores.items()}
         return [{name: values[i] for name, values in columns.items()} for i in range(len(jobs))]

@@ -7,7 +7,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-KNOWN_MODELS = ("vgg16", "vgg19", "dinov2")
+ALL_MODELS = "all"
+NO_LIMIT = ("0", "none", "None", "")
 
 
 class Settings(BaseSettings):
@@ -16,16 +17,23 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="interface to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     device: str = Field("auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:N'")
-    models: str = Field(",".join(KNOWN_MODELS), description="comma list of backbones to load")
+    models: str = Field(ALL_MODELS, description="comma list of backbones to load ('all': every backbone `weights list` shows)")
     weights_dir: str | None = Field(None, description="directory searched first for checkpoints")
     random_weights: bool = Field(False, description="explicit opt-in: random backbone weights (responses say pretrained=false)")
     strict: bool = Field(False, description="fail at start-up when any model's weights are missing")
+    offline: bool = Field(False, description="never download weights (also HF_HUB_OFFLINE=1); without it, missing weights "
+                                             "are fetched at start-up and verified (source: LOSS_SERVICE_WEIGHTS_BASE_URL or the official URL)")
     max_batch_size: int = Field(16, ge=1, description="items per device batch")
     max_batch_pixels: int | None = Field(None, ge=1, description="pixel budget per batch (sum of H×W over items)")
     max_delay_ms: float = Field(0.0, ge=0, description="how long a batch may wait for company after its first item")
-    max_queue: int | None = Field(None, ge=1, description="queued items before 503 + Retry-After")
-    max_image_pixels: int | None = Field(None, ge=1, description="largest H×W accepted per image (413 above)")
-    max_body_mb: float | None = Field(None, gt=0, description="largest request body in MB (413 above)")
+    max_queue: int | None = Field(256, ge=1, description="queued items before 503 + Retry-After; 0/none lifts the limit "
+                                  "(256: a few seconds of work at the measured throughput, bounded memory)")
+    max_image_pixels: int | None = Field(4096 * 4096, ge=1, description="largest H×W accepted per image (413 above); 0/none "
+                                         "lifts the limit (4096²: larger than any SR benchmark image, checked before decoding)")
+    max_body_mb: float | None = Field(256.0, gt=0, description="largest request body in MB (413 above); 0/none lifts the limit "
+                                      "(256: two 16-bit RGB 4096² PNGs, ~101 MB each, plus an LR)")
+    max_memory_gb: float | None = Field(None, gt=0, description="memory a request may need (413 above, before computing); "
+                                        "default: free GPU memory, or 80%% of available RAM on a CPU")
     body_timeout_s: float = Field(30.0, gt=0, description="408 when a client sends no body data for this long")
     api_key: str | None = Field(None, description="bearer token required on /v1/* when set")
     precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="fp16/bf16 need compute capability ≥ 7.0")
@@ -33,15 +41,26 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(0.0, ge=0, description="on SIGTERM, keep answering (readyz 503) this long before closing")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 on overload")
 
+    @field_validator("max_queue", "max_image_pixels", "max_body_mb", "max_batch_pixels", "max_memory_gb", mode="before")
+    @classmethod
+    def _zero_lifts_the_limit(cls, value):
+        return None if value is None or str(value).strip() in NO_LIMIT else value
+
     @field_validator("models")
     @classmethod
     def _known_models(cls, value: str) -> str:
+        from losses.backbones import BACKBONES  # torch: imported only when settings are built
+
         names = [name.strip() for name in value.split(",") if name.strip()]
-        unknown = [name for name in names if name not in KNOWN_MODELS]
+        if names == [ALL_MODELS]:
+            return ALL_MODELS
+        unknown = [name for name in names if name not in BACKBONES]
         if unknown:
-            raise ValueError(f"unknown model(s) {unknown}; valid: {list(KNOWN_MODELS)}")
+            raise ValueError(f"unknown model(s) {unknown}; valid: {list(BACKBONES)} or {ALL_MODELS!r}")
         return ",".join(names)
 
     @property
     def model_names(self) -> list[str]:
-        return [name for name in self.models.split(",") if name]
+        from losses.backbones import BACKBONES
+
+        return list(BACKBONES) if self.models == ALL_MODELS else [name for name in self.models.split(",") if name]

@@ -18,3 +18,4 @@ class Telemetry:
         self.compute = Histogram("loss_service_compute_seconds", "device time per batch", ["backbone"], buckets=SECONDS_BUCKETS, registry=r)
         self.queue_depth = Gauge("loss_service_queue_depth", "items waiting for a batch", registry=r)
         self.rejected = Counter("loss_service_rejected", "requests refused before scoring", ["reason"], registry=r)
+        self.in_flight = Gauge("loss_service_requests_in_flight", "/v1 requests received and not yet answered", registry=r)

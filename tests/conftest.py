@@ -18,6 +18,7 @@ os.environ["HF_HOME"] = str(_SANDBOX / "hf")
 os.environ.pop("HF_HUB_CACHE", None)
 os.environ.pop("LOSS_SERVICE_AUTO_DOWNLOAD", None)
 os.environ["LOSS_SERVICE_VERIFY_WEIGHTS"] = "0"
+os.environ["LOSS_SERVICE_OFFLINE"] = "1"  # the download tests lift this for a local HTTP server only
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -27,7 +28,7 @@ GENERATED_SEED = 1234
 
 
 def generated_vgg_state(name: str) -> dict[str, torch.Tensor]:
-    """A torchvision-format ``features.*`` state dict with deterministic random weights."""
+    """A torchvision-format ``features.*`` state dict (vgg16, vgg19, alexnet) with deterministic random weights."""
     import torchvision
 
     with torch.random.fork_rng(devices=[]):
@@ -37,13 +38,19 @@ def generated_vgg_state(name: str) -> dict[str, torch.Tensor]:
 
 
 def generated_dinov2_official_state() -> dict[str, torch.Tensor]:
-    """The official ``dinov2_vitb14_pretrain.pth`` layout (mask_token included), random weights."""
+    """The official ``dinov2_vitb14_pretrain.pth`` layout (mask_token included), random weights.
+
+    LayerScale γ is drawn from U(0.1, 1), not timm's init of 1e-5, so every block changes its
+    input: a loss that read the wrong blocks would differ by far more than any tolerance."""
     import timm
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(GENERATED_SEED)
         model = timm.create_model("vit_base_patch14_dinov2.lvd142m", pretrained=False, num_classes=0)
         state = dict(model.state_dict())
+        for key in state:
+            if key.endswith((".ls1.gamma", ".ls2.gamma")):
+                state[key] = torch.empty_like(state[key]).uniform_(0.1, 1.0)
         state["mask_token"] = torch.zeros(1, 768)
     return state
 
@@ -52,13 +59,14 @@ def write_weights(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(generated_vgg_state("vgg16"), directory / "vgg16-397923af.pth")
     torch.save(generated_vgg_state("vgg19"), directory / "vgg19-dcbb9e9d.pth")
+    torch.save(generated_vgg_state("alexnet"), directory / "alexnet-owt-7be5be79.pth")
     torch.save(generated_dinov2_official_state(), directory / "dinov2_vitb14_pretrain.pth")
     return directory
 
 
 @pytest.fixture(scope="session")
 def weights_dir() -> Path:
-    """A weights directory holding all three generated checkpoints; set as the default dir."""
+    """A weights directory holding every generated checkpoint; set as the default dir."""
     directory = write_weights(_SANDBOX / "weights")
     os.environ["LOSS_SERVICE_WEIGHTS_DIR"] = str(directory)
     return directory

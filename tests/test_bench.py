@@ -2,6 +2,7 @@
 
 import json
 
+from service.bench import INPROCESS_METRICS as REGISTRY_ROWS
 from service.cli import main
 
 
@@ -11,14 +12,18 @@ def test_quick_bench_emits_json(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert report["quick"] is True and report["machine"]["device"] == "cpu"
     inprocess = {(r["metric"], r["size"], r["batch"]) for r in report["inprocess"]}
-    assert {(m, 48, b) for m in ("psnr", "ssim", "perceptual", "lpips_vgg", "clp_vgg19", "clp_dinov2") for b in (1, 2)} == inprocess
-    assert all(r["images_per_s"] > 0 for r in report["inprocess"] if r["seconds"] is not None)
+    assert {(m, 48, b) for m in REGISTRY_ROWS for b in (1, 2)} == inprocess
+    measured = [r for r in report["inprocess"] if r["seconds"] is not None]
+    assert all(r["images_per_s"] > 0 for r in measured)
+    assert {r["metric"] for r in report["inprocess"] if r["seconds"] is None} == {"ms_ssim"}  # 48² < MS-SSIM's 176²
+    assert {(r["metric"], r["size"]) for r in report["service_metrics"]} == {("lr_psnr", 48), ("lpips_alex", 48), ("dists", 48)}
     assert {(r["mode"], r["concurrency"]) for r in report["service"]} == {(m, c) for m in ("batched", "unbatched") for c in (1, 4, 16)}
     assert set(report["lone_request"]) == {"p50_ms", "compute_p50_ms", "added_ms"}
     peers = {(r["metric"], r["peer"]) for r in report["peers"]}
     assert ("ssim", "loss-service") in peers and ("ssim", "pytorch-msssim") in peers and ("psnr", "torchmetrics") in peers
     ours = next(r for r in report["peers"] if r["peer"] == "loss-service" and r["metric"] == "ssim")
-    assert ours["max_abs_delta_vs_skimage"] <= 1e-6
+    assert ours["reference"] == "scikit-image" and ours["max_abs_delta_vs_reference"] <= 1e-12
+    assert report["machine"]["cpu"] and set(report["machine"]["blas"]) == {"torch", "numpy"}
     assert report["memory"] and all(r["peak_rss_gib"] > 0 for r in report["memory"])
     assert report["budget"] and all(r["largest_batch_in_8gib"] >= 0 for r in report["budget"])
     assert "in-process throughput" in capsys.readouterr().out

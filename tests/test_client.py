@@ -109,6 +109,27 @@ def test_two_urls_both_receive_traffic():
             s.close()
 
 
+def test_least_outstanding_replica_wins_not_round_robin():
+    """A slow replica holding requests gets fewer new ones: round-robin would split 12 evenly."""
+    from service.client import ClientCore
+
+    core = ClientCore(["http://a", "http://b", "http://c"])
+    held = [core.acquire() for _ in range(3)]  # one in flight on each
+    assert sorted(held) == ["http://a", "http://b", "http://c"]
+    core.release("http://b")
+    core.release("http://c")
+    picks = [core.acquire(), core.acquire()]  # "a" still holds one: b and c are freer
+    assert sorted(picks) == ["http://b", "http://c"]
+    slow, fast = Stub(delay=0.4), Stub(delay=0.0)
+    try:
+        with LossClient([slow.url, fast.url]) as client:
+            list(client.score_many([(b"x", b"y")] * 12, concurrency=2))
+        assert fast.hits >= 9 and slow.hits <= 3, (slow.hits, fast.hits)  # round-robin: 6 and 6
+    finally:
+        slow.close()
+        fast.close()
+
+
 def test_connection_errors_are_retried_on_another_replica():
     stub = Stub()
     dead = "http://127.0.0.1:9"  # discard port: nothing listens

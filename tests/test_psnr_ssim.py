@@ -79,3 +79,23 @@ def test_ssim_loss_is_differentiable_and_consistent(photos):
     assert loss.dtype == torch.float32 and torch.isfinite(sr.grad).all() and sr.grad.abs().sum() > 0
     # data range 1 on [0, 1] equals data range 255 on [0, 255]; float32 vs float64 rounding only.
     assert abs((1 - loss.item()) - ssim(sr.detach(), gt).item()) <= 1e-4
+
+
+@pytest.mark.parametrize("crop_border", [0, 4])
+def test_float64_inputs_match_scikit_image_to_1e12(photos, crop_border):
+    """From float64 inputs nothing is rounded to float32, so the only differences are summation
+    order: ≤ 1e-12 for SSIM (the SciPy CPU path and the torch autograd path alike) and for PSNR."""
+    for index, gt in enumerate(photos):
+        sr = degrade(gt, seed=index)
+        ref_psnr, ref_ssim = reference(gt, sr, crop_border, False)
+        x, y = (torch.from_numpy(a).permute(2, 0, 1)[None].double() / 255 for a in (sr, gt))
+        assert abs(ssim(x, y, crop_border=crop_border).item() - ref_ssim) <= 1e-12
+        assert abs(psnr(x, y, crop_border=crop_border).item() - ref_psnr) <= 1e-12
+        with_grad = ssim(x.clone().requires_grad_(True), y, crop_border=crop_border)  # the torch path
+        assert with_grad.requires_grad and abs(with_grad.item() - ref_ssim) <= 1e-12
+
+
+def test_ssim_is_differentiable_through_the_metric(photos):
+    x = to_tensor(degrade(photos[0], seed=3)).double().requires_grad_(True)
+    ssim(x, to_tensor(photos[0]).double()).sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0

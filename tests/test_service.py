@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from losses import REGISTRY
+from losses import BACKBONES, REGISTRY
 from losses.registry import get_metrics, resolve_options
 from service.decode import decode
 
@@ -36,7 +36,7 @@ def files(images: dict, **extra):
 
 
 def test_every_catalogue_metric_equals_library(server):
-    images = triplet(seed=1)
+    images = triplet(seed=1, size=(180, 186))  # ms_ssim needs a short side of 176
     options = dict(crop_border=2, y_channel=True, perceptual_weight=0.3, lambda_kd=0.5, loss_weight=2.0)
     catalogue = httpx.get(f"{server.url}/v1/metrics").json()
     names = [entry["name"] for entry in catalogue]
@@ -55,7 +55,7 @@ def test_every_catalogue_metric_equals_library(server):
         expected = library_values(tensors, per_metric)
     for name, value in expected.items():
         ours, ref = body["scores"][name], value[0].item()
-        tolerance = 1e-6 if name in ("psnr", "ssim") else 1e-5 * max(abs(ref), 1e-12)
+        tolerance = 1e-6 if name in ("psnr", "ssim", "ms_ssim", "lr_psnr") else 1e-5 * max(abs(ref), 1e-12)
         assert abs(ours - ref) <= tolerance, (name, ours, ref)
 
 
@@ -186,16 +186,19 @@ def test_concurrent_same_size_requests_are_batched(server):
     text = httpx.get(f"{server.url}/metrics").text
     batches = metric_value(text, "loss_service_batch_size_count") - before
     assert batches < 24, "24 concurrent requests never shared a batch"
-    assert max(r["timing_ms"]["queue"] for r in results) >= 0
-    # A lone request's added latency over its raw compute: measured and printed, not asserted.
+    first = results[0]["scores"]["perceptual"]
+    assert all(r["scores"]["perceptual"] == pytest.approx(first, rel=1e-5) for r in results)  # batch size changes no score
+    # A lone request is not held back waiting for company (--max-delay-ms 2): its queue wait is
+    # a small fraction of a 2 ms delay plus scheduling, not a wait for company.
     lone = [httpx.post(f"{server.url}/v1/score", files=files(images), data=dict(metrics="perceptual")).json() for _ in range(5)]
-    added = sorted(r["timing_ms"]["total"] - r["timing_ms"]["compute"] for r in lone)
-    print(f"\nlone request: median added latency over compute = {added[2]:.2f} ms (queue {lone[2]['timing_ms']['queue']:.3f} ms)")
+    queue = sorted(r["timing_ms"]["queue"] for r in lone)
+    compute = sorted(r["timing_ms"]["compute"] for r in lone)
+    assert queue[2] < 20, (queue, compute)
 
 
 def test_readyz_catalogue_and_prometheus_names(server):
     ready = httpx.get(f"{server.url}/readyz").json()
-    assert ready["ready"] and ready["pretrained"] and set(ready["models"]) == {"vgg16", "vgg19", "dinov2"}
+    assert ready["ready"] and ready["pretrained"] and set(ready["models"]) == set(BACKBONES)  # default --models all
     assert all(m["loaded"] and m["device"] == "cpu" for m in ready["models"].values())
     entry = {e["name"]: e for e in httpx.get(f"{server.url}/v1/metrics").json()}["psnr"]
     assert entry["options"] == {"crop_border": 0, "y_channel": False} and entry["lower_is_better"] is False

@@ -1,19 +1,24 @@
 """The real loader on generated checkpoints in the real formats; errors and verification."""
 
+import dataclasses
 import hashlib
+import http.server
+import io
+import os
+import threading
 
 import pytest
 import torch
 
 from losses import WeightsNotFoundError, get_backbone
 from losses import weights as W
-from losses.backbones import build_dinov2, build_vgg
+from losses.backbones import BACKBONES, build_backbone
 
 from .conftest import generated_dinov2_official_state, generated_vgg_state
 
 
 def test_features_only_checkpoint_loads(weights_dir):
-    model = build_vgg("vgg16", pretrained=True, weights_dir=weights_dir)
+    model = build_backbone("vgg16", pretrained=True, weights_dir=weights_dir)
     expected = generated_vgg_state("vgg16")
     assert model.pretrained
     for key, value in model.features.state_dict().items():
@@ -24,7 +29,7 @@ def test_features_only_checkpoint_loads(weights_dir):
 def test_full_checkpoint_drops_classifier(tmp_path):
     state = {**generated_vgg_state("vgg19"), "classifier.0.weight": torch.ones(4, 4), "classifier.0.bias": torch.ones(4)}
     torch.save(state, tmp_path / "vgg19-dcbb9e9d.pth")
-    model = build_vgg("vgg19", weights_dir=tmp_path)
+    model = build_backbone("vgg19", weights_dir=tmp_path)
     assert all(not k.startswith("classifier") for k in model.state_dict())
     assert torch.equal(model.features[0].weight, state["features.0.weight"])
 
@@ -32,10 +37,10 @@ def test_full_checkpoint_drops_classifier(tmp_path):
 def test_dinov2_official_layout_and_timm_safetensors(weights_dir, tmp_path):
     from safetensors.torch import save_file
 
-    official = build_dinov2(weights_dir=weights_dir)
+    official = build_backbone("dinov2", weights_dir=weights_dir)
     timm_state = {k: v for k, v in generated_dinov2_official_state().items() if k != "mask_token"}
     save_file(timm_state, str(tmp_path / "vit_base_patch14_dinov2.lvd142m.safetensors"))
-    from_timm = build_dinov2(weights_dir=tmp_path)
+    from_timm = build_backbone("dinov2", weights_dir=tmp_path)
     x = torch.rand(1, 3, 20, 33)
     layers = official.layer_names
     a, b = official(x, layers), from_timm(x, layers)
@@ -64,7 +69,7 @@ def test_hugging_face_cache_is_searched(tmp_path, monkeypatch):
     save_file({"x": torch.zeros(1)}, str(snapshot / "model.safetensors"))
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.delenv("LOSS_SERVICE_WEIGHTS_DIR", raising=False)
-    assert W.find_weights(W.WEIGHT_SPECS["dinov2"]) == snapshot / "model.safetensors"
+    assert W.find_weights(BACKBONES["dinov2"].weights) == snapshot / "model.safetensors"
 
 
 def test_torch_home_is_searched(tmp_path, monkeypatch):
@@ -73,13 +78,13 @@ def test_torch_home_is_searched(tmp_path, monkeypatch):
     torch.save(generated_vgg_state("vgg16"), checkpoints / "vgg16-397923af.pth")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.delenv("LOSS_SERVICE_WEIGHTS_DIR", raising=False)
-    assert W.resolve(W.WEIGHT_SPECS["vgg16"]) == checkpoints / "vgg16-397923af.pth"
+    assert W.resolve(BACKBONES["vgg16"].weights) == checkpoints / "vgg16-397923af.pth"
 
 
 def test_missing_file_error_names_file_places_and_command(tmp_path, monkeypatch):
     monkeypatch.delenv("LOSS_SERVICE_WEIGHTS_DIR", raising=False)
     with pytest.raises(WeightsNotFoundError) as info:
-        build_vgg("vgg16", pretrained=True, weights_dir=tmp_path / "empty")
+        build_backbone("vgg16", pretrained=True, weights_dir=tmp_path / "empty")
     message = str(info.value)
     assert "vgg16-397923af.pth" in message
     assert str(tmp_path / "empty") in message and "checkpoints" in message
@@ -98,8 +103,8 @@ def test_checksum_mismatch_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setenv("LOSS_SERVICE_VERIFY_WEIGHTS", "1")
     torch.save(generated_vgg_state("vgg16"), tmp_path / "vgg16-397923af.pth")
     with pytest.raises(W.ChecksumError, match="397923af"):
-        build_vgg("vgg16", weights_dir=tmp_path)
-    assert W.checksum_status(W.WEIGHT_SPECS["vgg16"], tmp_path / "vgg16-397923af.pth") == "mismatch"
+        build_backbone("vgg16", weights_dir=tmp_path)
+    assert W.checksum_status(BACKBONES["vgg16"].weights, tmp_path / "vgg16-397923af.pth") == "mismatch"
 
 
 def test_checksum_match_is_ok(tmp_path, monkeypatch):
@@ -126,24 +131,105 @@ def test_pickle_is_refused(tmp_path):
         W.load_state_dict(path)
 
 
-def test_weights_fetch_and_list_commands(tmp_path, monkeypatch, capsys):
-    """``weights fetch`` downloads through torch.hub with the hash check; file:// stands in for the network."""
+class MirrorHandler(http.server.BaseHTTPRequestHandler):
+    """Serves ``files`` (name → bytes); ``truncate`` names are cut short after their full Content-Length."""
+
+    files: dict[str, bytes] = {}
+    truncate: set[str] = set()
+
+    def do_GET(self):
+        name = self.path.rsplit("/", 1)[-1]
+        if name not in self.files:
+            self.send_error(404)
+            return
+        body = self.files[name]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if name in self.truncate else body)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def mirror(monkeypatch):
+    """A weights mirror on 127.0.0.1 (LOSS_SERVICE_WEIGHTS_BASE_URL), with downloads allowed."""
+    handler = type("Handler", (MirrorHandler,), dict(files={}, truncate=set()))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("LOSS_SERVICE_WEIGHTS_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/models")
+    monkeypatch.delenv("LOSS_SERVICE_OFFLINE", raising=False)
+    yield handler
+    server.shutdown()
+
+
+def vgg16_bytes() -> bytes:
+    buffer = io.BytesIO()
+    torch.save(generated_vgg_state("vgg16"), buffer)
+    return buffer.getvalue()
+
+
+def test_weights_fetch_and_list_commands(tmp_path, monkeypatch, capsys, mirror):
+    """``weights fetch`` downloads from the mirror, checks the hash prefix, and lists the result."""
     from service.cli import main
 
-    source = tmp_path / "mirror" / "scratch.pth"
-    source.parent.mkdir()
-    torch.save(generated_vgg_state("vgg16"), source)
-    prefix = hashlib.sha256(source.read_bytes()).hexdigest()[:8]
-    good = W.WeightSpec("vgg16", (f"vgg16-{prefix}.pth",), source.as_uri())
-    bad = W.WeightSpec("vgg19", ("vgg19-00000000.pth",), source.as_uri())
-    monkeypatch.setattr(W, "WEIGHT_SPECS", {"vgg16": good, "vgg19": bad})
+    monkeypatch.setenv("LOSS_SERVICE_VERIFY_WEIGHTS", "1")
+    data = vgg16_bytes()
+    prefix = hashlib.sha256(data).hexdigest()[:8]
+    monkeypatch.setitem(BACKBONES, "vgg16", dataclasses.replace(BACKBONES["vgg16"], files=(f"vgg16-{prefix}.pth",)))
+    monkeypatch.setitem(BACKBONES, "vgg19", dataclasses.replace(BACKBONES["vgg19"], files=("vgg19-00000000.pth",)))
+    good, bad = BACKBONES["vgg16"].weights, BACKBONES["vgg19"].weights
+    mirror.files.update({good.filenames[0]: data, bad.filenames[0]: data})
     target = tmp_path / "weights"
     assert main(["weights", "fetch", "--models", "vgg16", "--weights-dir", str(target)]) == 0
-    assert (target / good.filenames[0]).read_bytes() == source.read_bytes()
-    with pytest.raises(RuntimeError, match="(?i)hash"):
+    assert (target / good.filenames[0]).read_bytes() == data
+    with pytest.raises(W.ChecksumError, match="00000000"):
         main(["weights", "fetch", "--models", "vgg19", "--weights-dir", str(target)])
-    assert not (target / bad.filenames[0]).exists()
-    monkeypatch.setenv("LOSS_SERVICE_VERIFY_WEIGHTS", "1")
+    assert sorted(p.name for p in target.iterdir()) == [good.filenames[0]]  # no partial file left
     main(["weights", "list", "--weights-dir", str(target)])
     listing = capsys.readouterr().out
     assert "present" in listing and "ok" in listing and "missing" in listing
+
+
+def test_truncated_download_leaves_nothing_and_is_never_loaded(tmp_path, mirror):
+    spec = BACKBONES["dinov2"].weights  # publishes no hash: only the length can catch a cut
+    mirror.files[spec.filenames[0]] = b"x" * 100_000
+    mirror.truncate.add(spec.filenames[0])
+    with pytest.raises(W.WeightsError, match="dinov2"):
+        W.download(spec, tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(W.WeightsNotFoundError):
+        build_backbone("dinov2", weights_dir=tmp_path)
+
+
+def test_offline_forbids_downloads(tmp_path, mirror, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(W.WeightsError, match="offline"):
+        W.ensure(BACKBONES["vgg19"].weights, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_fetches_missing_weights_from_the_mirror(tmp_path, mirror, weights_dir):
+    """A fresh machine: ``serve`` fetches what is missing (logging file, size, source), and a
+    fetch that fails leaves the server up, saying what failed in /readyz and in the 503."""
+    import httpx
+
+    from .servers import SubprocessServer
+
+    mirror.files["vgg16-397923af.pth"] = vgg16_bytes()  # vgg19 is not on the mirror: its fetch fails
+    fresh = tmp_path / "fresh"
+    env = {"LOSS_SERVICE_WEIGHTS_DIR": str(fresh), "LOSS_SERVICE_OFFLINE": "0",
+           "LOSS_SERVICE_WEIGHTS_BASE_URL": os.environ["LOSS_SERVICE_WEIGHTS_BASE_URL"]}
+    with SubprocessServer("--models", "vgg16,vgg19", env=env) as srv:
+        ready = httpx.get(f"{srv.url}/readyz").json()
+        assert ready["models"]["vgg16"]["loaded"] and not ready["models"]["vgg19"]["loaded"], ready["models"]
+        assert "vgg19" in ready["missing"] and "404" in ready["models"]["vgg19"]["error"]
+        assert (fresh / "vgg16-397923af.pth").read_bytes() == mirror.files["vgg16-397923af.pth"]
+        assert not any(p.name.endswith(".partial") for p in fresh.iterdir())
+        unavailable = httpx.post(f"{srv.url}/v1/score", files=[("sr", b"x"), ("gt", b"x")], data=dict(metrics="clp_vgg19"))
+        assert unavailable.status_code == 503 and "vgg19" in unavailable.json()["detail"][0]["msg"]
+        assert "fetching vgg16: vgg16-397923af.pth" in srv.output and "MiB" in srv.output

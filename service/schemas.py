@@ -41,6 +41,7 @@ class MetricInfo(BaseModel):
     options: dict
     backbone: str | None
     description: str
+    convention: str = Field("", description="the paper or package convention followed, and how it differs from others")
     available: bool
 
 

@@ -1,0 +1,77 @@
+"""The one-call library API: ``list_metrics``, ``create_metric`` and ``score``.
+
+``score`` is what ``loss-service score --local``, the bench and the server's scorer call, so
+a number printed by any of them is the number the library gives.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from .backbones import get_backbone
+from .features import FeatureLoss
+from .registry import REGISTRY, compute, get_metrics, resolve_options
+
+DEFAULT_METRICS = ("psnr", "ssim", "perceptual")
+
+
+def list_metrics() -> list[dict]:
+    """The catalogue: one entry per metric (name, lower_is_better, needs, options, backbone)."""
+    return [metric.catalogue_entry() for metric in REGISTRY.values()]
+
+
+def score(
+    sr: torch.Tensor,
+    gt: torch.Tensor,
+    lr: torch.Tensor | None = None,
+    teacher: torch.Tensor | None = None,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    device=None,
+    pretrained: bool = True,
+    weights_dir=None,
+    **options: Any,
+) -> dict[str, torch.Tensor]:
+    """Score (B, C, H, W) images in [0, 1]: ``{metric: (B,)}``, plus ``{metric.component: (B,)}``
+    for composite metrics. ``options`` are shared by the metrics that take them (e.g.
+    ``crop_border=4, y_channel=True``); an option no chosen metric takes is an error.
+
+    Gradients flow wherever the metric is differentiable; wrap the call in
+    ``torch.inference_mode()`` when scoring only.
+    """
+    chosen = get_metrics([metrics] if isinstance(metrics, str) else list(metrics))
+    per_metric = resolve_options(chosen, options)
+    device = torch.device(device) if device is not None else sr.device
+    images = {role: image.to(device) for role, image in dict(sr=sr, gt=gt, lr=lr, teacher=teacher).items() if image is not None}
+    return compute(chosen, images, per_metric, lambda name: get_backbone(name, device, pretrained, weights_dir))
+
+
+class MetricModule(FeatureLoss):
+    """One registered metric with fixed options, as an ``nn.Module`` returning (B,) values.
+
+    Call it with the images the metric needs: ``module(sr, gt, lr=None, teacher=None)``. For a
+    composite metric the value is its ``total``; ``components`` gives every term.
+    """
+
+    def __init__(self, name: str, pretrained: bool = True, weights_dir=None, **options: Any):
+        super().__init__(pretrained, weights_dir)
+        (self.metric,) = get_metrics([name])
+        self.options = resolve_options([self.metric], options)
+        for backbone in sorted(self.metric.backbones(self.options[name])):
+            self.require(backbone)
+
+    def components(self, sr, gt, lr=None, teacher=None) -> dict[str, torch.Tensor]:
+        images = {role: image for role, image in dict(sr=sr, gt=gt, lr=lr, teacher=teacher).items() if image is not None}
+        return compute([self.metric], images, self.options, self.backbones_on(sr.device))
+
+    def forward(self, sr, gt, lr=None, teacher=None) -> torch.Tensor:
+        return self.components(sr, gt, lr, teacher)[self.metric.name]
+
+    def extra_repr(self) -> str:
+        return f"{self.metric.name}, options={self.options[self.metric.name]}, pretrained={self.pretrained}"
+
+
+def create_metric(name: str, pretrained: bool = True, weights_dir=None, **options: Any) -> MetricModule:
+    """``create_metric("ssim", crop_border=4)`` → an ``nn.Module``; see ``MetricModule``."""
+    return MetricModule(name, pretrained, weights_dir, **options)

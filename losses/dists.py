@@ -1,0 +1,78 @@
+"""DISTS (Ding et al., 2020): structure and texture similarity on VGG16 with L2 pooling.
+
+Statistics on the input and on 5 stages (3 + 64 + 128 + 256 + 512 + 512 channels), per
+channel: S1 = (2μxμy + c1)/(μx² + μy² + c1), S2 = (2σxy + c2)/(σx² + σy² + c2), c1 = c2 = 1e-6.
+DISTS = 1 − Σ(α·S1 + β·S2) / Σ(α + β), with α, β the ``dists-pytorch`` package's ``weights.pt``.
+The input stage uses the raw [0, 1] image; the stages use the ImageNet-normalised pass.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .backbones import to_rgb
+from .features import FeatureLoss, FeatureView, ImageBatch
+
+DISTS_VIEW = FeatureView.of("vgg16_l2pool", ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"))
+DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
+C1 = C2 = 1e-6
+
+
+def dists_weights_path() -> Path:
+    import DISTS_pytorch
+
+    return Path(DISTS_pytorch.__file__).parent / "weights.pt"
+
+
+def load_alpha_beta() -> tuple[torch.Tensor, torch.Tensor]:
+    """α and β, each (1475,), from the ``dists-pytorch`` package (read with weights_only)."""
+    state = torch.load(dists_weights_path(), map_location="cpu", weights_only=True)
+    return state["alpha"].flatten(), state["beta"].flatten()
+
+
+def dists_per_sample(batch: ImageBatch, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Per-sample DISTS (B,) between ``sr`` and ``gt``."""
+    fx, fy = batch.features("sr", DISTS_VIEW), batch.features("gt", DISTS_VIEW)
+    xs = [to_rgb(batch["sr"])] + [fx[layer] for layer in DISTS_VIEW.layers]
+    ys = [to_rgb(batch["gt"])] + [fy[layer] for layer in DISTS_VIEW.layers]
+    w_sum = alpha.sum() + beta.sum()
+    alphas, betas = torch.split(alpha / w_sum, DISTS_CHANNELS), torch.split(beta / w_sum, DISTS_CHANNELS)
+    total = 0
+    for x, y, a, b in zip(xs, ys, alphas, betas):
+        x_mean, y_mean = x.mean((2, 3), keepdim=True), y.mean((2, 3), keepdim=True)
+        s1 = (2 * x_mean * y_mean + C1) / (x_mean**2 + y_mean**2 + C1)
+        x_var, y_var = ((x - x_mean) ** 2).mean((2, 3), keepdim=True), ((y - y_mean) ** 2).mean((2, 3), keepdim=True)
+        xy_cov = (x * y).mean((2, 3), keepdim=True) - x_mean * y_mean
+        s2 = (2 * xy_cov + C2) / (x_var + y_var + C2)
+        total = total + (a.view(1, -1, 1, 1).to(x) * s1).sum(1) + (b.view(1, -1, 1, 1).to(x) * s2).sum(1)
+    return 1 - total.flatten()
+
+
+class DISTSLoss(FeatureLoss):
+    """DISTS between [0, 1] images, differentiable (a training loss too); mean over the batch."""
+
+    def __init__(self, pretrained: bool = True, weights_dir=None):
+        super().__init__(pretrained, weights_dir)
+        self.require(DISTS_VIEW.backbone)
+        alpha, beta = load_alpha_beta()
+        self.register_buffer("alpha", alpha, persistent=False)
+        self.register_buffer("beta", beta, persistent=False)
+
+    def per_sample(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return dists_per_sample(self.batch((DISTS_VIEW,), sr=x, gt=y), self.alpha, self.beta)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.per_sample(x, y).mean().to(x.dtype)
+
+
+_shared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def shared_alpha_beta(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """α, β on ``device``, loaded once, for the registry's batched scoring."""
+    key = str(torch.device(device))
+    if key not in _shared:
+        _shared[key] = tuple(t.to(device) for t in load_alpha_beta())
+    return _shared[key]

@@ -1,0 +1,101 @@
+"""LPIPS v0.1 (VGG and AlexNet variants) on the shared backbones.
+
+The learned 1×1 "lin" layers come from the files shipped inside the ``lpips`` package
+(``weights/v0.1/<net>.pth``). LPIPS maps [0, 1] inputs to [−1, 1] and applies its scaling
+layer, (2x − 1 − shift)/scale with shift = 2·mean − 1 and scale = 2·std: that is exactly
+ImageNet normalisation of the [0, 1] input, so the backbone passes that serve the perceptual
+losses serve LPIPS too. The distance is ``lpips(sr, gt)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .features import FeatureLoss, FeatureView, ImageBatch
+
+
+@dataclass(frozen=True)
+class LPIPSNet:
+    view: FeatureView
+    channels: tuple[int, ...]
+
+
+LPIPS_NETS = {
+    "vgg": LPIPSNet(FeatureView.of("vgg16", ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")), (64, 128, 256, 512, 512)),
+    # lpips' alexnet slices end at features[2], [5], [8], [10], [12]: after each ReLU.
+    "alex": LPIPSNet(FeatureView.of("alexnet", ("relu1", "relu2", "relu3", "relu4", "relu5")), (64, 192, 384, 256, 256)),
+}
+
+
+def lpips_lin_weights_path(net: str) -> Path:
+    import lpips
+
+    return Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
+
+
+def build_lin_layers(net: str) -> nn.ModuleList:
+    """The five 1×1 convolutions of LPIPS v0.1 for ``net``, loaded from the ``lpips`` package."""
+    from lpips import NetLinLayer
+
+    lins = nn.ModuleList(NetLinLayer(channels, use_dropout=True) for channels in LPIPS_NETS[net].channels)
+    state = torch.load(lpips_lin_weights_path(net), map_location="cpu", weights_only=True)
+    lins.load_state_dict({k.replace("lin", "", 1): v for k, v in state.items()})
+    for parameter in lins.parameters():
+        parameter.requires_grad_(False)
+    return lins.eval()
+
+
+def _unit_normalize(f: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
+
+
+def lpips_per_sample(batch: ImageBatch, net: str, lins: nn.ModuleList) -> torch.Tensor:
+    """Per-sample LPIPS (B,): Σ_layers spatial mean of lin((n(φ sr) − n(φ gt))²)."""
+    view = LPIPS_NETS[net].view
+    fx, fy = batch.features("sr", view), batch.features("gt", view)
+    total = 0
+    for layer, lin in zip(view.layers, lins):
+        diff = (_unit_normalize(fx[layer]) - _unit_normalize(fy[layer])).pow(2)
+        total = total + lin(diff).mean(dim=(1, 2, 3))
+    return total
+
+
+class LPIPS(FeatureLoss):
+    """LPIPS distance between [0, 1] images (``net`` "vgg" or "alex"); differentiable w.r.t. the first argument."""
+
+    def __init__(self, net: str = "vgg", pretrained: bool = True, weights_dir=None):
+        if net not in LPIPS_NETS:
+            raise ValueError(f"LPIPS net must be one of {sorted(LPIPS_NETS)}, got {net!r}")
+        super().__init__(pretrained, weights_dir)
+        self.net = net
+        self.view = LPIPS_NETS[net].view
+        self.require(self.view.backbone)
+        self.lins = build_lin_layers(net)
+
+    def train(self, mode: bool = True) -> "LPIPS":
+        """The lin layers' dropout must stay off: LPIPS is a fixed metric."""
+        return super().train(False)
+
+    def per_sample(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.lins[0].model[-1].weight.device != x.device:
+            self.lins.to(x.device)
+        return lpips_per_sample(self.batch((self.view,), sr=x, gt=y), self.net, self.lins)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.per_sample(x, y).mean().to(x.dtype)
+
+
+_shared_lins: dict[tuple[str, str], nn.ModuleList] = {}
+
+
+def shared_lin_layers(net: str, device) -> nn.ModuleList:
+    """One copy of ``net``'s lin layers per device, for the registry's batched scoring."""
+    key = (net, str(torch.device(device)))
+    if key not in _shared_lins:
+        with torch.inference_mode(False):  # see get_backbone
+            _shared_lins[key] = build_lin_layers(net).to(device)
+    return _shared_lins[key]

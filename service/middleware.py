@@ -1,0 +1,99 @@
+"""ASGI middleware and the SIGTERM hook: the body guard (413/408), draining, request counting."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+
+from .protocol import API_PREFIX
+
+
+class RequestGuard:
+    """413 for bodies over the limit (by Content-Length or while streaming), 408 for a client
+    that stalls mid-body longer than ``body_timeout_s``."""
+
+    def __init__(self, app, max_bytes: int | None, body_timeout_s: float, on_reject):
+        self.app, self.max_bytes, self.body_timeout_s, self.on_reject = app, max_bytes, body_timeout_s, on_reject
+
+    def _error(self, size: str) -> HTTPException:
+        self.on_reject("body_too_large")
+        message = f"request body {size} exceeds --max-body-mb ({self.max_bytes / 2**20:g} MB)"
+        return HTTPException(413, detail=[{"loc": ["body"], "msg": message, "type": "too_large"}])
+
+    def _stalled(self) -> HTTPException:
+        self.on_reject("body_timeout")
+        message = f"no request body data for {self.body_timeout_s:g} s (--body-timeout-s)"
+        return HTTPException(408, detail=[{"loc": ["body"], "msg": message, "type": "timeout"}])
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if self.max_bytes is not None and length is not None and length.isdigit() and int(length) > self.max_bytes:
+            error = self._error(f"of {int(length)} bytes")
+            response = JSONResponse({"detail": error.detail}, status_code=413, headers={"Connection": "close"})
+            return await response(scope, receive, send)
+        received, body_done = 0, False
+
+        async def limited_receive():
+            nonlocal received, body_done
+            if body_done:  # later reads wait for a disconnect, which may rightly take long
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout_s)
+            except asyncio.TimeoutError:
+                raise self._stalled() from None  # FastAPI re-raises HTTPExceptions from body parsing
+            body_done = message["type"] != "http.request" or not message.get("more_body", False)
+            received += len(message.get("body", b""))
+            if self.max_bytes is not None and received > self.max_bytes:
+                raise self._error(f"of more than {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+def drain_and_count(service, retry_after_s: int):
+    """HTTP middleware: while draining, new ``/v1`` requests get 503 + Retry-After; accepted
+    ``/v1`` requests are counted in flight; every response is counted by route and status."""
+
+    async def middleware(request, call_next):
+        api = request.url.path.startswith(API_PREFIX + "/")
+        if service.draining and api:
+            response = JSONResponse(
+                {"detail": [{"loc": ["request"], "msg": "server is shutting down; retry on another replica", "type": "unavailable"}]},
+                status_code=503,
+                headers={"Retry-After": str(retry_after_s)},
+            )
+        elif api:
+            service.telemetry.in_flight.inc()
+            try:
+                response = await call_next(request)
+            finally:
+                service.telemetry.in_flight.dec()
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        service.telemetry.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+        return response
+
+    return middleware
+
+
+def install_sigterm_drain(service) -> None:
+    """On SIGTERM: /readyz and new /v1 requests answer 503 at once; then (after
+    ``drain_seconds``) the server's own handler stops accepting and finishes in-flight work."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        service.draining = True
+        if callable(previous):
+            threading.Timer(service.settings.drain_seconds, previous, (signum, frame)).start()
+
+    signal.signal(signal.SIGTERM, on_sigterm)

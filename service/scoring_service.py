@@ -1,0 +1,174 @@
+"""The request-level scoring service shared by the routes: decode uploads on a CPU pool,
+validate them against the plan, queue them on the device batcher and shape the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from fastapi.concurrency import run_in_threadpool
+from PIL import Image
+from starlette.datastructures import UploadFile
+
+from losses import registry
+
+from .batcher import Batcher, BatchTooLarge, QueueFull, ShuttingDown
+from .decode import decode
+from .errors import ServiceError, invalid, unavailable
+from .memory import MemoryGuard
+from .protocol import IMAGE_ROLES
+from .schemas import BatchResponse, ScoreResponse
+from .scoring import Job, Plan, Scorer, finite_scores, too_large_for_device
+from .settings import Settings
+from .telemetry import Telemetry
+
+log = logging.getLogger("loss_service")
+
+
+class ScoringService:
+    """Owns the scorer, the batcher and the CPU pool; knows HTTP only through ``ServiceError``."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.scorer = Scorer(settings)
+        self.memory = MemoryGuard(self.scorer.device, settings.max_memory_gb)
+        self.telemetry = Telemetry()
+        # Host-side work off the event loop: decoding uploads and /v1/distill's CPU losses.
+        self.cpu_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="cpu-work")
+        self.batcher: Batcher | None = None
+        self.ready = False
+        self.draining = False
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self.settings.max_image_pixels:
+            Image.MAX_IMAGE_PIXELS = self.settings.max_image_pixels
+        await run_in_threadpool(self.scorer.load)
+        await run_in_threadpool(self.scorer.warmup)
+        self.batcher = Batcher(
+            self.scorer.run_batch,
+            max_batch_size=self.settings.max_batch_size,
+            max_batch_cost=self.settings.max_batch_pixels,
+            max_delay_s=self.settings.max_delay_ms / 1000.0,
+            max_queue=self.settings.max_queue,
+            on_batch=self._observe_batch,
+            name=f"device-{self.scorer.device}",
+        )
+        self.telemetry.queue_depth.set_function(lambda: self.batcher.depth)
+        self.batcher.start()
+        self.ready = True
+        log.info("ready on %s (%s, pretrained=%s)", self.scorer.device, self.settings.precision, self.scorer.pretrained)
+
+    async def stop(self) -> None:
+        self.draining = True
+        if self.batcher is not None:
+            await self.batcher.stop()
+        self.cpu_pool.shutdown(wait=True)
+
+    def _observe_batch(self, key: tuple, size: int, seconds: float) -> None:
+        label = Job.backbone_label(key)
+        self.telemetry.batch_size.labels(backbone=label).observe(size)
+        self.telemetry.compute.labels(backbone=label).observe(seconds)
+
+    def readiness(self) -> dict:
+        models = {name: vars(state) for name, state in self.scorer.models.items()}
+        return dict(
+            ready=self.ready and not self.draining and self.scorer.ready,
+            draining=self.draining,
+            pretrained=self.scorer.pretrained,
+            device=str(self.scorer.device),
+            precision=self.settings.precision,
+            models=models,
+            missing=[name for name, state in self.scorer.models.items() if not state.loaded],
+        )
+
+    def catalogue(self) -> list[dict]:
+        return [
+            {**metric.catalogue_entry(), "available": self.scorer.missing_reason(metric, dict(metric.options)) is None}
+            for metric in registry.REGISTRY.values()
+        ]
+
+    # --- scoring ---------------------------------------------------------------------------
+
+    async def _decode_all(self, uploads: dict[str, UploadFile], plan: Plan) -> dict:
+        loop = asyncio.get_running_loop()
+        contents = {role: await upload.read() for role, upload in uploads.items()}
+        max_pixels = self.settings.max_image_pixels
+
+        def decode_one(role: str, data: bytes):
+            return decode(data, role, max_pixels, lambda height, width: self.memory.check(plan.metrics, height, width, role))
+
+        tasks = {role: loop.run_in_executor(self.cpu_pool, decode_one, role, data) for role, data in contents.items()}
+        return {role: await task for role, task in tasks.items()}
+
+    async def score(self, uploads: dict[str, UploadFile | None], plan: Plan) -> ScoreResponse:
+        received = time.perf_counter()
+        decoded = await self._decode_all({role: upload for role, upload in uploads.items() if upload is not None}, plan)
+        job = self.scorer.job(plan, decoded)
+        outcome = await self._submit(job)
+        scores, warnings = finite_scores(outcome.value)
+        self.telemetry.queue_wait.observe(outcome.queue_s)
+        return ScoreResponse(
+            scores=scores,
+            pretrained=self.scorer.pretrained,
+            device=str(self.scorer.device),
+            precision=self.settings.precision,
+            timing_ms=dict(
+                queue=outcome.queue_s * 1e3,
+                compute=outcome.compute_s * 1e3,
+                total=(time.perf_counter() - received) * 1e3,
+            ),
+            warnings=job.warnings + warnings + self.random_weights_warning,
+        )
+
+    @property
+    def random_weights_warning(self) -> list[str]:
+        return [] if self.scorer.pretrained else ["random backbone weights (--random-weights): scores are not comparable"]
+
+    async def _submit(self, job: Job):
+        # Draining refuses new requests at the door (middleware); one already accepted, even if
+        # still decoding when SIGTERM came, is scored until the batcher itself stops.
+        if self.batcher is None:
+            raise unavailable(None, "server is shutting down", self.settings.retry_after_s)
+        try:
+            return await self.batcher.submit(job.key, job, job.cost)
+        except QueueFull as exc:
+            self.telemetry.rejected.labels(reason="queue_full").inc()
+            raise unavailable(None, f"{exc}; retry later", self.settings.retry_after_s) from None
+        except ShuttingDown:
+            raise unavailable(None, "server is shutting down", self.settings.retry_after_s) from None
+        except BatchTooLarge as exc:
+            self.telemetry.rejected.labels(reason="out_of_memory").inc()
+            raise too_large_for_device(self.settings, exc) from None
+
+    async def score_batch(self, fields: dict[str, list[UploadFile]], plan: Plan) -> BatchResponse:
+        count = len(fields["sr"])
+        for role in IMAGE_ROLES[1:]:
+            if fields.get(role) and len(fields[role]) != count:
+                raise invalid(role, f"{len(fields[role])} {role} files for {count} sr files; fields pair by order")
+        if not fields.get("gt"):
+            raise invalid("gt", "gt is required")
+
+        async def one(index: int):
+            uploads = {role: files[index] for role, files in fields.items() if files}
+            try:
+                return await self.score(uploads, plan)
+            except ServiceError as exc:
+                return {"error": {"status": exc.status, "detail": exc.detail}}
+
+        results = await asyncio.gather(*(one(i) for i in range(count)))
+        return BatchResponse(results=results, mean=batch_mean(results))
+
+
+def batch_mean(results: list) -> dict[str, float | None]:
+    columns: dict[str, list[float]] = {}
+    for result in results:
+        if isinstance(result, ScoreResponse):
+            for name, value in result.scores.items():
+                columns.setdefault(name, [])
+                if value is not None:
+                    columns[name].append(value)
+    return {name: (sum(values) / len(values) if values else None) for name, values in columns.items()}

@@ -1,0 +1,133 @@
+"""The one-call library API and the declarative specs: ``score``/``create_metric``/``list_metrics``
+equal the loss classes (1e-6 relative: the same float32 code on the same inputs), layer weights
+as a mapping, wrong layers refused at construction, and one spec entry drives a backbone."""
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import losses
+from losses import BACKBONES, CLPLoss, PerceptualLoss, create_metric, list_metrics, psnr, ssim
+from losses.backbones import BackboneSpec, SequentialFeatures, build_backbone, get_backbone
+from losses.features import FeatureView
+from service import protocol
+
+REL = 1e-6
+
+
+def close(a, b, rel=REL):
+    return torch.allclose(torch.as_tensor(a).double(), torch.as_tensor(b).double(), rtol=rel, atol=1e-12)
+
+
+@pytest.fixture()
+def images():
+    g = torch.Generator().manual_seed(21)
+    return dict(sr=torch.rand(2, 3, 32, 36, generator=g), gt=torch.rand(2, 3, 32, 36, generator=g),
+                lr=torch.rand(2, 3, 16, 18, generator=g))
+
+
+def test_list_metrics_is_the_registry():
+    entries = list_metrics()
+    assert [e["name"] for e in entries] == list(losses.REGISTRY)
+    assert {"name", "lower_is_better", "needs", "options", "backbone"} <= set(entries[0])
+
+
+def test_score_equals_the_loss_functions(weights_dir, images):
+    with torch.no_grad():
+        out = losses.score(images["sr"], images["gt"], metrics=("psnr", "ssim", "perceptual", "hybrid"), crop_border=3,
+                           perceptual_weight=0.5)
+        perceptual = PerceptualLoss.from_preset("perceptual").per_sample(images["sr"], images["gt"])
+        hybrid = losses.HybridLoss(perceptual_weight=0.5)
+    assert close(out["psnr"], psnr(images["sr"], images["gt"], crop_border=3))
+    assert close(out["ssim"], ssim(images["sr"], images["gt"], crop_border=3))
+    assert close(out["perceptual"], perceptual)
+    assert close(out["hybrid.perceptual"], perceptual)
+    for i in range(2):
+        one = hybrid(images["sr"][i : i + 1], images["gt"][i : i + 1])
+        assert close(out["hybrid"][i], one["total"]) and close(out["hybrid.l1"][i], one["l1"])
+    assert set(out) == {"psnr", "ssim", "perceptual", "hybrid", "hybrid.l1", "hybrid.ms", "hybrid.grad", "hybrid.perceptual"}
+
+
+def test_score_refuses_unknown_metric_and_option(images):
+    with pytest.raises(losses.MetricError, match="unknown metric"):
+        losses.score(images["sr"], images["gt"], metrics=("psnr", "nope"))
+    with pytest.raises(losses.MetricError, match="unknown option"):
+        losses.score(images["sr"], images["gt"], metrics=("psnr",), loss_weight=2.0)
+
+
+def test_create_metric_is_a_differentiable_module(weights_dir, images):
+    module = create_metric("clp_vgg19", loss_weight=2.0)
+    assert isinstance(module, nn.Module)
+    sr = images["sr"].clone().requires_grad_(True)
+    value = module(sr, images["gt"], images["lr"])
+    assert value.shape == (2,)
+    assert close(value.detach(), CLPLoss("vgg19", 2.0).per_sample(images["sr"], images["gt"], images["lr"]).detach())
+    value.sum().backward()
+    assert sr.grad is not None and sr.grad.abs().sum() > 0
+    ssim_module = create_metric("ssim", y_channel=True)
+    assert close(ssim_module(images["sr"], images["gt"]), ssim(images["sr"], images["gt"], y_channel=True))
+    with pytest.raises(losses.MetricError):
+        create_metric("ssim", crop_border=-1)
+
+
+def test_layer_weights_as_mapping_equal_the_sequence(weights_dir, images):
+    by_name = PerceptualLoss("vgg19", layer_weights={"relu3_4": 0.3, "relu5_4": 2.0}, criterion="l2")
+    by_order = PerceptualLoss("vgg19", ("relu3_4", "relu5_4"), (0.3, 2.0), criterion="l2")
+    assert by_name.layer_weights == {"relu3_4": 0.3, "relu5_4": 2.0}
+    assert close(by_name(images["sr"], images["gt"]), by_order(images["sr"], images["gt"]))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: PerceptualLoss(layer_weights={"relu1_2": 0.5, "relu9_9": 0.5}),
+    lambda: PerceptualLoss("vgg16", ("relu5_4",)),  # a VGG19 name, not VGG16's
+    lambda: FeatureView.of("dinov2", ("block8",)),
+])
+def test_wrong_layer_is_refused_at_construction(weights_dir, make):
+    with pytest.raises(ValueError, match="has no layer"):
+        make()
+
+
+def test_mismatched_layer_weights_are_refused(weights_dir):
+    with pytest.raises(ValueError, match="2 layers but 1 layer weights"):
+        PerceptualLoss(layers=("relu1_2", "relu2_2"), layer_weights=(1.0,))
+
+
+def test_clp_takes_backbone_and_keeps_model_alias(weights_dir, images):
+    a = CLPLoss(backbone="vgg19")(images["sr"], images["gt"], images["lr"])
+    b = CLPLoss(model="vgg")(images["sr"], images["gt"], images["lr"])
+    assert close(a, b) and CLPLoss(backbone="vgg").view.backbone == "vgg19"
+
+
+def test_protocol_defaults_match_the_library():
+    assert tuple(protocol.DEFAULT_METRICS) == tuple(losses.DEFAULT_METRICS)
+    assert set(protocol.DEFAULT_METRICS) <= set(losses.REGISTRY)
+
+
+def test_one_spec_entry_makes_a_backbone(tmp_path, monkeypatch):
+    """A new backbone is one BackboneSpec: weights resolution, building, views and settings follow."""
+    from service.settings import Settings
+
+    def build(spec, state):
+        features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+        if state is not None:
+            features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()})
+        return SequentialFeatures(spec, features)
+
+    spec = BackboneSpec("tiny", build, ("conv1", "relu1"), files=("tiny-00000000.pth",), url="file:///unused")
+    monkeypatch.setitem(BACKBONES, "tiny", spec)
+    torch.manual_seed(0)
+    state = {"features.0.weight": torch.randn(4, 3, 3, 3), "features.0.bias": torch.randn(4)}
+    torch.save(state, tmp_path / "tiny-00000000.pth")
+    model = build_backbone("tiny", weights_dir=tmp_path)
+    assert torch.equal(model.features[0].weight, state["features.0.weight"])
+    x = torch.rand(1, 3, 8, 8)
+    view = FeatureView.of("tiny", {"relu1": 1.0})
+    expected = torch.relu(nn.functional.conv2d((x - model.mean) / model.std, state["features.0.weight"], state["features.0.bias"], padding=1))
+    assert torch.allclose(view.extract(get_backbone("tiny", "cpu", weights_dir=tmp_path), x)["relu1"], expected, rtol=1e-5, atol=1e-5)  # float32 conv, values ~10
+    assert "tiny" in Settings().model_names
+    assert Settings(models="tiny,vgg16").model_names == ["tiny", "vgg16"]
+    with pytest.raises(ValueError, match="unknown model"):
+        Settings(models="tiny,nope")
+    assert dataclasses.replace(spec, name="x").weights.name == "x"

@@ -1,0 +1,114 @@
+"""Safe by default: a small upload cannot take the server down.
+
+Defaults bound the image, the body and the queue; a request whose estimated memory exceeds
+the budget is a 413 before anything is decoded; an allocation that still fails is a 413, and
+the next request gets a 200."""
+
+import io
+import json
+import subprocess
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.memory import MemoryGuard, load_costs
+from service.settings import Settings
+
+from .servers import SubprocessServer, png_bytes, random_image
+
+
+def flat_png(height: int, width: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (128, 128, 128)).save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:")) / 1024
+
+
+def test_default_limits_and_zero_lifts_them():
+    settings = Settings()
+    assert settings.max_image_pixels == 4096 * 4096
+    assert settings.max_queue == 256
+    assert settings.max_body_mb * 2**20 >= 2 * (4096 * 4096 * 3 * 2)  # two 16-bit RGB 4096² images, uncompressed
+    for lifted in ("0", "none", 0):
+        assert Settings(max_image_pixels=lifted, max_queue=lifted, max_body_mb=lifted).max_queue is None
+    assert Settings(max_image_pixels="none").max_image_pixels is None and Settings(max_body_mb="0").max_body_mb is None
+
+
+def test_every_metric_has_a_measured_cost():
+    from losses import REGISTRY
+
+    costs = load_costs()
+    assert set(costs) == set(REGISTRY) and all(value > 0 for value in costs.values())
+
+
+def test_memory_guard_names_metric_size_estimate_budget_and_largest_fit():
+    import torch
+
+    guard = MemoryGuard(torch.device("cpu"), max_memory_gb=1.0, costs={"psnr": 100.0, "perceptual": 1500.0})
+    guard.check(["psnr", "perceptual"], 256, 256, "sr")  # 256² fits in 1 GiB
+    with pytest.raises(Exception) as info:
+        guard.check(["psnr", "perceptual"], 4000, 4000, "sr")
+    error = info.value
+    per_pixel = 48 + 100 + 1500
+    side = int((2**30 / per_pixel) ** 0.5)
+    assert error.status == 413 and error.field == "sr"
+    assert "4000×4000" in error.message and "perceptual" in error.message and "1.0 GiB (--max-memory-gb)" in error.message
+    assert f"{4000 * 4000 * per_pixel / 2**30:.1f} GiB" in error.message and f"about {side}×{side}" in error.message
+
+
+def test_flat_huge_png_gets_413_at_once_under_defaults(weights_dir):
+    """A flat 8000×8000 PNG compresses to a few hundred KB; the header alone refuses it."""
+    upload = flat_png(8000, 8000)
+    assert len(upload) < 400_000
+    with SubprocessServer("--models", "vgg16") as srv:
+        before = rss_mib(srv.process.pid)
+        start = time.perf_counter()
+        response = httpx.post(f"{srv.url}/v1/score", files=[("sr", ("sr.png", upload)), ("gt", ("gt.png", upload))],
+                              data=dict(metrics="perceptual"), timeout=60)
+        elapsed = time.perf_counter() - start
+        assert response.status_code == 413, response.text
+        detail = response.json()["detail"][0]
+        assert detail["loc"] == ["body", "sr"] and "64000000 pixels" in detail["msg"] and "--max-image-pixels" in detail["msg"]
+        assert elapsed < 2.0
+        assert rss_mib(srv.process.pid) - before < 64  # nothing decoded: no 768 MB float image
+        ok = httpx.post(f"{srv.url}/v1/score", files=[("sr", png_bytes(random_image(32, 32, 1))), ("gt", png_bytes(random_image(32, 32, 2)))],
+                        data=dict(metrics="perceptual"), timeout=60)
+        assert ok.status_code == 200
+
+
+def test_memory_estimate_refuses_before_decoding(weights_dir):
+    upload = flat_png(2048, 2048)  # under the pixel limit
+    with SubprocessServer("--models", "vgg16", "--max-memory-gb", "0.25") as srv:
+        response = httpx.post(f"{srv.url}/v1/score", files=[("sr", ("sr.png", upload)), ("gt", ("gt.png", upload))],
+                              data=dict(metrics="psnr,perceptual"), timeout=60)
+        assert response.status_code == 413, response.text
+        message = response.json()["detail"][0]["msg"]
+        for part in ("2048×2048", "perceptual", "GiB", "0.2 GiB (--max-memory-gb)", "largest square image that fits"):
+            assert part in message, (part, message)
+        small = png_bytes(random_image(64, 64, 3))
+        assert httpx.post(f"{srv.url}/v1/score", files=[("sr", small), ("gt", small)], data=dict(metrics="perceptual")).status_code == 200
+
+
+def test_allocation_failure_is_413_and_the_server_keeps_serving(weights_dir):
+    """Under an address-space limit (prlimit --as) a request that passes the estimate (lifted
+    with --max-memory-gb) fails to allocate: 413, and the next request gets a 200."""
+    with SubprocessServer("--models", "vgg16", "--max-memory-gb", "1000", "--max-image-pixels", "0") as srv:
+        with open(f"/proc/{srv.process.pid}/status") as handle:
+            virtual = next(int(line.split()[1]) for line in handle if line.startswith("VmSize:")) * 1024
+        subprocess.run(["prlimit", f"--pid={srv.process.pid}", f"--as={virtual + 1536 * 2**20}"], check=True)
+        big = flat_png(3000, 3000)  # VGG16's relu1_2 alone: 64 × 3000² × 4 B = 2.3 GB per image
+        response = httpx.post(f"{srv.url}/v1/score", files=[("sr", ("sr.png", big)), ("gt", ("gt.png", big))],
+                              data=dict(metrics="perceptual"), timeout=120)
+        assert response.status_code == 413, response.text
+        assert "out of memory" in response.json()["detail"][0]["msg"]
+        small = png_bytes(random_image(32, 32, 4))
+        ok = httpx.post(f"{srv.url}/v1/score", files=[("sr", small), ("gt", small)], data=dict(metrics="perceptual"), timeout=60)
+        assert ok.status_code == 200, ok.text
+        assert srv.process.poll() is None
