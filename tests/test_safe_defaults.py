@@ -76,7 +76,7 @@ def test_flat_huge_png_gets_413_at_once_under_defaults(weights_dir):
         assert response.status_code == 413, response.text
         detail = response.json()["detail"][0]
         assert detail["loc"] == ["body", "sr"] and "64000000 pixels" in detail["msg"] and "--max-image-pixels" in detail["msg"]
-        assert elapsed < 2.0
+        assert elapsed < 5.0  # header check only: milliseconds, with room for a busy CI machine
         assert rss_mib(srv.process.pid) - before < 64  # nothing decoded: no 768 MB float image
         ok = httpx.post(f"{srv.url}/v1/score", files=[("sr", png_bytes(random_image(32, 32, 1))), ("gt", png_bytes(random_image(32, 32, 2)))],
                         data=dict(metrics="perceptual"), timeout=60)
