@@ -1,10 +1,11 @@
 """Exact SR/restoration losses and metrics as a PyTorch library (docs/metrics.md).
 
-Start with ``list_metrics()``, ``create_metric(name, **options)`` and ``score(sr, gt, ...)``;
+Start with ``list_metrics()``, ``create_metric(name, **options)``, ``score(sr, gt, ...)`` and
+``conventions(metrics, ...)``;
 the loss classes below are the same formulas as training losses.
 """
 
-from .api import DEFAULT_METRICS, MetricModule, create_metric, list_metrics, score
+from .api import DEFAULT_METRICS, MetricModule, conventions, create_metric, list_metrics, score
 from .backbones import BACKBONES, Backbone, BackboneSpec, DINOv2Features, SequentialFeatures, build_backbone, clear_shared_backbones, get_backbone
 from .clp import CLPLoss
 from .distillation import DistillationLoss
@@ -20,7 +21,7 @@ from .registry import REGISTRY, Metric, MetricError, compute
 from .weights import ChecksumError, WeightsError, WeightsNotFoundError
 
 __all__ = [
-    "DEFAULT_METRICS", "MetricModule", "create_metric", "list_metrics", "score",
+    "DEFAULT_METRICS", "MetricModule", "conventions", "create_metric", "list_metrics", "score",
     "BACKBONES", "Backbone", "BackboneSpec", "DINOv2Features", "SequentialFeatures", "build_backbone",
     "clear_shared_backbones", "get_backbone",
     "CLPLoss", "DistillationLoss", "DISTSLoss", "FeatureView", "ImageBatch", "HybridLoss", "FeatureKDLoss", "KDImageLoss", "LPIPS",

@@ -1,4 +1,4 @@
-"""The one-call library API: ``list_metrics``, ``create_metric`` and ``score``.
+"""The one-call library API: ``list_metrics``, ``create_metric``, ``score`` and ``conventions``.
 
 ``score`` is what ``loss-service score --local``, the bench and the server's scorer call, so
 a number printed by any of them is the number the library gives.
@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import torch
 
 from .backbones import get_backbone
+from .conventions import conventions as conventions_record
 from .features import FeatureLoss
 from .registry import REGISTRY, compute, get_metrics, resolve_options
 
@@ -37,6 +38,9 @@ def score(
     for composite metrics. ``options`` are shared by the metrics that take them (e.g.
     ``crop_border=4, y_channel=True``); an option no chosen metric takes is an error.
 
+    ``gt``, ``lr`` or ``teacher`` may hold one image for B candidates in ``sr`` (ranking
+    candidates against one reference): its backbone features are computed once.
+
     Gradients flow wherever the metric is differentiable; wrap the call in
     ``torch.inference_mode()`` when scoring only.
     """
@@ -45,6 +49,15 @@ def score(
     device = torch.device(device) if device is not None else sr.device
     images = {role: image.to(device) for role, image in dict(sr=sr, gt=gt, lr=lr, teacher=teacher).items() if image is not None}
     return compute(chosen, images, per_metric, lambda name: get_backbone(name, device, pretrained, weights_dir))
+
+
+def conventions(metrics: Sequence[str] = DEFAULT_METRICS, device="cpu", precision: str = "fp32", pretrained: bool = True,
+                weights_dir=None, **options: Any) -> dict:
+    """The conventions record of ``score(..., metrics, **options)``: resolved options, pixel
+    conventions, weight files with sha256, device, precision, versions and date."""
+    chosen = get_metrics([metrics] if isinstance(metrics, str) else list(metrics))
+    return conventions_record(chosen, resolve_options(chosen, options), device=device, precision=precision,
+                              pretrained=pretrained, weights_dir=weights_dir)
 
 
 class MetricModule(FeatureLoss):

@@ -35,7 +35,7 @@ def clp_negative(lr: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def clp_per_sample(batch: ImageBatch, view: FeatureView) -> torch.Tensor:
     """Per-sample CLP (B,): mean over layers of the triplet loss over every (sample, channel) row."""
-    batch.derived(NEGATIVE, lambda: clp_negative(batch["lr"], batch["gt"]))
+    batch.derived(NEGATIVE, lambda: clp_negative(batch.shared("lr"), batch.shared("gt")))
     anchor, positive, negative = (batch.features(role, view) for role in ("sr", "gt", NEGATIVE))
     per_layer = []
     for layer, weight in view.layer_weights:

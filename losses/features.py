@@ -83,11 +83,19 @@ class ImageBatch:
 
     Views with equal preprocessing share one forward pass, read at the union of the layers
     that ``views`` ask for (e.g. ``perceptual`` and ``lpips_vgg`` share VGG16).
+
+    A role given as one image for a batch of B (one reference for B candidates) is shared: its
+    features are computed once and broadcast, and ``batch[role]`` is a broadcast view of B rows.
     """
 
     def __init__(self, images: Mapping[str, torch.Tensor], backbone: Callable[[str], Backbone],
                  views: Iterable[FeatureView] = ()):
         self.images = dict(images)
+        self.size = max(image.shape[0] for image in self.images.values())
+        for role, image in self.images.items():
+            if image.shape[0] not in (1, self.size):
+                raise ValueError(f"{role} holds {image.shape[0]} images but the batch has {self.size}: give one "
+                                 f"{role} per sr image, or one for the whole batch")
         self._backbone = backbone
         self._layers: dict[tuple, set[str]] = {}
         for view in views:
@@ -95,20 +103,28 @@ class ImageBatch:
         self._features: dict[tuple, dict[str, torch.Tensor]] = {}
 
     def __getitem__(self, role: str) -> torch.Tensor:
+        return self._full(self.images[role])
+
+    def shared(self, role: str) -> torch.Tensor:
+        """The role's images as given: one row when one image serves the whole batch."""
         return self.images[role]
 
+    def _full(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.shape[0] == self.size else x.expand(self.size, *x.shape[1:])
+
     def derived(self, name: str, make: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """An image computed from the inputs once per batch (e.g. CLP's negative)."""
+        """An image computed from the inputs once per batch (e.g. CLP's negative); ``make``
+        should build it from ``shared`` images so a shared reference stays one row."""
         if name not in self.images:
             self.images[name] = make()
-        return self.images[name]
+        return self._full(self.images[name])
 
     def features(self, role: str, view: FeatureView) -> dict[str, torch.Tensor]:
         key = (role, view.preprocessing)
         if key not in self._features:
             layers = sorted(self._layers.get(view.preprocessing, set()) | set(view.layers))
             self._features[key] = view.extract(self._backbone(view.backbone), self.images[role], layers)
-        return self._features[key]
+        return {layer: self._full(value) for layer, value in self._features[key].items()}
 
     @property
     def device(self) -> torch.device:
@@ -116,7 +132,7 @@ class ImageBatch:
 
     def zeros(self) -> torch.Tensor:
         sr = self.images["sr"]
-        return torch.zeros(sr.shape[0], dtype=sr.dtype, device=sr.device)
+        return torch.zeros(self.size, dtype=sr.dtype, device=sr.device)
 
 
 class FeatureLoss(nn.Module):

@@ -9,6 +9,7 @@ lists metrics. Adding a metric means one ``register`` call (docs/architecture.md
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -18,8 +19,8 @@ from .clp import CLP_VIEWS, clp_per_sample
 from .features import FeatureView, ImageBatch
 from .hybrid import HYBRID_PRESETS, PERCEPTUAL_VIEW, hybrid_terms
 from .kd import KD_DEFAULTS, kd_terms
-from .dists import DISTS_VIEW, dists_per_sample, shared_alpha_beta
-from .lpips_loss import LPIPS_NETS, lpips_per_sample, shared_lin_layers
+from .dists import DISTS_VIEW, dists_per_sample, dists_weights_path, shared_alpha_beta
+from .lpips_loss import LPIPS_NETS, lpips_lin_weights_path, lpips_per_sample, shared_lin_layers
 from .perceptual import feature_distance, preset_view
 from .psnr_ssim import MS_SSIM_MIN_SIDE, SSIM_WINDOW, check_crop, lr_psnr, lr_scale, ms_ssim, psnr, ssim
 from .tables import add_named
@@ -53,6 +54,8 @@ class Metric:
     check_sizes: SizeCheck | None = None
     # Whether the backbone is used for the given options (e.g. HybridLoss skips it at weight 0).
     uses_backbone: Callable[[dict], bool] = lambda options: True
+    # Weight files read besides the backbones' (LPIPS heads, DISTS α/β), for the conventions record.
+    weight_files: Callable[[], Mapping[str, Path]] = lambda: {}
 
     @property
     def backbone(self) -> str | None:
@@ -146,11 +149,14 @@ def _lpips(net: str) -> MetricFn:
 
 
 register(Metric("lpips_vgg", _lpips("vgg"), PAIR, True, views=(LPIPS_NETS["vgg"].view,), description="LPIPS v0.1, VGG variant",
+                weight_files=lambda: {"lpips_vgg_heads": lpips_lin_weights_path("vgg")},
                 convention="lpips package, lpips(sr, gt) on [0, 1] inputs mapped to [−1, 1] (normalize=True)"))
 register(Metric("lpips_alex", _lpips("alex"), PAIR, True, views=(LPIPS_NETS["alex"].view,),
+                weight_files=lambda: {"lpips_alex_heads": lpips_lin_weights_path("alex")},
                 description="LPIPS v0.1, AlexNet variant (the LPIPS most SR papers report)",
                 convention="lpips package, LPIPS(net='alex', version='0.1'), lpips(sr, gt), [0, 1] mapped to [−1, 1]"))
 register(Metric("dists", lambda b, o: dists_per_sample(b, *shared_alpha_beta(b.device)), PAIR, True, views=(DISTS_VIEW,),
+                weight_files=lambda: {"dists_alpha_beta": dists_weights_path()},
                 description="DISTS: 1 − Σ(α·S1 + β·S2)/Σ(α + β) on VGG16 with L2 pooling",
                 convention="dists-pytorch package (Ding et al. 2020), α/β from its weights.pt; no resize of the input"))
 

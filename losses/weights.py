@@ -8,6 +8,7 @@ Files are read with ``torch.load(weights_only=True)`` or safetensors, never with
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -110,29 +111,33 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
+def _sha256_once(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_of(Path(path))
+
+
+def file_sha256(path: Path) -> str:
+    """The file's full sha256, hashed once per unchanged file and process (verification and the
+    conventions record both ask)."""
+    stat = path.stat()
+    return _sha256_once(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
 def checksum_status(spec: WeightSpec, path: Path) -> str:
     """``ok``, ``mismatch`` or ``no-reference`` (no hash is published in the file name)."""
     prefix = spec.sha256_prefix
     if prefix is None or path.name != spec.filenames[0]:
         return "no-reference"
-    return "ok" if sha256_of(path).startswith(prefix) else "mismatch"
-
-
-_verified: set[tuple[str, int, float]] = set()
+    return "ok" if file_sha256(path).startswith(prefix) else "mismatch"
 
 
 def verify(spec: WeightSpec, path: Path) -> None:
-    """Raise ChecksumError on a hash mismatch; each unchanged file is hashed once per process."""
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime)
-    if not verify_enabled() or key in _verified:
-        return
-    if checksum_status(spec, path) == "mismatch":
+    """Raise ChecksumError on a hash mismatch (``file_sha256`` hashes each unchanged file once)."""
+    if verify_enabled() and checksum_status(spec, path) == "mismatch":
         raise ChecksumError(
             f"{path}: sha256 does not start with {spec.sha256_prefix} (torchvision's published hash prefix); "
             f"the file is corrupt or not the official one. Delete it and run `{FETCH_COMMAND} --models {spec.name}`."
         )
-    _verified.add(key)
 
 
 def offline() -> bool:

@@ -1,4 +1,4 @@
-"""``loss-service``: serve, weights, eval, score and bench.
+"""``loss-service``: serve, weights, eval, report, score and bench.
 
 This module imports neither torch nor the server at import time, so the client-only install
 can run ``eval`` and ``score --url``.
@@ -7,11 +7,14 @@ can run ``eval`` and ``score --url``.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from .protocol import DEFAULT_METRICS, IMAGE_ROLES
+from .stats import BOOTSTRAP_RESAMPLES
 
 DEFAULT_METRICS_ARG = ",".join(DEFAULT_METRICS)
+REPORT_PACKAGES = ("matplotlib", "scipy")
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -118,10 +121,12 @@ def score_local(args: argparse.Namespace) -> dict:
 
     paths = {role: getattr(args, role) for role in IMAGE_ROLES if getattr(args, role)}
     tensors = {role: torch.from_numpy(decode(open(path, "rb").read(), role).pixels).permute(2, 0, 1)[None] for role, path in paths.items()}
+    setup = dict(metrics=_metric_names(args.metrics), device="cpu", pretrained=not args.random_weights, weights_dir=args.weights_dir,
+                 **json.loads(args.options or "{}"))
     with torch.inference_mode():
-        scores = losses.score(**tensors, metrics=_metric_names(args.metrics), device="cpu", pretrained=not args.random_weights,
-                              weights_dir=args.weights_dir, **json.loads(args.options or "{}"))
-    return {"scores": {name: value.item() for name, value in scores.items()}, "pretrained": not args.random_weights, "device": "cpu"}
+        scores = losses.score(**tensors, **setup)
+    return {"scores": {name: value.item() for name, value in scores.items()}, "pretrained": not args.random_weights, "device": "cpu",
+            "conventions": losses.conventions(**setup)}
 
 
 def _metric_names(text: str) -> list[str]:
@@ -147,6 +152,16 @@ def score(args: argparse.Namespace) -> int:
         for warning in result.get("warnings", []):
             print(f"warning: {warning}", file=sys.stderr)
     return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    missing = [name for name in REPORT_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"report needs the report extra ({', '.join(missing)} missing): pip install 'loss-service[report]'", file=sys.stderr)
+        return 2
+    from .report import run_report
+
+    return run_report(args)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -175,10 +190,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = commands.add_parser("eval", help="score folders of SR/GT(/LR) images through a server; CSV + JSON + summary")
     ev.add_argument("--url", action="append", required=True, help="server base URL; repeat to spread over replicas")
-    ev.add_argument("--sr", required=True, help="folder of SR outputs")
+    ev.add_argument("--sr", action="append", required=True, metavar="[NAME=]DIR",
+                    help="folder of a model's SR outputs; repeat as --sr NAME=DIR to compare models (one pass, each GT sent once)")
     ev.add_argument("--gt", required=True, help="folder of ground truths")
     ev.add_argument("--lr", help="folder of LR inputs (for clp_*)")
     ev.add_argument("--teacher", help="folder of teacher outputs (for kd)")
+    ev.add_argument("--dataset", default=None, help="dataset name recorded in the JSON (e.g. Set5), used by `report`")
+    ev.add_argument("--scale", type=int, default=None, help="SR scale recorded in the JSON (e.g. 4), used by `report`")
     ev.add_argument("--sr-suffix", default="", help="suffix stripped from SR stems, e.g. _x4 or _SR")
     ev.add_argument("--lr-suffix", default="", help="suffix stripped from LR stems, e.g. x4")
     ev.add_argument("--teacher-suffix", default="", help="suffix stripped from teacher stems")
@@ -188,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--options", default=None, help="further metric options as JSON")
     ev.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     ev.add_argument("--out", default="results.csv", help="CSV path (default results.csv)")
-    ev.add_argument("--json", default=None, help="JSON report path")
+    ev.add_argument("--json", default=None, help="JSON results path: per model, per-image scores and image paths, "
+                    "plus the conventions record (the input of `report`)")
     ev.add_argument("--resume", action="store_true", help="skip images already in --json (or --out)")
     ev.add_argument("--api-key", default=None, help="bearer token")
     ev.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
@@ -223,6 +242,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--write-costs", default=None, metavar="PATH",
                        help="write the measured bytes per pixel per metric here (the server reads service/memory_costs.json)")
     bench.set_defaults(func=run_bench)
+
+    rep = commands.add_parser("report", help="combine eval JSON files into an HTML report (plots, paired tests, worst images), "
+                                             "Markdown and LaTeX tables")
+    rep.add_argument("results", nargs="+", help="eval JSON files (models × datasets × scales)")
+    rep.add_argument("--html", default=None, help="self-contained HTML report path (opens offline)")
+    rep.add_argument("--markdown", default=None, help="Markdown table path")
+    rep.add_argument("--latex", default=None, help="LaTeX (booktabs) table path")
+    rep.add_argument("--metrics", default=None, help="comma list of metrics to report (default: every metric in the results)")
+    rep.add_argument("--x", default=None, help="x axis of the perception–distortion plot (default psnr)")
+    rep.add_argument("--y", default=None, help="y axis of the perception–distortion plot (default lpips_alex, lpips_vgg, dists or perceptual)")
+    rep.add_argument("--worst", type=int, default=4, help="worst images shown per metric and run (default 4; 0: no gallery)")
+    rep.add_argument("--crop", type=int, default=128, help="side of the gallery crops in pixels (default 128)")
+    rep.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    rep.add_argument("--resamples", type=int, default=BOOTSTRAP_RESAMPLES, help=f"bootstrap resamples (default {BOOTSTRAP_RESAMPLES})")
+    rep.add_argument("--title", default="Model comparison", help="page title")
+    rep.set_defaults(func=report)
     return parser
 
 

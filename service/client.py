@@ -18,7 +18,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from typing import Any, AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 
 import httpx
 import numpy as np
@@ -202,6 +202,13 @@ class ClientCore:
             files += [(role, encode_image(triplet[role], role)) for role in IMAGE_ROLES if triplet.get(role) is not None]
         return RequestSpec("POST", SCORE_BATCH_PATH, files=files, data=self._form(metrics, options or {}))
 
+    def candidates_request(self, candidates: Sequence[Any], gt: Any, lr: Any = None, teacher: Any = None, metrics=None,
+                           options=None) -> RequestSpec:
+        """Many SR candidates against one reference: each reference image is sent once."""
+        files = [("sr", encode_image(candidate, "sr")) for candidate in candidates]
+        files += [(role, encode_image(image, role)) for role, image in (("gt", gt), ("lr", lr), ("teacher", teacher)) if image is not None]
+        return RequestSpec("POST", SCORE_BATCH_PATH, files=files, data=self._form(metrics, options or {}))
+
     def distill_request(self, tensors: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> RequestSpec:
         from safetensors.numpy import save
 
@@ -244,7 +251,7 @@ class ClientCore:
             detail = response.json().get("detail")
         except ValueError:
             detail = response.text
-        message = f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}: {_describe(detail)}"
+        message = f"{response.request.method} {response.request.url.path}: HTTP {response.status_code}: {describe(detail)}"
         status = response.status_code
         kind = Unauthorized if status == 401 else BadRequest if status < 500 else ServerBusy if status == 503 else ServerError
         raise kind(message, status, detail)
@@ -277,7 +284,7 @@ class Attempt:
         return True
 
 
-def _describe(detail: Any) -> str:
+def describe(detail: Any) -> str:
     if isinstance(detail, list):
         return "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" if isinstance(d, dict) else str(d) for d in detail)
     return str(detail)
@@ -328,20 +335,35 @@ class LossClient:
     def score_batch(self, triplets: Iterable, metrics=None, **options) -> dict:
         return self._send(self.core.batch_request(triplets, metrics, options))
 
-    def score_many(self, triplets: Iterable, metrics=None, *, concurrency: int = 8, progress: bool = False,
-                   return_exceptions: bool = False, total: int | None = None, **options) -> Iterator[Any]:
-        """Score each triplet with up to ``concurrency`` requests in flight; yield in input order."""
+    def score_candidates(self, candidates: Sequence[Any], gt, lr=None, teacher=None, metrics=None, **options) -> dict:
+        """Score each of ``candidates`` against one ``gt`` (and ``lr``/``teacher``) in one request;
+        the server decodes the reference and computes its features once. Returns the batch
+        response: ``results`` in candidate order, ``mean``, ``conventions``."""
+        return self._send(self.core.candidates_request(candidates, gt, lr, teacher, metrics, options))
+
+    def imap(self, function: Callable[[Any], Any], items: Iterable, *, concurrency: int = 8, progress: bool = False,
+             return_exceptions: bool = False, total: int | None = None) -> Iterator[Any]:
+        """``function(item)`` for each item with up to ``concurrency`` calls in flight; results in input order."""
         with ThreadPoolExecutor(concurrency) as pool, _progress(progress, total) as advance:
             window: deque = deque()
-            for triplet in triplets:
-                t = as_triplet(triplet)
-                window.append(pool.submit(self.score, t.get("sr"), t.get("gt"), t.get("lr"), t.get("teacher"), metrics, **options))
+            for item in items:
+                window.append(pool.submit(function, item))
                 if len(window) >= concurrency * 2:
                     yield _outcome(window.popleft(), return_exceptions)
                     advance()
             while window:
                 yield _outcome(window.popleft(), return_exceptions)
                 advance()
+
+    def score_many(self, triplets: Iterable, metrics=None, *, concurrency: int = 8, progress: bool = False,
+                   return_exceptions: bool = False, total: int | None = None, **options) -> Iterator[Any]:
+        """Score each triplet with up to ``concurrency`` requests in flight; yield in input order."""
+
+        def one(triplet) -> dict:
+            t = as_triplet(triplet)
+            return self.score(t.get("sr"), t.get("gt"), t.get("lr"), t.get("teacher"), metrics, **options)
+
+        return self.imap(one, triplets, concurrency=concurrency, progress=progress, return_exceptions=return_exceptions, total=total)
 
     def metrics(self) -> list[dict]:
         return self._send(RequestSpec("GET", CATALOGUE_PATH))
@@ -422,6 +444,10 @@ class AsyncLossClient:
 
     async def score_batch(self, triplets: Iterable, metrics=None, **options) -> dict:
         return await self._send(self.core.batch_request(triplets, metrics, options))
+
+    async def score_candidates(self, candidates: Sequence[Any], gt, lr=None, teacher=None, metrics=None, **options) -> dict:
+        """See ``LossClient.score_candidates``."""
+        return await self._send(self.core.candidates_request(candidates, gt, lr, teacher, metrics, options))
 
     async def score_many(self, triplets: Iterable, metrics=None, *, concurrency: int = 8, progress: bool = False,
                          return_exceptions: bool = False, total: int | None = None, **options) -> AsyncIterator[Any]:

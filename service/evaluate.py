@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .client import LossClient, LossServiceError
+from .client import LossClient, LossServiceError, describe
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".npy"}
 WORST_SHOWN = 5
@@ -59,14 +59,20 @@ def pair_folders(dirs: dict[str, Path], suffixes: dict[str, str]) -> Pairing:
     return pairing
 
 
-def read_done(csv_path: Path | None, json_path: Path | None) -> dict[str, dict]:
-    """Results already written by an earlier run (for --resume): image → scores."""
+def read_done(csv_path: Path | None, json_path: Path | None) -> dict[tuple[str, str], dict]:
+    """Results already written by an earlier run (for --resume): (model, image) → result.
+
+    A CSV without a ``model`` column (one model) gives model ``None``: it matches the only model."""
     if json_path is not None and json_path.exists():
-        return {r["image"]: r for r in json.loads(json_path.read_text()).get("results", [])}
+        data = json.loads(json_path.read_text())
+        models = data.get("models") or {None: data}
+        return {(model, r["image"]): r for model, entry in models.items() for r in entry.get("results", [])}
     if csv_path is not None and csv_path.exists():
         with open(csv_path, newline="") as handle:
             return {
-                row["image"]: {"image": row["image"], "scores": {k: _number(v) for k, v in row.items() if k != "image"}, "warnings": []}
+                (row.get("model"), row["image"]): {"image": row["image"],
+                                                   "scores": {k: _number(v) for k, v in row.items() if k not in ("model", "image")},
+                                                   "warnings": []}
                 for row in csv.DictReader(handle)
             }
     return {}
@@ -95,44 +101,81 @@ def summarise(results: list[dict], lower_is_better: dict[str, bool]) -> dict[str
     return summary
 
 
-def write_csv(path: Path, results: list[dict]) -> None:
-    names = sorted({name for r in results for name in r["scores"]})
+def write_csv(path: Path, results: dict[str, list[dict]]) -> None:
+    """One row per image; with several models, a leading ``model`` column."""
+    names = sorted({name for rows in results.values() for r in rows for name in r["scores"]})
+    several = len(results) > 1
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image", *names])
-        for result in sorted(results, key=lambda r: r["image"]):
-            writer.writerow([result["image"], *("" if result["scores"].get(n) is None else repr(result["scores"][n]) for n in names)])
+        writer.writerow(["model"] * several + ["image", *names])
+        for model, rows in results.items():
+            for result in sorted(rows, key=lambda r: r["image"]):
+                writer.writerow([model] * several + [result["image"],
+                                 *("" if result["scores"].get(n) is None else repr(result["scores"][n]) for n in names)])
 
 
-def print_report(summary: dict, failures: list[dict], pairing: Pairing, console) -> None:
+def print_report(model: str, summary: dict, failures: list[dict], pairing: Pairing, console) -> None:
     from rich.table import Table
 
-    table = Table("metric", "n", "mean", "std", "min", "max", "worst (up to 5)", title="summary")
+    table = Table("metric", "n", "mean", "std", "min", "max", "worst (up to 5)", title=model)
     for name, s in summary.items():
         worst = ", ".join(f"{w['image']}={w['value']:.4g}" for w in s["worst"])
         table.add_row(name, str(s["count"]), f"{s['mean']:.6g}", f"{s['std']:.4g}", f"{s['min']:.6g}", f"{s['max']:.6g}", worst)
     console.print(table)
     for role, names in pairing.unpaired.items():
-        console.print(f"[yellow]unpaired {role}[/yellow] ({len(names)}): {', '.join(names)}")
+        console.print(f"[yellow]{model}: unpaired {role}[/yellow] ({len(names)}): {', '.join(names)}")
     for line in pairing.ambiguous:
-        console.print(f"[yellow]ambiguous[/yellow]: {line}")
+        console.print(f"[yellow]{model}: ambiguous[/yellow]: {line}")
     for failure in failures:
-        console.print(f"[red]failed[/red] {failure['image']}: HTTP {failure['status']}: {failure['message']}")
+        console.print(f"[red]{model}: failed[/red] {failure['image']}: HTTP {failure['status']}: {failure['message']}")
+
+
+def parse_models(values: list[str]) -> dict[str, Path]:
+    """``--sr NAME=DIR`` (repeatable) or a single ``--sr DIR`` (named after the folder)."""
+    models: dict[str, Path] = {}
+    for value in values:
+        name, sep, directory = value.partition("=")
+        if not sep:
+            name, directory = Path(value).name or "sr", value
+        if not name or name in models:
+            raise ValueError(f"--sr {value!r}: {'empty' if not name else 'repeated'} model name; use --sr NAME=DIR")
+        models[name] = Path(directory)
+    return models
+
+
+@dataclass
+class Request:
+    """One reference image with the models' candidates for it."""
+
+    image: str
+    models: list[str]
 
 
 def run_eval(args) -> int:
     from rich.console import Console
 
     console = Console(stderr=True)
-    dirs = {role: Path(getattr(args, role)) for role in ("sr", "gt", "lr", "teacher") if getattr(args, role)}
-    for role, directory in dirs.items():
+    try:
+        models = parse_models(args.sr)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    references = {role: Path(getattr(args, role)) for role in ("gt", "lr", "teacher") if getattr(args, role)}
+    for label, directory in [*((f"--sr {m}", d) for m, d in models.items()), *((f"--{r}", d) for r, d in references.items())]:
         if not directory.is_dir():
-            console.print(f"[red]--{role} {directory}: not a directory[/red]")
+            console.print(f"[red]{label} {directory}: not a directory[/red]")
             return 2
-    pairing = pair_folders(dirs, {"sr": args.sr_suffix, "lr": args.lr_suffix, "teacher": args.teacher_suffix})
+    suffixes = {"sr": args.sr_suffix, "lr": args.lr_suffix, "teacher": args.teacher_suffix}
+    pairings = {name: pair_folders({"sr": directory, **references}, suffixes) for name, directory in models.items()}
     out_csv, out_json = Path(args.out), Path(args.json) if args.json else None
     done = read_done(out_csv, out_json) if args.resume else {}
-    todo = [stem for stem in pairing.pairs if stem not in done]
+    single = next(iter(models)) if len(models) == 1 else None
+    previous = {name: [r for (m, image), r in done.items() if (m or single) == name and image in pairings[name].pairs]
+                for name in models}
+    finished = {(name, r["image"]) for name, rows in previous.items() for r in rows}
+    stems = sorted({stem for pairing in pairings.values() for stem in pairing.pairs})
+    requests = [Request(stem, todo) for stem in stems
+                if (todo := [m for m in models if stem in pairings[m].pairs and (m, stem) not in finished])]
     options = {}
     if args.crop_border is not None:
         options["crop_border"] = args.crop_border
@@ -140,30 +183,62 @@ def run_eval(args) -> int:
         options["y_channel"] = True
     if args.options:
         options.update(json.loads(args.options))
+    metric_names = [m.strip() for m in args.metrics.split(",") if m.strip()]
 
-    results, failures = list(done.values()), []
+    results = {name: list(rows) for name, rows in previous.items()}
+    failures: dict[str, list[dict]] = {name: [] for name in models}
+    conventions = json.loads(out_json.read_text()).get("conventions") if args.resume and out_json and out_json.exists() else None
+
+    def paths(model: str, image: str) -> dict[str, str]:
+        return {role: str(path.resolve()) for role, path in pairings[model].pairs[image].items()}
+
+    def score(request: Request) -> dict:
+        first = pairings[request.models[0]].pairs[request.image]
+        candidates = [pairings[m].pairs[request.image]["sr"] for m in request.models]
+        return client.score_candidates(candidates, first["gt"], first.get("lr"), first.get("teacher"), args.metrics, **options)
+
     with LossClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
         catalogue = {m["name"]: m["lower_is_better"] for m in client.metrics()}
         server = client.ready()
-        triplets = ({role: path for role, path in pairing.pairs[stem].items()} for stem in todo)
-        outcomes = client.score_many(triplets, args.metrics, concurrency=args.concurrency, progress=not args.quiet,
-                                     return_exceptions=True, total=len(todo), **options)
-        for stem, outcome in zip(todo, outcomes):
+        outcomes = client.imap(score, requests, concurrency=args.concurrency, progress=not args.quiet,
+                               return_exceptions=True, total=len(requests))
+        for request, outcome in zip(requests, outcomes):
             if isinstance(outcome, LossServiceError):
-                failures.append(dict(image=stem, status=outcome.status, message=str(outcome), detail=outcome.detail))
-            else:
-                results.append(dict(image=stem, scores=outcome["scores"], warnings=outcome["warnings"]))
+                for model in request.models:
+                    failures[model].append(dict(image=request.image, status=outcome.status, message=str(outcome), detail=outcome.detail))
+                continue
+            conventions = conventions or outcome["conventions"]
+            for model, item in zip(request.models, outcome["results"]):
+                if "error" in item:
+                    error = item["error"]
+                    failures[model].append(dict(image=request.image, status=error["status"], message=describe(error["detail"]),
+                                                detail=error["detail"]))
+                else:
+                    results[model].append(dict(image=request.image, scores=item["scores"], warnings=item["warnings"],
+                                               paths=paths(model, request.image)))
 
-    summary = summarise(results, catalogue)
+    summaries = {name: summarise(rows, catalogue) for name, rows in results.items()}
     write_csv(out_csv, results)
     if out_json is not None:
+        entries = {
+            name: dict(sr_dir=str(models[name].resolve()), results=sorted(results[name], key=lambda r: r["image"]),
+                       summary=summaries[name], failures=failures[name], unpaired=pairings[name].unpaired,
+                       ambiguous=pairings[name].ambiguous)
+            for name in models
+        }
         report = dict(
+            format="loss-service-eval", version=2, dataset=args.dataset, scale=args.scale, metrics=metric_names,
+            lower_is_better={name: catalogue[name] for name in metric_names if name in catalogue},
             server=dict(url=args.url, device=server.get("device"), precision=server.get("precision"), pretrained=server.get("pretrained")),
-            metrics=args.metrics, options=options, results=sorted(results, key=lambda r: r["image"]),
-            summary=summary, failures=failures, unpaired=pairing.unpaired, ambiguous=pairing.ambiguous,
+            options=options, conventions=conventions, models=entries,
         )
+        if single is not None:  # the one-model layout of earlier versions, kept for existing readers
+            report.update({key: entries[single][key] for key in ("results", "summary", "failures", "unpaired", "ambiguous")})
         out_json.write_text(json.dumps(report, indent=2, allow_nan=False))
-    print_report(summary, failures, pairing, console)
-    console.print(f"scored {len(todo) - len(failures)}, skipped (resume) {len(done)}, failed {len(failures)} → {out_csv}"
+    for name in models:
+        print_report(name, summaries[name], failures[name], pairings[name], console)
+    scored = sum(len(r.models) for r in requests) - sum(len(f) for f in failures.values())
+    failed = sum(len(f) for f in failures.values())
+    console.print(f"scored {scored}, skipped (resume) {len(finished)}, failed {failed} → {out_csv}"
                   + (f", {out_json}" if out_json else ""))
-    return 1 if failures else 0
+    return 1 if failed else 0

@@ -50,9 +50,9 @@ def build_router(service) -> APIRouter:
     @router.post(SCORE_BATCH_PATH, response_model=BatchResponse, tags=["scoring"])
     async def score_batch(
         sr: list[UploadFile] = File(..., description="SR images; the i-th of each field form triplet i"),
-        gt: list[UploadFile] = File(..., description="ground truths, paired with sr by order"),
-        lr: list[UploadFile] | None = File(None, description="LR inputs, paired by order"),
-        teacher: list[UploadFile] | None = File(None, description="teacher outputs, paired by order"),
+        gt: list[UploadFile] = File(..., description="ground truths paired with sr by order, or one for every sr"),
+        lr: list[UploadFile] | None = File(None, description="LR inputs paired by order, or one for every sr"),
+        teacher: list[UploadFile] | None = File(None, description="teacher outputs paired by order, or one for every sr"),
         metrics: str = Form(DEFAULT_METRICS_FIELD, alias=METRICS_FIELD, description=METRICS_HELP),
         options: str = Form("{}", alias=OPTIONS_FIELD, description=OPTIONS_HELP),
     ) -> BatchResponse:

@@ -11,13 +11,22 @@ class Timing(BaseModel):
     total: float = Field(description="ms from request received to response ready")
 
 
-class ScoreResponse(BaseModel):
+class ScoreResult(BaseModel):
     scores: dict[str, float | None] = Field(description="per-metric values; composite metrics add '<name>.<component>'; null where not finite")
     pretrained: bool
     device: str
     precision: str
     timing_ms: Timing
     warnings: list[str] = []
+
+
+CONVENTIONS_HELP = ("what the scores depend on besides the pixels: each metric's resolved options and convention, the "
+                    "pixel conventions (data range, Y formula, crop), weight files with sha256, device, precision, "
+                    "pretrained, versions, date")
+
+
+class ScoreResponse(ScoreResult):
+    conventions: dict = Field(description=CONVENTIONS_HELP)
 
 
 class ItemError(BaseModel):
@@ -30,8 +39,9 @@ class BatchItemError(BaseModel):
 
 
 class BatchResponse(BaseModel):
-    results: list[ScoreResponse | BatchItemError]
+    results: list[ScoreResult | BatchItemError]
     mean: dict[str, float | None] = Field(description="mean over the successful triplets (finite values only)")
+    conventions: dict = Field(description=CONVENTIONS_HELP)
 
 
 class MetricInfo(BaseModel):

@@ -11,6 +11,7 @@ import logging
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, Sequence
 
 import numpy as np
@@ -20,6 +21,7 @@ import losses
 from losses import registry
 from losses import weights
 from losses.backbones import backbone_spec, get_backbone
+from losses.conventions import conventions as conventions_record
 from losses.weights import WeightsError
 
 from .batcher import BatchTooLarge
@@ -93,6 +95,7 @@ class Scorer:
         self.pretrained = not settings.random_weights
         self.models: dict[str, ModelState] = {}
         self.device_warnings: list[str] = []
+        self._conventions: dict[tuple, dict] = {}
 
     # --- start-up ------------------------------------------------------------------------
 
@@ -127,6 +130,15 @@ class Scorer:
             images = {role: rng.random((side // 4 if role == "lr" else side,) * 2 + (3,), dtype=np.float32) for role in IMAGE_ROLES}
             job = Job(images, self.plan(",".join(names), None))
             self.run_batch(job.key, [job])
+
+    def conventions(self, plan: Plan) -> dict:
+        """The conventions record of ``plan`` (computed once per plan; the date is now)."""
+        key = (plan.metrics, json.dumps(plan.resolved, sort_keys=True))
+        if key not in self._conventions:
+            self._conventions[key] = conventions_record(registry.get_metrics(plan.metrics), plan.resolved, device=self.device,
+                                                 precision=self.precision, pretrained=self.pretrained,
+                                                 weights_dir=self.settings.weights_dir)
+        return {**self._conventions[key], "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
     @property
     def ready(self) -> bool:
@@ -187,9 +199,16 @@ class Scorer:
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch
 
+    @staticmethod
+    def _rows(jobs: Sequence[Job], role: str) -> list[np.ndarray]:
+        """The role's images for the batch; one reference shared by every job goes once, so the
+        library computes its features once for all candidates."""
+        arrays = [job.images[role] for job in jobs]
+        return arrays[:1] if all(array is arrays[0] for array in arrays) else arrays
+
     def compute_batch(self, jobs: Sequence[Job]) -> dict[str, torch.Tensor]:
         first = jobs[0]
-        images = {role: self._to_device([job.images[role] for job in jobs]) for role in first.images}
+        images = {role: self._to_device(self._rows(jobs, role)) for role in first.images}
         autocast = (
             torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
             if self.precision in AUTOCAST_DTYPES

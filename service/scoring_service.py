@@ -19,7 +19,7 @@ from .decode import decode
 from .errors import ServiceError, invalid, unavailable
 from .memory import MemoryGuard
 from .protocol import IMAGE_ROLES
-from .schemas import BatchResponse, ScoreResponse
+from .schemas import BatchResponse, ScoreResponse, ScoreResult
 from .scoring import Job, Plan, Scorer, finite_scores, too_large_for_device
 from .settings import Settings
 from .telemetry import Telemetry
@@ -107,11 +107,15 @@ class ScoringService:
     async def score(self, uploads: dict[str, UploadFile | None], plan: Plan) -> ScoreResponse:
         received = time.perf_counter()
         decoded = await self._decode_all({role: upload for role, upload in uploads.items() if upload is not None}, plan)
+        result = await self._score_decoded(decoded, plan, received)
+        return ScoreResponse(**result.model_dump(), conventions=self.scorer.conventions(plan))
+
+    async def _score_decoded(self, decoded: dict, plan: Plan, received: float) -> ScoreResult:
         job = self.scorer.job(plan, decoded)
         outcome = await self._submit(job)
         scores, warnings = finite_scores(outcome.value)
         self.telemetry.queue_wait.observe(outcome.queue_s)
-        return ScoreResponse(
+        return ScoreResult(
             scores=scores,
             pretrained=self.scorer.pretrained,
             device=str(self.scorer.device),
@@ -145,28 +149,37 @@ class ScoringService:
             raise too_large_for_device(self.settings, exc) from None
 
     async def score_batch(self, fields: dict[str, list[UploadFile]], plan: Plan) -> BatchResponse:
+        """Triplets paired by order; a reference role (gt, lr, teacher) given once serves every sr
+        (candidates ranked against one reference): decoded once, its features computed once."""
+        received = time.perf_counter()
         count = len(fields["sr"])
-        for role in IMAGE_ROLES[1:]:
-            if fields.get(role) and len(fields[role]) != count:
-                raise invalid(role, f"{len(fields[role])} {role} files for {count} sr files; fields pair by order")
         if not fields.get("gt"):
             raise invalid("gt", "gt is required")
+        shared = {}
+        for role in IMAGE_ROLES[1:]:
+            files = fields.get(role) or []
+            if len(files) == 1 and count > 1:
+                shared[role] = files[0]
+            elif files and len(files) != count:
+                raise invalid(role, f"{len(files)} {role} files for {count} sr files; give one {role} per sr file "
+                                    f"(paired by order) or one for all")
+        references = await self._decode_all(shared, plan)
 
         async def one(index: int):
-            uploads = {role: files[index] for role, files in fields.items() if files}
+            uploads = {role: files[index] for role, files in fields.items() if files and role not in shared}
             try:
-                return await self.score(uploads, plan)
+                return await self._score_decoded({**references, **await self._decode_all(uploads, plan)}, plan, received)
             except ServiceError as exc:
                 return {"error": {"status": exc.status, "detail": exc.detail}}
 
         results = await asyncio.gather(*(one(i) for i in range(count)))
-        return BatchResponse(results=results, mean=batch_mean(results))
+        return BatchResponse(results=results, mean=batch_mean(results), conventions=self.scorer.conventions(plan))
 
 
 def batch_mean(results: list) -> dict[str, float | None]:
     columns: dict[str, list[float]] = {}
     for result in results:
-        if isinstance(result, ScoreResponse):
+        if isinstance(result, ScoreResult):
             for name, value in result.scores.items():
                 columns.setdefault(name, [])
                 if value is not None:

@@ -131,3 +131,58 @@ def test_one_spec_entry_makes_a_backbone(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown model"):
         Settings(models="tiny,nope")
     assert dataclasses.replace(spec, name="x").weights.name == "x"
+
+
+def test_one_reference_for_many_candidates_is_computed_once(weights_dir):
+    """gt/lr/teacher with one image for B candidates: each backbone sees the reference once (a
+    batch of 1), and every metric equals scoring against B copies of it."""
+    g = torch.Generator().manual_seed(8)
+    sr, gt = torch.rand(3, 3, 48, 48, generator=g), torch.rand(1, 3, 48, 48, generator=g)
+    lr, teacher = torch.rand(1, 3, 12, 12, generator=g), torch.rand(1, 3, 48, 48, generator=g)
+    names = [m for m in losses.REGISTRY if m != "ms_ssim"]  # MS-SSIM needs 176² (checked in test_sr_metrics)
+    seen: dict[str, list[tuple[str, int]]] = {"shared": [], "copies": []}
+
+    def counting(run_name):
+        def backbone_for(name):
+            backbone = get_backbone(name, "cpu")
+
+            def run(x, layers, normalize=True):
+                seen[run_name].append((name, x.shape[0]))
+                return backbone(x, layers, normalize=normalize)
+            return run
+        return backbone_for
+
+    metrics = losses.registry.get_metrics(names)
+    options = losses.registry.resolve_options(metrics, {})
+    with torch.no_grad():
+        shared = losses.compute(metrics, dict(sr=sr, gt=gt, lr=lr, teacher=teacher), options, counting("shared"))
+        copies = {role: x.expand(3, -1, -1, -1).contiguous() for role, x in dict(gt=gt, lr=lr, teacher=teacher).items()}
+        expected = losses.compute(metrics, dict(sr=sr, **copies), options, counting("copies"))
+    backbones = {name for name, _ in seen["shared"]}
+    assert backbones == {"vgg16", "vgg19", "vgg16_l2pool", "alexnet", "dinov2"}
+    for name in backbones:
+        sizes = [size for b, size in seen["shared"] if b == name]
+        sr_passes = len({v.preprocessing for m in metrics for v in m.views if v.backbone == name})
+        assert len(sizes) == len([b for b, _ in seen["copies"] if b == name])  # the same passes ...
+        assert sizes.count(3) == sr_passes and sizes.count(1) == len(sizes) - sr_passes  # ... references at batch 1
+    for name, values in expected.items():
+        assert close(shared[name], values), name
+    with pytest.raises(ValueError, match="gt holds 2 images but the batch has 3"):
+        losses.score(sr, gt.expand(2, -1, -1, -1), metrics="psnr")
+
+
+def test_conventions_record_names_options_and_weight_hashes(weights_dir):
+    import hashlib
+
+    from losses import weights as W
+    from losses.backbones import backbone_spec
+
+    record = losses.conventions(("psnr", "lpips_vgg"), crop_border=4)
+    assert record["metrics"]["psnr"]["options"] == dict(crop_border=4, y_channel=False)
+    assert record["metrics"]["lpips_vgg"]["backbones"] == ["vgg16"] and record["metrics"]["lpips_vgg"]["lower_is_better"]
+    vgg16 = W.resolve(backbone_spec("vgg16").weights)
+    assert record["weights"]["vgg16"] == dict(file=vgg16.name, sha256=hashlib.sha256(vgg16.read_bytes()).hexdigest())
+    heads = losses.lpips_loss.lpips_lin_weights_path("vgg")
+    assert record["weights"]["lpips_vgg_heads"]["sha256"] == hashlib.sha256(heads.read_bytes()).hexdigest()
+    random = losses.conventions(("perceptual",), pretrained=False)
+    assert random["pretrained"] is False and random["weights"]["vgg16"]["sha256"] is None

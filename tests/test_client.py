@@ -232,9 +232,9 @@ def test_eval_writes_what_the_server_answers_and_resumes(server, tmp_path, capsy
     Image.fromarray(random_image(32, 32, 5)).save(dirs["sr"] / "img5_x4.png")
     Image.fromarray(random_image(32, 32, 6)).save(dirs["gt"] / "img5.png")
     Image.fromarray(random_image(8, 8, 6)).save(dirs["lr"] / "img5x4.png")
-    before = metric_value(httpx.get(f"{server.url}/metrics").text, "loss_service_requests_total", 'endpoint="/v1/score"')
+    before = metric_value(httpx.get(f"{server.url}/metrics").text, "loss_service_requests_total", 'endpoint="/v1/score/batch"')
     assert cli_main(args + ["--resume"]) == 0
-    after = metric_value(httpx.get(f"{server.url}/metrics").text, "loss_service_requests_total", 'endpoint="/v1/score"')
+    after = metric_value(httpx.get(f"{server.url}/metrics").text, "loss_service_requests_total", 'endpoint="/v1/score/batch"')
     assert after - before == 1  # only img5 was scored
     assert [r["image"] for r in json.loads(report.read_text())["results"]] == ["img0", "img1", "img2", "img3", "img5"]
 
@@ -252,6 +252,7 @@ def test_score_command(server, tmp_path, capsys):
     assert cli_main(["score", str(a), str(b), "--local", "--metrics", "psnr,perceptual", "--json"]) == 0
     local = json.loads(capsys.readouterr().out)
     assert local["scores"] == pytest.approx(remote["scores"], rel=1e-5)
+    assert local["conventions"]["metrics"] == remote["conventions"]["metrics"] and local["conventions"]["weights"] == remote["conventions"]["weights"]
 
 
 def test_client_imports_without_torch_or_fastapi():
@@ -274,3 +275,46 @@ def test_client_imports_without_torch_or_fastapi():
     )
     result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_eval_compares_models_in_one_pass_and_feeds_report(server, tmp_path):
+    """Two models against one GT folder: one /v1/score/batch per GT image (the GT sent once),
+    per-model per-image scores equal to single requests, conventions recorded, and `report`
+    builds from the JSON."""
+    dirs = make_folders(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    for i in range(4):
+        gt = np.asarray(Image.open(dirs["gt"] / f"img{i}.png"))
+        Image.fromarray(np.clip(gt.astype(int) + 3, 0, 255).astype(np.uint8)).save(other / f"img{i}_x4.png")
+    out, results = tmp_path / "models.csv", tmp_path / "models.json"
+    args = ["eval", "--url", server.url, "--sr", f"A={dirs['sr']}", "--sr", f"B={other}", "--gt", str(dirs["gt"]),
+            "--sr-suffix", "_x4", "--metrics", "psnr,ssim,perceptual", "--dataset", "Set5", "--scale", "4",
+            "--out", str(out), "--json", str(results), "--quiet"]
+    before = metric_value(httpx.get(f"{server.url}/metrics").text, "loss_service_requests_total", 'endpoint="/v1/score/batch"')
+    assert cli_main(args) == 1  # A's img9 has the wrong size; B has no img9
+    after = metric_value(httpx.get(f"{server.url}/metrics").text, "loss_service_requests_total", 'endpoint="/v1/score/batch"')
+    assert after - before == 5  # img0–img3 and img9: one request per GT image, both models in it
+    data = json.loads(results.read_text())
+    assert (data["dataset"], data["scale"], data["metrics"]) == ("Set5", 4, ["psnr", "ssim", "perceptual"])
+    assert data["lower_is_better"] == dict(psnr=False, ssim=False, perceptual=True)
+    assert set(data["models"]) == {"A", "B"} and "results" not in data  # the one-model keys only for one model
+    assert [f["image"] for f in data["models"]["A"]["failures"]] == ["img9"] and not data["models"]["B"]["failures"]
+    conventions = data["conventions"]
+    assert conventions["pretrained"] is True and conventions["device"] == "cpu" and conventions["precision"] == "fp32"
+    assert conventions["metrics"]["psnr"]["options"] == dict(crop_border=0, y_channel=False)
+    assert len(conventions["weights"]["vgg16"]["sha256"]) == 64 and "BT.601" in conventions["pixels"]["y_channel"]
+    with LossClient(server.url) as client:
+        for model, folder in (("A", dirs["sr"]), ("B", other)):
+            for row in data["models"][model]["results"]:
+                sr = next(folder.glob(f"{row['image']}_x4.*"))
+                expected = client.score(sr, dirs["gt"] / f"{row['image']}.png", metrics="psnr,ssim,perceptual")["scores"]
+                assert row["scores"]["psnr"] == expected["psnr"] and row["scores"]["ssim"] == expected["ssim"]
+                assert row["scores"]["perceptual"] == pytest.approx(expected["perceptual"], rel=1e-5)
+                assert row["paths"]["sr"] == str(sr.resolve())
+    rows = list(csv.DictReader(out.open()))
+    assert {(r["model"], r["image"]) for r in rows} == {(m, f"img{i}") for m in "AB" for i in range(4)}
+    html = tmp_path / "report.html"
+    assert cli_main(["report", str(results), "--html", str(html), "--x", "psnr", "--y", "perceptual", "--worst", "1"]) == 0
+    page = html.read_text()
+    assert "Set5 ×4" in page and "A vs B" in page and page.count('<div class="entry">') == 3 * 2

@@ -101,6 +101,39 @@ def test_batch_endpoint_pairs_by_order_and_isolates_failures(server):
     assert mean["psnr"] == pytest.approx((singles[0]["scores"]["psnr"] + singles[1]["scores"]["psnr"]) / 2, rel=1e-12)
 
 
+def test_batch_ranks_candidates_against_one_reference(server):
+    """One gt and one lr for three sr: each candidate scores as it would alone."""
+    base = triplet(seed=4, size=(40, 40))
+    candidates = [triplet(seed=4 + 10 * i, size=(40, 40))["sr"] for i in range(3)]
+    upload = [("sr", (f"sr{i}.png", c, "image/png")) for i, c in enumerate(candidates)]
+    upload += [("gt", ("gt.png", base["gt"], "image/png")), ("lr", ("lr.png", base["lr"], "image/png"))]
+    metrics = "psnr,ssim,perceptual,lpips_vgg,clp_vgg19"
+    response = httpx.post(f"{server.url}/v1/score/batch", files=upload, data=dict(metrics=metrics), timeout=120)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    for candidate, result in zip(candidates, body["results"]):
+        single = httpx.post(f"{server.url}/v1/score", files=files(dict(sr=candidate, gt=base["gt"], lr=base["lr"])),
+                            data=dict(metrics=metrics), timeout=120).json()
+        assert result["scores"] == pytest.approx(single["scores"], rel=1e-5)
+        assert "conventions" not in result  # once per response, at the top
+    record = body["conventions"]
+    assert set(record["metrics"]) == set(metrics.split(",")) and record["metrics"]["clp_vgg19"]["backbones"] == ["vgg19"]
+    assert {"vgg16", "vgg19", "lpips_vgg_heads"} <= set(record["weights"]) and record["pretrained"] is True
+    two_gt = upload[:3] + [("gt", ("gt.png", base["gt"], "image/png"))] * 2
+    refused = httpx.post(f"{server.url}/v1/score/batch", files=two_gt, data=dict(metrics="psnr"))
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "gt"]
+    assert "one gt per sr file" in refused.json()["detail"][0]["msg"]
+
+
+def test_score_response_records_the_conventions(server):
+    response = httpx.post(f"{server.url}/v1/score", files=files({k: v for k, v in triplet(seed=1).items() if k in ("sr", "gt")}),
+                          data=dict(metrics="psnr,ssim", options='{"crop_border": 2, "y_channel": true}')).json()
+    record = response["conventions"]
+    assert record["metrics"]["psnr"]["options"] == dict(crop_border=2, y_channel=True)
+    assert "65.481" in record["pixels"]["y_channel"] and record["weights"] == {}  # pixel metrics read no weights
+    assert record["version"] and record["torch"] and record["date"].endswith("+00:00") and record["precision"] == "fp32"
+
+
 BAD_INPUTS = {
     "garbage": (415, "sr", lambda t: files({**t, "sr": b"not an image at all"})),
     "shape_mismatch": (422, "gt", lambda t: files({**t, "gt": png_bytes(random_image(10, 12, 1))})),

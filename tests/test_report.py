@@ -1,0 +1,194 @@
+"""``loss-service report``: statistics against direct computations, tables against the JSON
+numbers, an offline self-contained page, and a real browser's rendering of it."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from scipy.stats import wilcoxon
+
+from service.cli import main as cli_main
+from service.report import Report, decimals, largest_error_crop, latex, load_runs, markdown, render_html
+from service.stats import bootstrap_mean_ci, compare_paired
+
+LOWER = dict(psnr=False, ssim=False, lpips_alex=True)
+
+
+def test_bootstrap_matches_a_numpy_loop_with_the_same_seed():
+    values = np.random.default_rng(3).normal(30.0, 2.0, 3000)  # large enough that the draws come in chunks
+    rng = np.random.default_rng(11)
+    means = [values[rng.integers(0, values.size, values.size)].mean() for _ in range(2000)]
+    expected = np.percentile(means, [2.5, 97.5])
+    assert bootstrap_mean_ci(values, seed=11, resamples=2000) == pytest.approx(tuple(expected), rel=0, abs=1e-12)
+    assert bootstrap_mean_ci(values, seed=12, resamples=2000) != bootstrap_mean_ci(values, seed=11, resamples=2000)
+
+
+def test_paired_comparison_against_scipy_and_direct_counts():
+    rng = np.random.default_rng(5)
+    a = rng.normal(30.0, 1.0, 40)
+    b = a - rng.normal(0.05, 0.2, 40)
+    b[:3] = a[:3]  # three exact ties
+    c = compare_paired(a, b, lower_is_better=False, seed=2, resamples=500)
+    diff = a - b
+    assert c.p_value == pytest.approx(wilcoxon(diff).pvalue, rel=1e-12)
+    assert (c.wins, c.ties, c.losses) == (int((diff > 0).sum()), 3, int((diff < 0).sum()))
+    assert c.mean_diff == pytest.approx(diff.mean(), rel=1e-12)
+    assert (c.ci_low, c.ci_high) == bootstrap_mean_ci(diff, seed=2, resamples=500)
+    flipped = compare_paired(a, b, lower_is_better=True, seed=2, resamples=500)
+    assert (flipped.wins, flipped.losses) == (c.losses, c.wins)
+    assert compare_paired(a, a, lower_is_better=False).p_value is None  # no difference at all: no test
+
+
+def write_png(path: Path, pixels: np.ndarray) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+    return str(path)
+
+
+def eval_json(tmp_path: Path, dataset: str, scale: int, models: dict[str, float], images: int = 6, pretrained: bool = True,
+              pool: int | None = None) -> Path:
+    """An eval results file as ``loss-service eval`` writes it, with real image files behind the paths.
+
+    ``models`` maps a name to a noise level: more noise, lower PSNR. ``pool`` reuses that many
+    image files for every image (a large synthetic run without thousands of files)."""
+    rng = np.random.default_rng(zlib.crc32(f"{dataset}x{scale}".encode()))
+    entries = {}
+    files = pool or images
+    gts = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8) for _ in range(files)]
+    gt_paths = [write_png(tmp_path / dataset / f"gt{i}.png", g) for i, g in enumerate(gts)]
+    for name, noise in models.items():
+        results = []
+        sr_paths = []
+        for i, gt in enumerate(gts):
+            sr = np.clip(gt.astype(int) + rng.normal(0, noise, gt.shape).round().astype(int), 0, 255).astype(np.uint8)
+            sr[10:20, 30:40] = 0  # a dark block: the largest error, where the gallery crop must centre
+            sr_paths.append(write_png(tmp_path / dataset / name / f"img{i}.png", sr))
+        for i in range(images):
+            scores = dict(psnr=float(30 - noise / 4 + rng.normal(0, 0.5)), ssim=float(0.9 - noise / 200 + rng.normal(0, 0.01)),
+                          lpips_alex=float(0.1 + noise / 100 + rng.normal(0, 0.01)))
+            results.append(dict(image=f"img{i}", scores=scores, warnings=[],
+                                paths=dict(sr=sr_paths[i % files], gt=gt_paths[i % files])))
+        entries[name] = dict(sr_dir=str(tmp_path / dataset / name), results=results, failures=[])
+    data = dict(format="loss-service-eval", version=2, dataset=dataset, scale=scale, metrics=["psnr", "ssim", "lpips_alex"],
+                lower_is_better=LOWER, conventions=dict(pretrained=pretrained, device="cpu", version="test"), models=entries)
+    path = tmp_path / f"{dataset}_x{scale}.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def two_datasets(tmp_path):
+    return [eval_json(tmp_path, "Set5", 4, dict(EDSR=6.0, SwinIR=3.0)), eval_json(tmp_path, "Urban100", 4, dict(EDSR=8.0, SwinIR=5.0))]
+
+
+def expected_means(paths) -> dict[tuple[str, str, str], float]:
+    means = {}
+    for path in paths:
+        data = json.loads(path.read_text())
+        for model, entry in data["models"].items():
+            for metric in data["metrics"]:
+                means[f"{data['dataset']} ×{data['scale']}", model, metric] = np.mean([r["scores"][metric] for r in entry["results"]])
+    return means
+
+
+def test_markdown_and_latex_tables_carry_the_json_means(two_datasets):
+    report = Report.build([run for p in two_datasets for run in load_runs(p)], seed=0, resamples=200)
+    means = expected_means(two_datasets)
+    md = markdown(report)
+    for group in ("Set5 ×4", "Urban100 ×4"):
+        block = md.split(f"### {group}")[1].split("###")[0]
+        header = [c.strip() for c in block.strip().splitlines()[0].strip("|").split("|")]
+        assert header == ["Model", "psnr ↑", "ssim ↑", "lpips_alex ↓"]
+        for line in block.strip().splitlines()[2:]:
+            model, *cells = [c.strip() for c in line.strip("|").split("|")]
+            for metric, cell in zip(("psnr", "ssim", "lpips_alex"), cells):
+                value = means[group, model, metric]
+                assert cell.strip("*") == f"{value:.{decimals(metric)}f}"
+                others = [means[group, m, metric] for m in ("EDSR", "SwinIR")]
+                best = min(others) if LOWER[metric] else max(others)
+                assert cell.startswith("**") == (value == best), (group, model, metric)
+    tex = latex(report)
+    assert r"\toprule" in tex and r"\midrule" in tex and r"\bottomrule" in tex and "lpips\\_alex $\\downarrow$" in tex
+    rows = {line.split(" & ")[0]: line.rstrip(" \\").split(" & ")[1:] for line in tex.splitlines() if line.startswith(("EDSR", "SwinIR"))}
+    for model, cells in rows.items():
+        expected = [means[g, model, m] for g in ("Set5 ×4", "Urban100 ×4") for m in ("psnr", "ssim", "lpips_alex")]
+        numbers = [float(re.sub(r"\\textbf\{(.*)\}", r"\1", c)) for c in cells]
+        assert numbers == [float(f"{v:.{decimals(m)}f}") for v, m in zip(expected, ["psnr", "ssim", "lpips_alex"] * 2)]
+
+
+def test_html_is_self_contained_and_complete(two_datasets, tmp_path):
+    out = tmp_path / "report.html"
+    args = ["report", *map(str, two_datasets), "--html", str(out), "--markdown", str(tmp_path / "r.md"),
+            "--latex", str(tmp_path / "r.tex"), "--worst", "2", "--resamples", "200"]
+    assert cli_main(args) == 0
+    page = out.read_text()
+    assert not re.search(r"https?://", page), re.search(r".{60}https?://.{60}", page).group(0)
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", page)  # every resource inline, every link an anchor
+    assert page.count("<svg") == 1 + 3  # the perception–distortion plot, one distribution plot per metric
+    assert "<table" in page and "Paired comparisons" in page and "Wilcoxon" in page
+    assert page.count('<div class="entry">') == 3 * 4 * 2  # metrics × runs × worst 2
+    assert page.count("data:image/png;base64,") == 3 * 4 * 2 * 3  # GT, SR, heat map each
+    assert "RANDOM BACKBONE WEIGHTS" not in page
+    assert "Set5 ×4" in page and "Urban100 ×4" in page
+    random = eval_json(tmp_path / "random", "Set14", 2, dict(EDSR=5.0), pretrained=False)
+    assert cli_main(["report", str(random), "--html", str(out), "--resamples", "100"]) == 0
+    assert "RANDOM BACKBONE WEIGHTS in EDSR (Set14 ×2)" in out.read_text()
+
+
+def test_report_refuses_what_it_cannot_build(two_datasets, tmp_path, capsys):
+    assert cli_main(["report", str(two_datasets[0])]) == 2  # no output chosen
+    assert cli_main(["report", str(two_datasets[0]), str(two_datasets[0]), "--html", str(tmp_path / "x.html")]) == 2
+    assert "same model" in capsys.readouterr().err
+    assert cli_main(["report", str(two_datasets[0]), "--html", str(tmp_path / "x.html"), "--x", "dists"]) == 2
+
+
+def test_gallery_crop_centres_on_the_largest_error():
+    gt = np.full((200, 300, 3), 0.5, dtype=np.float32)
+    sr = gt.copy()
+    sr[150:160, 20:30] = 0.0
+    rows, cols = largest_error_crop(sr, gt, 64)
+    assert (rows.stop - rows.start, cols.stop - cols.start) == (64, 64)
+    assert rows.start <= 150 and rows.stop >= 160 and cols.start == 0  # clamped at the left edge
+    assert abs((rows.start + rows.stop) / 2 - 155) <= 1
+
+
+def test_large_report_stays_small(tmp_path):
+    """1,000 images × 5 models: the gallery is bounded by K, the file stays under 25 MB.
+    (The build time is a figure for BENCHMARKS.md, printed here, not asserted.)"""
+    path = eval_json(tmp_path, "BSD100", 4, {f"model{i}": 2.0 + i for i in range(5)}, images=1000, pool=12)
+    started = time.perf_counter()
+    out = tmp_path / "big.html"
+    assert cli_main(["report", str(path), "--html", str(out), "--worst", "4"]) == 0
+    print(f"1000 images × 5 models: report built in {time.perf_counter() - started:.1f} s, {out.stat().st_size / 2**20:.2f} MiB")
+    assert out.stat().st_size < 25 * 2**20
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed: `apt-get install -y chromium` (Debian) runs this test")
+def test_chromium_renders_the_table_and_a_plot(two_datasets, tmp_path):
+    out = tmp_path / "report.html"
+    assert cli_main(["report", *map(str, two_datasets), "--html", str(out), "--worst", "1", "--resamples", "200"]) == 0
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,1400",
+                    f"--screenshot={shot}", out.as_uri()], check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
+    assert pixels.std() > 20, "blank screenshot"
+
+    def count(rgb: str, tolerance: int = 6) -> int:
+        target = np.array([int(rgb[i:i + 2], 16) for i in (1, 3, 5)])
+        return int((np.abs(pixels - target).max(axis=2) <= tolerance).sum())
+
+    assert count("#e8eef7") > 5000, "no table header visible"  # the results tables' header rows
+    assert count("#dff3e4") > 500, "no best-value cell visible"
+    assert count("#1f77b4") > 100 and count("#ff7f0e") > 100, "no plot markers visible"  # the two models' colours
