@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--metrics", default=None, help="comma list of metrics to report (default: every metric in the results)")
     rep.add_argument("--x", default=None, help="x axis of the perception–distortion plot (default psnr)")
     rep.add_argument("--y", default=None, help="y axis of the perception–distortion plot (default lpips_alex, lpips_vgg, dists or perceptual)")
-    rep.add_argument("--worst", type=int, default=4, help="worst images shown per metric and run (default 4; 0: no gallery)")
+    rep.add_argument("--worst", type=int, default=3, help="worst images shown per metric and model, over its datasets (default 3; 0: no gallery)")
     rep.add_argument("--crop", type=int, default=128, help="side of the gallery crops in pixels (default 128)")
     rep.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     rep.add_argument("--resamples", type=int, default=BOOTSTRAP_RESAMPLES, help=f"bootstrap resamples (default {BOOTSTRAP_RESAMPLES})")

@@ -385,9 +385,10 @@ class GalleryEntry:
     note: str = ""
 
 
-def worst_images(run: Run, metric: str, lower_is_better: bool, k: int) -> list[tuple[str, float]]:
-    pairs = [(image, s[metric]) for image, s in run.scores.items() if _finite(s.get(metric))]
-    return sorted(pairs, key=lambda p: p[1], reverse=lower_is_better)[:k]
+def worst_images(runs: list[Run], metric: str, lower_is_better: bool, k: int) -> list[tuple[Run, str, float]]:
+    """The ``k`` worst (run, image, value) over ``runs`` (one model's datasets and scales)."""
+    found = [(run, image, s[metric]) for run in runs for image, s in run.scores.items() if _finite(s.get(metric))]
+    return sorted(found, key=lambda f: f[2], reverse=lower_is_better)[:k]
 
 
 def gallery_entry(run: Run, image: str, value: float, crop: int) -> GalleryEntry:
@@ -480,8 +481,8 @@ def html_paired(report: Report, group: str) -> str:
 def html_gallery(report: Report, metric: str, k: int, crop: int) -> str:
     entries = []
     lower = report.lower_is_better[metric]
-    for run in report.runs:
-        for image, value in worst_images(run, metric, lower, k):
+    for model in report.models:
+        for run, image, value in worst_images([r for r in report.runs if r.model == model], metric, lower, k):
             entry = gallery_entry(run, image, value, crop)
             others = ", ".join(f"{m} {fmt(m, run.scores[image][m])}" for m in report.metrics
                                if m != metric and _finite(run.scores[image].get(m)))
@@ -506,7 +507,7 @@ def conventions_block(report: Report) -> str:
     return "".join(parts)
 
 
-def render_html(report: Report, *, x: str | None = None, y: str | None = None, worst: int = 4, crop: int = 128,
+def render_html(report: Report, *, x: str | None = None, y: str | None = None, worst: int = 3, crop: int = 128,
                 title: str = "Model comparison") -> str:
     x = x or next((m for m in DISTORTION_METRICS if m in report.metrics), None)
     y = y or next((m for m in PERCEPTION_METRICS if m in report.metrics), None)
@@ -533,7 +534,7 @@ def render_html(report: Report, *, x: str | None = None, y: str | None = None, w
     sections.append(("dist", "Distributions", f'<div class="plots">{plots}</div><p class="note">Box: quartiles; line: median; '
                      "triangle: mean; whiskers 1.5 IQR.</p>"))
     if worst > 0:
-        gallery = "".join(f"<h3>{_e(m)} {arrow(m, report.lower_is_better[m])}: the {worst} worst per run</h3>"
+        gallery = "".join(f"<h3>{_e(m)} {arrow(m, report.lower_is_better[m])}: the {worst} worst per model</h3>"
                           f"{html_gallery(report, m, worst, crop)}" for m in report.metrics)
         sections.append(("worst", "Worst images", gallery + f'<p class="note">{crop}×{crop} crops centred on the largest local '
                          "error (|SR − GT| smoothed by a Gaussian of σ = 4 px), read from the paths in the results files.</p>"))

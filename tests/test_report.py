@@ -17,7 +17,7 @@ from PIL import Image
 from scipy.stats import wilcoxon
 
 from service.cli import main as cli_main
-from service.report import Report, decimals, largest_error_crop, latex, load_runs, markdown, render_html
+from service.report import Report, decimals, largest_error_crop, latex, load_runs, markdown, worst_images
 from service.stats import bootstrap_mean_ci, compare_paired
 
 LOWER = dict(psnr=False, ssim=False, lpips_alex=True)
@@ -135,8 +135,8 @@ def test_html_is_self_contained_and_complete(two_datasets, tmp_path):
     assert not re.search(r"""(src|href)=["'](?!data:|#)""", page)  # every resource inline, every link an anchor
     assert page.count("<svg") == 1 + 3  # the perception–distortion plot, one distribution plot per metric
     assert "<table" in page and "Paired comparisons" in page and "Wilcoxon" in page
-    assert page.count('<div class="entry">') == 3 * 4 * 2  # metrics × runs × worst 2
-    assert page.count("data:image/png;base64,") == 3 * 4 * 2 * 3  # GT, SR, heat map each
+    assert page.count('<div class="entry">') == 3 * 2 * 2  # metrics × models × worst 2
+    assert page.count("data:image/png;base64,") == 3 * 2 * 2 * 3  # GT, SR, heat map each
     assert "RANDOM BACKBONE WEIGHTS" not in page
     assert "Set5 ×4" in page and "Urban100 ×4" in page
     random = eval_json(tmp_path / "random", "Set14", 2, dict(EDSR=5.0), pretrained=False)
@@ -149,6 +149,15 @@ def test_report_refuses_what_it_cannot_build(two_datasets, tmp_path, capsys):
     assert cli_main(["report", str(two_datasets[0]), str(two_datasets[0]), "--html", str(tmp_path / "x.html")]) == 2
     assert "same model" in capsys.readouterr().err
     assert cli_main(["report", str(two_datasets[0]), "--html", str(tmp_path / "x.html"), "--x", "dists"]) == 2
+
+
+def test_worst_images_follow_each_metric_direction_over_a_models_datasets(two_datasets):
+    runs = [run for path in two_datasets for run in load_runs(path) if run.model == "EDSR"]
+    for metric, lower in (("psnr", False), ("lpips_alex", True)):
+        every = sorted((s[metric] for run in runs for s in run.scores.values()), reverse=lower)
+        picked = worst_images(runs, metric, lower, 3)
+        assert [value for _, _, value in picked] == every[:3]
+        assert all(run.scores[image][metric] == value for run, image, value in picked)
 
 
 def test_gallery_crop_centres_on_the_largest_error():
@@ -167,7 +176,7 @@ def test_large_report_stays_small(tmp_path):
     path = eval_json(tmp_path, "BSD100", 4, {f"model{i}": 2.0 + i for i in range(5)}, images=1000, pool=12)
     started = time.perf_counter()
     out = tmp_path / "big.html"
-    assert cli_main(["report", str(path), "--html", str(out), "--worst", "4"]) == 0
+    assert cli_main(["report", str(path), "--html", str(out)]) == 0
     print(f"1000 images × 5 models: report built in {time.perf_counter() - started:.1f} s, {out.stat().st_size / 2**20:.2f} MiB")
     assert out.stat().st_size < 25 * 2**20
 
