@@ -16,7 +16,7 @@ import os
 import threading
 import types
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +107,13 @@ class Backbone(nn.Module):
             raise ValueError(f"{self.name} has no layer(s) {unknown}; valid: {list(self.layer_names)}")
         return layers
 
+    def stream(self, x: torch.Tensor, layers: Iterable[str], normalize: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(layer, features)`` for the requested layers, in forward order, as the pass reaches them."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, layers: Iterable[str], normalize: bool = True) -> dict[str, torch.Tensor]:
+        return dict(self.stream(x, layers, normalize))
+
 
 class SequentialFeatures(Backbone):
     """A torchvision ``features`` stack (VGG, AlexNet); ``spec.layers`` names its indices."""
@@ -128,18 +135,17 @@ class SequentialFeatures(Backbone):
                     parameter.data = parameter.data.contiguous(memory_format=torch.channels_last)
         return module
 
-    def forward(self, x: torch.Tensor, layers: Iterable[str], normalize: bool = True) -> dict[str, torch.Tensor]:
+    def stream(self, x: torch.Tensor, layers: Iterable[str], normalize: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        """Stops at the deepest requested layer; a yielded layer is freed once the caller drops it."""
         wanted = set(self.check_layers(layers))
         deepest = max(self.layer_names.index(layer) for layer in wanted)
-        out = {}
         h = self.prepare(x, normalize)
         if h.device.type == "cpu":
             h = h.contiguous(memory_format=torch.channels_last)
         for index in range(deepest + 1):
             h = self.features[index](h)
             if self.layer_names[index] in wanted:
-                out[self.layer_names[index]] = h
-        return out
+                yield self.layer_names[index], h
 
 
 def vgg_layer_names(convs_per_stage: tuple[int, ...]) -> tuple[str, ...]:
@@ -248,14 +254,16 @@ class DINOv2Features(Backbone):
             raise ValueError(f"image {tuple(x.shape[-2:])} is too small to reflect-pad to a multiple of {DINO_PATCH}")
         return F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2), mode="reflect")
 
-    def forward(self, x: torch.Tensor, layers: Iterable[str], normalize: bool = True) -> dict[str, torch.Tensor]:
+    def stream(self, x: torch.Tensor, layers: Iterable[str], normalize: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        """timm's ``forward_intermediates`` returns every block at the end; the token maps are
+        small next to the image (768 × H/14 × W/14), so they are handed on from there."""
         layers = self.check_layers(layers)
-        indices = sorted(self.layer_names.index(layer) for layer in layers)
+        indices = sorted(set(self.layer_names.index(layer) for layer in layers))
         h = self.pad_to_patch_multiple(self.prepare(x, normalize))
         maps = self.model.forward_intermediates(
             h, indices=indices, norm=True, output_fmt="NCHW", intermediates_only=True, stop_early=True
         )
-        return {self.layer_names[i]: fmap for i, fmap in zip(indices, maps)}
+        yield from ((self.layer_names[i], fmap) for i, fmap in zip(indices, maps))
 
 
 def build_dinov2(spec: BackboneSpec, state: StateDict | None) -> DINOv2Features:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .features import FeatureLoss, FeatureView, ImageBatch
+from .features import FeatureLoss, FeatureView, ImageBatch, LayerTerm
 
 CLP_VIEWS: dict[str, FeatureView] = {
     "dinov2": FeatureView.of("dinov2", {f"block{i}": w for i, w in enumerate((1.0, 0.5, 0.5, 1.0, 0.5, 0.5, 1.0, 0.1))}),
@@ -33,17 +33,35 @@ def clp_negative(lr: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.where(lr == target, 1.0 - target, lr)
 
 
-def clp_per_sample(batch: ImageBatch, view: FeatureView) -> torch.Tensor:
-    """Per-sample CLP (B,): mean over layers of the triplet loss over every (sample, channel) row."""
+def _weighted_distance(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
+    """‖w·a − w·b + eps‖₂ over H×W per (sample, channel), as ``pairwise_distance`` on the
+    weighted rows computes it, without materialising weighted copies of a and b."""
+    diff = a - b
+    if weight != 1.0:
+        diff.mul_(weight)
+    return torch.linalg.vector_norm(diff.add_(TRIPLET["eps"]), dim=(2, 3))
+
+
+def triplet_layer(layer: str, weight: float, maps) -> torch.Tensor:
+    """One layer's triplet margin loss (p = 2) on the weighted maps, meaned over channels: (B,)."""
+    anchor, positive, negative = maps
+    loss = TRIPLET["margin"] + _weighted_distance(anchor, positive, weight) - _weighted_distance(anchor, negative, weight)
+    return loss.clamp_min(0.0).mean(dim=1)
+
+
+def _derive_negative(batch: ImageBatch) -> None:
     batch.derived(NEGATIVE, lambda: clp_negative(batch.shared("lr"), batch.shared("gt")))
-    anchor, positive, negative = (batch.features(role, view) for role in ("sr", "gt", NEGATIVE))
-    per_layer = []
-    for layer, weight in view.layer_weights:
-        rows = [(f[layer] * weight).flatten(2) for f in (anchor, positive, negative)]
-        size, channels = rows[0].shape[:2]
-        loss = F.triplet_margin_loss(*(r.reshape(size * channels, -1) for r in rows), reduction="none", **TRIPLET)
-        per_layer.append(loss.view(size, channels).mean(dim=1))
-    return torch.stack(per_layer).mean(dim=0)
+
+
+CLP_TERMS: dict[str, LayerTerm] = {
+    name: LayerTerm(view, ("sr", "gt", NEGATIVE), triplet_layer, _derive_negative) for name, view in CLP_VIEWS.items()
+}
+
+
+def clp_per_sample(batch: ImageBatch, term: LayerTerm) -> torch.Tensor:
+    """Per-sample CLP (B,): mean over layers of the triplet loss over every (sample, channel) row."""
+    reduced = batch.reduced(term)
+    return torch.stack([reduced[layer] for layer in term.view.layers]).mean(dim=0)
 
 
 class CLPLoss(FeatureLoss):
@@ -61,12 +79,12 @@ class CLPLoss(FeatureLoss):
         if backbone not in CLP_VIEWS:
             raise ValueError(f"CLP backbone must be one of {sorted(CLP_VIEWS) + sorted(CLP_ALIASES)}, got {backbone!r}")
         super().__init__(pretrained, weights_dir)
-        self.view = CLP_VIEWS[backbone]
+        self.term = CLP_TERMS[backbone]
         self.loss_weight = loss_weight
         self.require(backbone)
 
     def per_sample(self, sr: torch.Tensor, target: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        return self.loss_weight * clp_per_sample(self.batch((self.view,), sr=sr, gt=target, lr=lr), self.view)
+        return self.loss_weight * clp_per_sample(self.batch((self.term,), sr=sr, gt=target, lr=lr), self.term)
 
     def forward(self, sr: torch.Tensor, target: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         return self.per_sample(sr, target, lr).mean().to(sr.dtype)

@@ -8,12 +8,14 @@ The input stage uses the raw [0, 1] image; the stages use the ImageNet-normalise
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from .backbones import to_rgb
-from .features import FeatureLoss, FeatureView, ImageBatch
+from .features import FeatureLoss, FeatureView, ImageBatch, LayerTerm
 
 DISTS_VIEW = FeatureView.of("vgg16_l2pool", ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"))
 DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
@@ -32,22 +34,46 @@ def load_alpha_beta() -> tuple[torch.Tensor, torch.Tensor]:
     return state["alpha"].flatten(), state["beta"].flatten()
 
 
-def dists_per_sample(batch: ImageBatch, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Per-sample DISTS (B,) between ``sr`` and ``gt``."""
-    fx, fy = batch.features("sr", DISTS_VIEW), batch.features("gt", DISTS_VIEW)
-    xs = [to_rgb(batch["sr"])] + [fx[layer] for layer in DISTS_VIEW.layers]
-    ys = [to_rgb(batch["gt"])] + [fy[layer] for layer in DISTS_VIEW.layers]
+def _similarity(x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """Σ_c α_c·S1 + β_c·S2 for one stage (the input image or a layer), per sample (B,)."""
+    x_mean, y_mean = x.mean((2, 3), keepdim=True), y.mean((2, 3), keepdim=True)
+    s1 = (2 * x_mean * y_mean + C1) / (x_mean**2 + y_mean**2 + C1)
+    x_var, y_var = ((x - x_mean) ** 2).mean((2, 3), keepdim=True), ((y - y_mean) ** 2).mean((2, 3), keepdim=True)
+    xy_cov = (x * y).mean((2, 3), keepdim=True) - x_mean * y_mean
+    s2 = (2 * xy_cov + C2) / (x_var + y_var + C2)
+    return ((alpha.view(1, -1, 1, 1).to(x) * s1).sum(1) + (beta.view(1, -1, 1, 1).to(x) * s2).sum(1)).flatten()
+
+
+def _stage_weights(alpha: torch.Tensor, beta: torch.Tensor, stage: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """α and β of one stage (0: the input image, i: the i-th layer), divided by Σ(α + β)."""
     w_sum = alpha.sum() + beta.sum()
-    alphas, betas = torch.split(alpha / w_sum, DISTS_CHANNELS), torch.split(beta / w_sum, DISTS_CHANNELS)
-    total = 0
-    for x, y, a, b in zip(xs, ys, alphas, betas):
-        x_mean, y_mean = x.mean((2, 3), keepdim=True), y.mean((2, 3), keepdim=True)
-        s1 = (2 * x_mean * y_mean + C1) / (x_mean**2 + y_mean**2 + C1)
-        x_var, y_var = ((x - x_mean) ** 2).mean((2, 3), keepdim=True), ((y - y_mean) ** 2).mean((2, 3), keepdim=True)
-        xy_cov = (x * y).mean((2, 3), keepdim=True) - x_mean * y_mean
-        s2 = (2 * xy_cov + C2) / (x_var + y_var + C2)
-        total = total + (a.view(1, -1, 1, 1).to(x) * s1).sum(1) + (b.view(1, -1, 1, 1).to(x) * s2).sum(1)
-    return 1 - total.flatten()
+    return torch.split(alpha / w_sum, DISTS_CHANNELS)[stage], torch.split(beta / w_sum, DISTS_CHANNELS)[stage]
+
+
+@dataclass(frozen=True, eq=False)
+class DISTSLayer:
+    """One layer's α·S1 + β·S2 sum; ``alpha_beta`` gives (α, β) on a device."""
+
+    alpha_beta: Callable[[torch.device], tuple[torch.Tensor, torch.Tensor]]
+
+    def __call__(self, layer: str, weight: float, maps) -> torch.Tensor:
+        fx, fy = maps
+        stage = DISTS_VIEW.layers.index(layer) + 1
+        return _similarity(fx, fy, *_stage_weights(*self.alpha_beta(fx.device), stage))
+
+
+def dists_term(alpha_beta: Callable[[torch.device], tuple[torch.Tensor, torch.Tensor]]) -> LayerTerm:
+    return LayerTerm(DISTS_VIEW, ("sr", "gt"), DISTSLayer(alpha_beta))
+
+
+def dists_per_sample(batch: ImageBatch, term: LayerTerm) -> torch.Tensor:
+    """Per-sample DISTS (B,) between ``sr`` and ``gt``: 1 − Σ over the input and each layer."""
+    reduced = batch.reduced(term)
+    alpha, beta = term.fn.alpha_beta(batch.device)
+    total = _similarity(to_rgb(batch["sr"]), to_rgb(batch["gt"]), *_stage_weights(alpha, beta, 0))
+    for layer in DISTS_VIEW.layers:
+        total = total + reduced[layer]
+    return 1 - total
 
 
 class DISTSLoss(FeatureLoss):
@@ -59,9 +85,10 @@ class DISTSLoss(FeatureLoss):
         alpha, beta = load_alpha_beta()
         self.register_buffer("alpha", alpha, persistent=False)
         self.register_buffer("beta", beta, persistent=False)
+        self.term = dists_term(lambda device: (self.alpha, self.beta))
 
     def per_sample(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return dists_per_sample(self.batch((DISTS_VIEW,), sr=x, gt=y), self.alpha, self.beta)
+        return dists_per_sample(self.batch((self.term,), sr=x, gt=y), self.term)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.per_sample(x, y).mean().to(x.dtype)
@@ -76,3 +103,7 @@ def shared_alpha_beta(device) -> tuple[torch.Tensor, torch.Tensor]:
     if key not in _shared:
         _shared[key] = tuple(t.to(device) for t in load_alpha_beta())
     return _shared[key]
+
+
+# The registry's DISTS: α and β loaded once per device.
+DISTS_TERM = dists_term(shared_alpha_beta)

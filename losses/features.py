@@ -1,6 +1,7 @@
 """How a loss looks at images through a backbone: ``FeatureView`` (a backbone, weighted layers
-and the preprocessing before it), ``ImageBatch`` (a batch's images plus a feature cache, so
-each image passes each backbone once), and ``FeatureLoss``, the base of backbone losses.
+and the preprocessing before it), ``LayerTerm`` (what a loss computes from one layer's
+features), ``ImageBatch`` (a batch's images; it runs the backbone passes and reduces each layer
+as the pass reaches it), and ``FeatureLoss``, the base of backbone losses.
 
 Every loss formula takes an ``ImageBatch``: the library classes build one from their call's
 arguments, the registry builds one per scored batch, so each formula exists once.
@@ -9,7 +10,7 @@ arguments, the registry builds one per scored batch, so each formula exists once
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,25 +72,56 @@ class FeatureView:
         """Views with equal preprocessing can share one forward pass."""
         return (self.backbone, self.resize, self.normalize)
 
-    def extract(self, backbone: Backbone, x: torch.Tensor, layers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
-        """Run ``x`` through ``backbone`` as this view says (``layers`` may widen the set read)."""
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         if self.resize is not None:
             x = F.interpolate(x, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
-        return backbone(x, layers or self.layers, normalize=self.normalize)
+        return x
+
+    def stream(self, backbone: Backbone, x: torch.Tensor, layers: Iterable[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(layer, features)`` in forward order as ``backbone`` reaches them (``layers`` may widen the set)."""
+        return backbone.stream(self.preprocess(x), layers or self.layers, normalize=self.normalize)
+
+    def extract(self, backbone: Backbone, x: torch.Tensor, layers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        """Every read layer at once (for inspection; losses reduce layer by layer, see ``LayerTerm``)."""
+        return dict(self.stream(backbone, x, layers))
+
+
+# (layer, weight, one feature map per role) → per-sample contribution (B,).
+LayerFn = Callable[[str, float, Sequence[torch.Tensor]], torch.Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class LayerTerm:
+    """What a loss needs from a backbone: ``fn`` applied to each layer of ``view`` as soon as the
+    forward pass reaches it, over the features of ``roles`` (e.g. sr and gt), after which the
+    layer is freed. ``prepare`` derives an input image the roles name (CLP's negative).
+
+    Terms are compared by identity: declare each once (a module constant or an attribute of a
+    loss) so that every metric using it reads one result.
+    """
+
+    view: FeatureView
+    roles: tuple[str, ...]
+    fn: LayerFn
+    prepare: Callable[["ImageBatch"], None] | None = None
 
 
 class ImageBatch:
-    """A batch's images by role plus a cache, so each image passes each backbone view once.
+    """A batch's images by role, and the backbone passes its ``LayerTerm``s need.
 
-    Views with equal preprocessing share one forward pass, read at the union of the layers
-    that ``views`` ask for (e.g. ``perceptual`` and ``lpips_vgg`` share VGG16).
+    The terms given at construction are planned together: terms whose views have equal
+    preprocessing share one forward pass, read at the union of their layers (``perceptual`` and
+    ``lpips_vgg`` share VGG16). The pass takes the roles of all its terms as one concatenated
+    batch and hands each layer to every term that reads it, then lets it go: the peak holds one
+    layer, not every tapped layer of every role. When gradients are needed the roles run as
+    separate batches in lockstep instead, so a frozen reference never enters the graph.
 
-    A role given as one image for a batch of B (one reference for B candidates) is shared: its
-    features are computed once and broadcast, and ``batch[role]`` is a broadcast view of B rows.
+    A role given as one image for a batch of B (one reference for B candidates) is shared: it
+    passes the backbone once, its features are broadcast, and ``batch[role]`` is a broadcast view.
     """
 
     def __init__(self, images: Mapping[str, torch.Tensor], backbone: Callable[[str], Backbone],
-                 views: Iterable[FeatureView] = ()):
+                 terms: Iterable[LayerTerm] = ()):
         self.images = dict(images)
         self.size = max(image.shape[0] for image in self.images.values())
         for role, image in self.images.items():
@@ -97,10 +129,12 @@ class ImageBatch:
                 raise ValueError(f"{role} holds {image.shape[0]} images but the batch has {self.size}: give one "
                                  f"{role} per sr image, or one for the whole batch")
         self._backbone = backbone
-        self._layers: dict[tuple, set[str]] = {}
-        for view in views:
-            self._layers.setdefault(view.preprocessing, set()).update(view.layers)
-        self._features: dict[tuple, dict[str, torch.Tensor]] = {}
+        self._planned: dict[tuple, list[LayerTerm]] = {}
+        for term in terms:
+            group = self._planned.setdefault(term.view.preprocessing, [])
+            if term not in group:
+                group.append(term)
+        self._reduced: dict[LayerTerm, dict[str, torch.Tensor]] = {}
 
     def __getitem__(self, role: str) -> torch.Tensor:
         return self._full(self.images[role])
@@ -119,12 +153,38 @@ class ImageBatch:
             self.images[name] = make()
         return self._full(self.images[name])
 
-    def features(self, role: str, view: FeatureView) -> dict[str, torch.Tensor]:
-        key = (role, view.preprocessing)
-        if key not in self._features:
-            layers = sorted(self._layers.get(view.preprocessing, set()) | set(view.layers))
-            self._features[key] = view.extract(self._backbone(view.backbone), self.images[role], layers)
-        return {layer: self._full(value) for layer, value in self._features[key].items()}
+    def reduced(self, term: LayerTerm) -> dict[str, torch.Tensor]:
+        """``{layer: term.fn(layer, weight, features)}`` for each layer of the term's view, (B,) each."""
+        if term not in self._reduced:
+            group = self._planned.get(term.view.preprocessing, [])
+            self._run([t for t in group if t not in self._reduced] if term in group else [term])
+        return self._reduced[term]
+
+    def _run(self, terms: list[LayerTerm]) -> None:
+        """One forward pass for ``terms`` (equal preprocessing), reducing each layer as it comes."""
+        for term in terms:
+            if term.prepare is not None:
+                term.prepare(self)
+        view = terms[0].view
+        roles = list(dict.fromkeys(role for term in terms for role in term.roles))
+        layers = sorted({layer for term in terms for layer in term.view.layers})
+        needs_grad = torch.is_grad_enabled() and any(self.images[role].requires_grad for role in roles)
+        chunks = [[role] for role in roles] if needs_grad else [roles]
+        backbone = self._backbone(view.backbone)
+        streams = [view.stream(backbone, torch.cat([self.images[role] for role in chunk]), layers) for chunk in chunks]
+        for term in terms:
+            self._reduced[term] = {}
+        for outputs in zip(*streams):
+            layer = outputs[0][0]
+            features = {}
+            for chunk, (_, maps) in zip(chunks, outputs):
+                for role, part in zip(chunk, maps.split([self.images[role].shape[0] for role in chunk])):
+                    features[role] = self._full(part)
+            for term in terms:
+                if layer in term.view.weights:
+                    maps = [features[role] for role in term.roles]
+                    self._reduced[term][layer] = term.fn(layer, term.view.weights[layer], maps)
+            del features, outputs, maps
 
     @property
     def device(self) -> torch.device:
@@ -155,5 +215,5 @@ class FeatureLoss(nn.Module):
     def backbones_on(self, device: torch.device) -> Callable[[str], Backbone]:
         return lambda name: get_backbone(name, device, self.pretrained, self.weights_dir)
 
-    def batch(self, views: Iterable[FeatureView] = (), **images: torch.Tensor) -> ImageBatch:
-        return ImageBatch(images, self.backbones_on(next(iter(images.values())).device), views)
+    def batch(self, terms: Iterable[LayerTerm] = (), **images: torch.Tensor) -> ImageBatch:
+        return ImageBatch(images, self.backbones_on(next(iter(images.values())).device), terms)

@@ -8,14 +8,14 @@ import torch
 import torch.nn.functional as F
 
 from .features import FeatureLoss, ImageBatch
-from .perceptual import feature_distance, preset_view
+from .perceptual import distance_term, feature_distance, preset_view
 
 HYBRID_PRESETS = {
     "default": dict(l1_weight=0.6, ms_weight=0.2, grad_weight=0.2, perceptual_weight=0.0),
     "p4_optimised": dict(l1_weight=1.0, ms_weight=0.0, grad_weight=0.0, perceptual_weight=0.1),
 }
 HYBRID_TERMS = ("l1", "ms", "grad", "perceptual")
-PERCEPTUAL_VIEW = preset_view("perceptual")
+PERCEPTUAL_TERM = distance_term(preset_view("perceptual"))
 
 
 def per_sample_mean(t: torch.Tensor) -> torch.Tensor:
@@ -32,7 +32,7 @@ def hybrid_terms(batch: ImageBatch, weights: Mapping[str, float]) -> dict[str, t
         "l1": per_sample_mean((pred - target).abs()),
         "ms": per_sample_mean((F.avg_pool2d(pred, 2, 2) - F.avg_pool2d(target, 2, 2)).abs()),
         "grad": 0.5 * (per_sample_mean((dx(pred) - dx(target)).abs()) + per_sample_mean((dy(pred) - dy(target)).abs())),
-        "perceptual": feature_distance(batch, "sr", "gt", PERCEPTUAL_VIEW) if weights["perceptual_weight"] > 0 else batch.zeros(),
+        "perceptual": feature_distance(batch, PERCEPTUAL_TERM) if weights["perceptual_weight"] > 0 else batch.zeros(),
     }
     terms["total"] = sum(weights[f"{name}_weight"] * terms[name] for name in HYBRID_TERMS)
     return terms
@@ -58,7 +58,7 @@ class HybridLoss(FeatureLoss):
         super().__init__(pretrained, weights_dir)
         self.weights = dict(l1_weight=l1_weight, ms_weight=ms_weight, grad_weight=grad_weight, perceptual_weight=perceptual_weight)
         if perceptual_weight > 0:
-            self.require(PERCEPTUAL_VIEW.backbone)
+            self.require(PERCEPTUAL_TERM.view.backbone)
 
     @classmethod
     def from_preset(cls, name: str, **kwargs) -> "HybridLoss":
@@ -69,5 +69,5 @@ class HybridLoss(FeatureLoss):
         if unknown:
             raise TypeError(f"unknown weight(s) {unknown}; valid: {list(self.weights)}")
         weights = {**self.weights, **weight_overrides}
-        terms = hybrid_terms(self.batch((PERCEPTUAL_VIEW,), sr=pred, gt=target), weights)
+        terms = hybrid_terms(self.batch((PERCEPTUAL_TERM,), sr=pred, gt=target), weights)
         return batch_means(terms, pred.dtype)

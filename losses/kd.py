@@ -8,21 +8,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import FeatureLoss, ImageBatch
+from .features import FeatureLoss, ImageBatch, LayerTerm
 from .hybrid import batch_means, per_sample_mean
-from .perceptual import feature_distance, preset_view
+from .perceptual import distance_term, feature_distance, preset_view
 
 KD_DEFAULTS = dict(lambda_kd=1.0, lambda_vgg=0.1)
 
 
-def kd_terms(batch: ImageBatch, lambdas: dict[str, float], vgg_view) -> dict[str, torch.Tensor]:
+def teacher_distance_term(normalize: bool = True) -> LayerTerm:
+    """The ``vgg_relu2_2`` distance between the student (sr) and the teacher."""
+    return distance_term(preset_view("vgg_relu2_2", normalize), "sr", "teacher")
+
+
+KD_VGG_TERM = teacher_distance_term()
+
+
+def kd_terms(batch: ImageBatch, lambdas: dict[str, float], vgg_term: LayerTerm = KD_VGG_TERM) -> dict[str, torch.Tensor]:
     """Per-sample L1(student, GT), L1(student, teacher), VGG relu2_2(student, teacher) (only
     computed when λ_vgg > 0) and ``total`` = l1_gt + λ_kd·l1_teacher + λ_vgg·vgg, each (B,)."""
     student = batch["sr"]
     terms = {
         "l1_gt": per_sample_mean((student - batch["gt"]).abs()),
         "l1_teacher": per_sample_mean((student - batch["teacher"]).abs()),
-        "vgg": feature_distance(batch, "sr", "teacher", vgg_view) if lambdas["lambda_vgg"] > 0 else batch.zeros(),
+        "vgg": feature_distance(batch, vgg_term) if lambdas["lambda_vgg"] > 0 else batch.zeros(),
     }
     terms["total"] = terms["l1_gt"] + lambdas["lambda_kd"] * terms["l1_teacher"] + lambdas["lambda_vgg"] * terms["vgg"]
     return terms
@@ -37,13 +45,13 @@ class KDImageLoss(FeatureLoss):
     def __init__(self, lambda_kd: float = 1.0, lambda_vgg: float = 0.1, normalize: bool = True, pretrained=True, weights_dir=None):
         super().__init__(pretrained, weights_dir)
         self.lambdas = dict(lambda_kd=lambda_kd, lambda_vgg=lambda_vgg)
-        self.view = preset_view("vgg_relu2_2", normalize)
+        self.term = teacher_distance_term(normalize)
         if lambda_vgg > 0:
-            self.require(self.view.backbone)
+            self.require(self.term.view.backbone)
 
     def forward(self, student: torch.Tensor, gt: torch.Tensor, teacher: torch.Tensor) -> dict:
-        batch = self.batch((self.view,), sr=student, gt=gt, teacher=teacher)
-        return batch_means(kd_terms(batch, self.lambdas, self.view), student.dtype)
+        batch = self.batch((self.term,), sr=student, gt=gt, teacher=teacher)
+        return batch_means(kd_terms(batch, self.lambdas, self.term), student.dtype)
 
 
 FEATURE_CRITERIA = {

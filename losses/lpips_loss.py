@@ -9,13 +9,15 @@ losses serve LPIPS too. The distance is ``lpips(sr, gt)``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
-from .features import FeatureLoss, FeatureView, ImageBatch
+from .features import FeatureLoss, FeatureView, ImageBatch, LayerTerm
 
 
 @dataclass(frozen=True)
@@ -53,15 +55,29 @@ def _unit_normalize(f: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
     return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
 
 
-def lpips_per_sample(batch: ImageBatch, net: str, lins: nn.ModuleList) -> torch.Tensor:
+@dataclass(frozen=True, eq=False)
+class LPIPSLayer:
+    """One layer's LPIPS term: spatial mean of lin((n(φ sr) − n(φ gt))²), per sample.
+
+    ``lins`` gives the net's five lin layers on a device (a loss's own, or the shared ones)."""
+
+    net: str
+    lins: Callable[[torch.device], nn.ModuleList]
+
+    def __call__(self, layer: str, weight: float, maps) -> torch.Tensor:
+        fx, fy = maps
+        lin = self.lins(fx.device)[LPIPS_NETS[self.net].view.layers.index(layer)]
+        return lin((_unit_normalize(fx) - _unit_normalize(fy)).pow(2)).mean(dim=(1, 2, 3))
+
+
+def lpips_term(net: str, lins: Callable[[torch.device], nn.ModuleList]) -> LayerTerm:
+    return LayerTerm(LPIPS_NETS[net].view, ("sr", "gt"), LPIPSLayer(net, lins))
+
+
+def lpips_per_sample(batch: ImageBatch, term: LayerTerm) -> torch.Tensor:
     """Per-sample LPIPS (B,): Σ_layers spatial mean of lin((n(φ sr) − n(φ gt))²)."""
-    view = LPIPS_NETS[net].view
-    fx, fy = batch.features("sr", view), batch.features("gt", view)
-    total = 0
-    for layer, lin in zip(view.layers, lins):
-        diff = (_unit_normalize(fx[layer]) - _unit_normalize(fy[layer])).pow(2)
-        total = total + lin(diff).mean(dim=(1, 2, 3))
-    return total
+    reduced = batch.reduced(term)
+    return sum(reduced[layer] for layer in term.view.layers)
 
 
 class LPIPS(FeatureLoss):
@@ -75,15 +91,19 @@ class LPIPS(FeatureLoss):
         self.view = LPIPS_NETS[net].view
         self.require(self.view.backbone)
         self.lins = build_lin_layers(net)
+        self.term = lpips_term(net, self._lins_on)
 
     def train(self, mode: bool = True) -> "LPIPS":
         """The lin layers' dropout must stay off: LPIPS is a fixed metric."""
         return super().train(False)
 
+    def _lins_on(self, device: torch.device) -> nn.ModuleList:
+        if self.lins[0].model[-1].weight.device != device:
+            self.lins.to(device)
+        return self.lins
+
     def per_sample(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.lins[0].model[-1].weight.device != x.device:
-            self.lins.to(x.device)
-        return lpips_per_sample(self.batch((self.view,), sr=x, gt=y), self.net, self.lins)
+        return lpips_per_sample(self.batch((self.term,), sr=x, gt=y), self.term)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.per_sample(x, y).mean().to(x.dtype)
@@ -99,3 +119,7 @@ def shared_lin_layers(net: str, device) -> nn.ModuleList:
         with torch.inference_mode(False):  # see get_backbone
             _shared_lins[key] = build_lin_layers(net).to(device)
     return _shared_lins[key]
+
+
+# The registry's LPIPS: the shared lin layers on the batch's device.
+LPIPS_TERMS = {net: lpips_term(net, functools.partial(shared_lin_layers, net)) for net in LPIPS_NETS}

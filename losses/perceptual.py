@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import torch
 
-from .features import FeatureLoss, FeatureView, ImageBatch, LayerWeights
+from .features import FeatureLoss, FeatureView, ImageBatch, LayerTerm, LayerWeights
 
 CRITERIA = {
     "l1": lambda a, b: (a - b).abs(),
@@ -30,11 +31,25 @@ def preset_view(name: str, normalize: bool = True) -> FeatureView:
     return FeatureView.of(preset["backbone"], preset["layer_weights"], resize=preset["resize"], normalize=normalize)
 
 
-def feature_distance(batch: ImageBatch, x: str, y: str, view: FeatureView, criterion: str = "l1") -> torch.Tensor:
-    """Per-sample Σ_k w_k · mean(crit(φ_k(x), φ_k(y))) between two roles of the batch, shape (B,)."""
-    crit = CRITERIA[criterion]
-    fx, fy = batch.features(x, view), batch.features(y, view)
-    return sum(w * crit(fx[k], fy[k]).flatten(1).mean(dim=1) for k, w in view.layer_weights)
+@dataclass(frozen=True)
+class LayerDistance:
+    """One layer's share of a perceptual loss: w_k · mean(crit(φ_k(x), φ_k(y))), per sample."""
+
+    criterion: str = "l1"
+
+    def __call__(self, layer: str, weight: float, maps) -> torch.Tensor:
+        fx, fy = maps
+        return weight * CRITERIA[self.criterion](fx, fy).mean(dim=(1, 2, 3))
+
+
+def distance_term(view: FeatureView, x: str = "sr", y: str = "gt", criterion: str = "l1") -> LayerTerm:
+    return LayerTerm(view, (x, y), LayerDistance(criterion))
+
+
+def feature_distance(batch: ImageBatch, term: LayerTerm) -> torch.Tensor:
+    """Per-sample Σ_k w_k · mean(crit(φ_k(x), φ_k(y))) between the term's two roles, shape (B,)."""
+    reduced = batch.reduced(term)
+    return sum(reduced[layer] for layer in term.view.layers)
 
 
 class PerceptualLoss(FeatureLoss):
@@ -68,6 +83,7 @@ class PerceptualLoss(FeatureLoss):
         else:
             self.view = FeatureView.of(backbone, layers or DEFAULT_LAYERS, layer_weights, resize=resize, normalize=normalize)
         self.criterion = criterion
+        self.term = distance_term(self.view, criterion=criterion)
         self.require(backbone)
 
     @property
@@ -81,7 +97,7 @@ class PerceptualLoss(FeatureLoss):
         return cls(**{**PERCEPTUAL_PRESETS[name], **overrides})
 
     def per_sample(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return feature_distance(self.batch((self.view,), sr=x, gt=y), "sr", "gt", self.view, self.criterion)
+        return feature_distance(self.batch((self.term,), sr=x, gt=y), self.term)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.per_sample(x, y).mean().to(x.dtype)

@@ -15,13 +15,13 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import torch
 
 from .backbones import Backbone, backbone_spec, get_backbone
-from .clp import CLP_VIEWS, clp_per_sample
-from .features import FeatureView, ImageBatch
-from .hybrid import HYBRID_PRESETS, PERCEPTUAL_VIEW, hybrid_terms
-from .kd import KD_DEFAULTS, kd_terms
-from .dists import DISTS_VIEW, dists_per_sample, dists_weights_path, shared_alpha_beta
-from .lpips_loss import LPIPS_NETS, lpips_lin_weights_path, lpips_per_sample, shared_lin_layers
-from .perceptual import feature_distance, preset_view
+from .clp import CLP_TERMS, clp_per_sample
+from .dists import DISTS_TERM, dists_per_sample, dists_weights_path
+from .features import FeatureView, ImageBatch, LayerTerm
+from .hybrid import HYBRID_PRESETS, PERCEPTUAL_TERM, hybrid_terms
+from .kd import KD_DEFAULTS, KD_VGG_TERM, kd_terms
+from .lpips_loss import LPIPS_TERMS, lpips_lin_weights_path, lpips_per_sample
+from .perceptual import distance_term, feature_distance, preset_view
 from .psnr_ssim import MS_SSIM_MIN_SIDE, SSIM_WINDOW, check_crop, lr_psnr, lr_scale, ms_ssim, psnr, ssim
 from .tables import add_named
 
@@ -47,7 +47,8 @@ class Metric:
     fn: MetricFn
     needs: tuple[str, ...]
     lower_is_better: bool
-    views: tuple[FeatureView, ...] = ()
+    # What the metric reads from backbones; the batch plans all metrics' terms into shared passes.
+    terms: tuple[LayerTerm, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     convention: str = ""
@@ -56,6 +57,10 @@ class Metric:
     uses_backbone: Callable[[dict], bool] = lambda options: True
     # Weight files read besides the backbones' (LPIPS heads, DISTS α/β), for the conventions record.
     weight_files: Callable[[], Mapping[str, Path]] = lambda: {}
+
+    @property
+    def views(self) -> tuple[FeatureView, ...]:
+        return tuple(term.view for term in self.terms)
 
     @property
     def backbone(self) -> str | None:
@@ -83,12 +88,12 @@ def register(metric: Metric) -> Metric:
     return add_named(REGISTRY, metric, "metric")
 
 
-def _perceptual(view: FeatureView) -> MetricFn:
-    return lambda batch, options: feature_distance(batch, "sr", "gt", view)
+def _perceptual(term: LayerTerm) -> MetricFn:
+    return lambda batch, options: feature_distance(batch, term)
 
 
-def _clp(view: FeatureView) -> MetricFn:
-    return lambda batch, options: options["loss_weight"] * clp_per_sample(batch, view)
+def _clp(term: LayerTerm) -> MetricFn:
+    return lambda batch, options: options["loss_weight"] * clp_per_sample(batch, term)
 
 
 def _crop_fits(min_side: int, label: str, role: str = "sr") -> SizeCheck:
@@ -112,7 +117,7 @@ def _lr_consistent(sizes: Mapping[str, tuple[int, int]], options: dict) -> None:
 
 
 SR_CONVENTION = dict(crop_border=0, y_channel=False)
-VGG_RELU2_2_VIEW = preset_view("vgg_relu2_2")
+VGG_RELU2_2_TERM = distance_term(preset_view("vgg_relu2_2"))
 
 # --- the metrics ------------------------------------------------------------------------------
 
@@ -131,31 +136,30 @@ register(Metric("lr_psnr", lambda b, o: lr_psnr(b["sr"], b["lr"], **o), ("sr", "
                 convention="NTIRE 2022 Learning the SR Space: MATLAB imresize(sr, 1/s, 'bicubic'), antialiased; crop in LR pixels"))
 register(Metric("l1", lambda b, o: (b["sr"] - b["gt"]).abs().flatten(1).mean(dim=1), PAIR, True,
                 description="mean absolute error on [0, 1]"))
-register(Metric("perceptual", _perceptual(PERCEPTUAL_VIEW), PAIR, True, views=(PERCEPTUAL_VIEW,),
+register(Metric("perceptual", _perceptual(PERCEPTUAL_TERM), PAIR, True, terms=(PERCEPTUAL_TERM,),
                 description="VGG16 relu1_2/2_2/3_3/4_3, ¼ each, L1"))
-register(Metric("vgg_relu2_2", _perceptual(VGG_RELU2_2_VIEW), PAIR, True, views=(VGG_RELU2_2_VIEW,),
+register(Metric("vgg_relu2_2", _perceptual(VGG_RELU2_2_TERM), PAIR, True, terms=(VGG_RELU2_2_TERM,),
                 description="VGG16 relu2_2, L1, resized to 224×224"))
-register(Metric("hybrid", hybrid_terms, PAIR, True, views=(PERCEPTUAL_VIEW,), options=HYBRID_PRESETS["default"],
+register(Metric("hybrid", hybrid_terms, PAIR, True, terms=(PERCEPTUAL_TERM,), options=HYBRID_PRESETS["default"],
                 uses_backbone=lambda o: o["perceptual_weight"] > 0,
                 description="l1/ms/grad/perceptual weighted sum; components as hybrid.<term>"))
-register(Metric("kd", lambda b, o: kd_terms(b, o, VGG_RELU2_2_VIEW), ("sr", "gt", "teacher"), True,
-                views=(VGG_RELU2_2_VIEW,), options=KD_DEFAULTS, uses_backbone=lambda o: o["lambda_vgg"] > 0,
+register(Metric("kd", kd_terms, ("sr", "gt", "teacher"), True, terms=(KD_VGG_TERM,), options=KD_DEFAULTS,
+                uses_backbone=lambda o: o["lambda_vgg"] > 0,
                 description="L1(sr, gt) + λ_kd·L1(sr, teacher) + λ_vgg·VGG relu2_2(sr, teacher)"))
-for _backbone, _view in CLP_VIEWS.items():
-    register(Metric(f"clp_{_backbone}", _clp(_view), ("sr", "gt", "lr"), True, views=(_view,),
+for _backbone, _term in CLP_TERMS.items():
+    register(Metric(f"clp_{_backbone}", _clp(_term), ("sr", "gt", "lr"), True, terms=(_term,),
                     options=dict(loss_weight=1.0), description=f"contrastive triplet perceptual loss on {_backbone} features"))
-def _lpips(net: str) -> MetricFn:
-    return lambda batch, options: lpips_per_sample(batch, net, shared_lin_layers(net, batch.device))
 
 
-register(Metric("lpips_vgg", _lpips("vgg"), PAIR, True, views=(LPIPS_NETS["vgg"].view,), description="LPIPS v0.1, VGG variant",
+register(Metric("lpips_vgg", lambda b, o: lpips_per_sample(b, LPIPS_TERMS["vgg"]), PAIR, True, terms=(LPIPS_TERMS["vgg"],),
+                description="LPIPS v0.1, VGG variant",
                 weight_files=lambda: {"lpips_vgg_heads": lpips_lin_weights_path("vgg")},
                 convention="lpips package, lpips(sr, gt) on [0, 1] inputs mapped to [−1, 1] (normalize=True)"))
-register(Metric("lpips_alex", _lpips("alex"), PAIR, True, views=(LPIPS_NETS["alex"].view,),
+register(Metric("lpips_alex", lambda b, o: lpips_per_sample(b, LPIPS_TERMS["alex"]), PAIR, True, terms=(LPIPS_TERMS["alex"],),
                 weight_files=lambda: {"lpips_alex_heads": lpips_lin_weights_path("alex")},
                 description="LPIPS v0.1, AlexNet variant (the LPIPS most SR papers report)",
                 convention="lpips package, LPIPS(net='alex', version='0.1'), lpips(sr, gt), [0, 1] mapped to [−1, 1]"))
-register(Metric("dists", lambda b, o: dists_per_sample(b, *shared_alpha_beta(b.device)), PAIR, True, views=(DISTS_VIEW,),
+register(Metric("dists", lambda b, o: dists_per_sample(b, DISTS_TERM), PAIR, True, terms=(DISTS_TERM,),
                 weight_files=lambda: {"dists_alpha_beta": dists_weights_path()},
                 description="DISTS: 1 − Σ(α·S1 + β·S2)/Σ(α + β) on VGG16 with L2 pooling",
                 convention="dists-pytorch package (Ding et al. 2020), α/β from its weights.pt; no resize of the input"))
@@ -240,7 +244,7 @@ def compute(
     if backbone is None:
         device = images["sr"].device
         backbone = lambda name: get_backbone(name, device)  # noqa: E731
-    batch = ImageBatch(images, backbone, (view for metric in metrics for view in metric.views))
+    batch = ImageBatch(images, backbone, (term for metric in metrics if metric.backbones(options[metric.name]) for term in metric.terms))
     scores: dict[str, torch.Tensor] = {}
     for metric in metrics:
         result = metric.fn(batch, options[metric.name])

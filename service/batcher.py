@@ -2,9 +2,11 @@
 
 It knows nothing about metrics or tensors. Items with equal keys can share one call of
 ``run_batch(key, payloads) -> results``. A dedicated worker thread (one per device) takes the
-oldest item's key and every queued item with that key, up to ``max_batch_size`` items or
-``max_batch_pixels`` cost; with ``max_delay_s`` > 0 a batch may wait that long after its first
-item for company, and with 0 the worker never waits while work is queued.
+oldest item's key and every queued item with that key, up to ``max_batch_size`` items or any
+limit of ``max_batch_cost``: each item carries a cost vector (the service's is pixels and
+estimated bytes) and a batch's summed costs stay within the limits, one limit per entry (None:
+no limit). With ``max_delay_s`` > 0 a batch may wait that long after its first item for
+company, and with 0 the worker never waits while work is queued.
 
 Faults: ``run_batch`` raises ``BatchTooLarge`` (e.g. on out-of-memory) to have the batch
 split in halves and retried; any other exception makes each item run alone, so one bad
@@ -45,13 +47,23 @@ class Outcome:
 class _Item:
     key: Hashable
     payload: Any
-    cost: int
+    cost: Costs
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
 
 BatchObserver = Callable[[Hashable, int, float], None]
+Costs = tuple[float, ...]
+Limits = tuple[float | None, ...]
+
+
+def _within(total: Costs, limits: Limits) -> bool:
+    return all(limit is None or value <= limit for value, limit in zip(total, limits))
+
+
+def _add(a: Costs, b: Costs) -> Costs:
+    return tuple(x + y for x, y in zip(a, b)) if a else b
 
 
 class Batcher:
@@ -60,7 +72,7 @@ class Batcher:
         run_batch: Callable[[Hashable, Sequence[Any]], Sequence[Any]],
         *,
         max_batch_size: int = 16,
-        max_batch_cost: int | None = None,
+        max_batch_cost: Limits = (),
         max_delay_s: float = 0.0,
         max_queue: int | None = None,
         on_batch: BatchObserver | None = None,
@@ -68,7 +80,7 @@ class Batcher:
     ):
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
-        self.max_batch_cost = max_batch_cost
+        self.max_batch_cost = tuple(max_batch_cost)
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._on_batch = on_batch
@@ -85,7 +97,7 @@ class Batcher:
     def start(self) -> None:
         self._thread.start()
 
-    async def submit(self, key: Hashable, payload: Any, cost: int = 1) -> Outcome:
+    async def submit(self, key: Hashable, payload: Any, cost: Costs = ()) -> Outcome:
         loop = asyncio.get_running_loop()
         item = _Item(key, payload, cost, loop, loop.create_future())
         with self._cond:
@@ -108,14 +120,16 @@ class Batcher:
     # --- worker thread -------------------------------------------------------------------
 
     def _compatible(self, key: Hashable) -> list[_Item]:
-        batch, cost = [], 0
+        """Queued items with ``key``, oldest first, while the summed costs stay within the limits
+        (the first item always goes: alone it is the smallest batch there is)."""
+        batch, cost = [], ()
         for item in self._queue:
             if item.key != key:
                 continue
-            if batch and self.max_batch_cost is not None and cost + item.cost > self.max_batch_cost:
+            if batch and not _within(_add(cost, item.cost), self.max_batch_cost):
                 break
             batch.append(item)
-            cost += item.cost
+            cost = _add(cost, item.cost)
             if len(batch) == self.max_batch_size:
                 break
         return batch
@@ -123,7 +137,10 @@ class Batcher:
     def _is_full(self, batch: list[_Item]) -> bool:
         if len(batch) >= self.max_batch_size:
             return True
-        return self.max_batch_cost is not None and sum(item.cost for item in batch) >= self.max_batch_cost
+        total: Costs = ()
+        for item in batch:
+            total = _add(total, item.cost)
+        return any(limit is not None and value >= limit for value, limit in zip(total, self.max_batch_cost))
 
     def _next_batch(self) -> list[_Item] | None:
         with self._cond:

@@ -52,9 +52,13 @@ class MemoryGuard:
         # Metrics in one request run one after another, but share cached features: the sum is an upper bound.
         return DECODED_BYTES_PER_PIXEL * 4 + sum(self.costs[name] for name in metrics)
 
+    def estimate(self, metrics: Sequence[str], pixels: int) -> float:
+        """Estimated peak bytes of one image of ``pixels`` scored with ``metrics``."""
+        return self.bytes_per_pixel(metrics) * pixels
+
     def check(self, metrics: Sequence[str], height: int, width: int, field: str) -> None:
         per_pixel = self.bytes_per_pixel(metrics)
-        estimate = per_pixel * height * width
+        estimate = self.estimate(metrics, height * width)
         budget, source = self.budget()
         if estimate <= budget:
             return

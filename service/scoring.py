@@ -74,7 +74,7 @@ class Job:
         return "+".join(sorted(used)) or "none"
 
     @property
-    def cost(self) -> int:
+    def pixels(self) -> int:
         height, width = self.images["sr"].shape[:2]
         return height * width
 

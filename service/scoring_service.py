@@ -48,10 +48,13 @@ class ScoringService:
             Image.MAX_IMAGE_PIXELS = self.settings.max_image_pixels
         await run_in_threadpool(self.scorer.load)
         await run_in_threadpool(self.scorer.warmup)
+        # A batch closes on pixels (--max-batch-pixels) and on estimated bytes: per-metric costs
+        # × pixels, so a psnr batch is not held to CLP's limit.
+        memory_gb = self.settings.max_batch_memory_gb
         self.batcher = Batcher(
             self.scorer.run_batch,
             max_batch_size=self.settings.max_batch_size,
-            max_batch_cost=self.settings.max_batch_pixels,
+            max_batch_cost=(self.settings.max_batch_pixels, memory_gb * 2**30 if memory_gb else self.memory.budget()[0]),
             max_delay_s=self.settings.max_delay_ms / 1000.0,
             max_queue=self.settings.max_queue,
             on_batch=self._observe_batch,
@@ -138,7 +141,7 @@ class ScoringService:
         if self.batcher is None:
             raise unavailable(None, "server is shutting down", self.settings.retry_after_s)
         try:
-            return await self.batcher.submit(job.key, job, job.cost)
+            return await self.batcher.submit(job.key, job, (job.pixels, self.memory.estimate(job.plan.metrics, job.pixels)))
         except QueueFull as exc:
             self.telemetry.rejected.labels(reason="queue_full").inc()
             raise unavailable(None, f"{exc}; retry later", self.settings.retry_after_s) from None

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
                                              "are fetched at start-up and verified (source: LOSS_SERVICE_WEIGHTS_BASE_URL or the official URL)")
     max_batch_size: int = Field(16, ge=1, description="items per device batch")
     max_batch_pixels: int | None = Field(None, ge=1, description="pixel budget per batch (sum of H×W over items)")
+    max_batch_memory_gb: float | None = Field(
+        None, gt=0, description="estimated memory per batch in GiB (per-metric bytes per pixel × pixels, from "
+                                "service/memory_costs.json); default: the memory budget (see --max-memory-gb)")
     max_delay_ms: float = Field(0.0, ge=0, description="how long a batch may wait for company after its first item")
     max_queue: int | None = Field(256, ge=1, description="queued items before 503 + Retry-After; 0/none lifts the limit "
                                   "(256: a few seconds of work at the measured throughput, bounded memory)")
@@ -41,7 +44,8 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(0.0, ge=0, description="on SIGTERM, keep answering (readyz 503) this long before closing")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 on overload")
 
-    @field_validator("max_queue", "max_image_pixels", "max_body_mb", "max_batch_pixels", "max_memory_gb", mode="before")
+    @field_validator("max_queue", "max_image_pixels", "max_body_mb", "max_batch_pixels", "max_batch_memory_gb", "max_memory_gb",
+                     mode="before")
     @classmethod
     def _zero_lifts_the_limit(cls, value):
         return None if value is None or str(value).strip() in NO_LIMIT else value

@@ -97,7 +97,7 @@ def test_mismatched_layer_weights_are_refused(weights_dir):
 def test_clp_takes_backbone_and_keeps_model_alias(weights_dir, images):
     a = CLPLoss(backbone="vgg19")(images["sr"], images["gt"], images["lr"])
     b = CLPLoss(model="vgg")(images["sr"], images["gt"], images["lr"])
-    assert close(a, b) and CLPLoss(backbone="vgg").view.backbone == "vgg19"
+    assert close(a, b) and CLPLoss(backbone="vgg").term.view.backbone == "vgg19"
 
 
 def test_protocol_defaults_match_the_library():
@@ -142,29 +142,27 @@ def test_one_reference_for_many_candidates_is_computed_once(weights_dir):
     names = [m for m in losses.REGISTRY if m != "ms_ssim"]  # MS-SSIM needs 176² (checked in test_sr_metrics)
     seen: dict[str, list[tuple[str, int]]] = {"shared": [], "copies": []}
 
-    def counting(run_name):
-        def backbone_for(name):
-            backbone = get_backbone(name, "cpu")
+    class Counting:
+        """A backbone that records the batch size of every pass."""
 
-            def run(x, layers, normalize=True):
-                seen[run_name].append((name, x.shape[0]))
-                return backbone(x, layers, normalize=normalize)
-            return run
-        return backbone_for
+        def __init__(self, run_name: str, name: str):
+            self.run_name, self.name, self.backbone = run_name, name, get_backbone(name, "cpu")
+
+        def stream(self, x, layers, normalize=True):
+            seen[self.run_name].append((self.name, x.shape[0]))
+            return self.backbone.stream(x, layers, normalize)
 
     metrics = losses.registry.get_metrics(names)
     options = losses.registry.resolve_options(metrics, {})
     with torch.no_grad():
-        shared = losses.compute(metrics, dict(sr=sr, gt=gt, lr=lr, teacher=teacher), options, counting("shared"))
+        shared = losses.compute(metrics, dict(sr=sr, gt=gt, lr=lr, teacher=teacher), options, lambda n: Counting("shared", n))
         copies = {role: x.expand(3, -1, -1, -1).contiguous() for role, x in dict(gt=gt, lr=lr, teacher=teacher).items()}
-        expected = losses.compute(metrics, dict(sr=sr, **copies), options, counting("copies"))
-    backbones = {name for name, _ in seen["shared"]}
-    assert backbones == {"vgg16", "vgg19", "vgg16_l2pool", "alexnet", "dinov2"}
-    for name in backbones:
-        sizes = [size for b, size in seen["shared"] if b == name]
-        sr_passes = len({v.preprocessing for m in metrics for v in m.views if v.backbone == name})
-        assert len(sizes) == len([b for b, _ in seen["copies"] if b == name])  # the same passes ...
-        assert sizes.count(3) == sr_passes and sizes.count(1) == len(sizes) - sr_passes  # ... references at batch 1
+        expected = losses.compute(metrics, dict(sr=sr, **copies), options, lambda n: Counting("copies", n))
+    assert {name for name, _ in seen["shared"]} == {"vgg16", "vgg19", "vgg16_l2pool", "alexnet", "dinov2"}
+    assert len(seen["shared"]) == len(seen["copies"])  # one concatenated pass per backbone view, in both runs
+    for (name, rows), (same, copied_rows) in zip(seen["shared"], seen["copies"]):
+        roles = copied_rows // 3  # with copies every role brings 3 rows; a shared reference brings 1
+        assert name == same and rows == 3 + (roles - 1), (name, rows, copied_rows)
     for name, values in expected.items():
         assert close(shared[name], values), name
     with pytest.raises(ValueError, match="gt holds 2 images but the batch has 3"):

@@ -71,12 +71,14 @@ def test_one_vgg16_pass_serves_perceptual_and_lpips(weights_dir, images, monkeyp
 
     backbone = get_backbone("vgg16", "cpu")
     calls = []
-    original = type(backbone).forward
-    monkeypatch.setattr(type(backbone), "forward", lambda self, x, layers, normalize=True: calls.append(tuple(layers)) or original(self, x, layers, normalize))
+    original = type(backbone).stream
+    monkeypatch.setattr(type(backbone), "stream",
+                        lambda self, x, layers, normalize=True: calls.append((x.shape[0], tuple(layers))) or original(self, x, layers, normalize))
     metrics = get_metrics(["perceptual", "lpips_vgg", "hybrid"])
     compute(metrics, images, resolve_options(metrics, dict(perceptual_weight=1.0)))
-    assert len(calls) == 2  # SR and GT, once each, read at the union of layers
-    assert "relu5_3" in calls[0] and "relu1_2" in calls[0]
+    assert len(calls) == 1  # SR and GT concatenated into one pass, read at the union of layers
+    rows, layers = calls[0]
+    assert rows == 2 * images["sr"].shape[0] and "relu5_3" in layers and "relu1_2" in layers
 
 
 def test_options_and_names_are_validated():
