@@ -20,6 +20,11 @@ from . import weights as W
 from .backbones import Backbone, backbone_spec, get_backbone
 
 LayerWeights = Mapping[str, float] | Sequence[str]
+# Pixels one backbone pass forwards at most (rows × H × W): a batch runs in sample slices below
+# it, so the first stages' activations (64 channels at full resolution, ~512 bytes per pixel in
+# flight) stay near 1 GiB, while a slice is still large enough to keep a GPU busy (8 rows of
+# 512²: 4 SR/GT pairs). One image larger than this still goes whole.
+PASS_PIXELS = 2**21
 
 
 @dataclass(frozen=True)
@@ -114,10 +119,12 @@ class ImageBatch:
     ``lpips_vgg`` share VGG16). The pass takes the roles of all its terms as one concatenated
     batch and hands each layer to every term that reads it, then lets it go: the peak holds one
     layer, not every tapped layer of every role. When gradients are needed the roles run as
-    separate batches in lockstep instead, so a frozen reference never enters the graph.
+    separate batches in lockstep instead, so a frozen reference never enters the graph. A batch
+    larger than ``PASS_PIXELS`` runs in sample slices (the results are per sample, so exact).
 
     A role given as one image for a batch of B (one reference for B candidates) is shared: it
-    passes the backbone once, its features are broadcast, and ``batch[role]`` is a broadcast view.
+    passes the backbone once per slice, its features are broadcast, and ``batch[role]`` is a
+    broadcast view.
     """
 
     def __init__(self, images: Mapping[str, torch.Tensor], backbone: Callable[[str], Backbone],
@@ -161,30 +168,41 @@ class ImageBatch:
         return self._reduced[term]
 
     def _run(self, terms: list[LayerTerm]) -> None:
-        """One forward pass for ``terms`` (equal preprocessing), reducing each layer as it comes."""
+        """The forward passes for ``terms`` (equal preprocessing), in sample slices of at most
+        ``PASS_PIXELS`` forwarded pixels; each per-sample result is exact whatever the slicing."""
         for term in terms:
             if term.prepare is not None:
                 term.prepare(self)
-        view = terms[0].view
         roles = list(dict.fromkeys(role for term in terms for role in term.roles))
-        layers = sorted({layer for term in terms for layer in term.view.layers})
-        needs_grad = torch.is_grad_enabled() and any(self.images[role].requires_grad for role in roles)
-        chunks = [[role] for role in roles] if needs_grad else [roles]
-        backbone = self._backbone(view.backbone)
-        streams = [view.stream(backbone, torch.cat([self.images[role] for role in chunk]), layers) for chunk in chunks]
+        height, width = self.images[roles[0]].shape[-2:]
+        step = max(1, PASS_PIXELS // (len(roles) * height * width))
+        parts = [self._pass(terms, roles, start, min(start + step, self.size)) for start in range(0, self.size, step)]
         for term in terms:
-            self._reduced[term] = {}
+            self._reduced[term] = {layer: torch.cat([part[term][layer] for part in parts]) for layer in parts[0][term]}
+
+    def _pass(self, terms: list[LayerTerm], roles: list[str], start: int, stop: int) -> dict[LayerTerm, dict[str, torch.Tensor]]:
+        """One pass over samples start:stop of ``roles`` (a shared reference enters once), each
+        layer handed to the terms that read it and then let go."""
+        images = {role: image if image.shape[0] == 1 else image[start:stop] for role, image in self.images.items() if role in roles}
+        size = stop - start
+        view = terms[0].view
+        layers = sorted({layer for term in terms for layer in term.view.layers})
+        needs_grad = torch.is_grad_enabled() and any(images[role].requires_grad for role in roles)
+        groups = [[role] for role in roles] if needs_grad else [roles]
+        backbone = self._backbone(view.backbone)
+        streams = [view.stream(backbone, torch.cat([images[role] for role in group]), layers) for group in groups]
+        reduced: dict[LayerTerm, dict[str, torch.Tensor]] = {term: {} for term in terms}
         for outputs in zip(*streams):
             layer = outputs[0][0]
             features = {}
-            for chunk, (_, maps) in zip(chunks, outputs):
-                for role, part in zip(chunk, maps.split([self.images[role].shape[0] for role in chunk])):
-                    features[role] = self._full(part)
+            for group, (_, maps) in zip(groups, outputs):
+                for role, part in zip(group, maps.split([images[role].shape[0] for role in group])):
+                    features[role] = part if part.shape[0] == size else part.expand(size, *part.shape[1:])
             for term in terms:
                 if layer in term.view.weights:
-                    maps = [features[role] for role in term.roles]
-                    self._reduced[term][layer] = term.fn(layer, term.view.weights[layer], maps)
-            del features, outputs, maps
+                    reduced[term][layer] = term.fn(layer, term.view.weights[layer], [features[role] for role in term.roles])
+            del features, outputs
+        return reduced
 
     @property
     def device(self) -> torch.device:

@@ -184,3 +184,23 @@ def test_conventions_record_names_options_and_weight_hashes(weights_dir):
     assert record["weights"]["lpips_vgg_heads"]["sha256"] == hashlib.sha256(heads.read_bytes()).hexdigest()
     random = losses.conventions(("perceptual",), pretrained=False)
     assert random["pretrained"] is False and random["weights"]["vgg16"]["sha256"] is None
+
+
+def test_slicing_a_batch_into_passes_changes_no_value(weights_dir, monkeypatch):
+    """Below ``PASS_PIXELS`` a batch runs in sample slices; every per-sample value is unchanged,
+    with a shared reference too."""
+    from losses import features
+
+    g = torch.Generator().manual_seed(9)
+    sr, gt = torch.rand(5, 3, 40, 40, generator=g), torch.rand(5, 3, 40, 40, generator=g)
+    lr, teacher = torch.rand(5, 3, 10, 10, generator=g), torch.rand(5, 3, 40, 40, generator=g)
+    names = ("perceptual", "lpips_vgg", "lpips_alex", "dists", "clp_vgg19", "clp_dinov2", "kd", "vgg_relu2_2")
+    with torch.no_grad():
+        whole = losses.score(sr, gt, lr, teacher, metrics=names)
+        whole_shared = losses.score(sr, gt[:1], lr[:1], teacher[:1], metrics=names)
+        monkeypatch.setattr(features, "PASS_PIXELS", 2 * 3 * 40 * 40)  # two samples of three roles per pass
+        sliced = losses.score(sr, gt, lr, teacher, metrics=names)
+        sliced_shared = losses.score(sr, gt[:1], lr[:1], teacher[:1], metrics=names)
+    for name in whole:
+        assert close(sliced[name], whole[name], rel=1e-5), name  # float32 convolutions over other batch shapes
+        assert close(sliced_shared[name], whole_shared[name], rel=1e-5), name

@@ -98,6 +98,16 @@ def test_kubernetes_essentials():
     assert "--port" in container["args"] and str(port) == container["args"][container["args"].index("--port") + 1]
     assert manifests["Service"]["spec"]["ports"][0]["targetPort"] in ("http", port)
     assert not container["image"].endswith(":latest") and ":" in container["image"]
+    # RELIABILITY.md's security claims: read-only root, no privilege escalation, every capability
+    # dropped, a non-root uid; the only writable path is the /tmp volume.
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"] and not security["capabilities"].get("add")
+    assert pod["securityContext"]["runAsUser"] != 0 and pod["securityContext"]["runAsGroup"] != 0
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["tmp"]["mountPath"] == "/tmp" and any(v["name"] == "tmp" and "emptyDir" in v for v in pod["volumes"])
+    assert all(m.get("readOnly") for name, m in mounts.items() if name != "tmp")
+    assert "--offline" in container["args"]
 
 
 def test_compose_essentials():
