@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .errors import ServiceError
-from .middleware import RequestGuard, drain_and_count, install_sigterm_drain
+from .middleware import DrainAndCount, RequestGuard, install_sigterm_drain
 from .ops import build_ops_router
 from .routes import build_router
 from .scoring_service import ScoringService
@@ -59,5 +59,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     max_bytes = int(settings.max_body_mb * 2**20) if settings.max_body_mb else None
     app.add_middleware(RequestGuard, max_bytes=max_bytes, body_timeout_s=settings.body_timeout_s,
                        on_reject=lambda reason: service.telemetry.rejected.labels(reason=reason).inc())
-    app.middleware("http")(drain_and_count(service, settings.retry_after_s))
+    app.add_middleware(DrainAndCount, service=service, retry_after_s=settings.retry_after_s)
     return app
