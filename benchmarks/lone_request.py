@@ -1,7 +1,8 @@
-"""Lone-request overhead, alternating: one HTTP request, then the same call in-process, n times."""
+"""Lone-request overhead, alternating: one HTTP request, then the same call in-process, n times.
+
+`uv run python benchmarks/lone_request.py 128 perceptual 25` prints one JSON line of medians."""
 import json, statistics, sys, time
 import numpy as np, httpx, torch
-sys.path.insert(0, "/work/main")
 from service.bench import start_server, png
 import losses
 size, metric, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 25
