@@ -5,12 +5,10 @@ the budget is a 413 before anything is decoded; an allocation that still fails i
 the next request gets a 200."""
 
 import io
-import json
 import subprocess
 import time
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
