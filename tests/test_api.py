@@ -98,6 +98,19 @@ def test_clp_takes_backbone_and_keeps_model_alias(weights_dir, images):
     a = CLPLoss(backbone="vgg19")(images["sr"], images["gt"], images["lr"])
     b = CLPLoss(model="vgg")(images["sr"], images["gt"], images["lr"])
     assert close(a, b) and CLPLoss(backbone="vgg").term.view.backbone == "vgg19"
+    assert CLPLoss().term.view.backbone == "dinov2"  # the default, as the paper's CLP
+
+
+def test_clp_layer_term_equals_torch_triplet_loss_on_weighted_copies():
+    """The in-place ‖w·(a − p) + eps‖ equals TripletMarginLoss on weighted rows, for any weight."""
+    from losses.clp import TRIPLET, triplet_layer
+
+    g = torch.Generator().manual_seed(4)
+    a, p, n = (torch.rand(3, 5, 6, 7, generator=g, dtype=torch.float64) for _ in range(3))
+    for weight in (0.5, 1.0, 2.0, 0.1):
+        rows = [(t * weight).flatten(2).reshape(15, -1) for t in (a, p, n)]
+        expected = torch.nn.TripletMarginLoss(reduction="none", **TRIPLET)(*rows).view(3, 5).mean(dim=1)
+        assert torch.allclose(triplet_layer("relu1_2", weight, (a, p, n)), expected, rtol=1e-12, atol=0), weight
 
 
 def test_protocol_defaults_match_the_library():

@@ -4,7 +4,9 @@ pixels and estimated bytes), so cheap items batch widely while costly ones stay 
 import asyncio
 import threading
 
-from service.batcher import Batcher
+import pytest
+
+from service.batcher import Batcher, BatchTooLarge, QueueFull, ShuttingDown
 
 
 def batches_for(items, limits, max_batch_size=16):
@@ -48,3 +50,112 @@ def test_every_limit_binds_and_a_lone_item_always_runs():
     assert [len(b) for b in batches_for(items, (None, None), max_batch_size=4)] == [4, 2]
     big = [("k", "huge", (10**9, 10**12))]
     assert batches_for(big, (250, 30)) == [["huge"]]  # over every limit alone: it still runs (OOM splits later)
+
+
+def run_scenario(run_batch, items, **batcher_options):
+    """Queue every item before the worker starts, run them, return (outcomes or exceptions, batcher)."""
+
+    async def scenario():
+        batcher = Batcher(run_batch, **batcher_options)
+        tasks = [asyncio.ensure_future(batcher.submit(key, payload, cost)) for key, payload, cost in items]
+        await asyncio.sleep(0.05)
+        batcher.start()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        await batcher.stop()
+        return results, batcher
+
+    return asyncio.run(scenario())
+
+
+def test_batches_close_at_max_batch_size_and_report_outcomes():
+    sizes, observed = [], []
+
+    def run(key, payloads):
+        sizes.append(len(payloads))
+        return [p * 10 for p in payloads]
+
+    items = [("k", i, ()) for i in range(10)]
+    results, _ = run_scenario(run, items, max_batch_size=4, on_batch=lambda key, size, seconds: observed.append((key, size, seconds)))
+    assert sizes == [4, 4, 2]
+    assert [r.value for r in results] == [i * 10 for i in range(10)]
+    assert [r.batch_size for r in results] == [4] * 8 + [2] * 2
+    assert all(r.queue_s >= 0.04 and r.compute_s >= 0 for r in results)  # queued 50 ms before the worker started
+    assert [(k, s) for k, s, _ in observed] == [("k", 4), ("k", 4), ("k", 2)] and all(t >= 0 for *_, t in observed)
+
+
+def test_items_batch_only_with_their_own_key():
+    seen = []
+    results, _ = run_scenario(lambda key, payloads: seen.append((key, list(payloads))) or payloads,
+                              [("a", 1, ()), ("b", 2, ()), ("a", 3, ()), ("b", 4, ())])
+    assert seen == [("a", [1, 3]), ("b", [2, 4])] and [r.value for r in results] == [1, 2, 3, 4]
+
+
+def test_an_oversized_batch_splits_in_halves_and_a_lone_item_fails_alone():
+    sizes = []
+
+    def run(key, payloads):
+        sizes.append(len(payloads))
+        if len(payloads) > 2 or "huge" in payloads:
+            raise BatchTooLarge(f"{len(payloads)} items")
+        return payloads
+
+    results, _ = run_scenario(run, [("k", p, ()) for p in ("a", "b", "c", "d", "huge")])
+    assert sizes == [5, 2, 3, 1, 2, 1, 1]  # halves (2 + 3), the 3 again (1 + 2), then the pair holding "huge"
+    assert [r.value for r in results[:4]] == ["a", "b", "c", "d"]
+    assert isinstance(results[4], BatchTooLarge) and "1 items" in str(results[4])
+
+
+def test_a_failing_item_fails_alone_and_results_may_be_exceptions():
+    def run(key, payloads):
+        if "bad" in payloads and len(payloads) > 1:
+            raise ValueError("one bad item")
+        if payloads == ["bad"]:
+            raise ValueError("bad alone")
+        return [KeyError(p) if p == "error" else p for p in payloads]
+
+    results, _ = run_scenario(run, [("k", p, ()) for p in ("x", "bad", "y", "error")])
+    assert results[0].value == "x" and results[2].value == "y"
+    assert isinstance(results[1], ValueError) and str(results[1]) == "bad alone"
+    assert isinstance(results[3], KeyError)
+
+
+def test_wrong_result_count_is_an_error_per_item():
+    results, _ = run_scenario(lambda key, payloads: payloads[:1], [("k", 1, ()), ("k", 2, ())])
+    assert results[0].value == 1  # alone, each returns its one result
+    assert results[1].value == 2
+
+
+def test_queue_limit_and_shutdown():
+    async def scenario():
+        batcher = Batcher(lambda key, payloads: payloads, max_queue=2)
+        first = [asyncio.ensure_future(batcher.submit("k", i)) for i in range(2)]
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull, match="queue full \\(2 items\\)"):
+            await batcher.submit("k", 3)
+        assert batcher.depth == 2
+        batcher.start()
+        done = await asyncio.gather(*first)
+        await batcher.stop()
+        with pytest.raises(ShuttingDown, match="shutting down"):
+            await batcher.submit("k", 4)
+        return done
+
+    assert [r.value for r in asyncio.run(scenario())] == [0, 1]
+
+
+def test_a_batch_waits_for_company_up_to_max_delay():
+    sizes = []
+
+    async def scenario():
+        batcher = Batcher(lambda key, payloads: sizes.append(len(payloads)) or payloads, max_delay_s=2.0, max_batch_size=3)
+        batcher.start()
+        first = asyncio.ensure_future(batcher.submit("k", 1))
+        await asyncio.sleep(0.05)
+        rest = [asyncio.ensure_future(batcher.submit("k", i)) for i in (2, 3)]
+        results = await asyncio.gather(first, *rest)
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(scenario())
+    assert sizes == [3] and [r.value for r in results] == [1, 2, 3]  # full at 3: it did not wait out the delay
+    assert results[0].queue_s >= 0.04
