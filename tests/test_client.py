@@ -318,3 +318,19 @@ def test_eval_compares_models_in_one_pass_and_feeds_report(server, tmp_path):
     assert cli_main(["report", str(results), "--html", str(html), "--x", "psnr", "--y", "perceptual", "--worst", "1"]) == 0
     page = html.read_text()
     assert "Set5 ×4" in page and "A vs B" in page and page.count('<div class="entry">') == 3 * 2
+
+
+def test_backoff_is_exponential_jittered_capped_and_honours_retry_after():
+    """README: 503s and connection errors are retried with jittered exponential backoff,
+    honouring Retry-After, up to ``retries`` times."""
+    from service.client import ClientCore
+
+    core = ClientCore("http://x", retries=4, backoff=0.2, max_backoff=1.0)
+    for attempt, base in enumerate((0.2, 0.4, 0.8, 1.0)):  # doubling, capped at max_backoff
+        delays = [core.retry_delay(attempt, None) for _ in range(400)]
+        assert all(0.5 * base <= d <= 1.5 * base for d in delays)  # jitter: ×[0.5, 1.5)
+        assert max(delays) - min(delays) > 0.5 * base  # actually spread, not a constant
+    assert core.retry_delay(4, None) is None  # retries exhausted
+    busy = httpx.Response(503, headers={"Retry-After": "3"})
+    assert all(core.retry_delay(0, busy) == 3.0 for _ in range(20))  # the server's wait wins when longer
+    assert 0.1 <= core.retry_delay(0, httpx.Response(503, headers={"Retry-After": "soon"})) < 0.3  # unparsable: ignored

@@ -263,3 +263,22 @@ def test_sigterm_completes_in_flight_requests(weights_dir):
         assert all(not isinstance(r, Exception) and r.status_code == 200 for r in responses), responses
         srv.process.wait(timeout=60)
         assert srv.process.returncode == 0
+
+
+def test_max_batch_pixels_bounds_every_batch(weights_dir):
+    """README: a batch closes at --max-batch-pixels. 12 concurrent 32² requests with room for
+    two per batch (and a delay that would otherwise gather them all) never share beyond two."""
+    images = {k: v for k, v in triplet(seed=3, size=(32, 32)).items() if k in ("sr", "gt")}
+    with SubprocessServer("--models", "vgg16", "--max-batch-pixels", str(2 * 32 * 32), "--max-delay-ms", "300") as srv:
+
+        async def burst():
+            async with httpx.AsyncClient(base_url=srv.url, timeout=120) as client:
+                return await asyncio.gather(*(client.post("/v1/score", files=files(images), data=dict(metrics="psnr")) for _ in range(12)))
+
+        assert all(r.status_code == 200 for r in asyncio.run(burst()))
+        text = httpx.get(f"{srv.url}/metrics").text
+    batches = metric_value(text, "loss_service_batch_size_count")
+    at_most_two = metric_value(text, "loss_service_batch_size_bucket", 'le="2.0"')
+    items = metric_value(text, "loss_service_batch_size_sum")
+    assert items >= 12 and batches == at_most_two  # every batch held ≤ 2 items (the warm-up ones included)
+    assert metric_value(text, "loss_service_batch_size_bucket", 'le="1.0"') < batches  # and pairs did form
