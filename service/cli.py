@@ -54,7 +54,8 @@ def serve(args: argparse.Namespace) -> int:
     # uvicorn re-raises SIGTERM after its graceful shutdown so that the default action kills the
     # process (status -15); with this no-op as the handler it restores, a drained server exits 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30, log_level="info")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
+                timeout_keep_alive=settings.keep_alive_s, log_level="info")
     return 0
 
 

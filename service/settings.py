@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     api_key: str | None = Field(None, description="bearer token required on /v1/* when set")
     precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="fp16/bf16 need compute capability ≥ 7.0")
     decode_threads: int = Field(4, ge=1, description="threads that decode uploads")
+    keep_alive_s: float = Field(75.0, gt=0, description="how long an idle keep-alive connection stays open; longer than "
+                                "clients' idle expiry (httpx: 5 s, load balancers: 60 s) so that the client, not the server, "
+                                "closes an idle connection and no request races the close")
     drain_seconds: float = Field(0.0, ge=0, description="on SIGTERM, keep answering (readyz 503) this long before closing")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 on overload")
 

@@ -1,6 +1,7 @@
 """Faults, overload, auth and missing weights, on real uvicorn servers (threads or processes)."""
 
 import asyncio
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import torch
 from service.app import create_app
 from service.settings import Settings
 
-from .servers import ThreadServer, metric_value, png_bytes, random_image
+from .servers import SubprocessServer, ThreadServer, metric_value, png_bytes, random_image
 
 SR, GT = png_bytes(random_image(32, 32, 1)), png_bytes(random_image(32, 32, 2))
 PAIR = [("sr", ("sr.png", SR, "image/png")), ("gt", ("gt.png", GT, "image/png"))]
@@ -145,3 +146,38 @@ def test_draining_answers_503(weights_dir):
         assert response.status_code == 503 and "retry-after" in response.headers
         assert httpx.get(f"{srv.url}/readyz").status_code == 503
         srv.app.state.service.draining = False
+
+
+def _get_healthz(sock: socket.socket) -> bytes:
+    """One keep-alive ``GET /healthz`` on an open socket; the raw response (b"" if the server closed it)."""
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n")
+    response = b""
+    while b"\r\n\r\n" not in response or len(response.split(b"\r\n\r\n", 1)[1]) < _content_length(response):
+        chunk = sock.recv(65536)
+        if not chunk:
+            return response
+        response += chunk
+    return response
+
+
+def _content_length(response: bytes) -> int:
+    for line in response.split(b"\r\n\r\n", 1)[0].split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":")[1])
+    return 0
+
+
+def test_idle_connections_outlive_the_clients_keep_alive(weights_dir):
+    """A server that closes idle connections as soon as httpx does (5 s) races clients that reuse
+    one at that moment: the request lands on a closing socket and the client gets a reset
+    (``httpx.ReadError``). The server must hold an idle connection longer than httpx's expiry,
+    and ``--keep-alive-s`` must be what it uses."""
+    client_expiry = httpx.Limits().keepalive_expiry
+    with SubprocessServer("--models", "vgg16") as srv, socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        assert _get_healthz(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(client_expiry + 1)
+        assert _get_healthz(sock).startswith(b"HTTP/1.1 200"), "server closed an idle connection httpx still reuses"
+    with SubprocessServer("--models", "vgg16", "--keep-alive-s", "0.5") as srv, socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+        assert _get_healthz(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(2)
+        assert sock.recv(1) == b"", "--keep-alive-s 0.5: the idle connection should be closed by now"
