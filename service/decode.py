@@ -53,6 +53,8 @@ class _SizeLimits:
     check_size: SizeCheck | None
 
     def __call__(self, height: int, width: int) -> None:
+        if height < 1 or width < 1:
+            raise invalid(self.field_name, f"{self.field_name}: {width}×{height} image is empty; width and height must be at least 1")
         if self.max_pixels is not None and height * width > self.max_pixels:
             raise too_large(self.field_name, f"{self.field_name}: {width}×{height} = {width * height} pixels exceeds the "
                                              f"limit of {self.max_pixels} (--max-image-pixels)")
@@ -121,9 +123,11 @@ def _decode_16bit_png(data: bytes) -> np.ndarray:
     """Pillow reduces 16-bit colour PNGs to 8 bits; pypng keeps every bit."""
     import png
 
-    width, height, rows, info = png.Reader(bytes=data).asDirect()
-    planes = info["planes"]
-    return np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
+    try:
+        width, height, rows, info = png.Reader(bytes=data).asDirect()
+        return np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, info["planes"])
+    except png.Error as exc:  # a truncated or corrupt file, like Pillow's OSError for 8-bit PNGs
+        raise ValueError(str(exc)) from None
 
 
 def _decode_image(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:

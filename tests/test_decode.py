@@ -63,3 +63,235 @@ def test_exif_orientation_is_not_applied():
         decoded = decode(data, "sr").pixels
         assert decoded.shape == RGB.shape  # 23×31 as stored, not 31×23
         assert np.array_equal(decoded, np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32) / 255.0)
+
+
+# --- every class of the hardening corpus, in process: status, field, message, values ---
+
+from service.errors import ServiceError  # noqa: E402
+
+
+def npy(array: np.ndarray, version=None) -> bytes:
+    buffer = io.BytesIO()
+    if version is None:
+        np.save(buffer, array, allow_pickle=array.dtype.hasobject)
+    else:
+        np.lib.format.write_array(buffer, array, version=version, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def refused(data: bytes, **limits) -> ServiceError:
+    with pytest.raises(ServiceError) as caught:
+        decode(data, "gt", **limits)
+    assert caught.value.detail[0]["loc"] == ["body", "gt"]
+    return caught.value
+
+
+def test_empty_upload_is_415():
+    error = refused(b"")
+    assert (error.status, error.kind, error.message) == (415, "unsupported_media", "gt: empty file")
+
+
+@pytest.mark.parametrize("dtype, scale", [(np.uint8, 255.0), (np.uint16, 65535.0)])
+def test_npy_integers_scale_by_their_range(dtype, scale):
+    array = RNG.integers(0, np.iinfo(dtype).max + 1, (5, 7, 3)).astype(dtype)
+    decoded = decode(npy(array), "sr")
+    assert np.array_equal(decoded.pixels, array.astype(np.float32) / np.float32(scale)) and decoded.warnings == []
+    assert decoded.pixels.dtype == np.float32 and decoded.size == (5, 7)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_npy_floats_in_unit_range_pass_unchanged(dtype):
+    array = RNG.random((6, 4, 3)).astype(dtype)
+    decoded = decode(npy(array), "sr")
+    assert np.array_equal(decoded.pixels, array.astype(np.float32)) and decoded.warnings == []
+
+
+def test_npy_version_2_header_and_channel_counts():
+    gray = RNG.random((3, 5)).astype(np.float32)
+    decoded = decode(npy(gray, version=(2, 0)), "sr")
+    assert np.array_equal(decoded.pixels, np.repeat(gray[..., None], 3, axis=2))
+    one = decode(npy(gray[..., None]), "sr").pixels
+    assert np.array_equal(one, decoded.pixels)
+    for channels in (2, 4):
+        array = RNG.random((3, 5, channels)).astype(np.float32)
+        decoded = decode(npy(array), "lr")
+        expected = array[..., :-1] if channels == 4 else np.repeat(array[..., :1], 3, axis=2)
+        assert np.array_equal(decoded.pixels, expected) and decoded.warnings == ["lr: alpha channel dropped"]
+        assert decoded.pixels.flags.c_contiguous
+
+
+def test_npy_values_outside_unit_range_are_clamped_with_a_warning():
+    array = np.array([[[-0.5, 0.25, 1.5]]], dtype=np.float32)
+    decoded = decode(npy(array), "sr")
+    assert np.array_equal(decoded.pixels, np.array([[[0.0, 0.25, 1.0]]], dtype=np.float32))
+    assert decoded.warnings == ["sr: .npy values outside [0, 1] were clamped"]
+    for values in ([[[0.0, 0.5, 1.0]]], [[[1.0, 1.0, 1.0]]], [[[0.0, 0.0, 0.0]]]):  # the bounds themselves pass
+        assert decode(npy(np.array(values, dtype=np.float32)), "sr").warnings == []
+    for values in ([[[1.0001, 0.5, 0.5]]], [[[-1e-4, 0.5, 0.5]]]):
+        assert decode(npy(np.array(values, dtype=np.float32)), "sr").warnings != []
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_npy_nan_or_inf_is_422(bad):
+    array = np.full((4, 4, 3), 0.5, dtype=np.float32)
+    array[1, 2, 0] = bad
+    error = refused(npy(array))
+    assert (error.status, error.kind, error.message) == (422, "invalid", "gt: .npy holds NaN or Inf values")
+
+
+def test_npy_refusals_name_the_problem():
+    error = refused(npy(np.array([[None, 1]], dtype=object)))
+    assert (error.status, error.message) == (415, "gt: .npy object arrays are refused (they need pickle)")
+    for shape in ((5,), (2, 3, 4, 3)):
+        error = refused(npy(np.zeros(shape, np.uint8)))
+        assert (error.status, error.message) == (422, f"gt: .npy must be H×W or H×W×C, got shape {shape}")
+    error = refused(npy(np.zeros((3, 4, 5), np.uint8)))
+    assert (error.status, error.message) == (422, "gt: expected H×W or H×W×C with C in 1..4, got shape (3, 4, 5)")
+    for dtype in (np.int32, np.bool_, np.complex64):
+        error = refused(npy(np.zeros((3, 4, 3), dtype)))
+        assert error.status == 415
+        assert error.message == f"gt: .npy dtype {np.dtype(dtype)} unsupported; use uint8, uint16, float16 or float32"
+    error = refused(NPY_MAGIC_ONLY := b"\x93NUMPY\x01\x00garbage")
+    assert error.status == 415 and error.message.startswith("gt: malformed .npy header (") and NPY_MAGIC_ONLY
+    truncated = npy(np.zeros((64, 64, 3), np.float32))[:-100]
+    error = refused(truncated)
+    assert error.status == 415 and error.message.startswith("gt: unreadable .npy (")
+
+
+@pytest.mark.parametrize("shape", [(0, 5, 3), (5, 0), (0, 0)])
+def test_empty_arrays_are_422(shape):
+    error = refused(npy(np.zeros(shape, np.uint8)))
+    height, width = shape[:2]
+    assert (error.status, error.message) == (422, f"gt: {width}×{height} image is empty; width and height must be at least 1")
+
+
+def test_size_limits_come_from_the_header_in_height_width_order():
+    """``max_pixels`` is inclusive; ``check_size`` gets (height, width); both run before any pixel is
+    decoded, so a file whose pixel data is cut short is still refused for its size."""
+    image = encoded(Image.fromarray(RGB), "PNG")  # 31 wide, 23 high
+    assert decode(image, "sr", max_pixels=23 * 31).size == (23, 31)
+    error = refused(image, max_pixels=23 * 31 - 1)
+    assert (error.status, error.kind) == (413, "too_large")
+    assert error.message == f"gt: 31×23 = 713 pixels exceeds the limit of {23 * 31 - 1} (--max-image-pixels)"
+    seen = []
+    decode(image, "sr", check_size=lambda h, w: seen.append((h, w)))
+    decode(npy(np.zeros((23, 31, 3), np.uint8)), "sr", check_size=lambda h, w: seen.append((h, w)))
+    assert seen == [(23, 31), (23, 31)]
+
+    def too_big(height, width):
+        raise ServiceError(413, "gt", f"{height}x{width} needs too much memory", "too_large")
+
+    for data in (image[: len(image) // 2], npy(np.zeros((23, 31, 3), np.uint8))[:-50]):  # headers intact, pixels cut
+        assert refused(data, check_size=too_big).message == "23x31 needs too much memory"
+        assert refused(data, max_pixels=100).status == 413
+
+
+def test_pillows_bomb_check_is_a_413(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses above twice this
+    error = refused(encoded(Image.fromarray(RGB), "PNG"))
+    assert error.status == 413 and "(--max-image-pixels)" in error.message
+
+
+def test_unknown_and_corrupt_images_are_415():
+    error = refused(b"hello, not an image")
+    assert (error.status, error.message) == (415, "gt: not a decodable image; accepted: PNG, JPEG, WEBP, BMP, TIFF or .npy")
+    gif = encoded(Image.fromarray(RGB).convert("P"), "GIF")
+    error = refused(gif)
+    assert (error.status, error.message) == (415, "gt: format GIF unsupported; accepted: PNG, JPEG, WEBP, BMP, TIFF or .npy")
+    for fmt in ("PNG", "JPEG"):
+        data = encoded(Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)), fmt)
+        error = refused(data[: len(data) // 2])
+        assert error.status == 415 and error.message.startswith(f"gt: truncated or corrupt {fmt} (")
+    error = refused(png16(WIDE)[:300])
+    assert error.status == 415 and error.message.startswith("gt: truncated or corrupt PNG (")
+
+
+def test_16bit_png_with_alpha_keeps_every_bit_and_drops_alpha():
+    rgba = RNG.integers(0, 65536, (5, 6, 4), dtype=np.uint16)
+    buffer = io.BytesIO()
+    png.Writer(6, 5, bitdepth=16, greyscale=False, alpha=True).write(buffer, rgba.reshape(5, 24).tolist())
+    decoded = decode(buffer.getvalue(), "sr")
+    assert np.array_equal(decoded.pixels, rgba[..., :3].astype(np.float32) / 65535.0)
+    assert decoded.warnings == ["sr: alpha channel dropped"]
+    gray_alpha = rgba[..., :2]
+    buffer = io.BytesIO()
+    png.Writer(6, 5, bitdepth=16, greyscale=True, alpha=True).write(buffer, gray_alpha.reshape(5, 12).tolist())
+    decoded = decode(buffer.getvalue(), "sr")
+    assert np.array_equal(decoded.pixels, np.repeat(gray_alpha[..., :1].astype(np.float32) / 65535.0, 3, axis=2))
+    assert decoded.warnings == ["sr: alpha channel dropped"]
+
+
+def test_8bit_png_with_alpha_and_grayscale():
+    rgba = RNG.integers(0, 256, (5, 6, 4), dtype=np.uint8)
+    decoded = decode(encoded(Image.fromarray(rgba), "PNG"), "sr")
+    assert np.array_equal(decoded.pixels, rgba[..., :3].astype(np.float32) / 255.0)
+    assert decoded.warnings == ["sr: alpha channel dropped"]
+    gray = RGB[..., 0]
+    decoded = decode(encoded(Image.fromarray(gray), "PNG"), "sr")
+    assert np.array_equal(decoded.pixels, np.repeat(gray[..., None].astype(np.float32) / 255.0, 3, axis=2))
+    assert decoded.warnings == []
+    bilevel = Image.fromarray(gray).convert("1")
+    expected = np.repeat((np.asarray(bilevel.convert("L"), dtype=np.float32) / 255.0)[..., None], 3, axis=2)
+    assert np.array_equal(decode(encoded(bilevel, "PNG"), "sr").pixels, expected)
+
+
+def test_palette_transparency_is_alpha():
+    palette = Image.fromarray(RGB).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    decoded = decode(encoded(palette, "PNG", transparency=0), "sr")
+    assert decoded.warnings == ["sr: alpha channel dropped"]
+    assert np.array_equal(decoded.pixels, np.asarray(palette.convert("RGB"), dtype=np.float32) / 255.0)
+    assert decode(encoded(palette, "PNG"), "sr").warnings == []
+
+
+def test_16bit_gray_tiff_keeps_every_bit():
+    gray = WIDE[..., 0]
+    image = Image.fromarray(gray)
+    assert image.mode == "I;16"
+    decoded = decode(encoded(image, "TIFF"), "sr")
+    assert np.array_equal(decoded.pixels, np.repeat(gray[..., None].astype(np.float32) / 65535.0, 3, axis=2))
+
+
+def test_32bit_integer_tiff_is_read_by_its_range():
+    small = RNG.integers(0, 256, (4, 5)).astype(np.int32)  # fits 8 bits: /255
+    decoded = decode(encoded(Image.fromarray(small), "TIFF"), "sr").pixels
+    assert np.array_equal(decoded[..., 0], small.astype(np.float32) / 255.0)
+    small[0, 0] = 255  # the 8-bit maximum is still 8-bit data
+    assert decode(encoded(Image.fromarray(small), "TIFF"), "sr").pixels[0, 0, 0] == 1.0
+    wide = small.copy()
+    wide[0, 0] = 256  # one above 8 bits: /65535
+    decoded = decode(encoded(Image.fromarray(wide), "TIFF"), "sr")
+    assert np.array_equal(decoded.pixels[..., 0], wide.astype(np.float32) / 65535.0) and decoded.warnings == []
+    wide[0, 1] = -3000
+    decoded = decode(encoded(Image.fromarray(wide), "TIFF"), "sr")
+    assert decoded.pixels[0, 1, 0] == 0.0 and decoded.warnings == ["sr: TIFF 32-bit integer values outside [0, 1] were clamped"]
+
+
+def test_float_tiff_like_float_npy():
+    values = RNG.random((4, 5)).astype(np.float32)
+    decoded = decode(encoded(Image.fromarray(values), "TIFF"), "sr")
+    assert np.array_equal(decoded.pixels[..., 1], values) and decoded.warnings == []
+    values[2, 3] = 2.0
+    decoded = decode(encoded(Image.fromarray(values), "TIFF"), "sr")
+    assert decoded.pixels[2, 3, 2] == 1.0 and decoded.warnings == ["sr: TIFF float values outside [0, 1] were clamped"]
+    for bad in (np.nan, np.inf):
+        values[1, 1] = bad
+        error = refused(encoded(Image.fromarray(values), "TIFF"))
+        assert (error.status, error.message) == (422, "gt: TIFF float holds NaN or Inf values")
+
+
+@pytest.mark.parametrize("mode", ["LAB", "YCbCr", "CMYK"])
+def test_other_colour_modes_become_pillows_rgb(mode):
+    image = Image.fromarray(RGB).convert(mode)
+    data = encoded(image, "TIFF")
+    stored = Image.open(io.BytesIO(data))
+    assert stored.mode == mode
+    expected = np.asarray(stored.convert("RGB"), dtype=np.float32) / 255.0
+    decoded = decode(data, "sr")
+    assert np.array_equal(decoded.pixels, expected) and decoded.warnings == []
+
+
+def test_la_tiff_drops_alpha():
+    la = Image.fromarray(RGB[..., 0]).convert("LA")
+    decoded = decode(encoded(la, "TIFF"), "sr")
+    assert decoded.warnings == ["sr: alpha channel dropped"]
+    assert np.array_equal(decoded.pixels, np.repeat(RGB[..., :1].astype(np.float32) / 255.0, 3, axis=2))

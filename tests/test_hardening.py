@@ -89,6 +89,8 @@ FLOAT = RGB.astype(np.float32) / 255
 CORPUS = {
     "empty_file": (dict(files=pair(sr=b"")), 415, "sr"),
     "truncated_png": (dict(files=pair(sr=GOOD_SR[: len(GOOD_SR) // 2])), 415, "sr"),
+    "truncated_png_16bit": (dict(files=pair(sr=_png(RGB.astype(np.uint16) * 251)[:300])), 415, "sr"),
+    "npy_empty_image": (dict(files=pair(sr=npy_bytes(np.zeros((0, 32, 3), np.uint8)))), 422, "sr"),
     "truncated_jpeg": (dict(files=pair(sr=encoded(Image.fromarray(RGB), "JPEG")[:300])), 415, "sr"),
     "text_named_png": (dict(files=[("sr", ("sr.png", b"hello, I am text", "image/png")), part("gt", GOOD_GT)]), 415, "sr"),
     "decompression_bomb_header": (dict(files=pair(sr=bomb_png())), 413, "sr"),
