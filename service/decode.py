@@ -17,7 +17,6 @@ from .errors import invalid, too_large, unsupported
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
 NPY_MAGIC = b"\x93NUMPY"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NPY_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 NPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -108,15 +107,16 @@ def unit_range(pixels: np.ndarray, field_name: str, source: str, warnings: list[
     is a 422; values outside [0, 1] are clamped, with a warning."""
     if not np.isfinite(pixels).all():
         raise invalid(field_name, f"{field_name}: {source} holds NaN or Inf values")
-    if pixels.min(initial=0.0) < 0.0 or pixels.max(initial=0.0) > 1.0:
+    if pixels.min() < 0.0 or pixels.max() > 1.0:  # never empty: the size check refuses 0×N first
         warnings.append(f"{field_name}: {source} values outside [0, 1] were clamped")
         pixels = pixels.clip(0.0, 1.0)
     return pixels
 
 
-def _is_16bit_color_png(data: bytes) -> bool:
-    # IHDR: bit depth at byte 24, colour type at 25 (2 = RGB, 6 = RGBA, 4 = grey + alpha).
-    return data.startswith(PNG_MAGIC) and len(data) > 25 and data[24] == 16 and data[25] in (2, 4, 6)
+def _is_16bit_color_png(image: Image.Image, data: bytes) -> bool:
+    # IHDR (complete, or Pillow would not have opened the file): bit depth at byte 24, colour
+    # type at 25 (2 = RGB, 6 = RGBA, 4 = grey + alpha).
+    return image.format == "PNG" and data[24] == 16 and data[25] in (2, 4, 6)
 
 
 def _decode_16bit_png(data: bytes) -> np.ndarray:
@@ -125,7 +125,7 @@ def _decode_16bit_png(data: bytes) -> np.ndarray:
 
     try:
         width, height, rows, info = png.Reader(bytes=data).asDirect()
-        return np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, info["planes"])
+        return np.vstack(list(rows)).reshape(height, width, info["planes"])  # rows are array('H'): uint16
     except png.Error as exc:  # a truncated or corrupt file, like Pillow's OSError for 8-bit PNGs
         raise ValueError(str(exc)) from None
 
@@ -143,12 +143,10 @@ def _decode_image(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
     check(height, width)
     warnings: list[str] = []
     try:
-        if _is_16bit_color_png(data):
+        if _is_16bit_color_png(image, data):
             array = _decode_16bit_png(data).astype(np.float32) / 65535.0
         else:
             array = _pil_to_float(image, field_name, warnings)
-    except Image.DecompressionBombError as exc:
-        raise too_large(field_name, f"{field_name}: {exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise unsupported(field_name, f"{field_name}: truncated or corrupt {image.format} ({exc})") from None
     return Decoded(_to_rgb(array, field_name, warnings), warnings)
@@ -156,18 +154,14 @@ def _decode_image(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
 
 def _pil_to_float(image: Image.Image, field_name: str, warnings: list[str]) -> np.ndarray:
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(image, dtype=np.uint16).astype(np.float32) / 65535.0
+    if mode.startswith("I;16"):  # 16-bit grayscale, either byte order
+        return np.asarray(image).astype(np.float32) / 65535.0
     if mode == "I":  # 32-bit integers: read as 8- or 16-bit data by their range
         array = np.asarray(image)
-        scaled = array.astype(np.float32) / (65535.0 if array.max(initial=0) > 255 else 255.0)
+        scaled = array.astype(np.float32) / (65535.0 if array.max() > 255 else 255.0)
         return unit_range(scaled, field_name, f"{image.format} 32-bit integer", warnings)
-    if mode == "F":
-        return unit_range(np.asarray(image, dtype=np.float32), field_name, f"{image.format} float", warnings)
-    if mode == "P":
-        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    elif mode in ("CMYK", "YCbCr", "LAB", "HSV", "1"):
-        image = image.convert("RGB" if mode != "1" else "L")
-    elif mode not in ("RGB", "RGBA", "L", "LA"):
-        image = image.convert("RGBA" if "A" in mode else "RGB")
-    return np.asarray(image, dtype=np.uint8).astype(np.float32) / 255.0
+    if mode == "F":  # 32-bit float
+        return unit_range(np.asarray(image), field_name, f"{image.format} float", warnings)
+    if mode not in ("RGB", "RGBA", "L", "LA"):  # palette, CMYK, YCbCr, LAB, HSV, bilevel: Pillow's conversion
+        image = image.convert("RGBA" if image.has_transparency_data else "RGB")  # alpha band or a tRNS colour
+    return np.asarray(image).astype(np.float32) / 255.0  # 8 bits per channel
