@@ -304,3 +304,13 @@ def test_la_tiff_drops_alpha():
     decoded = decode(encoded(la, "TIFF"), "sr")
     assert decoded.warnings == ["sr: alpha channel dropped"]
     assert np.array_equal(decoded.pixels, np.repeat(RGB[..., :1].astype(np.float32) / 255.0, 3, axis=2))
+
+
+def test_colour_key_transparency_on_rgb_and_gray_is_ignored():
+    """A tRNS colour key hides no channel: the stored values are scored, with no alpha warning."""
+    for array, key in ((RGB, (0, 0, 0)), (RGB[..., 0], 0)):
+        data = encoded(Image.fromarray(array), "PNG", transparency=key)
+        assert "transparency" in Image.open(io.BytesIO(data)).info
+        decoded = decode(data, "sr")
+        expected = array.astype(np.float32) / 255.0
+        assert decoded.warnings == [] and np.array_equal(decoded.pixels, expected if array.ndim == 3 else np.repeat(expected[..., None], 3, axis=2))
