@@ -84,7 +84,7 @@ class CLPLoss(FeatureLoss):
         self.require(backbone)
 
     def per_sample(self, sr: torch.Tensor, target: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        return self.loss_weight * clp_per_sample(self.batch((self.term,), sr=sr, gt=target, lr=lr), self.term)
+        return self.loss_weight * clp_per_sample(self.batch(sr=sr, gt=target, lr=lr), self.term)
 
     def forward(self, sr: torch.Tensor, target: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
         return self.per_sample(sr, target, lr).mean().to(sr.dtype)

@@ -97,7 +97,7 @@ class PerceptualLoss(FeatureLoss):
         return cls(**{**PERCEPTUAL_PRESETS[name], **overrides})
 
     def per_sample(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return feature_distance(self.batch((self.term,), sr=x, gt=y), self.term)
+        return feature_distance(self.batch(sr=x, gt=y), self.term)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.per_sample(x, y).mean().to(x.dtype)
@@ -107,4 +107,4 @@ class VGGPerceptualLoss(PerceptualLoss):
     """Compatibility name for the KD ``VGGPerceptualLoss`` (VGG16 relu2_2, resize to 224)."""
 
     def __init__(self, resize: bool = True, layer: str = "relu2_2", normalize: bool = True, **kwargs):
-        super().__init__("vgg16", (layer,), (1.0,), "l1", 224 if resize else None, normalize, **kwargs)
+        super().__init__("vgg16", layer_weights={layer: 1.0}, resize=224 if resize else None, normalize=normalize, **kwargs)
