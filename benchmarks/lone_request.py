@@ -1,4 +1,6 @@
 """Lone-request overhead, alternating: one HTTP request, then the same call in-process, n times.
+Each timed call starts after a pause (GAP_S), so it meets an idle machine as a lone request does:
+threads left spinning by the previous call (OpenMP's, OpenBLAS's) would otherwise slow the next one.
 
 `uv run python benchmarks/lone_request.py 128 perceptual 25` prints one JSON line of medians."""
 import json, statistics, sys, time
@@ -6,6 +8,7 @@ import numpy as np, httpx, torch
 from service.bench import start_server, png
 import losses
 size, metric, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 25
+GAP_S = float(sys.argv[4]) if len(sys.argv) > 4 else 0.5
 rng = np.random.default_rng(0)
 gt = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
 sr = np.clip(gt.astype(int) + rng.integers(-12, 13, gt.shape), 0, 255).astype(np.uint8)
@@ -17,9 +20,11 @@ e2e, server, local = [], [], []
 try:
     with httpx.Client(base_url=url, timeout=120) as client, torch.inference_mode():
         for i in range(n + 3):
+            time.sleep(GAP_S)
             t = time.perf_counter()
             body = client.post("/v1/score", files=files, data={"metrics": metric}).json()
             a = (time.perf_counter() - t) * 1e3
+            time.sleep(GAP_S)
             t = time.perf_counter()
             losses.score(x, y, metrics=(metric,), pretrained=False)
             b = (time.perf_counter() - t) * 1e3
@@ -28,6 +33,6 @@ try:
 finally:
     process.terminate(); process.wait()
 m = statistics.median
-print(json.dumps(dict(size=size, metric=metric, n=n, e2e_p50=round(m(e2e), 2), server_compute_p50=round(m(server), 2),
+print(json.dumps(dict(size=size, metric=metric, n=n, gap_s=GAP_S, e2e_p50=round(m(e2e), 2), server_compute_p50=round(m(server), 2),
                       inprocess_p50=round(m(local), 2), e2e_minus_inprocess=round(m(e2e) - m(local), 2),
                       paired_median=round(m([a - b for a, b in zip(e2e, local)]), 2))))

@@ -76,7 +76,9 @@ def _host_buffer() -> np.ndarray:
 def _sum_squared_difference(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image Σ(x − y)² in float64, (B,). The difference of two float32 values is exact in
     float64, so the inputs are never copied to float64 as a whole: on the host NumPy casts inside
-    the subtraction, chunk by chunk into one small reused buffer, and a BLAS dot sums the squares."""
+    the subtraction, chunk by chunk into one small reused buffer, squares it in place and sums it
+    (pairwise summation). No BLAS call: a threaded BLAS dot next to torch's OpenMP threads on a
+    2-core machine measured 8 ms instead of 0.1 ms for a 128² image."""
     if _on_host(x, y):
         a, b = x.detach().flatten(1).numpy(), y.detach().flatten(1).numpy()
         buffer = _host_buffer()
@@ -85,7 +87,7 @@ def _sum_squared_difference(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             for start in range(0, ai.size, HOST_CHUNK):
                 diff = np.subtract(ai[start : start + HOST_CHUNK], bi[start : start + HOST_CHUNK], dtype=np.float64,
                                    out=buffer[: min(HOST_CHUNK, ai.size - start)])
-                sums[i] += diff @ diff
+                sums[i] += np.square(diff, out=diff).sum()
         return torch.from_numpy(sums)
     diff = (x.to(torch.float64) - y.to(torch.float64)).flatten(1)
     return torch.linalg.vecdot(diff, diff)
