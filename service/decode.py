@@ -1,7 +1,9 @@
 """Decode uploads into float32 H×W×3 arrays in [0, 1] (docs/metrics.md, "Conventions"), or fail with a clear 4xx.
 
-PNG (8/16 bit), JPEG, WebP, BMP, TIFF and NumPy ``.npy`` (never with pickle). Alpha is dropped
-with a warning; palette, grayscale and CMYK become RGB; EXIF orientation is not applied.
+PNG (8/16 bit), JPEG, WebP, BMP, TIFF (8/16 bit, 32-bit integer, float) and NumPy ``.npy``
+(never with pickle). Alpha is dropped with a warning; palette, grayscale and CMYK become RGB;
+EXIF orientation is not applied. Where Pillow would drop bits (16-bit colour PNG and TIFF) or
+cannot read the file (float or 32-bit colour TIFF), pypng and tifffile read every bit.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from typing import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from .errors import invalid, too_large, unsupported
+from .errors import ServiceError, invalid, too_large, unsupported
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
 NPY_MAGIC = b"\x93NUMPY"
 NPY_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 NPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
 
 
 @dataclass
@@ -136,9 +139,13 @@ def _decode_image(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
     except Image.DecompressionBombError as exc:  # Pillow's own check, at twice its limit
         raise too_large(field_name, f"{field_name}: {exc} (--max-image-pixels)") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        if data.startswith(TIFF_MAGICS):  # float or 32-bit colour TIFF: Pillow has no mode for it
+            return _decode_tiff(data, field_name, check)
         raise unsupported(field_name, f"{field_name}: not a decodable image; accepted: {', '.join(IMAGE_FORMATS)} or .npy") from None
     if image.format not in IMAGE_FORMATS:
         raise unsupported(field_name, f"{field_name}: format {image.format} unsupported; accepted: {', '.join(IMAGE_FORMATS)} or .npy")
+    if _is_wide_color_tiff(image):
+        return _decode_tiff(data, field_name, check)
     width, height = image.size
     check(height, width)
     warnings: list[str] = []
@@ -152,14 +159,54 @@ def _decode_image(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
     return Decoded(_to_rgb(array, field_name, warnings), warnings)
 
 
+def _is_wide_color_tiff(image: Image.Image) -> bool:
+    """A colour TIFF of more than 8 bits per sample, which Pillow reads as 8-bit RGB(A)."""
+    if image.format != "TIFF" or image.mode not in ("RGB", "RGBA"):
+        return False
+    bits = image.tag_v2.get(258, 8)  # BitsPerSample: one value, or one per sample
+    return max(bits if isinstance(bits, tuple) else (bits,)) > 8
+
+
+def _decode_tiff(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
+    """The first page of a TIFF through tifffile, with every bit: 8/16-bit samples scale by their
+    range, 32-bit integers as Pillow's mode I does, floats by the one ``unit_range`` rule."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+            page = tiff.pages.first
+            check(page.imagelength, page.imagewidth)
+            array = page.asarray()
+            if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and array.ndim == 3:
+                array = np.moveaxis(array, 0, -1)
+    except ServiceError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unreadable TIFF is the client's
+        raise unsupported(field_name, f"{field_name}: truncated, corrupt or unsupported TIFF ({exc})") from None
+    warnings: list[str] = []
+    if array.dtype in NPY_SCALES:
+        pixels = array.astype(np.float32) / NPY_SCALES[array.dtype]
+    elif array.dtype in NPY_FLOATS:
+        pixels = unit_range(array.astype(np.float32), field_name, "TIFF float", warnings)
+    elif array.dtype.kind in "iu":
+        pixels = _integers_by_range(array, field_name, f"TIFF {array.dtype.itemsize * 8}-bit integer", warnings)
+    else:
+        raise unsupported(field_name, f"{field_name}: TIFF samples of type {array.dtype} unsupported")
+    return Decoded(_to_rgb(pixels, field_name, warnings), warnings)
+
+
+def _integers_by_range(array: np.ndarray, field_name: str, source: str, warnings: list[str]) -> np.ndarray:
+    """Wide integers read as 8- or 16-bit data by their range (above 255: 16-bit), then clamped."""
+    scaled = array.astype(np.float32) / (65535.0 if array.max() > 255 else 255.0)
+    return unit_range(scaled, field_name, source, warnings)
+
+
 def _pil_to_float(image: Image.Image, field_name: str, warnings: list[str]) -> np.ndarray:
     mode = image.mode
     if mode.startswith("I;16"):  # 16-bit grayscale, either byte order
         return np.asarray(image).astype(np.float32) / 65535.0
-    if mode == "I":  # 32-bit integers: read as 8- or 16-bit data by their range
-        array = np.asarray(image)
-        scaled = array.astype(np.float32) / (65535.0 if array.max() > 255 else 255.0)
-        return unit_range(scaled, field_name, f"{image.format} 32-bit integer", warnings)
+    if mode == "I":  # 32-bit integers
+        return _integers_by_range(np.asarray(image), field_name, f"{image.format} 32-bit integer", warnings)
     if mode == "F":  # 32-bit float
         return unit_range(np.asarray(image), field_name, f"{image.format} float", warnings)
     if mode not in ("RGB", "RGBA", "L", "LA"):  # palette, CMYK, YCbCr, LAB, HSV, bilevel: Pillow's conversion

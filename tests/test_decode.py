@@ -314,3 +314,60 @@ def test_colour_key_transparency_on_rgb_and_gray_is_ignored():
         decoded = decode(data, "sr")
         expected = array.astype(np.float32) / 255.0
         assert decoded.warnings == [] and np.array_equal(decoded.pixels, expected if array.ndim == 3 else np.repeat(expected[..., None], 3, axis=2))
+
+
+# --- TIFFs Pillow reads at 8 bits or not at all: tifffile ---
+
+def tiff(array: np.ndarray, **params) -> bytes:
+    import tifffile
+
+    buffer = io.BytesIO()
+    photometric = "rgb" if array.ndim == 3 and array.shape[-1] in (3, 4) or params.get("planarconfig") else "minisblack"
+    extra = ["unassalpha"] if array.ndim == 3 and array.shape[-1] == 4 else None
+    tifffile.imwrite(buffer, array, photometric=photometric, extrasamples=extra, **params)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_16bit_rgb_tiff_keeps_every_bit(compression):
+    """Pillow opens a 16-bit RGB TIFF as 8-bit RGB; the decoder must not."""
+    data = tiff(WIDE, compression=compression)
+    assert Image.open(io.BytesIO(data)).mode == "RGB"  # what Pillow alone would give
+    decoded = decode(data, "sr")
+    assert np.array_equal(decoded.pixels, WIDE.astype(np.float32) / 65535.0) and decoded.warnings == []
+    rgba = np.dstack([WIDE, WIDE[..., :1]])
+    decoded = decode(tiff(rgba), "sr")
+    assert np.array_equal(decoded.pixels, WIDE.astype(np.float32) / 65535.0)
+    assert decoded.warnings == ["sr: alpha channel dropped"]
+    planar = tiff(np.moveaxis(WIDE, -1, 0), planarconfig="separate")
+    assert np.array_equal(decode(planar, "sr").pixels, WIDE.astype(np.float32) / 65535.0)
+
+
+def test_float_and_32bit_rgb_tiffs_pillow_cannot_open():
+    values = RNG.random((5, 7, 3)).astype(np.float32)
+    decoded = decode(tiff(values), "sr")
+    assert np.array_equal(decoded.pixels, values) and decoded.warnings == []
+    values[1, 2, 0] = 1.5
+    decoded = decode(tiff(values), "sr")
+    assert decoded.pixels[1, 2, 0] == 1.0 and decoded.warnings == ["sr: TIFF float values outside [0, 1] were clamped"]
+    values[0, 0, 0] = np.nan
+    error = refused(tiff(values))
+    assert (error.status, error.message) == (422, "gt: TIFF float holds NaN or Inf values")
+    wide = WIDE.astype(np.uint32)
+    decoded = decode(tiff(wide), "sr")
+    assert np.array_equal(decoded.pixels, WIDE.astype(np.float32) / 65535.0)
+    small = RGB.astype(np.uint32)
+    assert np.array_equal(decode(tiff(small), "sr").pixels, RGB.astype(np.float32) / 255.0)
+    error = refused(tiff(np.zeros((4, 4, 3), np.complex64)))
+    assert (error.status, error.message) == (415, "gt: TIFF samples of type complex64 unsupported")
+
+
+def test_tifffile_route_checks_the_size_first_and_refuses_truncation():
+    data = tiff(WIDE)  # 31 wide, 23 high
+    error = refused(data, max_pixels=100)
+    assert (error.status, error.message) == (413, "gt: 31×23 = 713 pixels exceeds the limit of 100 (--max-image-pixels)")
+    seen = []
+    decode(tiff(RNG.random((5, 7, 3)).astype(np.float32)), "sr", check_size=lambda h, w: seen.append((h, w)))
+    assert seen == [(5, 7)]
+    error = refused(tiff(WIDE)[:2000])
+    assert error.status == 415 and error.message.startswith("gt: truncated, corrupt or unsupported TIFF (")

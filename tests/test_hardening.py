@@ -83,6 +83,15 @@ def float_tiff(array: np.ndarray) -> bytes:
     return encoded(Image.fromarray(array.astype(np.float32), mode="F"), "TIFF")
 
 
+def _tiff(array: np.ndarray) -> bytes:
+    """An RGB TIFF through tifffile: 16-bit or float samples, which Pillow cannot write."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, array, photometric="rgb")
+    return buffer.getvalue()
+
+
 RGB = random_image(32, 32, 7)
 FLOAT = RGB.astype(np.float32) / 255
 # name → (request kwargs, expected status, field named in the detail / or expected warning text)
@@ -90,6 +99,9 @@ CORPUS = {
     "empty_file": (dict(files=pair(sr=b"")), 415, "sr"),
     "truncated_png": (dict(files=pair(sr=GOOD_SR[: len(GOOD_SR) // 2])), 415, "sr"),
     "truncated_png_16bit": (dict(files=pair(sr=_png(RGB.astype(np.uint16) * 251)[:300])), 415, "sr"),
+    "tiff_16bit_rgb": (dict(files=pair(sr=_tiff(RGB.astype(np.uint16) * 251), gt=_tiff(RGB.astype(np.uint16) * 257)),
+                            data=dict(metrics="psnr")), 200, None),
+    "tiff_float_rgb_nan": (dict(files=pair(sr=_tiff(np.where(FLOAT > 0.5, np.nan, FLOAT)))), 422, "sr"),
     "npy_empty_image": (dict(files=pair(sr=npy_bytes(np.zeros((0, 32, 3), np.uint8)))), 422, "sr"),
     "truncated_jpeg": (dict(files=pair(sr=encoded(Image.fromarray(RGB), "JPEG")[:300])), 415, "sr"),
     "text_named_png": (dict(files=[("sr", ("sr.png", b"hello, I am text", "image/png")), part("gt", GOOD_GT)]), 415, "sr"),
