@@ -99,3 +99,75 @@ def test_ssim_is_differentiable_through_the_metric(photos):
     x = to_tensor(degrade(photos[0], seed=3)).double().requires_grad_(True)
     ssim(x, to_tensor(photos[0]).double()).sum().backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+# --- the float64 promise, gradients on either side, refusals, output dtypes ---
+
+def test_psnr_difference_is_exact_in_float64():
+    """x − y is formed in float64 (exact for float32 inputs), never rounded to float32 first.
+    1 − t for small t rounds in float32; a float32 difference would shift PSNR by ~1e-7 dB."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.ones(2, 3, 40, 50)
+    y = torch.rand(2, 3, 40, 50, generator=g) * 1e-3
+    x64, y64 = x.double(), y.double()
+    expected = -10.0 * torch.log10(((x64 - y64) ** 2).mean(dim=(1, 2, 3)))
+    rounded = -10.0 * torch.log10(((x - y).double() ** 2).mean(dim=(1, 2, 3)))
+    assert (rounded - expected).abs().max() > 1e-9  # the test can tell the two apart
+    assert (psnr(x, y) - expected).abs().max() <= 1e-12
+    assert (psnr(y, x) - expected).abs().max() <= 1e-12
+
+
+@pytest.mark.parametrize("side", ["x", "y"])
+def test_psnr_gradient_flows_through_either_argument(side):
+    """With gradients wanted on either image, PSNR takes the autograd path: the same value as
+    the host path and the gradient of −10·log10(mean((x − y)²)) written out."""
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.rand(2, 3, 16, 18, generator=g, dtype=torch.float64), torch.rand(2, 3, 16, 18, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        host = psnr(x, y)
+    leaf = (x if side == "x" else y).clone().requires_grad_()
+    a, b = (leaf, y) if side == "x" else (x, leaf)
+    value = psnr(a, b)
+    assert value.grad_fn is not None and (value - host).abs().max() <= 1e-12
+    (grad,) = torch.autograd.grad(value.sum(), leaf)
+    hand_leaf = leaf.detach().clone().requires_grad_()
+    ha, hb = (hand_leaf, y) if side == "x" else (x, hand_leaf)
+    (expected,) = torch.autograd.grad((-10.0 * torch.log10(((ha - hb) ** 2).mean(dim=(1, 2, 3)))).sum(), hand_leaf)
+    assert torch.allclose(grad, expected, rtol=1e-10, atol=0)
+
+
+def test_crop_refusals_name_the_metric_and_the_largest_crop():
+    from losses import lr_psnr, ms_ssim
+
+    x = torch.rand(1, 3, 10, 12)
+    with pytest.raises(ValueError, match="^crop_border=5 leaves 2×0 of a 12×10 image; PSNR needs at least 1×1, "
+                                         "so the largest valid crop_border is 4$"):
+        psnr(x, x, crop_border=5)
+    assert psnr(torch.rand(1, 3, 3, 3), torch.rand(1, 3, 3, 3), crop_border=1).shape == (1,)  # 1×1 left is enough
+    big = torch.rand(1, 3, 180, 190)
+    with pytest.raises(ValueError, match="^crop_border=3 leaves 184×174 of a 190×180 image; MS-SSIM needs at least "
+                                         "176×176, so the largest valid crop_border is 2$"):
+        ms_ssim(big, big, crop_border=3)
+    with pytest.raises(ValueError, match="^crop_border=3 leaves 0×-1 of a 6×5 image; lr_psnr needs at least 1×1, "
+                                         "so the largest valid crop_border is 2$"):
+        lr_psnr(torch.rand(1, 3, 20, 24), torch.rand(1, 3, 5, 6), crop_border=3)
+
+
+def test_ms_ssim_y_channel_is_ms_ssim_of_bt601_luma(photos):
+    """``y_channel=True`` equals MS-SSIM of the BT.601 luma (written out here) as 1-channel images."""
+    from losses import ms_ssim
+
+    gt = photos[0][:180, :190]
+    sr = degrade(gt, 3)
+    x, y = to_tensor(sr), to_tensor(gt)
+    luma = lambda t: (16.0 + 65.481 * t[:, :1] + 128.553 * t[:, 1:2] + 24.966 * t[:, 2:]) / 255.0  # noqa: E731
+    expected = ms_ssim(luma(x.double()), luma(y.double()))
+    assert (ms_ssim(x, y, y_channel=True) - expected).abs().max() <= 1e-12
+    assert (ms_ssim(x, y, y_channel=True) - ms_ssim(x, y)).abs().max() > 1e-4  # Y is not RGB
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_ssim_loss_returns_the_input_dtype(dtype):
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.rand(2, 3, 24, 24, generator=g, dtype=dtype), torch.rand(2, 3, 24, 24, generator=g, dtype=dtype)
+    assert SSIMLoss()(x, y).dtype == dtype
