@@ -30,7 +30,7 @@ def reference(gt: np.ndarray, sr: np.ndarray, crop_border: int, y_channel: bool)
     return peak_signal_noise_ratio(gt, sr, data_range=255), s
 
 
-@pytest.mark.parametrize("crop_border,y_channel", [(0, False), (0, True), (4, False), (4, True)])
+@pytest.mark.parametrize("crop_border,y_channel", [(0, False), (0, True), (1, False), (4, False), (4, True)])
 def test_matches_scikit_image(photos, crop_border, y_channel):
     for index, gt in enumerate(photos):
         sr = degrade(gt, seed=index)
@@ -171,3 +171,47 @@ def test_ssim_loss_returns_the_input_dtype(dtype):
     g = torch.Generator().manual_seed(7)
     x, y = torch.rand(2, 3, 24, 24, generator=g, dtype=dtype), torch.rand(2, 3, 24, 24, generator=g, dtype=dtype)
     assert SSIMLoss()(x, y).dtype == dtype
+
+
+def test_shape_refusals_say_what_was_given():
+    x = torch.rand(1, 3, 8, 8)
+    with pytest.raises(ValueError, match="^SSIM needs images of at least 11×11, got 8×8$"):
+        ssim(x, x)
+    with pytest.raises(ValueError, match=r"^images differ in shape: \(1, 3, 8, 8\) vs \(1, 3, 8, 9\)$"):
+        psnr(x, torch.rand(1, 3, 8, 9))
+    with pytest.raises(ValueError, match=r"^expected a \(B, C, H, W\) tensor, got shape \(3, 8, 8\)$"):
+        psnr(x[0], x[0], y_channel=True)
+    big = torch.rand(1, 3, 20, 30)
+    with pytest.raises(ValueError, match="^crop_border=5 leaves 20×10 of a 30×20 image; SSIM needs at least 11×11, "
+                                         "so the largest valid crop_border is 4$"):
+        ssim(big, big, crop_border=5)
+
+
+def test_ms_ssim_of_a_batch_is_each_image_alone(photos):
+    """Per-image values: the contrast-structure terms are averaged per image and channel, never
+    across batch-mates."""
+    from losses import ms_ssim
+
+    pairs = [(to_tensor(degrade(p[:176, :176], seed)), to_tensor(p[:176, :176])) for seed, p in zip((1, 2), photos)]
+    alone = torch.cat([ms_ssim(x, y) for x, y in pairs])
+    together = ms_ssim(torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))
+    assert (alone - together).abs().max() <= 1e-12 and (alone[0] - alone[1]).abs() > 1e-3
+
+
+def test_ssim_gradient_through_the_reference_matches_finite_differences():
+    """With the reference (y) requiring gradients, SSIM takes the autograd path: the host path's
+    value, and a gradient equal to central differences (float64, step 1e-6) at sampled pixels."""
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.rand(1, 3, 16, 16, generator=g, dtype=torch.float64), torch.rand(1, 3, 16, 16, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        host = ssim(x, y)
+    leaf = y.clone().requires_grad_()
+    value = ssim(x, leaf)
+    assert value.grad_fn is not None and (value - host).abs().max() <= 1e-12
+    (grad,) = torch.autograd.grad(value.sum(), leaf)
+    for index in ((0, 0, 0, 0), (0, 1, 7, 9), (0, 2, 15, 3)):
+        step = torch.zeros_like(y)
+        step[index] = 1e-6
+        with torch.no_grad():
+            numeric = (ssim(x, y + step) - ssim(x, y - step)).item() / 2e-6
+        assert abs(grad[index].item() - numeric) <= 1e-7 * max(1.0, abs(numeric))
