@@ -74,3 +74,22 @@ def test_clp_returns_the_input_dtype(weights_dir, images):  # noqa: F811 - fixtu
     value = loss(sr, gt, lr)
     assert value.dtype == torch.float64
     assert rel_close(value, loss(sr.float(), gt.float(), lr.float()).double(), rel=1e-6)
+
+
+def test_sequence_form_honours_resize_and_normalize(weights_dir, tv_vgg16, images):  # noqa: F811 - fixtures
+    """``layers`` + a weight sequence is the same loss as the mapping form, resize and normalize included."""
+    x, y = images
+    loss = PerceptualLoss(layers=("relu1_2", "relu2_2"), layer_weights=(0.5, 2.0), resize=64, normalize=False)
+    expected = by_hand_perceptual(tv_vgg16, x, y, (4, 9), (0.5, 2.0), normalize=False, resize=64)
+    assert rel_close(loss(x, y), expected)
+
+
+def test_preset_views_are_the_loss_classes_views():
+    """The registry's and the hybrid/kd terms' views (``preset_view``) are the ones the loss
+    classes build: normalised by default, the preset's layers, weights and resize."""
+    from losses.perceptual import preset_view
+
+    for name in ("perceptual", "vgg_relu2_2"):
+        assert preset_view(name) == PerceptualLoss.from_preset(name, pretrained=False).view
+        assert preset_view(name, normalize=False) == PerceptualLoss.from_preset(name, normalize=False, pretrained=False).view
+        assert preset_view(name) != preset_view(name, normalize=False)
