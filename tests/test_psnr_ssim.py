@@ -181,6 +181,8 @@ def test_shape_refusals_say_what_was_given():
         psnr(x, torch.rand(1, 3, 8, 9))
     with pytest.raises(ValueError, match=r"^expected a \(B, C, H, W\) tensor, got shape \(3, 8, 8\)$"):
         psnr(x[0], x[0], y_channel=True)
+    with pytest.raises(ValueError, match="^SSIM needs images of at least 11×11, got 9×8$"):
+        SSIMLoss()(torch.rand(1, 3, 8, 9), torch.rand(1, 3, 8, 9))
     big = torch.rand(1, 3, 20, 30)
     with pytest.raises(ValueError, match="^crop_border=5 leaves 20×10 of a 30×20 image; SSIM needs at least 11×11, "
                                          "so the largest valid crop_border is 4$"):
@@ -196,6 +198,8 @@ def test_ms_ssim_of_a_batch_is_each_image_alone(photos):
     alone = torch.cat([ms_ssim(x, y) for x, y in pairs])
     together = ms_ssim(torch.cat([x for x, _ in pairs]), torch.cat([y for _, y in pairs]))
     assert (alone - together).abs().max() <= 1e-12 and (alone[0] - alone[1]).abs() > 1e-3
+    with_grad = ms_ssim(torch.cat([x for x, _ in pairs]).double().requires_grad_(), torch.cat([y for _, y in pairs]))
+    assert with_grad.grad_fn is not None and (with_grad - together).abs().max() <= 1e-10  # the autograd path too
 
 
 def test_ssim_gradient_through_the_reference_matches_finite_differences():
