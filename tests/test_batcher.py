@@ -3,6 +3,7 @@ pixels and estimated bytes), so cheap items batch widely while costly ones stay 
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -136,7 +137,7 @@ def test_queue_limit_and_shutdown():
         batcher.start()
         done = await asyncio.gather(*first)
         await batcher.stop()
-        with pytest.raises(ShuttingDown, match="shutting down"):
+        with pytest.raises(ShuttingDown, match="^the batcher is shutting down$"):
             await batcher.submit("k", 4)
         return done
 
@@ -159,3 +160,51 @@ def test_a_batch_waits_for_company_up_to_max_delay():
     results = asyncio.run(scenario())
     assert sizes == [3] and [r.value for r in results] == [1, 2, 3]  # full at 3: it did not wait out the delay
     assert results[0].queue_s >= 0.04
+
+
+def timed_batches(items, **options):
+    """Start the worker, submit ``items`` (key, payload, cost, delay before submitting); return
+    (batch sizes, outcomes, seconds until all were answered)."""
+    sizes = []
+
+    async def scenario():
+        batcher = Batcher(lambda key, payloads: sizes.append(len(payloads)) or payloads, **options)
+        batcher.start()
+        start = time.perf_counter()
+        tasks = []
+        for key, payload, cost, delay in items:
+            await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(batcher.submit(key, payload, cost)))
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        elapsed = time.perf_counter() - start
+        await batcher.stop()
+        return results, elapsed
+
+    results, elapsed = asyncio.run(scenario())
+    return sizes, results, elapsed
+
+
+@pytest.mark.parametrize("options", [dict(max_batch_size=2), dict(max_batch_cost=(2,))], ids=["count", "cost"])
+def test_a_full_batch_does_not_wait_out_the_delay(options):
+    """Full by count, or by a cost limit reached exactly: it runs at once, not after 5 s."""
+    sizes, _, elapsed = timed_batches([("k", 1, (1,), 0), ("k", 2, (1,), 0)], max_delay_s=5.0, **options)
+    assert sizes == [2] and elapsed < 2.5
+
+
+def test_a_lone_item_runs_when_the_delay_expires():
+    sizes, results, elapsed = timed_batches([("k", 1, (), 0)], max_delay_s=0.3)
+    assert sizes == [1] and 0.25 <= results[0].queue_s and elapsed < 5
+
+
+def test_company_within_a_short_delay_joins():
+    sizes, results, _ = timed_batches([("k", 1, (), 0), ("k", 2, (), 0.1)], max_delay_s=0.5, max_batch_size=4)
+    assert sizes == [2] and [r.value for r in results] == [1, 2]
+
+
+def test_defaults_batch_sixteen_without_waiting_on_a_named_daemon_thread():
+    batcher = Batcher(lambda key, payloads: payloads)
+    assert (batcher.max_batch_size, batcher.max_delay_s, batcher.max_queue) == (16, 0.0, None)
+    assert batcher._thread.name == "batcher" and batcher._thread.daemon  # never blocks interpreter exit
+    assert Batcher(lambda key, payloads: payloads, name="device-cpu")._thread.name == "device-cpu"
+    sizes, _, elapsed = timed_batches([("k", i, (), 0) for i in range(3)])
+    assert sum(sizes) == 3 and elapsed < 2.5  # no delay by default
