@@ -25,6 +25,7 @@ from .settings import Settings
 from .telemetry import Telemetry
 
 log = logging.getLogger("loss_service")
+INLINE_DECODE_BYTES = 64 * 1024  # a 128² RGB PNG of noise is ~49 KB
 
 
 class ScoringService:
@@ -104,8 +105,11 @@ class ScoringService:
         def decode_one(role: str, data: bytes):
             return decode(data, role, max_pixels, lambda height, width: self.memory.check(plan.metrics, height, width, role))
 
-        tasks = {role: loop.run_in_executor(self.cpu_pool, decode_one, role, data) for role, data in contents.items()}
-        return {role: await task for role, task in tasks.items()}
+        # A small file decodes on the event loop: ~0.2 ms, less than a hand-off to the pool and back.
+        small = {role: decode_one(role, data) for role, data in contents.items() if len(data) <= INLINE_DECODE_BYTES}
+        tasks = {role: loop.run_in_executor(self.cpu_pool, decode_one, role, data)
+                 for role, data in contents.items() if len(data) > INLINE_DECODE_BYTES}
+        return {**small, **{role: await task for role, task in tasks.items()}}
 
     async def score(self, uploads: dict[str, UploadFile | None], plan: Plan) -> ScoreResponse:
         received = time.perf_counter()
