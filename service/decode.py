@@ -96,13 +96,19 @@ def _decode_npy(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
     except Exception as exc:  # noqa: BLE001
         raise unsupported(field_name, f"{field_name}: unreadable .npy ({exc})") from None
     warnings: list[str] = []
-    if array.dtype in NPY_SCALES:
-        pixels = array.astype(np.float32) / NPY_SCALES[array.dtype]
-    elif array.dtype in NPY_FLOATS:
-        pixels = unit_range(array.astype(np.float32), field_name, ".npy", warnings)
-    else:
+    pixels = _unit_pixels(array, field_name, ".npy", warnings)
+    if pixels is None:
         raise unsupported(field_name, f"{field_name}: .npy dtype {array.dtype} unsupported; use uint8, uint16, float16 or float32")
     return Decoded(_to_rgb(pixels, field_name, warnings), warnings)
+
+
+def _unit_pixels(array: np.ndarray, field_name: str, float_source: str, warnings: list[str]) -> np.ndarray | None:
+    """uint8 / 255, uint16 / 65535, floats by ``unit_range``; None for any other dtype."""
+    if array.dtype in NPY_SCALES:
+        return array.astype(np.float32) / NPY_SCALES[array.dtype]
+    if array.dtype in NPY_FLOATS:
+        return unit_range(array.astype(np.float32), field_name, float_source, warnings)
+    return None
 
 
 def unit_range(pixels: np.ndarray, field_name: str, source: str, warnings: list[str]) -> np.ndarray:
@@ -184,13 +190,10 @@ def _decode_tiff(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
     except Exception as exc:  # noqa: BLE001 - any unreadable TIFF is the client's
         raise unsupported(field_name, f"{field_name}: truncated, corrupt or unsupported TIFF ({exc})") from None
     warnings: list[str] = []
-    if array.dtype in NPY_SCALES:
-        pixels = array.astype(np.float32) / NPY_SCALES[array.dtype]
-    elif array.dtype in NPY_FLOATS:
-        pixels = unit_range(array.astype(np.float32), field_name, "TIFF float", warnings)
-    elif array.dtype.kind in "iu":
+    pixels = _unit_pixels(array, field_name, "TIFF float", warnings)
+    if pixels is None and array.dtype.kind in "iu":
         pixels = _integers_by_range(array, field_name, f"TIFF {array.dtype.itemsize * 8}-bit integer", warnings)
-    else:
+    if pixels is None:
         raise unsupported(field_name, f"{field_name}: TIFF samples of type {array.dtype} unsupported")
     return Decoded(_to_rgb(pixels, field_name, warnings), warnings)
 
