@@ -371,3 +371,13 @@ def test_tifffile_route_checks_the_size_first_and_refuses_truncation():
     assert seen == [(5, 7)]
     error = refused(tiff(WIDE)[:2000])
     assert error.status == 415 and error.message.startswith("gt: truncated, corrupt or unsupported TIFF (")
+
+
+def test_signed_integer_tiffs_name_their_width_when_clamped():
+    """Signed samples read by their range like Pillow's mode I, and the warning names the width."""
+    for dtype, bits in ((np.int32, 32), (np.int16, 16)):
+        array = RGB.astype(dtype)
+        array[0, 0, 0] = -5
+        decoded = decode(tiff(array), "sr")
+        assert decoded.pixels[0, 0, 0] == 0.0 and np.array_equal(decoded.pixels[1:], RGB[1:].astype(np.float32) / 255.0)
+        assert decoded.warnings == [f"sr: TIFF {bits}-bit integer values outside [0, 1] were clamped"]
