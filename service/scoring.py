@@ -193,8 +193,9 @@ class Scorer:
 
     def _to_device(self, arrays: Sequence[np.ndarray]) -> torch.Tensor:
         """Decoded H×W×3 arrays as a (B, 3, H, W) batch. On a CPU the permuted view is already
-        channels-last, the layout the VGG backbones run in there: no copy to NCHW and back."""
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        channels-last, the layout the VGG backbones run in there: no copy to NCHW and back. One
+        image is not copied at all (the library never writes to its inputs)."""
+        batch = torch.from_numpy(arrays[0][None] if len(arrays) == 1 else np.stack(arrays)).permute(0, 3, 1, 2)
         if self.device.type == "cuda":
             return batch.pin_memory().to(self.device, non_blocking=True)
         return batch

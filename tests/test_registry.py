@@ -56,6 +56,17 @@ def test_every_metric_matches_library(weights_dir, images):
             assert abs(a - b) <= REL * max(abs(b), 1e-12), (name, a, b)
 
 
+def test_no_metric_writes_to_its_inputs(weights_dir, images):
+    """The service hands a decoded upload to the library as a view, not a copy (a batch of one)."""
+    views = {role: image.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) for role, image in images.items()}  # HWC memory
+    before = {role: view.clone() for role, view in views.items()}
+    metrics = get_metrics(sorted(set(REGISTRY) - {"ms_ssim"}))
+    with torch.inference_mode():
+        compute(metrics, views, resolve_options(metrics, dict(crop_border=2, y_channel=True)))
+    for role, view in views.items():
+        assert torch.equal(view, before[role]), role
+
+
 def test_ms_ssim_batched_equals_per_image():
     g = torch.Generator().manual_seed(12)
     sr, gt = torch.rand(2, 3, 181, 190, generator=g, dtype=torch.float64), torch.rand(2, 3, 181, 190, generator=g, dtype=torch.float64)
