@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 
 from .protocol import DEFAULT_METRICS, IMAGE_ROLES
@@ -16,10 +15,6 @@ from .stats import BOOTSTRAP_RESAMPLES
 
 DEFAULT_METRICS_ARG = ",".join(DEFAULT_METRICS)
 REPORT_PACKAGES = ("matplotlib", "scipy")
-# GNU OpenMP's idle threads spin ~300,000 rounds (5–7 ms on a 2-core EPYC) after each parallel
-# region. In a server that core is then lost to the next request's HTTP parsing and decoding;
-# 10,000 rounds (~0.2 ms) still bridge the gaps between the ops of one forward pass.
-OPENMP_SPIN = {"GOMP_SPINCOUNT": "10000"}
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -44,8 +39,6 @@ def serve(args: argparse.Namespace) -> int:
     import logging
     import signal
 
-    for name, value in OPENMP_SPIN.items():  # read once, when torch loads libgomp: before the import
-        os.environ.setdefault(name, value)
     try:
         import uvicorn
 
