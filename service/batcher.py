@@ -8,6 +8,9 @@ estimated bytes) and a batch's summed costs stay within the limits, one limit pe
 no limit). With ``max_delay_s`` > 0 a batch may wait that long after its first item for
 company, and with 0 the worker never waits while work is queued.
 
+``call(fn)`` runs any other callable on the same worker thread, alone and in queue order:
+for work that must share the thread the batches run on.
+
 Faults: ``run_batch`` raises ``BatchTooLarge`` (e.g. on out-of-memory) to have the batch
 split in halves and retried; any other exception makes each item run alone, so one bad
 item fails alone. Results may also be exception instances, which fail their item.
@@ -50,6 +53,7 @@ class _Item:
     cost: Costs
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
+    is_call: bool = False  # payload is a callable run alone (``Batcher.call``), not a batch item
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -98,8 +102,16 @@ class Batcher:
         self._thread.start()
 
     async def submit(self, key: Hashable, payload: Any, cost: Costs = ()) -> Outcome:
+        return await self._enqueue(key, payload, cost, is_call=False)
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` run on the worker thread, alone and in queue order (same queue limit as
+        ``submit``); its exception, if any, is raised here."""
+        return (await self._enqueue(object(), fn, (), is_call=True)).value
+
+    async def _enqueue(self, key: Hashable, payload: Any, cost: Costs, is_call: bool) -> Outcome:
         loop = asyncio.get_running_loop()
-        item = _Item(key, payload, cost, loop, loop.create_future())
+        item = _Item(key, payload, cost, loop, loop.create_future(), is_call)
         with self._cond:
             if self._stopping:
                 raise ShuttingDown("the batcher is shutting down")
@@ -135,7 +147,7 @@ class Batcher:
         return batch
 
     def _is_full(self, batch: list[_Item]) -> bool:
-        if len(batch) >= self.max_batch_size:
+        if len(batch) >= self.max_batch_size or batch[0].is_call:
             return True
         total: Costs = ()
         for item in batch:
@@ -164,6 +176,13 @@ class Batcher:
 
     def _run(self, batch: list[_Item]) -> None:
         started = time.perf_counter()
+        if batch[0].is_call:
+            try:
+                result = batch[0].payload()
+            except Exception as exc:  # noqa: BLE001 - raised to the caller
+                result = exc
+            self._settle(batch[0], result, started, time.perf_counter(), 1)
+            return
         try:
             results = list(self._run_batch(batch[0].key, [item.payload for item in batch]))
             if len(results) != len(batch):

@@ -1,8 +1,6 @@
-"""/v1/distill: DistillationLoss on tensors sent as a safetensors body (CPU, off the event loop)."""
+"""/v1/distill: DistillationLoss on tensors sent as a safetensors body (CPU, on the device thread between batches)."""
 
 from __future__ import annotations
-
-import asyncio
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -73,4 +71,4 @@ def compute(body: bytes, config_text: str) -> DistillResponse:
 
 
 async def run(service, body: bytes, config_text: str) -> DistillResponse:
-    return await asyncio.get_running_loop().run_in_executor(service.cpu_pool, compute, body, config_text)
+    return await service.on_device_thread(lambda: compute(body, config_text))

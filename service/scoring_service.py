@@ -7,8 +7,8 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Awaitable, Callable
 
-from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 from starlette.datastructures import UploadFile
 
@@ -36,7 +36,7 @@ class ScoringService:
         self.scorer = Scorer(settings)
         self.memory = MemoryGuard(self.scorer.device, settings.max_memory_gb)
         self.telemetry = Telemetry()
-        # Host-side work off the event loop: decoding uploads and /v1/distill's CPU losses.
+        # Host-side work off the event loop: decoding uploads (no torch: see ``start``).
         self.cpu_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="cpu-work")
         self.batcher: Batcher | None = None
         self.ready = False
@@ -47,24 +47,37 @@ class ScoringService:
     async def start(self) -> None:
         if self.settings.max_image_pixels:
             Image.MAX_IMAGE_PIXELS = self.settings.max_image_pixels
-        await run_in_threadpool(self.scorer.load)
-        await run_in_threadpool(self.scorer.warmup)
-        # A batch closes on pixels (--max-batch-pixels) and on estimated bytes: per-metric costs
-        # × pixels, so a psnr batch is not held to CLP's limit.
-        memory_gb = self.settings.max_batch_memory_gb
         self.batcher = Batcher(
             self.scorer.run_batch,
             max_batch_size=self.settings.max_batch_size,
-            max_batch_cost=(self.settings.max_batch_pixels, memory_gb * 2**30 if memory_gb else self.memory.budget()[0]),
             max_delay_s=self.settings.max_delay_ms / 1000.0,
             max_queue=self.settings.max_queue,
             on_batch=self._observe_batch,
             name=f"device-{self.scorer.device}",
         )
-        self.telemetry.queue_depth.set_function(lambda: self.batcher.depth)
         self.batcher.start()
+        try:
+            # All torch work runs on the batcher's thread, loading and warm-up included: each thread
+            # that runs a parallel CPU op keeps an OpenMP team of its own, and once a process has more
+            # OpenMP threads than CPUs, libgomp sleeps between parallel regions instead of spinning
+            # (~95 sleeps and wake-ups per VGG16 pass here), which made the server's compute slower
+            # than the same call in-process.
+            await self.batcher.call(self.scorer.load)
+            await self.batcher.call(self.scorer.warmup)
+        except BaseException:
+            await self.batcher.stop()
+            raise
+        # A batch closes on pixels (--max-batch-pixels) and on estimated bytes: per-metric costs
+        # × pixels, so a psnr batch is not held to CLP's limit. Known once the models take their memory.
+        memory_gb = self.settings.max_batch_memory_gb
+        self.batcher.max_batch_cost = (self.settings.max_batch_pixels, memory_gb * 2**30 if memory_gb else self.memory.budget()[0])
+        self.telemetry.queue_depth.set_function(lambda: self.batcher.depth)
         self.ready = True
         log.info("ready on %s (%s, pretrained=%s)", self.scorer.device, self.settings.precision, self.scorer.pretrained)
+
+    async def on_device_thread(self, fn):
+        """``fn()`` on the batcher's thread, between batches (see ``start``); busy or stopping → 503."""
+        return await self._queued(lambda batcher: batcher.call(fn))
 
     async def stop(self) -> None:
         self.draining = True
@@ -140,12 +153,17 @@ class ScoringService:
         return [] if self.scorer.pretrained else ["random backbone weights (--random-weights): scores are not comparable"]
 
     async def _submit(self, job: Job):
+        cost = (job.pixels, self.memory.estimate(job.plan.metrics, job.pixels))
+        return await self._queued(lambda batcher: batcher.submit(job.key, job, cost))
+
+    async def _queued(self, enqueue: Callable[[Batcher], Awaitable[Any]]) -> Any:
+        """``enqueue(batcher)`` awaited, the batcher's refusals mapped to HTTP errors."""
         # Draining refuses new requests at the door (middleware); one already accepted, even if
-        # still decoding when SIGTERM came, is scored until the batcher itself stops.
+        # still decoding when SIGTERM came, is served until the batcher itself stops.
         if self.batcher is None:
             raise unavailable(None, "server is shutting down", self.settings.retry_after_s)
         try:
-            return await self.batcher.submit(job.key, job, (job.pixels, self.memory.estimate(job.plan.metrics, job.pixels)))
+            return await enqueue(self.batcher)
         except QueueFull as exc:
             self.telemetry.rejected.labels(reason="queue_full").inc()
             raise unavailable(None, f"{exc}; retry later", self.settings.retry_after_s) from None

@@ -217,3 +217,42 @@ def test_defaults_batch_sixteen_without_waiting_on_a_named_daemon_thread():
     assert Batcher(lambda key, payloads: payloads, name="device-cpu")._thread.name == "device-cpu"
     sizes, _, elapsed = timed_batches([("k", i, (), 0) for i in range(3)])
     assert sum(sizes) == 3 and elapsed < 2.5  # no delay by default
+
+
+def test_call_runs_alone_on_the_worker_thread_in_queue_order():
+    """``call`` is for work that must share the batches' thread (the service loads its models
+    there): it runs on that thread, between batches in submission order, even with a delay set."""
+    events = []
+
+    def run(key, payloads):
+        events.append(("batch", list(payloads), threading.current_thread().name))
+        return payloads
+
+    def fails():
+        raise KeyError("no such model")
+
+    async def scenario():
+        batcher = Batcher(run, max_delay_s=5.0, max_batch_size=2, max_queue=3, name="device-x")
+        first = asyncio.ensure_future(batcher.submit("k", 1))
+        call = asyncio.ensure_future(batcher.call(lambda: events.append(("call", threading.current_thread().name)) or "loaded"))
+        second = asyncio.ensure_future(batcher.submit("k", 2))
+        await asyncio.sleep(0.01)
+        with pytest.raises(QueueFull):
+            await batcher.call(lambda: None)  # calls count against the queue limit like items
+        start = time.perf_counter()
+        batcher.start()
+        results = await asyncio.wait_for(asyncio.gather(first, call, second), 10)
+        with pytest.raises(KeyError, match="no such model"):
+            await batcher.call(fails)
+        elapsed = time.perf_counter() - start
+        await batcher.stop()
+        with pytest.raises(ShuttingDown):
+            await batcher.call(lambda: None)
+        return results, elapsed
+
+    (first, called, second), elapsed = asyncio.run(scenario())
+    assert called == "loaded" and first.value == 1 and second.value == 2
+    # The oldest item's key takes every compatible item: the call never joins a batch, and runs
+    # at once rather than waiting out the 5 s delay for company.
+    assert events == [("batch", [1, 2], "device-x"), ("call", "device-x")]
+    assert elapsed < 2.5

@@ -4,6 +4,7 @@ import asyncio
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -181,3 +182,33 @@ def test_idle_connections_outlive_the_clients_keep_alive(weights_dir):
         assert _get_healthz(sock).startswith(b"HTTP/1.1 200")
         time.sleep(2)
         assert sock.recv(1) == b"", "--keep-alive-s 0.5: the idle connection should be closed by now"
+
+
+def test_all_torch_work_runs_on_the_device_thread(weights_dir, monkeypatch):
+    """Loading, warm-up, batches and /v1/distill all run on the batcher's thread. A second thread
+    that ran a parallel CPU op would keep an OpenMP team of its own, and libgomp throttles every
+    team of a process with more OpenMP threads than CPUs: it then sleeps between parallel regions
+    instead of spinning, which made the server's compute slower than the same call in-process."""
+    from safetensors.torch import save
+
+    from service import distill
+    from service.scoring import Scorer
+
+    seen = []
+
+    def recorded(step, fn):
+        def wrapper(*args, **kwargs):
+            seen.append((step, threading.current_thread().name))
+            return fn(*args, **kwargs)
+        return wrapper
+
+    for step in ("load", "warmup", "run_batch"):
+        monkeypatch.setattr(Scorer, step, recorded(step, getattr(Scorer, step)))
+    monkeypatch.setattr(distill, "compute", recorded("distill", distill.compute))
+    tensors = {"teacher_logits": torch.randn(2, 5), "student_logits": torch.randn(2, 5), "labels": torch.eye(5)[:2]}
+    with serve(weights_dir) as srv:
+        assert httpx.post(f"{srv.url}/v1/score", files=PAIR, data=dict(metrics="perceptual")).status_code == 200
+        response = httpx.post(f"{srv.url}/v1/distill", content=save(tensors), headers={"content-type": "application/octet-stream"})
+        assert response.status_code == 200, response.text
+    assert {step for step, _ in seen} == {"load", "warmup", "run_batch", "distill"}
+    assert {thread for _, thread in seen} == {"device-cpu"}
