@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 import platform
 import resource
 import statistics
@@ -149,8 +150,9 @@ def bench_inprocess(device, sizes, batches, metrics, repeats, log) -> list[dict]
     return rows
 
 
-def start_server(flags: list[str]):
-    """A ``loss-service serve`` subprocess on 127.0.0.1 with a free port; returns (process, url)."""
+def start_server(flags: list[str], env: dict[str, str] | None = None):
+    """A ``loss-service serve`` subprocess on 127.0.0.1 with a free port, with ``env`` added to
+    this process's environment; returns (process, url)."""
     import socket
 
     import httpx
@@ -159,7 +161,7 @@ def start_server(flags: list[str]):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     command = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--random-weights", *flags]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

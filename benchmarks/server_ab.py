@@ -1,0 +1,56 @@
+"""Two server configurations side by side: end-to-end latency of one request at a time, and the
+server-reported compute, for servers started with environment A and environment B.
+
+`uv run python benchmarks/server_ab.py SIZE METRIC N ROUNDS A B` prints one JSON line per
+configuration. A and B are comma lists of NAME=VALUE added to the servers' environment, e.g.
+`PYTHONPATH=/tmp/old-checkout` against `PYTHONPATH=$PWD` (two commits), or
+`GOMP_SPINCOUNT=10000` against `GOMP_SPINCOUNT=300000`. Each round starts both servers fresh and
+times blocks of N requests (after two warm-up requests) alternating A, B, A, B (B first in odd
+rounds), so both see the same machine state; medians over every round.
+"""
+import json
+import statistics
+import sys
+import time
+
+import httpx
+import numpy as np
+
+from service.bench import png, start_server
+
+
+def main() -> None:
+    size, metric, n, rounds = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    specs = sys.argv[5:7]
+    envs = [dict(pair.split("=", 1) for pair in spec.split(",") if pair) for spec in specs]
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    sr = np.clip(gt.astype(int) + rng.integers(-12, 13, gt.shape), 0, 255).astype(np.uint8)
+    files = [("sr", ("sr.png", png(sr), "image/png")), ("gt", ("gt.png", png(gt), "image/png"))]
+    e2e, compute = ([[], []] for _ in range(2))
+    for round_ in range(rounds):
+        servers = [start_server(["--device", "cpu", "--models", "vgg16"], env) for env in envs]
+        clients = [httpx.Client(base_url=url, timeout=120) for _, url in servers]
+        try:
+            for _ in range(2):
+                for i in ((0, 1) if round_ % 2 == 0 else (1, 0)):
+                    for k in range(n + 2):
+                        start = time.perf_counter()
+                        body = clients[i].post("/v1/score", files=files, data={"metrics": metric}).json()
+                        if k >= 2:
+                            e2e[i].append((time.perf_counter() - start) * 1e3)
+                            compute[i].append(body["timing_ms"]["compute"])
+                    time.sleep(0.3)
+        finally:
+            for (process, _), client in zip(servers, clients):
+                client.close()
+                process.terminate()
+                process.wait()
+    median = statistics.median
+    for spec, times, computes in zip(specs, e2e, compute):
+        print(json.dumps(dict(env=spec, size=size, metric=metric, n=len(times), e2e_p50=round(median(times), 2),
+                              compute_p50=round(median(computes), 2), e2e_minus_compute=round(median(times) - median(computes), 2))))
+
+
+if __name__ == "__main__":
+    main()
