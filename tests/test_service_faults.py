@@ -98,6 +98,32 @@ def test_queue_overflow_gives_503_with_retry_after(weights_dir):
         assert metric_value(text, "loss_service_queue_depth") == 0
 
 
+def test_distill_waits_in_the_same_bounded_queue(weights_dir):
+    """/v1/distill runs on the device thread, so a full queue refuses it like a score: 503 + Retry-After."""
+    from safetensors.torch import save
+
+    tensors = {"teacher_logits": torch.randn(2, 5), "student_logits": torch.randn(2, 5), "labels": torch.eye(5)[:2]}
+    distill = dict(content=save(tensors), headers={"content-type": "application/octet-stream"})
+    with serve(weights_dir, max_queue=2, max_batch_size=1, retry_after_s=3) as srv:
+        scorer = srv.app.state.service.scorer
+        original = scorer.compute_batch
+        scorer.compute_batch = lambda jobs: (time.sleep(0.5), original(jobs))[1]
+
+        async def distill_while_full():
+            async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
+                scores = asyncio.gather(*(client.post("/v1/score", files=PAIR, data=dict(metrics="l1")) for _ in range(3)))
+                while metric_value((await client.get("/metrics")).text, "loss_service_queue_depth") < 2:
+                    await asyncio.sleep(0.01)
+                refused = await client.post("/v1/distill", **distill)
+                return refused, await scores
+
+        refused, scores = asyncio.run(distill_while_full())
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "3", refused.text
+        assert refused.json()["detail"][0]["msg"].startswith("queue full")
+        assert [r.status_code for r in scores] == [200] * 3
+        assert httpx.post(f"{srv.url}/v1/distill", **distill).status_code == 200
+
+
 def test_api_key_is_enforced(weights_dir):
     with serve(weights_dir, api_key="s3cret") as srv:
         assert httpx.post(f"{srv.url}/v1/score", files=PAIR, data=dict(metrics="l1")).status_code == 401
