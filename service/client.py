@@ -349,11 +349,9 @@ class LossClient:
             for item in items:
                 window.append(pool.submit(function, item))
                 if len(window) >= concurrency * 2:
-                    yield _outcome(window.popleft(), return_exceptions)
-                    advance()
+                    yield _counted(_outcome(window.popleft(), return_exceptions), advance)
             while window:
-                yield _outcome(window.popleft(), return_exceptions)
-                advance()
+                yield _counted(_outcome(window.popleft(), return_exceptions), advance)
 
     def score_many(self, triplets: Iterable, metrics=None, *, concurrency: int = 8, progress: bool = False,
                    return_exceptions: bool = False, total: int | None = None, **options) -> Iterator[Any]:
@@ -389,6 +387,13 @@ def _outcome(future, return_exceptions: bool):
         raise
 
 
+def _counted(outcome, advance: Callable[[], None]):
+    """``outcome`` after the progress bar has counted it: a consumer that stops at the last item
+    (``zip``) then still sees the bar at its total."""
+    advance()
+    return outcome
+
+
 class _progress:
     """A rich progress bar as a context manager yielding an ``advance()`` callable."""
 
@@ -398,9 +403,10 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda: None
+        from rich.console import Console
         from rich.progress import Progress
 
-        self.bar = Progress()
+        self.bar = Progress(console=Console(stderr=True))  # stdout stays clean for the caller's output
         self.bar.start()
         task = self.bar.add_task("scoring", total=self.total)
         return lambda: self.bar.advance(task)
@@ -463,11 +469,9 @@ class AsyncLossClient:
             for triplet in triplets:
                 window.append(asyncio.ensure_future(one(as_triplet(triplet))))
                 if len(window) >= concurrency * 2:
-                    yield await _async_outcome(window.popleft(), return_exceptions)
-                    advance()
+                    yield _counted(await _async_outcome(window.popleft(), return_exceptions), advance)
             while window:
-                yield await _async_outcome(window.popleft(), return_exceptions)
-                advance()
+                yield _counted(await _async_outcome(window.popleft(), return_exceptions), advance)
 
     async def metrics(self) -> list[dict]:
         return await self._send(RequestSpec("GET", CATALOGUE_PATH))

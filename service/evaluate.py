@@ -115,13 +115,18 @@ def write_csv(path: Path, results: dict[str, list[dict]]) -> None:
 
 
 def print_report(model: str, summary: dict, failures: list[dict], pairing: Pairing, console) -> None:
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("metric", "n", "mean", "std", "min", "max", "worst (up to 5)", title=model)
+    # Two tables, so that on an 80-column terminal no number is cut short: the statistics, then
+    # the worst images, which wrap.
+    numbers = [Column(header, justify="right", no_wrap=True) for header in ("n", "mean", "std", "min", "max")]
+    table = Table(Column("metric", no_wrap=True), *numbers, title=model)
+    worst = Table(Column("metric", no_wrap=True), Column("worst images (up to 5)", overflow="fold"), title=f"{model}: worst images")
     for name, s in summary.items():
-        worst = ", ".join(f"{w['image']}={w['value']:.4g}" for w in s["worst"])
-        table.add_row(name, str(s["count"]), f"{s['mean']:.6g}", f"{s['std']:.4g}", f"{s['min']:.6g}", f"{s['max']:.6g}", worst)
+        table.add_row(name, str(s["count"]), f"{s['mean']:.6g}", f"{s['std']:.4g}", f"{s['min']:.6g}", f"{s['max']:.6g}")
+        worst.add_row(name, ", ".join(f"{w['image']}={w['value']:.4g}" for w in s["worst"]))
     console.print(table)
+    console.print(worst)
     for role, names in pairing.unpaired.items():
         console.print(f"[yellow]{model}: unpaired {role}[/yellow] ({len(names)}): {', '.join(names)}")
     for line in pairing.ambiguous:
@@ -202,7 +207,7 @@ def run_eval(args) -> int:
         server = client.ready()
         outcomes = client.imap(score, requests, concurrency=args.concurrency, progress=not args.quiet,
                                return_exceptions=True, total=len(requests))
-        for request, outcome in zip(requests, outcomes):
+        for request, outcome in zip(requests, outcomes, strict=True):  # strict: runs the generator to its end (bar stopped)
             if isinstance(outcome, LossServiceError):
                 for model in request.models:
                     failures[model].append(dict(image=request.image, status=outcome.status, message=str(outcome), detail=outcome.detail))

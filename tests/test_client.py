@@ -109,6 +109,50 @@ def test_two_urls_both_receive_traffic():
             s.close()
 
 
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_progress_counts_a_result_before_handing_it_over(monkeypatch, flavour):
+    """A consumer that stops at the last item (``zip`` over a list) must see the bar at its total
+    and stopped, not one short and still running until the generator is collected."""
+    import asyncio
+
+    import service.client as client_module
+
+    bars = []
+
+    class Recorder:
+        def __init__(self, enabled, total):
+            self.count, self.stopped = 0, False
+            bars.append(self)
+
+        def __enter__(self):
+            return lambda: setattr(self, "count", self.count + 1)
+
+        def __exit__(self, *exc):
+            self.stopped = True
+
+    monkeypatch.setattr(client_module, "_progress", Recorder)
+    items = list(range(7))
+    if flavour == "sync":
+        outcomes = LossClient("http://127.0.0.1:9").imap(lambda x: x * 2, items, concurrency=2, progress=True)
+        for i, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
+            assert outcome == item * 2 and bars[0].count == i + 1
+    else:
+        async def scored():
+            client = AsyncLossClient("http://127.0.0.1:9")
+
+            async def score(sr, gt, lr, teacher, metrics, **options):
+                return sr
+
+            client.score = score
+            seen = []
+            async for outcome in client.score_many([(i, i) for i in items], concurrency=2, progress=True):
+                seen.append((outcome, bars[0].count))
+            return seen
+
+        assert asyncio.run(scored()) == [(i, i + 1) for i in items]
+    assert bars[0].count == len(items) and bars[0].stopped
+
+
 def test_least_outstanding_replica_wins_not_round_robin():
     """A slow replica holding requests gets fewer new ones: round-robin would split 12 evenly."""
     from service.client import ClientCore
@@ -228,6 +272,11 @@ def test_eval_writes_what_the_server_answers_and_resumes(server, tmp_path, capsy
     printed = capsys.readouterr().err
     assert "lonely.png" in printed and "img9" in printed
 
+    assert cli_main([a for a in args if a != "--quiet"]) == 1  # with the progress bar (on stderr)
+    shown = capsys.readouterr()
+    assert "scoring" not in shown.out  # stdout stays clean
+    assert shown.err.index("100%") < shown.err.index("scored 4")  # the bar finished before the summary
+
     (dirs["sr"] / "img9_x4.png").unlink()
     Image.fromarray(random_image(32, 32, 5)).save(dirs["sr"] / "img5_x4.png")
     Image.fromarray(random_image(32, 32, 6)).save(dirs["gt"] / "img5.png")
@@ -275,6 +324,28 @@ def test_client_imports_without_torch_or_fastapi():
     )
     result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_eval_summary_cuts_no_number_short_on_an_80_column_console():
+    """Long metric names, small values and DIV2K-style names: every mean, min and max printed
+    in full, every worst image listed (a single wide table cut them to '0.0005159…')."""
+    import io
+
+    from rich.console import Console
+
+    from service.evaluate import Pairing, print_report, summarise
+
+    rng = np.random.default_rng(0)
+    names = ("clp_dinov2", "dists", "hybrid.perceptual", "lpips_alex", "lr_psnr", "ms_ssim")
+    rows = [dict(image=f"{801 + i:04d}x4_realesrgan", scores={n: float(rng.random() * 1e-3) for n in names}) for i in range(6)]
+    summary = summarise(rows, {n: True for n in names})
+    out = io.StringIO()
+    print_report("realesrgan_x4plus", summary, [], Pairing(), Console(file=out, width=80))
+    printed = out.getvalue()
+    assert "…" not in printed
+    for s in summary.values():
+        assert all(f"{s[k]:.6g}" in printed for k in ("mean", "min", "max"))
+        assert all(f"{w['image']}={w['value']:.4g}" in printed for w in s["worst"])
 
 
 def test_eval_compares_models_in_one_pass_and_feeds_report(server, tmp_path):
