@@ -98,7 +98,7 @@ def _decode_npy(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
     warnings: list[str] = []
     pixels = _unit_pixels(array, field_name, ".npy", warnings)
     if pixels is None:
-        raise unsupported(field_name, f"{field_name}: .npy dtype {array.dtype} unsupported; use uint8, uint16, float16 or float32")
+        raise unsupported(field_name, f"{field_name}: .npy dtype {array.dtype} unsupported; use uint8, uint16, float16, float32 or float64")
     return Decoded(_to_rgb(pixels, field_name, warnings), warnings)
 
 
@@ -110,11 +110,14 @@ def _scaled(array: np.ndarray, scale: float) -> np.ndarray:
 
 
 def _unit_pixels(array: np.ndarray, field_name: str, float_source: str, warnings: list[str]) -> np.ndarray | None:
-    """uint8 / 255, uint16 / 65535, floats by ``unit_range``; None for any other dtype."""
-    if array.dtype in NPY_SCALES:
-        return _scaled(array, NPY_SCALES[array.dtype])
-    if array.dtype in NPY_FLOATS:
-        return unit_range(array.astype(np.float32), field_name, float_source, warnings)
+    """uint8 / 255, uint16 / 65535, floats by ``unit_range``; None for any other dtype. Either
+    byte order (a big-endian ``.npy`` holds the same numbers). Floats are checked and clamped in
+    their own precision, so a finite float64 beyond float32's range is clamped, not called Inf."""
+    native = array.dtype.newbyteorder("=")
+    if native in NPY_SCALES:
+        return _scaled(array, NPY_SCALES[native])
+    if native in NPY_FLOATS:
+        return unit_range(array, field_name, float_source, warnings).astype(np.float32)
     return None
 
 

@@ -106,6 +106,23 @@ def test_npy_floats_in_unit_range_pass_unchanged(dtype):
     assert np.array_equal(decoded.pixels, array.astype(np.float32)) and decoded.warnings == []
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float16, np.float32, np.float64])
+def test_npy_big_endian_decodes_as_its_native_twin(dtype):
+    """A big-endian file (saved on such a machine, or by a tool that writes '>u2') holds the same numbers."""
+    native = (RNG.random((5, 7, 3)) * (np.iinfo(dtype).max if np.dtype(dtype).kind == "u" else 1)).astype(dtype)
+    swapped = native.astype(np.dtype(dtype).newbyteorder(">"))
+    assert swapped.dtype.byteorder == ">" or swapped.dtype.itemsize == 1
+    big, little = decode(npy(swapped), "sr"), decode(npy(native), "sr")
+    assert np.array_equal(big.pixels, little.pixels) and big.warnings == little.warnings == []
+
+
+def test_npy_float64_beyond_float32_range_is_clamped_not_called_inf():
+    array = np.array([[[1e39, 0.5, -1e300]]], dtype=np.float64)  # finite, but inf once cast to float32
+    decoded = decode(npy(array), "sr")
+    assert np.array_equal(decoded.pixels, np.array([[[1.0, 0.5, 0.0]]], dtype=np.float32))
+    assert decoded.warnings == ["sr: .npy values outside [0, 1] were clamped"]
+
+
 def test_npy_version_2_header_and_channel_counts():
     gray = RNG.random((3, 5)).astype(np.float32)
     decoded = decode(npy(gray, version=(2, 0)), "sr")
@@ -150,7 +167,7 @@ def test_npy_refusals_name_the_problem():
     for dtype in (np.int32, np.bool_, np.complex64):
         error = refused(npy(np.zeros((3, 4, 3), dtype)))
         assert error.status == 415
-        assert error.message == f"gt: .npy dtype {np.dtype(dtype)} unsupported; use uint8, uint16, float16 or float32"
+        assert error.message == f"gt: .npy dtype {np.dtype(dtype)} unsupported; use uint8, uint16, float16, float32 or float64"
     error = refused(NPY_MAGIC_ONLY := b"\x93NUMPY\x01\x00garbage")
     assert error.status == 415 and error.message.startswith("gt: malformed .npy header (") and NPY_MAGIC_ONLY
     truncated = npy(np.zeros((64, 64, 3), np.float32))[:-100]
