@@ -71,7 +71,9 @@ def backbone_spec(name: str) -> BackboneSpec:
 
 
 def to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """Replicate grayscale (C=1) to three channels."""
+    """Replicate grayscale (C=1) to three channels; any other count but 3 is refused by name."""
+    if x.shape[1] not in (1, 3):
+        raise ValueError(f"backbones take RGB (C = 3) or grayscale (C = 1) images; got C = {x.shape[1]}")
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
 
 

@@ -31,14 +31,28 @@ def crop(x: torch.Tensor, border: int) -> torch.Tensor:
 
 def _to_255_scale(x: torch.Tensor, crop_border: int, y_channel: bool) -> torch.Tensor:
     """Apply the convention: float64, optional luma, then border crop; values on [0, 255]."""
-    if x.dim() != 4:
-        raise ValueError(f"expected a (B, C, H, W) tensor, got shape {tuple(x.shape)}")
     x = x.to(torch.float64)
     x = rgb_to_y(x) if y_channel else x * 255.0
     return crop(x, crop_border)
 
 
+def check_image(x: torch.Tensor, name: str) -> None:
+    """A (B, C, H, W) float tensor holding at least one image: anything else is a clear error
+    here, not a wrong number (a uint8 tensor read as [0, 1] gives a PSNR of about −40 dB; a
+    (C, H, W) one is C grayscale images) or an index error deep inside a metric."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"{name}: expected a (B, C, H, W) tensor, got shape {tuple(x.shape)} (one image: x[None])")
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: dtype {x.dtype}; images are floating-point in [0, 1] (for uint8 data: x / 255)")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name}: the batch is empty (B = 0)")
+
+
 def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
+    check_image(x, "x")
+    check_image(y, "y")
     if x.shape != y.shape:
         raise ValueError(f"images differ in shape: {tuple(x.shape)} vs {tuple(y.shape)}")
 
@@ -228,6 +242,8 @@ def lr_psnr(sr: torch.Tensor, lr: torch.Tensor, crop_border: int = 0, y_channel:
     """LR consistency (NTIRE 2022): PSNR between ``lr`` and ``sr`` downscaled by its integer
     scale with MATLAB's bicubic ``imresize`` (antialiased). Float64 on [0, 255]; ``crop_border``
     is in LR pixels."""
+    check_image(sr, "sr")
+    check_image(lr, "lr")
     scale = lr_scale(tuple(sr.shape[-2:]), tuple(lr.shape[-2:]))
     check_crop(tuple(lr.shape[-2:]), crop_border, 1, "lr_psnr")
     return psnr(imresize(sr, 1.0 / scale), lr, crop_border, y_channel)

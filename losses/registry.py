@@ -22,7 +22,7 @@ from .hybrid import HYBRID_PRESETS, PERCEPTUAL_TERM, hybrid_terms
 from .kd import KD_DEFAULTS, KD_VGG_TERM, kd_terms
 from .lpips_loss import LPIPS_TERMS, lpips_lin_weights_path, lpips_per_sample
 from .perceptual import distance_term, feature_distance, preset_view
-from .psnr_ssim import MS_SSIM_MIN_SIDE, SSIM_WINDOW, check_crop, lr_psnr, lr_scale, ms_ssim, psnr, ssim
+from .psnr_ssim import MS_SSIM_MIN_SIDE, SSIM_WINDOW, check_crop, check_image, lr_psnr, lr_scale, ms_ssim, psnr, ssim
 from .tables import add_named
 
 MetricFn = Callable[[ImageBatch, dict], "torch.Tensor | dict[str, torch.Tensor]"]
@@ -240,6 +240,11 @@ def compute(
     backbone: Callable[[str], Backbone] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Score a batch: ``{name: (B,)}`` plus ``{name.component: (B,)}`` for composite metrics."""
+    for role, image in images.items():
+        try:
+            check_image(image, role)
+        except (TypeError, ValueError) as exc:
+            raise MetricError(role, str(exc)) from None
     check_images(metrics, {role: tuple(image.shape[-2:]) for role, image in images.items()}, options)
     if backbone is None:
         device = images["sr"].device

@@ -179,8 +179,9 @@ def test_shape_refusals_say_what_was_given():
         ssim(x, x)
     with pytest.raises(ValueError, match=r"^images differ in shape: \(1, 3, 8, 8\) vs \(1, 3, 8, 9\)$"):
         psnr(x, torch.rand(1, 3, 8, 9))
-    with pytest.raises(ValueError, match=r"^expected a \(B, C, H, W\) tensor, got shape \(3, 8, 8\)$"):
-        psnr(x[0], x[0], y_channel=True)
+    for y_channel in (False, True):  # a (C, H, W) image is not C grayscale images
+        with pytest.raises(ValueError, match=r"^x: expected a \(B, C, H, W\) tensor, got shape \(3, 8, 8\) \(one image: x\[None\]\)$"):
+            psnr(x[0], x[0], y_channel=y_channel)
     with pytest.raises(ValueError, match="^SSIM needs images of at least 11×11, got 9×8$"):
         SSIMLoss()(torch.rand(1, 3, 8, 9), torch.rand(1, 3, 8, 9))
     big = torch.rand(1, 3, 20, 30)

@@ -112,6 +112,40 @@ def test_missing_image_is_named(images):
     assert info.value.field == "teacher"
 
 
+@pytest.mark.parametrize("bad, message", [
+    (lambda x: (x * 255).to(torch.uint8), r"dtype torch.uint8; images are floating-point in \[0, 1\]"),  # was PSNR ≈ −40 dB
+    (lambda x: x[0], r"expected a \(B, C, H, W\) tensor, got shape \(3, \d+, \d+\)"),  # was 3 grayscale images
+    (lambda x: x[:0], r"the batch is empty \(B = 0\)"),  # was an IndexError
+])
+def test_images_a_metric_would_misread_are_refused_by_role(images, bad, message):
+    for metrics in (["psnr"], ["psnr", "ssim", "lr_psnr"]):
+        chosen = get_metrics(metrics)
+        for role in ("sr", "lr"):
+            given = {**images, role: bad(images[role])}
+            with pytest.raises(MetricError, match=message) as info:
+                compute(chosen, given, resolve_options(chosen, {}))
+            assert info.value.field == role and str(info.value).startswith(f"{role}: ")
+    with pytest.raises(ValueError, match=message):
+        psnr(bad(images["sr"]), bad(images["gt"]))
+
+
+def test_backbones_refuse_channel_counts_other_than_1_or_3(weights_dir, images):
+    four = {role: torch.cat([image, image[:, :1]], dim=1) for role, image in images.items()}
+    chosen = get_metrics(["perceptual"])
+    with pytest.raises(ValueError, match="RGB \\(C = 3\\) or grayscale \\(C = 1\\) images; got C = 4"):
+        compute(chosen, four, resolve_options(chosen, {}))
+    assert psnr(four["sr"], four["gt"]).shape == (2,)  # pixel metrics take any channel count
+
+
+def test_grayscale_y_channel_equals_its_rgb_replica(images):
+    """A C = 1 image with y_channel is read as R = G = B (Y = 16 + 219·v), which is what the server
+    computes for a grayscale upload (decoded to RGB) and what BasicSR's colour-reading test gives."""
+    gray_sr, gray_gt = images["sr"][:, :1], images["gt"][:, :1]
+    rgb_sr, rgb_gt = gray_sr.expand(-1, 3, -1, -1), gray_gt.expand(-1, 3, -1, -1)
+    for fn in (psnr, ssim):
+        assert torch.allclose(fn(gray_sr, gray_gt, y_channel=True), fn(rgb_sr, rgb_gt, y_channel=True), rtol=0, atol=1e-12)
+
+
 def test_catalogue_entries():
     entry = REGISTRY["clp_dinov2"].catalogue_entry()
     assert entry == dict(name="clp_dinov2", lower_is_better=True, needs=["sr", "gt", "lr"], options=dict(loss_weight=1.0),
