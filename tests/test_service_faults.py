@@ -107,15 +107,40 @@ def test_distill_waits_in_the_same_bounded_queue(weights_dir):
     with serve(weights_dir, max_queue=2, max_batch_size=1, retry_after_s=3) as srv:
         scorer = srv.app.state.service.scorer
         original = scorer.compute_batch
-        scorer.compute_batch = lambda jobs: (time.sleep(0.5), original(jobs))[1]
+        started, release = threading.Event(), threading.Event()
+
+        def held(jobs):  # the first batch holds the device until the refusal is seen
+            started.set()
+            release.wait(60)
+            return original(jobs)
+
+        scorer.compute_batch = held
+
+        async def until(condition, what: str) -> None:
+            deadline = time.monotonic() + 30
+            while not await condition():
+                assert time.monotonic() < deadline, what
+                await asyncio.sleep(0.01)
 
         async def distill_while_full():
             async with httpx.AsyncClient(base_url=srv.url, timeout=60) as client:
-                scores = asyncio.gather(*(client.post("/v1/score", files=PAIR, data=dict(metrics="l1")) for _ in range(3)))
-                while metric_value((await client.get("/metrics")).text, "loss_service_queue_depth") < 2:
-                    await asyncio.sleep(0.01)
+                score = lambda: client.post("/v1/score", files=PAIR, data=dict(metrics="l1"))  # noqa: E731
+
+                async def first_started() -> bool:
+                    return started.is_set()
+
+                async def two_queued() -> bool:
+                    return metric_value((await client.get("/metrics")).text, "loss_service_queue_depth") >= 2
+
+                # One at a time: sent together, the second and third can both be queued before the
+                # device thread takes the first, and the third is then (rightly) the one refused.
+                first = asyncio.ensure_future(score())
+                await until(first_started, "the first batch never started")
+                queued = asyncio.gather(score(), score())
+                await until(two_queued, "the two requests behind the held batch never queued")
                 refused = await client.post("/v1/distill", **distill)
-                return refused, await scores
+                release.set()
+                return refused, [await first, *await queued]
 
         refused, scores = asyncio.run(distill_while_full())
         assert refused.status_code == 503 and refused.headers["retry-after"] == "3", refused.text
