@@ -301,9 +301,14 @@ def test_sigterm_under_load_drains(weights_dir):
         async def scenario():
             async with httpx.AsyncClient(base_url=srv.url, timeout=120) as client:
                 in_flight = [asyncio.create_task(client.post("/v1/score", files=files, data=dict(metrics="lpips_vgg"))) for _ in range(6)]
-                # SIGTERM only once the server holds all 6: a fixed sleep raced the uploads on a busy
-                # machine, and a request still uploading when draining starts rightly gets a 503.
-                while metric_value((await client.get("/metrics")).text, "loss_service_requests_in_flight") < 6:
+                # SIGTERM only once the server has accepted all 6 (in flight, or already answered):
+                # a fixed sleep raced the uploads on a busy machine, and a request still uploading
+                # when draining starts rightly gets a 503. Waiting for 6 in flight could wait forever
+                # once the first finished before the last arrived.
+                deadline = time.monotonic() + 60
+                while metric_value((await client.get("/metrics")).text, "loss_service_requests_in_flight") + sum(
+                        task.done() for task in in_flight) < 6:
+                    assert time.monotonic() < deadline, "the server never accepted the 6 requests"
                     await asyncio.sleep(0.05)
                 srv.process.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.3)
