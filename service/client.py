@@ -88,8 +88,11 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def _tensor_to_array(tensor: Any) -> np.ndarray:
-    """(C, H, W) or (1, C, H, W) tensor → H×W×C float32 (torch is already imported by the caller)."""
-    array = tensor.detach().float().cpu().numpy()
+    """(C, H, W) or (1, C, H, W) tensor → H×W×C array (torch is already imported by the caller).
+    An integer tensor keeps its dtype: uint8 from ``torchvision.io.read_image`` travels as PNG, as
+    a uint8 array does (made float, its 0–255 values would be clamped to 1). Floats become float32."""
+    tensor = tensor.detach().cpu()
+    array = (tensor.float() if tensor.is_floating_point() else tensor).numpy()
     if array.ndim == 4:
         if array.shape[0] != 1:
             raise ValueError(f"pass one image per field, got a batch of {array.shape[0]}")
@@ -119,7 +122,7 @@ def encode_image(image: Any, role: str) -> tuple[str, bytes, str]:
     if type(image).__module__.startswith("torch"):
         image = _tensor_to_array(image)
     if isinstance(image, np.ndarray):
-        if image.dtype in (np.uint8, np.uint16):
+        if image.dtype.newbyteorder("=") in (np.uint8, np.uint16):  # either byte order
             return f"{role}.png", _png(image), "image/png"
         if image.dtype.kind == "f":
             return f"{role}.npy", _npy(image.astype(np.float32, copy=False)), CONTENT_TYPES[".npy"]
