@@ -96,7 +96,13 @@ class Cell:
     mean: float
     low: float
     high: float
-    count: int
+    count: int  # images with a finite value: the mean is over these
+    scored: int  # images the run scored for this metric (a value of null, ±inf or NaN included)
+
+    @property
+    def partial(self) -> bool:
+        """Some images had no finite value (e.g. PSNR of an image identical to its reference)."""
+        return self.count < self.scored
 
 
 @dataclass
@@ -128,7 +134,8 @@ class Report:
                 values = run.values(metric)
                 if values.size:
                     low, high = bootstrap_mean_ci(values, seed, resamples)
-                    report.cells[run.group, run.model, metric] = Cell(float(values.mean()), low, high, int(values.size))
+                    scored = sum(1 for image in run.scores.values() if metric in image)
+                    report.cells[run.group, run.model, metric] = Cell(float(values.mean()), low, high, int(values.size), scored)
         return report
 
     @property
@@ -190,6 +197,14 @@ def arrow(metric: str, lower_is_better: bool) -> str:
 # --- Markdown and LaTeX -------------------------------------------------------------------------
 
 
+PARTIAL_NOTE = ("mean over the images with a finite value only: the others scored ±inf or NaN, "
+                "e.g. the PSNR of an image identical to its reference")
+
+
+def _mark(cell: Cell | None, text: str, dagger: str) -> str:
+    return text + dagger if cell is not None and cell.partial else text
+
+
 def markdown(report: Report) -> str:
     """One table per dataset/scale: rows are models, columns metrics; best per column bold."""
     lines = [f"<!-- loss-service report: mean over images; best per column in bold; ↑/↓ = higher/lower is better; "
@@ -202,14 +217,19 @@ def markdown(report: Report) -> str:
             for metric in report.metrics:
                 cell = report.cells.get((group, model, metric))
                 text = "–" if cell is None else fmt(metric, cell.mean)
-                row.append(f"**{text}**" if cell is not None and report.best(group, metric) == model else text)
+                text = f"**{text}**" if cell is not None and report.best(group, metric) == model else text
+                row.append(_mark(cell, text, "†"))
             lines.append("| " + " | ".join(row) + " |")
+        partial = [f"{model}: {metric} n = {c.count} of {c.scored}" for model in report.models_in(group) for metric in report.metrics
+                   if (c := report.cells.get((group, model, metric))) is not None and c.partial]
+        lines += ["", f"† {PARTIAL_NOTE} ({'; '.join(partial)})."] if partial else []
         lines.append("")
     return "\n".join(lines)
 
 
 LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "×": r"$\times$"}
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "×": r"$\times$",
+                 "±": r"$\pm$"}
 
 
 def latex_escape(text: str) -> str:
@@ -235,10 +255,13 @@ def latex(report: Report) -> str:
             for metric in metrics:
                 cell = report.cells.get((group, model, metric))
                 text = "--" if cell is None else fmt(metric, cell.mean)
-                row.append(rf"\textbf{{{text}}}" if cell is not None and report.best(group, metric) == model else text)
+                text = rf"\textbf{{{text}}}" if cell is not None and report.best(group, metric) == model else text
+                row.append(_mark(cell, text, r"$^\dagger$"))
         lines.append(" & ".join(row) + r" \\")
+    partial = any(cell.partial for cell in report.cells.values())
+    note = rf" $^\dagger${latex_escape(PARTIAL_NOTE)}." if partial else ""
     lines += [r"\bottomrule", r"\end{tabular}",
-              r"\caption{Mean over images; best per column in bold; $\uparrow$/$\downarrow$: higher/lower is better.}",
+              r"\caption{Mean over images; best per column in bold; $\uparrow$/$\downarrow$: higher/lower is better." + note + "}",
               r"\end{table}", ""]
     return "\n".join(lines)
 
@@ -446,10 +469,10 @@ def html_table(report: Report, group: str) -> str:
                 cells.append("<td>–</td>")
                 continue
             tip = (f"{metric}: mean {cell.mean:.6g}, {CONFIDENCE:.0%} bootstrap CI [{cell.low:.6g}, {cell.high:.6g}], "
-                   f"n = {cell.count}")
+                   f"n = {cell.count}" + (f" of {cell.scored}: {PARTIAL_NOTE}" if cell.partial else ""))
             best = ' class="best"' if report.best(group, metric) == model else ""
             half = fmt(metric, (cell.high - cell.low) / 2)
-            cells.append(f'<td{best} title="{_e(tip)}">{fmt(metric, cell.mean)}<span class="ci">±{half}</span></td>')
+            cells.append(f'<td{best} title="{_e(tip)}">{_mark(cell, fmt(metric, cell.mean), "†")}<span class="ci">±{half}</span></td>')
         swatch = f'<span style="color:{color_of(report, model)}">■</span> '
         rows.append(f"<tr><td>{swatch}{_e(model)}</td>{''.join(cells)}</tr>")
     return f'<table class="results"><thead><tr><th>model</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'

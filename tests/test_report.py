@@ -125,6 +125,29 @@ def test_markdown_and_latex_tables_carry_the_json_means(two_datasets):
         assert numbers == [float(f"{v:.{decimals(m)}f}") for v, m in zip(expected, ["psnr", "ssim", "lpips_alex"] * 2)]
 
 
+def test_a_mean_that_left_out_infinite_scores_is_marked(tmp_path):
+    """An SR image identical to its GT has PSNR +inf (null in the JSON): the mean is over the
+    finite values only, and the tables must say so rather than print it like any other mean."""
+    from service.report import html_table
+
+    path = eval_json(tmp_path, "Set5", 4, dict(EDSR=6.0, SwinIR=3.0))
+    data = json.loads(path.read_text())
+    data["models"]["SwinIR"]["results"][0]["scores"]["psnr"] = None
+    path.write_text(json.dumps(data))
+    report = Report.build(load_runs(path), seed=0, resamples=200)
+    cell = report.cells["Set5 ×4", "SwinIR", "psnr"]
+    finite = [r["scores"]["psnr"] for r in data["models"]["SwinIR"]["results"][1:]]
+    assert (cell.count, cell.scored, cell.partial) == (5, 6, True) and cell.mean == pytest.approx(np.mean(finite), rel=1e-12)
+    assert not report.cells["Set5 ×4", "EDSR", "psnr"].partial and not report.cells["Set5 ×4", "SwinIR", "ssim"].partial
+    md = markdown(report)
+    swinir = next(line for line in md.splitlines() if line.startswith("| SwinIR"))
+    assert swinir.split("|")[2].strip().endswith("†") and "†" not in swinir.split("|")[3]
+    assert "(SwinIR: psnr n = 5 of 6)" in md and md.count("†") == 2
+    tex = latex(report)
+    assert r"$^\dagger$" in tex and "±" not in tex and r"$\pm$inf" in tex  # pdflatex has no ± without a package
+    assert "n = 5 of 6" in html_table(report, "Set5 ×4")
+
+
 def test_html_is_self_contained_and_complete(two_datasets, tmp_path):
     out = tmp_path / "report.html"
     args = ["report", *map(str, two_datasets), "--html", str(out), "--markdown", str(tmp_path / "r.md"),
