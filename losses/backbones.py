@@ -71,7 +71,10 @@ def backbone_spec(name: str) -> BackboneSpec:
 
 
 def to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """Replicate grayscale (C=1) to three channels; any other count but 3 is refused by name."""
+    """Replicate grayscale (C=1) to three channels; any other count but 3, or an integer dtype
+    (a uint8 image would be normalised as if 0–255 were 0–1), is refused by name."""
+    if not x.is_floating_point():
+        raise ValueError(f"backbones take floating-point images in [0, 1]; got {x.dtype} (for uint8 data: x / 255)")
     if x.shape[1] not in (1, 3):
         raise ValueError(f"backbones take RGB (C = 3) or grayscale (C = 1) images; got C = {x.shape[1]}")
     return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x

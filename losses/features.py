@@ -18,6 +18,7 @@ from torch import nn
 
 from . import weights as W
 from .backbones import Backbone, backbone_spec, get_backbone
+from .psnr_ssim import check_image
 
 LayerWeights = Mapping[str, float] | Sequence[str]
 # Pixels one backbone pass forwards at most (rows × H × W): a batch runs in sample slices below
@@ -129,6 +130,8 @@ class ImageBatch:
 
     def __init__(self, images: Mapping[str, torch.Tensor], backbone: Callable[[str], Backbone],
                  terms: Iterable[LayerTerm] = ()):
+        for role, image in images.items():  # the loss classes come here without ``registry.compute``
+            check_image(image, role)
         self.images = dict(images)
         self.size = max(image.shape[0] for image in self.images.values())
         for role, image in self.images.items():

@@ -129,6 +129,25 @@ def test_images_a_metric_would_misread_are_refused_by_role(images, bad, message)
         psnr(bad(images["sr"]), bad(images["gt"]))
 
 
+@pytest.mark.parametrize("make, needs", [
+    (lambda: PerceptualLoss.from_preset("perceptual"), ("sr", "gt")), (lambda: VGGPerceptualLoss(), ("sr", "gt")),
+    (lambda: LPIPS(), ("sr", "gt")), (lambda: LPIPS("alex"), ("sr", "gt")), (lambda: DISTSLoss(), ("sr", "gt")),
+    (lambda: HybridLoss(), ("sr", "gt")), (lambda: CLPLoss("vgg19"), ("sr", "gt", "lr")),
+    (lambda: KDImageLoss(), ("sr", "gt", "teacher")),
+])
+def test_loss_classes_refuse_integer_images(weights_dir, images, make, needs):
+    """Four of these used to take a uint8 tensor silently (cast to float: 0–255 read as 0–1)."""
+    loss = make()
+    as_uint8 = {role: (images[role] * 255).round().to(torch.uint8) for role in needs}
+    with pytest.raises(ValueError, match=r"floating-point .*x / 255"):
+        loss(*as_uint8.values())
+    assert torch.isfinite(torch.as_tensor(_total(loss(*(images[role] for role in needs))))).all()
+
+
+def _total(value):
+    return value["total"] if isinstance(value, dict) else value
+
+
 def test_backbones_refuse_channel_counts_other_than_1_or_3(weights_dir, images):
     four = {role: torch.cat([image, image[:, :1]], dim=1) for role, image in images.items()}
     chosen = get_metrics(["perceptual"])
