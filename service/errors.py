@@ -10,13 +10,15 @@ import json
 
 
 class ServiceError(Exception):
-    def __init__(self, status: int, field: str | None, message: str, kind: str, headers: dict | None = None):
+    def __init__(self, status: int, field: str | None, message: str, kind: str, headers: dict | None = None,
+                 location: str = "body"):
         super().__init__(message)
         self.status, self.field, self.message, self.kind, self.headers = status, field, message, kind, headers
+        self.location = location  # "body" (a form field or the upload) or "query"
 
     @property
     def detail(self) -> list[dict]:
-        loc = ["body", self.field] if self.field else ["request"]
+        loc = [self.location, self.field] if self.field else ["request"]
         return [{"loc": loc, "msg": self.message, "type": self.kind}]
 
 
@@ -28,8 +30,8 @@ def unsupported(field: str, message: str) -> ServiceError:
     return ServiceError(415, field, message, "unsupported_media")
 
 
-def invalid(field: str, message: str) -> ServiceError:
-    return ServiceError(422, field, message, "invalid")
+def invalid(field: str, message: str, location: str = "body") -> ServiceError:
+    return ServiceError(422, field, message, "invalid", location=location)
 
 
 def unavailable(field: str | None, message: str, retry_after: int | None = None) -> ServiceError:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
+
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+
+from losses.registry import REGISTRY
 
 from . import distill
 from .errors import invalid
@@ -23,11 +27,30 @@ ERRORS = {
 }
 
 
-async def reject_duplicates(request: Request, fields: tuple[str, ...]) -> None:
+FORM_FIELDS = (*IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD)
+OPTION_NAMES = frozenset(key for metric in REGISTRY.values() for key in metric.options)
+
+
+async def check_fields(request: Request, once: bool) -> None:
+    """Refuse what would otherwise be ignored in silence: a query parameter or an unknown form
+    field (``crop_border=4`` as a field of its own would give the uncropped PSNR, ``metric=psnr``
+    the default metrics), and with ``once`` a repeated field (/v1/score takes one triplet)."""
+    for name in request.query_params:
+        advice = f"send {name!r} as a multipart form field" if name in FORM_FIELDS else f"the form fields are {list(FORM_FIELDS)}{_hint(name)}"
+        raise invalid(name, f"{request.url.path} takes no query parameters, got {name!r}; {advice}", location="query")
     form = await request.form()  # parsed once by FastAPI already; cached on the request
-    for name in fields:
-        if len(form.getlist(name)) > 1:
+    for name in form:
+        if name not in FORM_FIELDS:
+            raise invalid(name, f"unknown form field {name!r}; the fields are {list(FORM_FIELDS)}{_hint(name)}")
+        if once and len(form.getlist(name)) > 1:
             raise invalid(name, f"{name} given {len(form.getlist(name))} times; {SCORE_PATH} takes one triplet (use {SCORE_BATCH_PATH})")
+
+
+def _hint(name: str) -> str:
+    if name in OPTION_NAMES:
+        return f'; options go in the {OPTIONS_FIELD} field as JSON, e.g. {OPTIONS_FIELD}={{"{name}": ...}}'
+    close = difflib.get_close_matches(name.lower(), FORM_FIELDS, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def build_router(service) -> APIRouter:
@@ -43,12 +66,13 @@ def build_router(service) -> APIRouter:
         metrics: str = Form(DEFAULT_METRICS_FIELD, alias=METRICS_FIELD, description=METRICS_HELP),
         options: str = Form("{}", alias=OPTIONS_FIELD, description=OPTIONS_HELP),
     ) -> ScoreResponse:
-        await reject_duplicates(request, (*IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD))
+        await check_fields(request, once=True)
         plan = service.scorer.plan(metrics, options)
         return await service.score(dict(sr=sr, gt=gt, lr=lr, teacher=teacher), plan)
 
     @router.post(SCORE_BATCH_PATH, response_model=BatchResponse, tags=["scoring"])
     async def score_batch(
+        request: Request,
         sr: list[UploadFile] = File(..., description="SR images; the i-th of each field form triplet i"),
         gt: list[UploadFile] = File(..., description="ground truths paired with sr by order, or one for every sr"),
         lr: list[UploadFile] | None = File(None, description="LR inputs paired by order, or one for every sr"),
@@ -56,6 +80,7 @@ def build_router(service) -> APIRouter:
         metrics: str = Form(DEFAULT_METRICS_FIELD, alias=METRICS_FIELD, description=METRICS_HELP),
         options: str = Form("{}", alias=OPTIONS_FIELD, description=OPTIONS_HELP),
     ) -> BatchResponse:
+        await check_fields(request, once=False)
         plan = service.scorer.plan(metrics, options)
         return await service.score_batch(dict(sr=sr, gt=gt, lr=lr or [], teacher=teacher or []), plan)
 

@@ -162,6 +162,28 @@ def test_bad_input_gets_4xx_naming_the_field_and_server_keeps_serving(server, ca
     assert ok.status_code == 200
 
 
+@pytest.mark.parametrize("endpoint", ["/v1/score", "/v1/score/batch"])
+def test_fields_that_would_be_ignored_are_refused(server, endpoint):
+    """An option sent as a field of its own, a misspelt field or a query parameter used to be
+    dropped in silence: ``crop_border=4`` gave the uncropped PSNR with a 200."""
+    t = {k: v for k, v in triplet(seed=5).items() if k in ("sr", "gt")}
+    cases = [
+        (dict(metrics="psnr", crop_border="4"), "", ("body", "crop_border"), 'options={"crop_border": ...}'),
+        (dict(metrics="psnr", option='{"crop_border": 4}'), "", ("body", "option"), "did you mean 'options'?"),
+        (dict(metric="psnr"), "", ("body", "metric"), "did you mean 'metrics'?"),
+        (dict(), "?metrics=psnr", ("query", "metrics"), "send 'metrics' as a multipart form field"),
+    ]
+    for data, query, loc, advice in cases:
+        response = httpx.post(f"{server.url}{endpoint}{query}", files=files(t), data=data)
+        assert response.status_code == 422, (data, query, response.text)
+        (entry,) = response.json()["detail"]
+        assert tuple(entry["loc"]) == loc and advice in entry["msg"], entry
+    upper = httpx.post(f"{server.url}{endpoint}", files=files({**t, "LR": t["gt"]}), data=dict(metrics="psnr"))
+    assert upper.status_code == 422 and "did you mean 'lr'?" in upper.json()["detail"][0]["msg"]
+    cropped = httpx.post(f"{server.url}{endpoint}", files=files(t), data=dict(metrics="psnr", options='{"crop_border": 4}'))
+    assert cropped.status_code == 200
+
+
 def test_body_limit(server):
     big = b"\x00" * (5 * 2**20)
     response = httpx.post(f"{server.url}/v1/score", files=[("sr", ("a.png", big, "image/png")), ("gt", ("b.png", big, "image/png"))])
