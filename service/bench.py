@@ -180,6 +180,9 @@ def start_server(flags: list[str], env: dict[str, str] | None = None):
 async def _load(url: str, files: list, metric: str, concurrency: int, total: int) -> dict:
     import httpx
 
+    from .client import RequestSpec
+
+    form = RequestSpec.form("/v1/score", files, {"metrics": metric})  # encoded as LossClient sends it
     latencies, computes = [], []
     remaining = total
 
@@ -188,14 +191,14 @@ async def _load(url: str, files: list, metric: str, concurrency: int, total: int
         while remaining > 0:
             remaining -= 1
             start = time.perf_counter()
-            response = await client.post("/v1/score", files=files, data={"metrics": metric})
+            response = await client.post(form.path, content=form.content, headers=form.headers)
             latencies.append(time.perf_counter() - start)
             response.raise_for_status()
             computes.append(response.json()["timing_ms"]["compute"] / 1e3)
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
-        await client.post("/v1/score", files=files, data={"metrics": metric})  # warm the connection
+        await client.post(form.path, content=form.content, headers=form.headers)  # warm the connection
         start = time.perf_counter()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - start

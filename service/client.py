@@ -137,11 +137,17 @@ def encode_image(image: Any, role: str) -> tuple[str, bytes, str]:
 class RequestSpec:
     method: str
     path: str
-    files: list | None = None
-    data: dict | None = None
     params: dict | None = None
     content: bytes | None = None
     headers: dict = field(default_factory=dict)
+
+    @classmethod
+    def form(cls, path: str, files: list, data: dict) -> "RequestSpec":
+        """A multipart POST, encoded once by httpx into one body. Given ``files=``, httpx writes a
+        form field by field: ~10 TCP segments, each waking the server to parse a piece (0.5 ms of a
+        lone 128² request). One body goes out in one write, and a retry re-sends the same bytes."""
+        request = httpx.Request("POST", "http://form.invalid" + path, files=files, data=data)
+        return cls("POST", path, content=request.read(), headers={"Content-Type": request.headers["Content-Type"]})
 
 
 class ClientCore:
@@ -196,21 +202,21 @@ class ClientCore:
 
     def score_request(self, images: Mapping[str, Any], metrics=None, options: Mapping[str, Any] | None = None) -> RequestSpec:
         files = [(role, encode_image(images[role], role)) for role in IMAGE_ROLES if images.get(role) is not None]
-        return RequestSpec("POST", SCORE_PATH, files=files, data=self._form(metrics, options or {}))
+        return RequestSpec.form(SCORE_PATH, files, self._form(metrics, options or {}))
 
     def batch_request(self, triplets: Iterable[Mapping[str, Any]], metrics=None, options=None) -> RequestSpec:
         files = []
         for triplet in triplets:
             triplet = as_triplet(triplet)
             files += [(role, encode_image(triplet[role], role)) for role in IMAGE_ROLES if triplet.get(role) is not None]
-        return RequestSpec("POST", SCORE_BATCH_PATH, files=files, data=self._form(metrics, options or {}))
+        return RequestSpec.form(SCORE_BATCH_PATH, files, self._form(metrics, options or {}))
 
     def candidates_request(self, candidates: Sequence[Any], gt: Any, lr: Any = None, teacher: Any = None, metrics=None,
                            options=None) -> RequestSpec:
         """Many SR candidates against one reference: each reference image is sent once."""
         files = [("sr", encode_image(candidate, "sr")) for candidate in candidates]
         files += [(role, encode_image(image, role)) for role, image in (("gt", gt), ("lr", lr), ("teacher", teacher)) if image is not None]
-        return RequestSpec("POST", SCORE_BATCH_PATH, files=files, data=self._form(metrics, options or {}))
+        return RequestSpec.form(SCORE_BATCH_PATH, files, self._form(metrics, options or {}))
 
     def distill_request(self, tensors: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> RequestSpec:
         from safetensors.numpy import save
@@ -272,8 +278,8 @@ class Attempt:
     def __enter__(self) -> "Attempt":
         self.url = self.core.acquire()
         spec = self.spec
-        self.request_args = dict(method=spec.method, url=self.url + spec.path, files=spec.files, data=spec.data,
-                                 params=spec.params, content=spec.content, headers=spec.headers)
+        self.request_args = dict(method=spec.method, url=self.url + spec.path, params=spec.params, content=spec.content,
+                                 headers=spec.headers)
         return self
 
     def __exit__(self, kind, error, traceback) -> bool:

@@ -110,6 +110,41 @@ def test_two_urls_both_receive_traffic():
 
 
 @pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_a_form_goes_out_in_one_piece_and_a_retry_resends_the_same_bytes(flavour):
+    """Given ``files=``, httpx streams a form field by field (~10 writes, each waking the server);
+    the client encodes it once and sends one body, the same bytes on every try."""
+    import asyncio
+
+    bodies, pieces = [], []
+
+    def answer(chunks: list[bytes]) -> httpx.Response:
+        pieces.append(len(chunks))
+        bodies.append(b"".join(chunks))
+        if len(bodies) == 1:
+            return httpx.Response(503, headers={"Retry-After": "0"}, json={"detail": []})
+        return httpx.Response(200, json={"scores": {"psnr": 1.0}, "warnings": []})
+
+    sr, gt = random_image(8, 8, 1), random_image(8, 8, 2)
+    if flavour == "sync":
+        with LossClient("http://scorer", backoff=0.0) as client:
+            client.http = httpx.Client(transport=httpx.MockTransport(lambda request: answer(list(request.stream))))
+            client.score(sr, gt, metrics="psnr", crop_border=4)
+    else:
+        async def handler(request):
+            return answer([chunk async for chunk in request.stream])
+
+        async def go():
+            async with AsyncLossClient("http://scorer", backoff=0.0) as client:
+                client.http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+                await client.score(sr, gt, metrics="psnr", crop_border=4)
+
+        asyncio.run(go())
+    assert pieces == [1, 1] and bodies[0] == bodies[1]
+    for part in (b'name="sr"; filename=', b'name="gt"; filename=', b'name="metrics"\r\n\r\npsnr', b'{"crop_border": 4}'):
+        assert part in bodies[0]
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
 def test_progress_counts_a_result_before_handing_it_over(monkeypatch, flavour):
     """A consumer that stops at the last item (``zip`` over a list) must see the bar at its total
     and stopped, not one short and still running until the generator is collected."""

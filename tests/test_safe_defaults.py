@@ -61,6 +61,31 @@ def test_memory_guard_names_metric_size_estimate_budget_and_largest_fit():
     assert f"{4000 * 4000 * per_pixel / 2**30:.1f} GiB" in error.message and f"about {side}×{side}" in error.message
 
 
+def test_memory_guard_accepts_on_a_recent_reading_and_refuses_only_on_a_fresh_one(monkeypatch):
+    """The budget (available RAM, free CUDA memory) is read at most once a second for requests that
+    fit; a request that would not fit the last reading is judged on a new one."""
+    import torch
+
+    from service import memory
+
+    readings = iter([(2**30, "first"), (2**20, "second"), (2**20, "third"), (2**40, "fourth")])
+    guard = MemoryGuard(torch.device("cpu"), None, costs={"psnr": 100.0})
+    calls = []
+    monkeypatch.setattr(guard, "budget", lambda: calls.append(1) or next(readings))
+    clock = [100.0]
+    monkeypatch.setattr(memory.time, "monotonic", lambda: clock[0])
+    for _ in range(5):
+        guard.check(["psnr"], 256, 256, "sr")  # 9.2 MiB of 1 GiB: fits
+    assert len(calls) == 1
+    clock[0] += memory.BUDGET_FRESH_S + 0.1  # stale: read again (1 MiB), too small, so once more before refusing
+    with pytest.raises(Exception) as info:
+        guard.check(["psnr"], 256, 256, "sr")
+    assert len(calls) == 3 and info.value.status == 413 and "third" in info.value.message
+    guard.check(["psnr"], 4000, 4000, "sr")  # over the recent 1 MiB: read anew (1 TiB), fits
+    guard.check(["psnr"], 4000, 4000, "sr")  # fits the recent reading
+    assert len(calls) == 4
+
+
 def test_flat_huge_png_gets_413_at_once_under_defaults(weights_dir):
     """A flat 8000×8000 PNG compresses to a few hundred KB; the header alone refuses it."""
     upload = flat_png(8000, 8000)
