@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
 
 from .protocol import DEFAULT_METRICS, IMAGE_ROLES
@@ -15,6 +16,26 @@ from .stats import BOOTSTRAP_RESAMPLES
 
 DEFAULT_METRICS_ARG = ",".join(DEFAULT_METRICS)
 REPORT_PACKAGES = ("matplotlib", "scipy")
+
+
+class CommandFailed(Exception):
+    """A failure the user can act on, printed as one line instead of a traceback. ``code`` 2: what
+    was given is refused (as argparse and ``report`` refuse); 1: the environment failed."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
+def json_object(text: str) -> dict:
+    """``--options``: a JSON object, refused by argparse (exit 2) when it is not one."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc}); e.g. '{{\"crop_border\": 4}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, e.g. '{{\"crop_border\": 4}}', got {text!r}")
+    return value
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -60,9 +81,13 @@ def serve(args: argparse.Namespace) -> int:
 
 
 def _chosen_backbones(models: str | None) -> list:
-    from losses.backbones import BACKBONES, backbone_spec
+    from losses.backbones import BACKBONES
 
-    return list(BACKBONES.values()) if not models else [backbone_spec(name.strip()) for name in models.split(",") if name.strip()]
+    names = [name.strip() for name in (models or "").split(",") if name.strip()]
+    unknown = [name for name in names if name not in BACKBONES]
+    if unknown:
+        raise CommandFailed(f"unknown model(s) {unknown}; valid: {sorted(BACKBONES)}", 2)
+    return [BACKBONES[name] for name in names] or list(BACKBONES.values())
 
 
 def weights_fetch(args: argparse.Namespace) -> int:
@@ -76,7 +101,10 @@ def weights_fetch(args: argparse.Namespace) -> int:
             print(f"{spec.name}: present at {existing}")
             continue
         print(f"{spec.name}: downloading {spec.url} → {target}")
-        path = W.download(spec, target)
+        try:
+            path = W.download(spec, target)
+        except W.WeightsError as exc:
+            raise CommandFailed(str(exc), 1) from None
         print(f"{spec.name}: {path} ({W.checksum_status(spec, path)})")
     return 0
 
@@ -111,23 +139,42 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def score_local(args: argparse.Namespace) -> dict:
-    """Score one triplet in-process with ``losses.score`` (needs the server extra)."""
-    import json
-
+    """Score one triplet in-process with ``losses.score`` (needs the server extra), answered in
+    the server's shape: ±inf/NaN as null with a warning, decoding and random-weight warnings."""
     import torch
 
     import losses
+    from losses.registry import MetricError
+    from losses.weights import WeightsError
 
     from .decode import decode
+    from .errors import ServiceError
+    from .protocol import RANDOM_WEIGHTS_WARNING
+    from .scoring import finite_scores
 
     paths = {role: getattr(args, role) for role in IMAGE_ROLES if getattr(args, role)}
-    tensors = {role: torch.from_numpy(decode(open(path, "rb").read(), role).pixels).permute(2, 0, 1)[None] for role, path in paths.items()}
     setup = dict(metrics=_metric_names(args.metrics), device="cpu", pretrained=not args.random_weights, weights_dir=args.weights_dir,
-                 **json.loads(args.options or "{}"))
-    with torch.inference_mode():
-        scores = losses.score(**tensors, **setup)
-    return {"scores": {name: value.item() for name, value in scores.items()}, "pretrained": not args.random_weights, "device": "cpu",
-            "conventions": losses.conventions(**setup)}
+                 **(args.options or {}))
+    try:
+        decoded = {role: decode(_read(path), role) for role, path in paths.items()}
+        with torch.inference_mode():
+            values = losses.score(**{role: torch.from_numpy(d.pixels).permute(2, 0, 1)[None] for role, d in decoded.items()}, **setup)
+        conventions = losses.conventions(**setup)
+    except (ServiceError, MetricError) as exc:
+        raise CommandFailed(str(exc), 2) from None
+    except WeightsError as exc:
+        raise CommandFailed(str(exc), 1) from None
+    scores, warnings = finite_scores({name: value.item() for name, value in values.items()})
+    warnings = [w for d in decoded.values() for w in d.warnings] + warnings + ([] if setup["pretrained"] else [RANDOM_WEIGHTS_WARNING])
+    return {"scores": scores, "pretrained": setup["pretrained"], "device": "cpu", "warnings": warnings, "conventions": conventions}
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise CommandFailed(f"{path}: {exc.strerror}", 2) from None
 
 
 def _metric_names(text: str) -> list[str]:
@@ -135,21 +182,22 @@ def _metric_names(text: str) -> list[str]:
 
 
 def score(args: argparse.Namespace) -> int:
-    import json
-
     if args.local:
         result = score_local(args)
     else:
         from .client import LossClient
 
         with LossClient(args.url, api_key=args.api_key) as client:
-            result = client.score(args.sr, args.gt, args.lr, args.teacher, args.metrics, **json.loads(args.options or "{}"))
+            try:
+                result = client.score(args.sr, args.gt, args.lr, args.teacher, args.metrics, **(args.options or {}))
+            except OSError as exc:  # an image path that cannot be read
+                raise CommandFailed(f"{exc.filename}: {exc.strerror}", 2) from None
     if args.as_json:
         print(json.dumps(result, indent=2))
     else:
         width = max(map(len, result["scores"]))
         for name, value in result["scores"].items():
-            print(f"{name:<{width}}  {value}")
+            print(f"{name:<{width}}  {'null' if value is None else value}")  # null: see the warning
         for warning in result.get("warnings", []):
             print(f"warning: {warning}", file=sys.stderr)
     return 0
@@ -204,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--metrics", default=DEFAULT_METRICS_ARG, help=f"comma list (default {DEFAULT_METRICS_ARG})")
     ev.add_argument("--crop-border", type=int, default=None, help="pixels cropped from each edge for psnr/ssim")
     ev.add_argument("--y-channel", action="store_true", help="psnr/ssim on the BT.601 luma channel")
-    ev.add_argument("--options", default=None, help="further metric options as JSON")
+    ev.add_argument("--options", type=json_object, default=None, help="further metric options as a JSON object")
     ev.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     ev.add_argument("--out", default="results.csv", help="CSV path (default results.csv)")
     ev.add_argument("--json", default=None, help="JSON results path: per model, per-image scores and image paths, "
@@ -216,16 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=evaluate)
 
     one = commands.add_parser("score", help="score one triplet and print the scores")
-    one.add_argument("sr")
-    one.add_argument("gt")
-    one.add_argument("lr", nargs="?")
-    one.add_argument("--teacher")
+    one.add_argument("sr", help="SR image (PNG, JPEG, BMP, TIFF, WebP or .npy)")
+    one.add_argument("gt", help="ground truth, same size as sr")
+    one.add_argument("lr", nargs="?", help="low-resolution input (metrics lr_psnr, clp_*)")
+    one.add_argument("--teacher", help="teacher output, same size as sr (metric kd)")
     one.add_argument("--metrics", default=DEFAULT_METRICS_ARG, help=f"comma list (default {DEFAULT_METRICS_ARG})")
-    one.add_argument("--options", default=None, help='metric options as JSON, e.g. {"crop_border": 4}')
+    one.add_argument("--options", type=json_object, default=None, help='metric options as a JSON object, e.g. {"crop_border": 4}')
     where = one.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", action="append", help="score through a server")
     where.add_argument("--local", action="store_true", help="score in-process with the library (server extra)")
-    one.add_argument("--api-key", default=None)
+    one.add_argument("--api-key", default=None, help="with --url: the server's API key")
     one.add_argument("--weights-dir", default=None, help="with --local")
     one.add_argument("--random-weights", action="store_true", help="with --local: explicit opt-in to random weights")
     one.add_argument("--json", dest="as_json", action="store_true", help="print the full JSON response")
@@ -264,7 +312,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from .client import BadRequest, LossServiceError
+
+    try:
+        return args.func(args)
+    except CommandFailed as exc:
+        failure, code = str(exc), exc.code
+    except LossServiceError as exc:  # the server refused (4xx) or could not be reached or answered 5xx
+        failure, code = str(exc), 2 if isinstance(exc, BadRequest) else 1
+    print(f"loss-service {args.command}: error: {failure}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

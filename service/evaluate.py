@@ -187,7 +187,7 @@ def run_eval(args) -> int:
     if args.y_channel:
         options["y_channel"] = True
     if args.options:
-        options.update(json.loads(args.options))
+        options.update(args.options)
     metric_names = [m.strip() for m in args.metrics.split(",") if m.strip()]
 
     results = {name: list(rows) for name, rows in previous.items()}

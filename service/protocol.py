@@ -15,6 +15,7 @@ DISTILL_CONFIG_PARAM = "config"
 
 # Metrics scored when a request names none (equal to ``losses.DEFAULT_METRICS``; a test pins it).
 DEFAULT_METRICS = ("psnr", "ssim", "perceptual")
+RANDOM_WEIGHTS_WARNING = "random backbone weights (--random-weights): scores are not comparable"
 
 API_PREFIX = "/v1"
 SCORE_PATH = f"{API_PREFIX}/score"

@@ -18,7 +18,7 @@ from .batcher import Batcher, BatchTooLarge, QueueFull, ShuttingDown
 from .decode import decode
 from .errors import ServiceError, invalid, unavailable
 from .memory import MemoryGuard
-from .protocol import IMAGE_ROLES
+from .protocol import IMAGE_ROLES, RANDOM_WEIGHTS_WARNING
 from .schemas import BatchResponse, ScoreResponse, ScoreResult
 from .scoring import Job, Plan, Scorer, finite_scores, too_large_for_device
 from .settings import Settings
@@ -150,7 +150,7 @@ class ScoringService:
 
     @property
     def random_weights_warning(self) -> list[str]:
-        return [] if self.scorer.pretrained else ["random backbone weights (--random-weights): scores are not comparable"]
+        return [] if self.scorer.pretrained else [RANDOM_WEIGHTS_WARNING]
 
     async def _submit(self, job: Job):
         cost = (job.pixels, self.memory.estimate(job.plan.metrics, job.pixels))

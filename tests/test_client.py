@@ -342,6 +342,58 @@ def test_score_command(server, tmp_path, capsys):
     assert local["conventions"]["metrics"] == remote["conventions"]["metrics"] and local["conventions"]["weights"] == remote["conventions"]["weights"]
 
 
+def test_score_command_answers_as_the_server_does(server, tmp_path, capsys):
+    """``score --local`` of identical images prints valid JSON (null, not Infinity) with the
+    server's warnings; with random weights it says so in every output, as the server does."""
+    a, rgba = tmp_path / "a.png", tmp_path / "rgba.png"
+    Image.fromarray(random_image(20, 20, 1)).save(a)
+    Image.fromarray(np.dstack([random_image(20, 20, 1), np.full((20, 20), 255, np.uint8)])).save(rgba)
+    outputs = {}
+    for where in (["--url", server.url], ["--local"]):
+        assert cli_main(["score", str(a), str(rgba), *where, "--metrics", "psnr,perceptual", "--json"]) == 0
+        outputs[where[0]] = json.loads(capsys.readouterr().out)  # json.loads accepts Infinity: check the text too
+    remote, local = outputs["--url"], outputs["--local"]
+    assert local["scores"]["psnr"] is None and remote["scores"]["psnr"] is None
+    assert local["scores"]["perceptual"] == pytest.approx(remote["scores"]["perceptual"], abs=1e-7)
+    assert local["warnings"] == remote["warnings"]
+    assert "gt: alpha channel dropped" in local["warnings"] and any("reported as null" in w for w in local["warnings"])
+    assert cli_main(["score", str(a), str(a), "--local", "--random-weights", "--metrics", "psnr,perceptual", "--json"]) == 0
+    printed = capsys.readouterr().out
+    assert "Infinity" not in printed and json.loads(printed)["pretrained"] is False
+    assert "random backbone weights (--random-weights): scores are not comparable" in json.loads(printed)["warnings"]
+    assert cli_main(["score", str(a), str(a), "--local", "--random-weights", "--metrics", "psnr,perceptual"]) == 0
+    printed = capsys.readouterr()
+    assert "psnr        null" in printed.out and "random backbone weights" in printed.err
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["{a}", "{missing}", "--local", "--metrics", "psnr"], 2, "missing.png: No such file or directory"),
+    (["{a}", "{missing}", "--url", "{url}"], 2, "missing.png: No such file or directory"),
+    (["{a}", "{a}", "--local", "--metrics", "psnr", "--options", '{{"crop_border": 40}}'], 2, "largest valid crop_border is 9"),
+    (["{a}", "{a}", "--url", "{url}", "--metrics", "psnr", "--options", '{{"crop_border": 40}}'], 2, "largest valid crop_border is 9"),
+    (["{a}", "{a}", "--local", "--metrics", "nope"], 2, "unknown metric(s) ['nope']"),
+    (["{a}", "{a}", "--local", "--metrics", "perceptual", "--weights-dir", "{tmp}"], 1, "weights for 'vgg16' not found"),
+    (["{a}", "{a}", "--url", "http://127.0.0.1:9", "--metrics", "psnr"], 1, "Connection refused"),
+])
+def test_score_command_failures_are_one_line_and_an_exit_code(server, tmp_path, capsys, monkeypatch, args, code, message):
+    monkeypatch.delenv("LOSS_SERVICE_WEIGHTS_DIR", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr("service.client.ClientCore.retry_delay", lambda self, attempt, response: None)  # no retries
+    a = tmp_path / "a.png"
+    Image.fromarray(random_image(20, 20, 1)).save(a)
+    filled = [arg.format(a=a, missing=tmp_path / "missing.png", url=server.url, tmp=tmp_path) for arg in args]
+    assert cli_main(["score", *filled]) == code
+    err = capsys.readouterr().err
+    assert err.startswith("loss-service score: error: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("options", ["{crop_border: 4}", "[4]"])
+def test_options_that_are_not_a_json_object_are_refused_by_the_parser(options, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(["score", "a.png", "b.png", "--local", "--options", options])
+    assert info.value.code == 2 and "argument --options:" in capsys.readouterr().err
+
+
 def test_client_imports_without_torch_or_fastapi():
     blocker = (
         "import sys\n"
