@@ -29,7 +29,9 @@ def _by_stem(directory: Path, suffix: str) -> tuple[dict[str, Path], list[str]]:
     found: dict[str, Path] = {}
     ambiguous = []
     for path in sorted(directory.iterdir()):
-        if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+        # Hidden files are not images of the set: macOS leaves "._img0.png" (AppleDouble
+        # metadata) beside every file copied from its disks, which would pair and fail to decode.
+        if path.name.startswith(".") or not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         stem = path.stem.removesuffix(suffix) if suffix else path.stem
         if stem in found:

@@ -282,6 +282,10 @@ def test_pairing_edge_cases(tmp_path):
     assert any("img0" in a for a in pair_folders(dirs, {"sr": "_x4", "lr": "x4"}).ambiguous)
     without_suffix = pair_folders({k: dirs[k] for k in ("sr", "gt")}, {})
     assert not without_suffix.pairs and len(without_suffix.unpaired["sr"]) == 5
+    for role, name in (("sr", "._img5_x4.png"), ("gt", "._img5.png"), ("gt", ".hidden.png")):  # macOS AppleDouble files
+        (dirs[role] / name).write_bytes(b"\x00\x05\x16\x07" + bytes(60))
+    hidden = pair_folders(dirs, {"sr": "_x4", "lr": "x4"})
+    assert "._img5" not in hidden.pairs and hidden.unpaired == {"gt": ["lonely.png"]}
 
 
 def test_eval_writes_what_the_server_answers_and_resumes(server, tmp_path, capsys):
