@@ -183,7 +183,8 @@ class Scorer:
         sr_size = decoded["sr"].size
         for role in ("gt", "teacher"):
             if role in decoded and decoded[role].size != sr_size:
-                raise invalid(role, f"{role} is {_hw(decoded[role].size)} but sr is {_hw(sr_size)}; they must match")
+                raise invalid(role, f"{role} is {_hw(decoded[role].size)} but sr is {_hw(sr_size)}; they must match"
+                                    + _mod_crop_hint(decoded[role].size, sr_size))
         if "lr" in decoded and (decoded["lr"].size[0] > sr_size[0] or decoded["lr"].size[1] > sr_size[1]):
             raise invalid("lr", f"lr is {_hw(decoded['lr'].size)}, larger than sr {_hw(sr_size)}; were the fields swapped?")
         warnings = [w for d in decoded.values() for w in d.warnings]
@@ -244,6 +245,19 @@ class Scorer:
 
 def _hw(size: tuple[int, int]) -> str:
     return f"{size[1]}×{size[0]}"
+
+
+MOD_CROP_SLACK = 16  # pixels: beyond the largest SR scale's remainder (×8 leaves at most 7)
+
+
+def _mod_crop_hint(reference: tuple[int, int], sr: tuple[int, int]) -> str:
+    """A reference a few pixels larger than sr is usually a benchmark GT that was not cropped to a
+    multiple of the scale (Urban100, Manga109): say what SR evaluation code does about it."""
+    extra = (reference[0] - sr[0], reference[1] - sr[1])
+    if min(extra) < 0 or max(extra) >= MOD_CROP_SLACK:
+        return ""
+    return (f"; a ground truth slightly larger than sr was usually not cropped to a multiple of the scale (mod-crop): "
+            f"crop its bottom and right edges to {_hw(sr)}, as BasicSR's test datasets do, and send it again")
 
 
 def finite_scores(scores: dict[str, float]) -> tuple[dict[str, float | None], list[str]]:

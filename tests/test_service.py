@@ -162,6 +162,17 @@ def test_bad_input_gets_4xx_naming_the_field_and_server_keeps_serving(server, ca
     assert ok.status_code == 200
 
 
+@pytest.mark.parametrize("gt_shape, hinted", [((34, 35), True), ((32, 33), True), ((48, 32), False), ((30, 32), False)])
+def test_a_gt_a_few_pixels_larger_gets_the_mod_crop_hint(server, gt_shape, hinted):
+    """Benchmark GTs not cropped to a multiple of the scale are the usual cause of a mismatch."""
+    sr, gt = random_image(32, 32, 1), random_image(*gt_shape, 2)
+    response = httpx.post(f"{server.url}/v1/score", files=files({"sr": png_bytes(sr), "gt": png_bytes(gt)}), data=dict(metrics="psnr"))
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "gt"]
+    message = response.json()["detail"][0]["msg"]
+    assert message.startswith(f"gt is {gt_shape[1]}×{gt_shape[0]} but sr is 32×32; they must match")
+    assert ("mod-crop" in message and "crop its bottom and right edges to 32×32" in message) == hinted
+
+
 @pytest.mark.parametrize("endpoint", ["/v1/score", "/v1/score/batch"])
 def test_fields_that_would_be_ignored_are_refused(server, endpoint):
     """An option sent as a field of its own, a misspelt field or a query parameter used to be
