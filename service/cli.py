@@ -153,8 +153,10 @@ def score_local(args: argparse.Namespace) -> dict:
     from .scoring import finite_scores
 
     paths = {role: getattr(args, role) for role in IMAGE_ROLES if getattr(args, role)}
-    setup = dict(metrics=_metric_names(args.metrics), device="cpu", pretrained=not args.random_weights, weights_dir=args.weights_dir,
-                 **(args.options or {}))
+    setup = dict(metrics=_metric_names(args.metrics), device="cpu", pretrained=not args.random_weights, weights_dir=args.weights_dir)
+    if reserved := sorted(set(setup) & set(args.options or {})):
+        raise CommandFailed(f"--options holds metric options only (e.g. crop_border); {reserved} are flags of their own", 2)
+    setup.update(args.options or {})
     try:
         decoded = {role: decode(_read(path), role) for role, path in paths.items()}
         with torch.inference_mode():

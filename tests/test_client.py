@@ -376,6 +376,8 @@ def test_score_command_answers_as_the_server_does(server, tmp_path, capsys):
     (["{a}", "{a}", "--local", "--metrics", "psnr", "--options", '{{"crop_border": 40}}'], 2, "largest valid crop_border is 9"),
     (["{a}", "{a}", "--url", "{url}", "--metrics", "psnr", "--options", '{{"crop_border": 40}}'], 2, "largest valid crop_border is 9"),
     (["{a}", "{a}", "--local", "--metrics", "nope"], 2, "unknown metric(s) ['nope']"),
+    (["{a}", "{a}", "--local", "--metrics", "psnr", "--options", '{{"device": "cuda"}}'], 2, "['device'] are flags of their own"),
+    (["{a}", "{a}", "--local", "--metrics", "psnr", "--options", '{{"bogus": 1}}'], 2, "unknown option(s) ['bogus']"),
     (["{a}", "{a}", "--local", "--metrics", "perceptual", "--weights-dir", "{tmp}"], 1, "weights for 'vgg16' not found"),
     (["{a}", "{a}", "--url", "http://127.0.0.1:9", "--metrics", "psnr"], 1, "Connection refused"),
 ])
