@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import sys
 
 from .protocol import DEFAULT_METRICS, IMAGE_ROLES
@@ -36,6 +37,21 @@ def json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"must be a JSON object, e.g. '{{\"crop_border\": 4}}', got {text!r}")
     return value
+
+
+def number(kind: type, minimum: float, above: bool = False):
+    """An argparse type: a finite ``kind`` of at least ``minimum`` (strictly above with ``above``),
+    so ``--concurrency 0`` or ``--seed -1`` is a usage error, not a traceback mid-run."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (above and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {'above' if above else 'at least'} {minimum}, got {text}")
+        return value
+
+    return parse
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -247,21 +263,21 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--lr", help="folder of LR inputs (for clp_*)")
     ev.add_argument("--teacher", help="folder of teacher outputs (for kd)")
     ev.add_argument("--dataset", default=None, help="dataset name recorded in the JSON (e.g. Set5), used by `report`")
-    ev.add_argument("--scale", type=int, default=None, help="SR scale recorded in the JSON (e.g. 4), used by `report`")
+    ev.add_argument("--scale", type=number(int, 1), default=None, help="SR scale recorded in the JSON (e.g. 4), used by `report`")
     ev.add_argument("--sr-suffix", default="", help="suffix stripped from SR stems, e.g. _x4 or _SR")
     ev.add_argument("--lr-suffix", default="", help="suffix stripped from LR stems, e.g. x4")
     ev.add_argument("--teacher-suffix", default="", help="suffix stripped from teacher stems")
     ev.add_argument("--metrics", default=DEFAULT_METRICS_ARG, help=f"comma list (default {DEFAULT_METRICS_ARG})")
-    ev.add_argument("--crop-border", type=int, default=None, help="pixels cropped from each edge for psnr/ssim")
+    ev.add_argument("--crop-border", type=number(int, 0), default=None, help="pixels cropped from each edge for psnr/ssim")
     ev.add_argument("--y-channel", action="store_true", help="psnr/ssim on the BT.601 luma channel")
     ev.add_argument("--options", type=json_object, default=None, help="further metric options as a JSON object")
-    ev.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    ev.add_argument("--concurrency", type=number(int, 1), default=8, help="requests in flight (default 8)")
     ev.add_argument("--out", default="results.csv", help="CSV path (default results.csv)")
     ev.add_argument("--json", default=None, help="JSON results path: per model, per-image scores and image paths, "
                     "plus the conventions record (the input of `report`)")
     ev.add_argument("--resume", action="store_true", help="skip images already in --json (or --out)")
     ev.add_argument("--api-key", default=None, help="bearer token")
-    ev.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    ev.add_argument("--timeout", type=number(float, 0, above=True), default=120.0, help="seconds per request")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=evaluate)
 
@@ -303,10 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--metrics", default=None, help="comma list of metrics to report (default: every metric in the results)")
     rep.add_argument("--x", default=None, help="x axis of the perception–distortion plot (default psnr)")
     rep.add_argument("--y", default=None, help="y axis of the perception–distortion plot (default lpips_alex, lpips_vgg, dists or perceptual)")
-    rep.add_argument("--worst", type=int, default=3, help="worst images shown per metric and model, over its datasets (default 3; 0: no gallery)")
-    rep.add_argument("--crop", type=int, default=128, help="side of the gallery crops in pixels (default 128)")
-    rep.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
-    rep.add_argument("--resamples", type=int, default=BOOTSTRAP_RESAMPLES, help=f"bootstrap resamples (default {BOOTSTRAP_RESAMPLES})")
+    rep.add_argument("--worst", type=number(int, 0), default=3, help="worst images shown per metric and model, over its datasets (default 3; 0: no gallery)")
+    rep.add_argument("--crop", type=number(int, 1), default=128, help="side of the gallery crops in pixels (default 128)")
+    rep.add_argument("--seed", type=number(int, 0), default=0, help="bootstrap seed (default 0)")
+    rep.add_argument("--resamples", type=number(int, 1), default=BOOTSTRAP_RESAMPLES, help=f"bootstrap resamples (default {BOOTSTRAP_RESAMPLES})")
     rep.add_argument("--title", default="Model comparison", help="page title")
     rep.set_defaults(func=report)
     return parser

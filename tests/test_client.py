@@ -400,6 +400,28 @@ def test_options_that_are_not_a_json_object_are_refused_by_the_parser(options, c
     assert info.value.code == 2 and "argument --options:" in capsys.readouterr().err
 
 
+EVAL = ["eval", "--url", "http://127.0.0.1:9", "--sr", "sr", "--gt", "gt"]
+REPORT = ["report", "results.json", "--html", "report.html"]
+
+
+@pytest.mark.parametrize("args, flag", [
+    (EVAL + ["--concurrency", "0"], "--concurrency"),  # was a ValueError from the thread pool mid-run
+    (EVAL + ["--timeout", "0"], "--timeout"),
+    (EVAL + ["--timeout", "nan"], "--timeout"),
+    (EVAL + ["--crop-border", "-1"], "--crop-border"),  # was a 422 for every image
+    (EVAL + ["--scale", "0"], "--scale"),
+    (REPORT + ["--seed", "-1"], "--seed"),  # was NumPy's ValueError after loading every file
+    (REPORT + ["--resamples", "0"], "--resamples"),
+    (REPORT + ["--worst", "-2"], "--worst"),
+    (REPORT + ["--crop", "0"], "--crop"),
+    (REPORT + ["--crop", "12.5"], "--crop"),
+])
+def test_out_of_range_command_flags_are_usage_errors(args, flag, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli_main(args)
+    assert info.value.code == 2 and f"argument {flag}:" in capsys.readouterr().err
+
+
 def test_client_imports_without_torch_or_fastapi():
     blocker = (
         "import sys\n"
