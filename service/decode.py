@@ -2,8 +2,9 @@
 
 PNG (8/16 bit), JPEG, WebP, BMP, TIFF (8/16 bit, 32-bit integer, float) and NumPy ``.npy``
 (never with pickle). Alpha is dropped with a warning; palette, grayscale and CMYK become RGB;
-EXIF orientation is not applied. Where Pillow would drop bits (16-bit colour PNG and TIFF) or
-cannot read the file (float or 32-bit colour TIFF), pypng and tifffile read every bit.
+EXIF orientation is not applied. PNGs are read by libpng (imagecodecs), every bit and ~2× faster
+than Pillow; where Pillow would drop bits (16-bit colour PNG and TIFF) or cannot read the file
+(float or 32-bit colour TIFF), pypng and tifffile read every bit.
 """
 
 from __future__ import annotations
@@ -139,14 +140,48 @@ def _is_16bit_color_png(image: Image.Image, data: bytes) -> bool:
 
 
 def _decode_16bit_png(data: bytes) -> np.ndarray:
-    """Pillow reduces 16-bit colour PNGs to 8 bits; pypng keeps every bit."""
+    """An interlaced 16-bit colour PNG: Pillow reduces it to 8 bits; pypng keeps every bit. The
+    stored samples (``read``, not ``asDirect``): a tRNS colour key adds no alpha, as with libpng."""
     import png
 
     try:
-        width, height, rows, info = png.Reader(bytes=data).asDirect()
+        width, height, rows, info = png.Reader(bytes=data).read()
         return np.vstack(list(rows)).reshape(height, width, info["planes"])  # rows are array('H'): uint16
     except png.Error as exc:  # a truncated or corrupt file, like Pillow's OSError for 8-bit PNGs
         raise ValueError(str(exc)) from None
+
+
+def _libpng_reads(image: Image.Image) -> bool:
+    """Every PNG but an interlaced one (libpng warns on stderr about each) and a palette with
+    transparency (whose alpha drop with a warning is Pillow's conversion): the same pixels as
+    Pillow or pypng, ~2× Pillow's speed at 8 bits, ~20× pypng's at 16, and off the GIL."""
+    return image.format == "PNG" and not image.info.get("interlace") and not (image.mode == "P" and "transparency" in image.info)
+
+
+def _decode_png(data: bytes) -> np.ndarray:
+    """uint8 or uint16, H×W or H×W×C, as stored (palettes expanded, 1/2/4-bit grey scaled to 8)."""
+    import imagecodecs
+
+    try:
+        return imagecodecs.png_decode(_critical_chunks(data))
+    except imagecodecs.PngError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _critical_chunks(data: bytes) -> bytes:
+    """The PNG without its ancillary chunks (colour profiles, text, a tRNS colour key that hides no
+    channel): none changes the stored values we read, and libpng prints a line on stderr for each
+    odd one ("iCCP: known incorrect sRGB profile" is common)."""
+    view, kept, offset = memoryview(data), [data[:8]], 8
+    while offset + 8 <= len(data):
+        end = offset + 12 + int.from_bytes(view[offset:offset + 4], "big")
+        kind = bytes(view[offset + 4:offset + 8])
+        if end > len(data) and kind != b"IEND":  # a lost IEND loses no pixel; Pillow reads such a file too
+            raise ValueError(f"the file ends inside its {kind.decode('latin-1')} chunk")
+        if not kind[0] & 0x20:  # bit 5 of a chunk type's first letter is clear for IHDR, PLTE, IDAT, IEND
+            kept.append(view[offset:end])
+        offset = end
+    return b"".join(kept)
 
 
 def _decode_image(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
@@ -166,6 +201,9 @@ def _decode_image(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
     check(height, width)
     warnings: list[str] = []
     try:
+        if _libpng_reads(image):
+            array = _decode_png(data)
+            return Decoded(_to_rgb(_scaled(array, NPY_SCALES[array.dtype]), field_name, warnings), warnings)
         if _is_16bit_color_png(image, data):
             array = _scaled(_decode_16bit_png(data), 65535.0)
         else:

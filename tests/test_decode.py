@@ -21,12 +21,48 @@ def encoded(image: Image.Image, fmt: str, **params) -> bytes:
     return buffer.getvalue()
 
 
-def png16(array: np.ndarray) -> bytes:
+def png16(array: np.ndarray, bitdepth: int = 16, **params) -> bytes:
+    """A PNG written by pypng (not libpng, not Pillow): greyscale or colour, alpha from the shape."""
     height, width = array.shape[:2]
     planes = 1 if array.ndim == 2 else array.shape[2]
     buffer = io.BytesIO()
-    png.Writer(width, height, bitdepth=16, greyscale=planes == 1).write(buffer, array.reshape(height, width * planes).tolist())
+    png.Writer(width, height, bitdepth=bitdepth, greyscale=planes in (1, 2), alpha=planes in (2, 4), **params).write(
+        buffer, array.reshape(height, width * planes).tolist())
     return buffer.getvalue()
+
+
+PNG_LAYOUTS = [(bits, 1) for bits in (1, 2, 4)] + [(bits, planes) for bits in (8, 16) for planes in (1, 2, 3, 4)]
+
+
+@pytest.mark.parametrize("interlace", [False, True])
+@pytest.mark.parametrize("bits, planes", PNG_LAYOUTS)
+def test_every_png_layout_reads_the_stored_values(bits, planes, interlace):
+    """Each bit depth × colour type × interlacing, written by pypng: the stored values over
+    2^bits − 1 (what libpng and Pillow both read a 1/2/4-bit grey as), alpha dropped with a warning."""
+    stored = RNG.integers(0, 2**bits, (23, 31, planes) if planes > 1 else (23, 31))
+    decoded = decode(png16(stored, bits, interlace=interlace), "sr")
+    colour = stored[..., None] if planes == 1 else stored[..., : 1 if planes == 2 else 3]
+    assert np.array_equal(decoded.pixels, np.broadcast_to(colour / (2**bits - 1), (23, 31, 3)).astype(np.float32))
+    assert decoded.warnings == (["sr: alpha channel dropped"] if planes in (2, 4) else [])
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+@pytest.mark.parametrize("interlace", [False, True])
+def test_a_colour_key_hides_no_channel_at_any_depth(bits, interlace):
+    """tRNS on RGB: the stored values, no alpha warning, at 16 bits as at 8 (pypng's asDirect and
+    libpng's default both turn a colour key into an alpha channel)."""
+    stored = RNG.integers(0, 2**bits, (23, 31, 3))
+    decoded = decode(png16(stored, bits, interlace=interlace, transparent=tuple(int(v) for v in stored[0, 0])), "sr")
+    assert decoded.warnings == [] and np.array_equal(decoded.pixels, (stored / (2**bits - 1)).astype(np.float32))
+
+
+def test_odd_ancillary_chunks_change_nothing_and_print_nothing(capfd):
+    """A PNG with a malformed colour profile (libpng prints a warning on stderr for one)."""
+    data = encoded(Image.fromarray(RGB), "PNG", icc_profile=b"not a colour profile")
+    assert b"iCCP" in data
+    decoded = decode(data, "sr")
+    assert np.array_equal(decoded.pixels, RGB / np.float32(255)) and decoded.warnings == []
+    assert capfd.readouterr().err == ""
 
 
 def test_16bit_png_keeps_every_bit():
@@ -219,7 +255,9 @@ def test_unknown_and_corrupt_images_are_415():
         data = encoded(Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)), fmt)
         error = refused(data[: len(data) // 2])
         assert error.status == 415 and error.message.startswith(f"gt: truncated or corrupt {fmt} (")
-    error = refused(png16(WIDE)[:300])  # the 16-bit path (pypng) fails like Pillow's, naming what broke
+    error = refused(png16(WIDE)[:300])  # libpng's path fails like Pillow's, naming what broke
+    assert (error.status, error.message) == (415, "gt: truncated or corrupt PNG (the file ends inside its IDAT chunk)")
+    error = refused(png16(WIDE, interlace=True)[:300])  # pypng's path (interlaced 16-bit colour) too
     assert error.status == 415 and error.message.startswith("gt: truncated or corrupt PNG (") and "IDAT" in error.message
 
 
