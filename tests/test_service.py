@@ -315,3 +315,33 @@ def test_max_batch_pixels_bounds_every_batch(weights_dir):
     items = metric_value(text, "loss_service_batch_size_sum")
     assert items >= 12 and batches == at_most_two  # every batch held ≤ 2 items (the warm-up ones included)
     assert metric_value(text, "loss_service_batch_size_bucket", 'le="1.0"') < batches  # and pairs did form
+
+
+SPIN_PROBE = r"""
+import importlib.abc, os, sys
+import uvicorn
+seen = []
+class Probe(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("GOMP_SPINCOUNT"))
+sys.meta_path.insert(0, Probe())
+uvicorn.run = lambda app, **kwargs: None
+from service import cli
+cli.main(["serve", "--random-weights", "--device", "cpu"])
+print(seen[0])
+"""
+
+
+@pytest.mark.parametrize("given, expected", [(None, "30000"), ("123", "123")])
+def test_serve_shortens_the_openmp_spin_before_torch_loads(given, expected):
+    """libgomp reads GOMP_SPINCOUNT when torch loads it; `serve` sets a ~1 ms spin (BENCHMARKS.md,
+    ninth session) unless the user gave one."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"} | ({"GOMP_SPINCOUNT": given} if given else {})
+    result = subprocess.run([sys.executable, "-c", SPIN_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split()[-1] == expected
