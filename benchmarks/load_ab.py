@@ -11,19 +11,15 @@ import json
 import statistics
 import sys
 
-import numpy as np
 
-from service.bench import _load, png, start_server
+from service.bench import _load, start_server, upload_files
 
 
 def main() -> None:
     size, metric, concurrency, requests, rounds = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     specs = sys.argv[6:8]
     envs = [dict(pair.split("=", 1) for pair in spec.split(",") if pair) for spec in specs]
-    rng = np.random.default_rng(0)
-    gt = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    sr = np.clip(gt.astype(int) + rng.integers(-12, 13, gt.shape), 0, 255).astype(np.uint8)
-    files = [("sr", ("sr.png", png(sr), "image/png")), ("gt", ("gt.png", png(gt), "image/png"))]
+    files = upload_files(size)[:2]  # SR and GT
     results: list[list[dict]] = [[], []]
     for round_ in range(rounds):
         servers = [start_server(["--device", "cpu", "--models", "vgg16"], env) for env in envs]

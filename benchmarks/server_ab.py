@@ -14,9 +14,8 @@ import sys
 import time
 
 import httpx
-import numpy as np
 
-from service.bench import png, start_server
+from service.bench import start_server, upload_files
 from service.client import RequestSpec
 
 
@@ -24,10 +23,7 @@ def main() -> None:
     size, metric, n, rounds = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     specs = sys.argv[5:7]
     envs = [dict(pair.split("=", 1) for pair in spec.split(",") if pair) for spec in specs]
-    rng = np.random.default_rng(0)
-    gt = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    sr = np.clip(gt.astype(int) + rng.integers(-12, 13, gt.shape), 0, 255).astype(np.uint8)
-    files = [("sr", ("sr.png", png(sr), "image/png")), ("gt", ("gt.png", png(gt), "image/png"))]
+    files = upload_files(size)[:2]  # SR and GT
     form = RequestSpec.form("/v1/score", files, {"metrics": metric})  # one body, as LossClient sends it
     e2e, compute, path = ([[], []] for _ in range(3))  # path: per request, end to end − its own compute
     for round_ in range(rounds):
