@@ -19,7 +19,8 @@ from .registry import Metric
 
 PIXEL_CONVENTION = {
     "data_range": "images decoded to [0, 1] (8-bit / 255, 16-bit / 65535); PSNR, SSIM, MS-SSIM and LR-PSNR "
-                  "on the [0, 255] scale in float64, without rounding",
+                  "on the [0, 255] scale in float64, without rounding (lr_psnr's uint8_rounding: SR and LR read "
+                  "as 8-bit and the downscale rounded after each pass, as the NTIRE 2022 scorer)",
     "y_channel": f"Y = {Y_OFFSET:g} + {Y_WEIGHTS[0]}·R + {Y_WEIGHTS[1]}·G + {Y_WEIGHTS[2]}·B with R, G, B in [0, 1] "
                  "(ITU-R BT.601 studio swing, MATLAB rgb2ycbcr), unrounded",
     "crop_border": "pixels removed from every edge before PSNR/SSIM/MS-SSIM (LR pixels for lr_psnr)",

@@ -238,15 +238,22 @@ def lr_scale(sr_size: tuple[int, int], lr_size: tuple[int, int]) -> int:
     raise ValueError(f"lr_psnr needs SR = s × LR for one integer s in both dimensions; got sr {sr_w}×{sr_h} and lr {lr_w}×{lr_h}")
 
 
-def lr_psnr(sr: torch.Tensor, lr: torch.Tensor, crop_border: int = 0, y_channel: bool = False) -> torch.Tensor:
+def lr_psnr(sr: torch.Tensor, lr: torch.Tensor, crop_border: int = 0, y_channel: bool = False,
+            uint8_rounding: bool = False) -> torch.Tensor:
     """LR consistency (NTIRE 2022): PSNR between ``lr`` and ``sr`` downscaled by its integer
     scale with MATLAB's bicubic ``imresize`` (antialiased). Float64 on [0, 255]; ``crop_border``
-    is in LR pixels."""
+    is in LR pixels. ``uint8_rounding`` scores as the challenge's scorer does with 8-bit PNGs:
+    SR and LR read as 8-bit, and the downscale rounded to 8 bits after each pass (MATLAB's
+    ``imresize`` of a uint8 image)."""
     check_image(sr, "sr")
     check_image(lr, "lr")
     scale = lr_scale(tuple(sr.shape[-2:]), tuple(lr.shape[-2:]))
     check_crop(tuple(lr.shape[-2:]), crop_border, 1, "lr_psnr")
-    return psnr(imresize(sr, 1.0 / scale), lr, crop_border, y_channel)
+    if not uint8_rounding:
+        return psnr(imresize(sr, 1.0 / scale), lr, crop_border, y_channel)
+    to_uint8 = lambda x: (x.to(torch.float64) * 255).clamp_(0, 255).round_().to(torch.uint8)  # noqa: E731
+    down = imresize(to_uint8(sr), 1.0 / scale)
+    return psnr(down.to(torch.float64) / 255, to_uint8(lr).to(torch.float64) / 255, crop_border, y_channel)
 
 
 class SSIMLoss(nn.Module):

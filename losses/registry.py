@@ -131,7 +131,8 @@ register(Metric("ms_ssim", lambda b, o: ms_ssim(b["sr"], b["gt"], **o), PAIR, Fa
                 description="MS-SSIM, 5 scales, weights .0448/.2856/.3001/.2363/.1333",
                 check_sizes=_crop_fits(MS_SSIM_MIN_SIDE, "MS-SSIM"),
                 convention="original MATLAB msssim.m: 2×2 mean + symmetric edge between scales (pytorch-msssim zero-pads odd sizes)"))
-register(Metric("lr_psnr", lambda b, o: lr_psnr(b["sr"], b["lr"], **o), ("sr", "lr"), False, options=SR_CONVENTION,
+register(Metric("lr_psnr", lambda b, o: lr_psnr(b["sr"], b["lr"], **o), ("sr", "lr"), False,
+                options=dict(SR_CONVENTION, uint8_rounding=False),
                 description="PSNR(lr, MATLAB-bicubic-downscaled sr): LR consistency, target ≥ 45 dB", check_sizes=_lr_consistent,
                 convention="NTIRE 2022 Learning the SR Space: MATLAB imresize(sr, 1/s, 'bicubic'), antialiased; crop in LR pixels"))
 register(Metric("l1", lambda b, o: (b["sr"] - b["gt"]).abs().flatten(1).mean(dim=1), PAIR, True,

@@ -68,6 +68,21 @@ def test_identical_images_give_null_psnr_with_warning(server):
     assert any("psnr" in w and "identical" in w for w in body["warnings"])
 
 
+def test_lr_psnr_of_an_sr_that_downscales_to_its_lr_is_null_only_with_uint8_rounding(server):
+    from losses import imresize
+
+    sr = random_image(32, 40, 6)
+    lr = imresize(torch.from_numpy(sr).permute(2, 0, 1), 0.5).permute(1, 2, 0).numpy()  # uint8, as MATLAB writes it
+    images = files(dict(sr=png_bytes(sr), gt=png_bytes(sr), lr=png_bytes(lr)))
+    plain = httpx.post(f"{server.url}/v1/score", files=images, data=dict(metrics="lr_psnr")).json()
+    rounded = httpx.post(f"{server.url}/v1/score", files=images,
+                         data=dict(metrics="lr_psnr", options=json.dumps({"uint8_rounding": True}))).json()
+    assert 40 < plain["scores"]["lr_psnr"] < 80 and not plain["warnings"]
+    assert rounded["scores"]["lr_psnr"] is None
+    assert any(w.startswith("lr_psnr: inf") and "identical (MSE is 0)" in w for w in rounded["warnings"])
+    assert rounded["conventions"]["metrics"]["lr_psnr"]["options"]["uint8_rounding"] is True
+
+
 def test_npy_and_alpha_inputs(server):
     gt = random_image(20, 20, 3)
     sr_float = (gt.astype(np.float32) / 255.0)
