@@ -3,8 +3,8 @@
 PNG (8/16 bit), JPEG, WebP, BMP, TIFF (8/16 bit, 32-bit integer, float) and NumPy ``.npy``
 (never with pickle). Alpha is dropped with a warning; palette, grayscale and CMYK become RGB;
 EXIF orientation is not applied. PNGs are read by libpng (imagecodecs), every bit and ~2× faster
-than Pillow; where Pillow would drop bits (16-bit colour PNG and TIFF) or cannot read the file
-(float or 32-bit colour TIFF), pypng and tifffile read every bit.
+than Pillow; where Pillow would drop bits (16-bit colour PNG and TIFF), misread them (signed or
+16-bit MinIsWhite TIFF) or cannot read the file (float or 32-bit colour TIFF), pypng and tifffile do.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ NPY_MAGIC = b"\x93NUMPY"
 NPY_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 NPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
+MIN_IS_WHITE = 0  # TIFF PhotometricInterpretation
 
 
 @dataclass
@@ -195,7 +196,7 @@ def _decode_image(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
         raise unsupported(field_name, f"{field_name}: not a decodable image; accepted: {', '.join(IMAGE_FORMATS)} or .npy") from None
     if image.format not in IMAGE_FORMATS:
         raise unsupported(field_name, f"{field_name}: format {image.format} unsupported; accepted: {', '.join(IMAGE_FORMATS)} or .npy")
-    if _is_wide_color_tiff(image):
+    if _pillow_misreads_tiff(image):
         return _decode_tiff(data, field_name, check)
     width, height = image.size
     check(height, width)
@@ -213,12 +214,18 @@ def _decode_image(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
     return Decoded(_to_rgb(array, field_name, warnings), warnings)
 
 
-def _is_wide_color_tiff(image: Image.Image) -> bool:
-    """A colour TIFF of more than 8 bits per sample, which Pillow reads as 8-bit RGB(A)."""
-    if image.format != "TIFF" or image.mode not in ("RGB", "RGBA"):
+def _pillow_misreads_tiff(image: Image.Image) -> bool:
+    """A TIFF Pillow opens with other values than it stores or shows: colour of more than 8 bits
+    per sample (read as 8-bit), signed samples (int8 read as unsigned: −1 becomes 255), and
+    MinIsWhite beyond 8 bits (Pillow inverts 1- to 8-bit MinIsWhite, but not 16-bit or float)."""
+    if image.format != "TIFF":
         return False
-    bits = image.tag_v2.get(258, 8)  # BitsPerSample: one value, or one per sample
-    return max(bits if isinstance(bits, tuple) else (bits,)) > 8
+    tags = image.tag_v2
+    bits = tags.get(258, 8)  # BitsPerSample: one value, or one per sample
+    sample_formats = tags.get(339, 1)  # SampleFormat: 1 unsigned, 2 signed, 3 float
+    wide = max(bits if isinstance(bits, tuple) else (bits,)) > 8
+    signed = 2 in (sample_formats if isinstance(sample_formats, tuple) else (sample_formats,))
+    return (wide and image.mode in ("RGB", "RGBA")) or signed or (wide and tags.get(262) == MIN_IS_WHITE)
 
 
 def _decode_tiff(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
@@ -233,6 +240,8 @@ def _decode_tiff(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
             array = page.asarray()
             if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE and array.ndim == 3:
                 array = np.moveaxis(array, 0, -1)
+            if page.photometric == MIN_IS_WHITE:
+                array = _as_min_is_black(array, field_name)
     except ServiceError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable TIFF is the client's
@@ -244,6 +253,16 @@ def _decode_tiff(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
     if pixels is None:
         raise unsupported(field_name, f"{field_name}: TIFF samples of type {array.dtype} unsupported")
     return Decoded(_to_rgb(pixels, field_name, warnings), warnings)
+
+
+def _as_min_is_black(array: np.ndarray, field_name: str) -> np.ndarray:
+    """MinIsWhite stores 0 as white: the values shown are the range's maximum minus the stored ones."""
+    if array.dtype.kind == "u" and array.dtype.itemsize <= 2:
+        return np.iinfo(array.dtype).max - array
+    if array.dtype.kind == "f":
+        return 1.0 - array
+    raise unsupported(field_name, f"{field_name}: MinIsWhite TIFF with {array.dtype} samples unsupported; "
+                                  "use MinIsBlack, or unsigned 8/16-bit or float samples")
 
 
 def _integers_by_range(array: np.ndarray, field_name: str, source: str, warnings: list[str]) -> np.ndarray:

@@ -436,3 +436,40 @@ def test_signed_integer_tiffs_name_their_width_when_clamped():
         decoded = decode(tiff(array), "sr")
         assert decoded.pixels[0, 0, 0] == 0.0 and np.array_equal(decoded.pixels[1:], RGB[1:].astype(np.float32) / 255.0)
         assert decoded.warnings == [f"sr: TIFF {bits}-bit integer values outside [0, 1] were clamped"]
+
+
+def test_signed_gray_tiffs_pillow_would_misread():
+    """Pillow reads an int8 TIFF as unsigned (−1 → 255, no warning) and an int16 one as 32-bit:
+    both go through tifffile, by their range, and the warning names their width."""
+    import tifffile
+
+    for dtype, bits in ((np.int8, 8), (np.int16, 16)):
+        array = (RGB[..., 0] // 2).astype(dtype)
+        array[0, 0] = -1
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, array)
+        decoded = decode(buffer.getvalue(), "sr")
+        assert decoded.pixels[0, 0, 0] == 0.0
+        assert np.array_equal(decoded.pixels[1:, :, 0], array[1:].astype(np.float32) / 255.0)
+        assert decoded.warnings == [f"sr: TIFF {bits}-bit integer values outside [0, 1] were clamped"]
+
+
+def test_min_is_white_tiffs_read_as_shown_at_every_depth():
+    """MinIsWhite stores 0 as white. Pillow inverts it at 8 bits but not at 16 or in float; every
+    depth now reads as shown, so one picture gives one score whatever its depth."""
+    import tifffile
+
+    def min_is_white(array) -> bytes:
+        buffer = io.BytesIO()
+        tifffile.imwrite(buffer, array, photometric="miniswhite")
+        return buffer.getvalue()
+
+    gray = RGB[..., 0]
+    shown = (255 - gray).astype(np.float32) / 255.0
+    assert np.array_equal(decode(min_is_white(gray), "sr").pixels[..., 0], shown)
+    assert np.array_equal(decode(min_is_white(gray.astype(np.uint16) * 257), "sr").pixels[..., 0], shown)
+    floats = decode(min_is_white(gray.astype(np.float32) / 255.0), "sr").pixels[..., 0]
+    assert np.allclose(floats, shown, rtol=0, atol=1e-7)
+    error = refused(min_is_white(gray.astype(np.int32)))
+    assert (error.status, error.message) == (
+        415, "gt: MinIsWhite TIFF with int32 samples unsupported; use MinIsBlack, or unsigned 8/16-bit or float samples")
