@@ -278,9 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--lr-suffix", default="", help="suffix stripped from LR stems, e.g. x4")
     ev.add_argument("--teacher-suffix", default="", help="suffix stripped from teacher stems")
     ev.add_argument("--metrics", default=DEFAULT_METRICS_ARG, help=f"comma list (default {DEFAULT_METRICS_ARG})")
-    ev.add_argument("--crop-border", type=number(int, 0), default=None, help="pixels cropped from each edge for psnr/ssim")
-    ev.add_argument("--y-channel", action="store_true", help="psnr/ssim on the BT.601 luma channel")
-    ev.add_argument("--options", type=json_object, default=None, help="further metric options as a JSON object")
+    ev.add_argument("--crop-border", type=number(int, 0), default=None, help="pixels cropped from each edge for psnr, ssim, ms_ssim (LR pixels for lr_psnr)")
+    ev.add_argument("--y-channel", action="store_true", help="psnr, ssim, ms_ssim, lr_psnr on the BT.601 luma channel")
+    ev.add_argument("--options", type=json_object, default=None, help='further metric options as a JSON object, e.g. {"uint8_rounding": true} for lr_psnr')
     ev.add_argument("--concurrency", type=number(int, 1), default=8, help="requests in flight (default 8)")
     ev.add_argument("--out", default="results.csv", help="CSV path (default results.csv)")
     ev.add_argument("--json", default=None, help="JSON results path: per model, per-image scores and image paths, "
