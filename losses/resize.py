@@ -48,10 +48,10 @@ def resize_matrix(in_length: int, out_length: int, scale: float, antialiasing: b
 def imresize(x: torch.Tensor, scale: float | None = None, size: tuple[int, int] | None = None) -> torch.Tensor:
     """Resize (…, H, W) images as MATLAB's ``imresize(x, scale, 'bicubic')`` (antialiased when
     shrinking). Give ``scale`` (output size ``ceil(scale · H)``, as MATLAB) or ``size`` (H, W).
-    A float image gives float64, unclamped and unrounded. A uint8 image gives uint8, as in
-    MATLAB: the dimension with the smaller scale is resized first (H on a tie), and each pass is
-    clamped to [0, 255] and rounded (halves to even, as NumPy's ``around`` in the Python ports
-    that challenge scorers use; MATLAB rounds halves up)."""
+    A uint8 image gives uint8, as in MATLAB: the dimension with the smaller scale is resized
+    first (H on a tie), and each pass is clamped to [0, 255] and rounded (halves to even, as
+    NumPy's ``around`` in the Python ports that challenge scorers use; MATLAB rounds halves up).
+    Any other dtype gives float64, unclamped and unrounded."""
     height, width = x.shape[-2:]
     if (scale is None) == (size is None):
         raise ValueError("give exactly one of scale and size")
