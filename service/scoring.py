@@ -270,7 +270,7 @@ def finite_scores(scores: dict[str, float]) -> tuple[dict[str, float | None], li
         else:
             out[name] = None
             # psnr of identical images; lr_psnr of an SR that downscales exactly to its LR (uint8_rounding)
-            reason = "the images compared are identical (MSE is 0)" if value == math.inf and name.endswith("psnr") else "not finite"
+            reason = "the images compared are identical: MSE is 0" if value == math.inf and name.endswith("psnr") else "not finite"
             warnings.append(f"{name}: {value} reported as null ({reason})")
     return out, warnings
 
