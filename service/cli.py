@@ -84,8 +84,11 @@ def serve(args: argparse.Namespace) -> int:
     import os
     import signal
 
+    from .allocator import keep_freed_memory
+
     for name, value in SERVER_OPENMP_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
+    allocator = keep_freed_memory()  # before any thread exists (allocator.py)
     try:
         import uvicorn
 
@@ -98,6 +101,7 @@ def serve(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func") and v is not None}
     settings = Settings(**given)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("loss_service").info(allocator)
     # uvicorn re-raises SIGTERM after its graceful shutdown so that the default action kills the
     # process (status -15); with this no-op as the handler it restores, a drained server exits 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)

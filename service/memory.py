@@ -3,7 +3,8 @@
 A request's peak is estimated from per-pixel costs that ``loss-service bench --sections memory``
 measures (peak growth per image ÷ pixels, per metric) and keeps as data in
 ``memory_costs.json``; it is compared with what the device can give: free CUDA memory on a GPU,
-a share of the available RAM on a CPU, or ``--max-memory-gb``.
+a share of the available RAM on a CPU (with the freed memory the server's allocator keeps for
+reuse, which /proc/meminfo counts as used), or ``--max-memory-gb``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Sequence
 
 import torch
 
+from .allocator import retained_free_bytes
 from .errors import too_large
 
 COSTS_PATH = Path(__file__).with_name("memory_costs.json")
@@ -49,7 +51,7 @@ class MemoryGuard:
             return int(self.max_memory_gb * 2**30), "--max-memory-gb"
         if self.device.type == "cuda":
             return torch.cuda.mem_get_info(self.device)[0], f"free memory on {self.device}"
-        return int(available_ram_bytes() * CPU_RAM_SHARE), f"{CPU_RAM_SHARE:.0%} of the available RAM"
+        return int((available_ram_bytes() + retained_free_bytes()) * CPU_RAM_SHARE), f"{CPU_RAM_SHARE:.0%} of the available RAM"
 
     def bytes_per_pixel(self, metrics: Sequence[str]) -> float:
         # Metrics in one request run one after another, but share cached features: the sum is an upper bound.

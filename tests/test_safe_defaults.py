@@ -5,7 +5,9 @@ the budget is a 413 before anything is decoded; an allocation that still fails i
 the next request gets a 200."""
 
 import io
+import platform
 import subprocess
+import sys
 import time
 
 import httpx
@@ -84,6 +86,26 @@ def test_memory_guard_accepts_on_a_recent_reading_and_refuses_only_on_a_fresh_on
     guard.check(["psnr"], 4000, 4000, "sr")  # over the recent 1 MiB: read anew (1 TiB), fits
     guard.check(["psnr"], 4000, 4000, "sr")  # fits the recent reading
     assert len(calls) == 4
+
+
+GUARD_PROBE = r"""
+import numpy as np, torch
+from service import memory
+from service.allocator import keep_freed_memory
+keep_freed_memory()
+np.ones(1 << 26, dtype=np.float32)  # 256 MiB, freed: kept by the allocator, not in MemAvailable
+memory.available_ram_bytes = lambda: 1 << 30
+print(memory.MemoryGuard(torch.device("cpu"), None).budget()[0])
+"""
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.libc_ver()[0] == "glibc"), reason="glibc's malloc only")
+def test_memory_guard_counts_the_freed_memory_the_server_keeps():
+    """Memory the allocator keeps for reuse (service/allocator.py) is used RAM to /proc/meminfo;
+    a budget without it would refuse a request that the kept memory could hold."""
+    result = subprocess.run([sys.executable, "-c", GUARD_PROBE], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.split()[-1]) >= 0.8 * ((1 << 30) + (1 << 28))
 
 
 def test_flat_huge_png_gets_413_at_once_under_defaults(weights_dir):

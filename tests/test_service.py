@@ -2,6 +2,8 @@
 
 import asyncio
 import json
+import platform
+import sys
 
 import httpx
 import numpy as np
@@ -348,13 +350,55 @@ print(seen[0])
 """
 
 
+ALLOCATOR_PROBE = r"""
+import json, resource, threading
+import numpy as np
+import uvicorn
+uvicorn.run = lambda app, **kwargs: None
+from service import cli
+from service.allocator import retained_free_bytes
+cli.main(["serve", "--random-weights", "--device", "cpu"])
+seen = {}
+def batch_thread():  # as the device thread does: a 64 MiB block, freed, then asked for again
+    np.ones(1 << 24, dtype=np.float32)
+    seen["retained"] = retained_free_bytes()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    np.ones(1 << 24, dtype=np.float32)
+    seen["faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+thread = threading.Thread(target=batch_thread)
+thread.start()
+thread.join()
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.libc_ver()[0] == "glibc"), reason="glibc's malloc only")
+@pytest.mark.parametrize("user_setting", [None, "MALLOC_ARENA_MAX=2", "GLIBC_TUNABLES=glibc.malloc.trim_threshold=1000000"])
+def test_serve_keeps_freed_memory_for_the_next_batch(user_setting):
+    """glibc returns a freed 64 MiB block to the kernel, and the next batch's block of that size
+    is faulted in again page by page (16,384 faults); `serve` keeps freed memory for reuse
+    (service/allocator.py), unless the user configured glibc's malloc."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+    if user_setting:
+        env.update([user_setting.split("=", 1)])
+    result = subprocess.run([sys.executable, "-c", ALLOCATOR_PROBE], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    seen = json.loads(result.stdout.splitlines()[-1])
+    if user_setting:
+        assert seen["retained"] < 1 << 26  # given back at once: glibc's behaviour, as the user chose
+    else:
+        assert seen["retained"] >= 1 << 26 and seen["faults"] < 100, seen
+
+
 @pytest.mark.parametrize("given, expected", [(None, "30000"), ("123", "123")])
 def test_serve_shortens_the_openmp_spin_before_torch_loads(given, expected):
     """libgomp reads GOMP_SPINCOUNT when torch loads it; `serve` sets a ~1 ms spin (BENCHMARKS.md,
     ninth session) unless the user gave one."""
     import os
     import subprocess
-    import sys
 
     env = {k: v for k, v in os.environ.items() if k != "GOMP_SPINCOUNT"} | ({"GOMP_SPINCOUNT": given} if given else {})
     result = subprocess.run([sys.executable, "-c", SPIN_PROBE], env=env, capture_output=True, text=True, timeout=120)
