@@ -4,8 +4,8 @@ By default glibc gives a freed block above its mmap threshold (128 KiB, raised b
 32 MiB) straight back to the kernel, trims the free top of its heap above a trim threshold, and
 caps each thread's arena at 64 MiB heaps. A VGG16 pass allocates activations of 16 MiB (one 256²
 image) to hundreds of MiB (batches), so the device thread mapped them afresh at every pass and
-touched them in page by page: ~16,000–33,000 page faults per 256² `perceptual` request, 5–15% of
-the pass (BENCHMARKS.md, eleventh session). ``keep_freed_memory`` makes every thread allocate from
+faulted them in page by page: 16,395 page faults per 256² `perceptual` request, 5% of its pass;
+kept, batches of 128² and 512² images ran 19–28% faster (BENCHMARKS.md, eleventh session). ``keep_freed_memory`` makes every thread allocate from
 one arena that keeps up to ``RETAINED_BYTES`` of freed memory for the next batch, as PyTorch's
 CUDA allocator keeps freed GPU memory. Torch-free: ``serve`` calls it before anything else runs.
 """

@@ -376,7 +376,7 @@ print(json.dumps(seen))
 @pytest.mark.parametrize("user_setting", [None, "MALLOC_ARENA_MAX=2", "GLIBC_TUNABLES=glibc.malloc.trim_threshold=1000000"])
 def test_serve_keeps_freed_memory_for_the_next_batch(user_setting):
     """glibc returns a freed 64 MiB block to the kernel, and the next batch's block of that size
-    is faulted in again page by page (16,384 faults); `serve` keeps freed memory for reuse
+    is faulted in again page by page (16,384 pages of 4 KiB); `serve` keeps freed memory for reuse
     (service/allocator.py), unless the user configured glibc's malloc."""
     import os
     import subprocess
