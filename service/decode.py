@@ -2,7 +2,7 @@
 
 PNG (8/16 bit), JPEG, WebP, BMP, TIFF (8/16 bit, 32-bit integer, float) and NumPy ``.npy``
 (never with pickle). Alpha is dropped with a warning; palette, grayscale and CMYK become RGB;
-EXIF orientation is not applied. PNGs are read by libpng (imagecodecs), every bit and ~2× faster
+EXIF orientation is not applied; an animation or a multi-page TIFF is refused. PNGs are read by libpng (imagecodecs), every bit and ~2× faster
 than Pillow; where Pillow would drop bits (16-bit colour PNG and TIFF), misread them (signed or
 16-bit MinIsWhite TIFF) or cannot read the file (float or 32-bit colour TIFF), pypng and tifffile do.
 """
@@ -19,11 +19,15 @@ from PIL import Image, UnidentifiedImageError
 from .errors import ServiceError, invalid, too_large, unsupported
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF")
+# Pillow's name for a JPEG carrying extra pictures (phone and camera previews, a stereo pair's other
+# view) after the one every JPEG viewer shows: that first picture is the image.
+JPEG_WITH_PICTURES = "MPO"
 NPY_MAGIC = b"\x93NUMPY"
 NPY_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 NPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
 MIN_IS_WHITE = 0  # TIFF PhotometricInterpretation
+REDUCED_SUBFILE_TAG = 254  # TIFF NewSubfileType: bit 0 marks a reduced-resolution page
 
 
 @dataclass
@@ -194,8 +198,9 @@ def _decode_image(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
         if data.startswith(TIFF_MAGICS):  # float or 32-bit colour TIFF: Pillow has no mode for it
             return _decode_tiff(data, field_name, check)
         raise unsupported(field_name, f"{field_name}: not a decodable image; accepted: {', '.join(IMAGE_FORMATS)} or .npy") from None
-    if image.format not in IMAGE_FORMATS:
+    if image.format not in IMAGE_FORMATS + (JPEG_WITH_PICTURES,):
         raise unsupported(field_name, f"{field_name}: format {image.format} unsupported; accepted: {', '.join(IMAGE_FORMATS)} or .npy")
+    _refuse_many_images(_image_count(image), image.format, field_name)
     if _pillow_misreads_tiff(image):
         return _decode_tiff(data, field_name, check)
     width, height = image.size
@@ -212,6 +217,29 @@ def _decode_image(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise unsupported(field_name, f"{field_name}: truncated or corrupt {image.format} ({exc})") from None
     return Decoded(_to_rgb(array, field_name, warnings), warnings)
+
+
+def _image_count(image: Image.Image) -> int:
+    """The images a file holds: an animation's frames or a TIFF's full-resolution pages (a page
+    flagged reduced-resolution, a thumbnail or pyramid level, is a view of another)."""
+    if image.format == JPEG_WITH_PICTURES:
+        return 1
+    if image.format != "TIFF":
+        return getattr(image, "n_frames", 1)
+    full_pages = 0
+    for index in range(image.n_frames):
+        image.seek(index)
+        full_pages += not image.tag_v2.get(REDUCED_SUBFILE_TAG, 0) & 1
+    image.seek(0)
+    return full_pages
+
+
+def _refuse_many_images(count: int, image_format: str, field_name: str) -> None:
+    """A score is for one image: which frame or page was meant is the user's to say, not ours."""
+    if count > 1:
+        kind = "pages" if image_format == "TIFF" else "frames"
+        raise invalid(field_name, f"{field_name}: the {image_format} holds {count} {kind} (an animation or a stack); "
+                                  f"upload one image per field")
 
 
 def _pillow_misreads_tiff(image: Image.Image) -> bool:
@@ -235,6 +263,7 @@ def _decode_tiff(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
 
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+            _refuse_many_images(sum(not page.is_reduced for page in tiff.pages), "TIFF", field_name)
             page = tiff.pages.first
             check(page.imagelength, page.imagewidth)
             array = page.asarray()

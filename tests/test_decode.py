@@ -473,3 +473,47 @@ def test_min_is_white_tiffs_read_as_shown_at_every_depth():
     error = refused(min_is_white(gray.astype(np.int32)))
     assert (error.status, error.message) == (
         415, "gt: MinIsWhite TIFF with int32 samples unsupported; use MinIsBlack, or unsigned 8/16-bit or float samples")
+
+
+def tiff_pages(*pages: tuple[np.ndarray, int]) -> bytes:
+    """A TIFF of (samples, NewSubfileType) pages, written by tifffile."""
+    import tifffile
+
+    buffer = io.BytesIO()
+    with tifffile.TiffWriter(buffer) as writer:
+        for samples, subfile_type in pages:
+            writer.write(samples, photometric="rgb", subfiletype=subfile_type)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt, params", [("PNG", {}), ("WEBP", dict(lossless=True)), ("TIFF", {})])
+def test_an_animation_or_a_stack_is_refused_not_scored_on_its_first_frame(fmt, params):
+    """Animated PNG/WebP and multi-page TIFF were scored on their first frame, silently, while a
+    stacked .npy was refused: which frame was meant is the user's to say."""
+    frames = [Image.fromarray(RGB), Image.fromarray(RGB[::-1].copy()), Image.fromarray(RGB[:, ::-1].copy())]
+    error = refused(encoded(frames[0], fmt, save_all=True, append_images=frames[1:], **params))
+    kind = "pages" if fmt == "TIFF" else "frames"
+    assert (error.status, error.field) == (422, "gt")
+    assert error.message == f"gt: the {fmt} holds 3 {kind} (an animation or a stack); upload one image per field"
+    single = decode(encoded(frames[0], fmt, save_all=True, **params), "sr").pixels  # one frame, written as an animation
+    assert np.array_equal(single, RGB.astype(np.float32) / 255.0)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])  # Pillow's route and tifffile's
+def test_a_tiffs_reduced_resolution_pages_are_not_images_of_their_own(dtype):
+    full = RGB.astype(dtype) if dtype == np.uint8 else RGB.astype(dtype) / 255.0
+    with_thumbnail = tiff_pages((full, 0), (full[::2, ::2], 1))
+    assert np.allclose(decode(with_thumbnail, "sr").pixels, RGB / 255.0, rtol=0, atol=1e-7)
+    error = refused(tiff_pages((full, 0), (full, 0), (full[::2, ::2], 1)))
+    assert error.message == "gt: the TIFF holds 2 pages (an animation or a stack); upload one image per field"
+
+
+def test_a_jpeg_with_extra_pictures_is_its_first_picture():
+    """Phones and cameras write JPEGs with extra pictures after the main one (MPF); Pillow names the
+    format MPO, and such a JPEG was refused as 'format MPO unsupported'. It is the picture viewers show."""
+    main, other = Image.fromarray(RGB), Image.fromarray(RGB[::-1].copy())
+    data = encoded(main, "MPO", save_all=True, append_images=[other])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    shown = np.asarray(Image.open(io.BytesIO(encoded(main, "JPEG")))).astype(np.float32) / 255.0
+    decoded = decode(data, "sr")
+    assert np.array_equal(decoded.pixels, shown) and decoded.warnings == []

@@ -64,10 +64,17 @@ def bomb_png() -> bytes:
     return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 10_000)) + _png_chunk(b"IEND", b"")
 
 
-def encoded(image: Image.Image, fmt: str) -> bytes:
+def encoded(image: Image.Image, fmt: str, **params) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
+    image.save(buffer, format=fmt, **params)
     return buffer.getvalue()
+
+
+def animated(fmt: str, **params) -> bytes:
+    """Two frames: an animated PNG or WebP, a two-page TIFF, a JPEG with an extra picture (MPO)."""
+    pixels = random_image(32, 32, 1)
+    first, second = Image.fromarray(pixels), Image.fromarray(pixels[::-1].copy())
+    return encoded(first, fmt, save_all=True, append_images=[second], **params)
 
 
 def part(name, data, filename=None):
@@ -153,6 +160,11 @@ CORPUS = {
     # Every text field bounded.
     "metrics_field_100k_chars": (dict(files=pair(), data=dict(metrics="psnr," * 20_000)), 422, "metrics"),
     "metrics_field_65_names": (dict(files=pair(), data=dict(metrics=",".join(["psnr"] * 65))), 422, "metrics"),
+    # Many images in one file: which one was meant is the user's to say (the first was scored, silently).
+    "animated_png": (dict(files=pair(sr=animated("PNG"))), 422, "sr"),
+    "animated_webp": (dict(files=pair(gt=animated("WEBP", lossless=True))), 422, "gt"),
+    "two_page_tiff": (dict(files=pair(sr=animated("TIFF"))), 422, "sr"),
+    "jpeg_with_an_extra_picture_mpo": (dict(files=pair(sr=animated("MPO")), data=dict(metrics="psnr")), 200, None),
 }
 
 
