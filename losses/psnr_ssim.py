@@ -215,7 +215,9 @@ def matlab_downsample(x: torch.Tensor) -> torch.Tensor:
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, crop_border: int = 0, y_channel: bool = False) -> torch.Tensor:
     """Per-image MS-SSIM (float64, (B,)) in the convention of the original MATLAB ``msssim.m``:
     5 scales, each SSIM as ``ssim`` ([0, 255], Gaussian 11×11, σ = 1.5, valid);
-    Π_{j<5} cs_j^{w_j} · ssim_5^{w_5} per channel, then the mean over channels."""
+    Π_{j<5} cs_j^{w_j} · ssim_5^{w_5} per channel, then the mean over channels. A negative cs or
+    ssim has no real fractional power (MATLAB returns a complex number): it counts as 0, as in
+    pytorch-msssim, piq, torchmetrics and TensorFlow, so unrelated images score ~0, not NaN."""
     _check_pair(x, y)
     check_crop(tuple(x.shape[-2:]), crop_border, MS_SSIM_MIN_SIDE, "MS-SSIM")
     xs, ys = _to_255_scale(x, crop_border, y_channel), _to_255_scale(y, crop_border, y_channel)
@@ -223,9 +225,9 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, crop_border: int = 0, y_channel: b
     for level, weight in enumerate(MS_SSIM_WEIGHTS):
         ssim_c, cs_c = ssim_cs(xs, ys, data_range=255.0)
         if level == len(MS_SSIM_WEIGHTS) - 1:
-            value = value * ssim_c.pow(weight)
+            value = value * ssim_c.clamp_min(0).pow(weight)
         else:
-            value = value * cs_c.pow(weight)
+            value = value * cs_c.clamp_min(0).pow(weight)
             xs, ys = matlab_downsample(xs), matlab_downsample(ys)
     return value.mean(dim=1)
 

@@ -105,6 +105,30 @@ def test_ms_ssim_matches_pytorch_msssim_on_sizes_divisible_by_32(photos):
         assert abs(ms_ssim(x, y).item() - expected) <= 1e-6
 
 
+def test_ms_ssim_of_unrelated_photos_is_a_number_as_in_pytorch_msssim():
+    """Unrelated photos have a negative cs at some scale (6 of these 10 pairs), which has no real
+    fractional power: the score was NaN, a null in every report. Counted as 0 as pytorch-msssim,
+    piq, torchmetrics and TensorFlow do; pytorch-msssim given our float64 window agrees ≤ 1e-12."""
+    from pytorch_msssim import ms_ssim as reference
+    from skimage import data
+
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), np.stack([data.camera()] * 3, axis=-1)]
+    tensors = [torch.from_numpy(p[:256, :256]).permute(2, 0, 1)[None].double() / 255 for p in photos]
+    gauss = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5**2))
+    window = (gauss / gauss.sum()).repeat(3, 1, 1, 1)
+    scores = []
+    for i, x in enumerate(tensors):
+        for y in tensors[i + 1:]:
+            expected = reference(x * 255, y * 255, data_range=255, size_average=False, win=window).item()
+            scores.append(ms_ssim(x, y).item())
+            assert abs(scores[-1] - expected) <= 1e-12, (scores[-1], expected)
+    assert scores.count(0.0) == 2 and all(0 <= s < 0.2 for s in scores)  # rocket and camera share no structure with two
+    inverted = tensors[0].clone().requires_grad_(True)
+    loss = ms_ssim(inverted, 1 - tensors[0])
+    loss.sum().backward()
+    assert loss.item() == 0.0 and inverted.grad.isfinite().all()
+
+
 def matlab_msssim(x: np.ndarray, y: np.ndarray) -> float:
     """A transcription of MATLAB's msssim.m for one channel on [0, 255] (float64)."""
     g = np.exp(-(np.arange(11) - 5.0) ** 2 / (2 * 1.5**2))
