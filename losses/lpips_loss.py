@@ -52,7 +52,12 @@ def build_lin_layers(net: str) -> nn.ModuleList:
 
 
 def _unit_normalize(f: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    return f / (f.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
+    """``lpips.normalize_tensor``, value for value, with a finite gradient where a feature vector
+    is all zero (every channel's ReLU off): √0's derivative is inf, and inf · 0 made the lpips
+    package's backward NaN there (an error under ``torch.autograd.detect_anomaly``). A squared norm
+    under the smallest normal float is raised to it: its root, ~1e-19, is lost beside ``eps``."""
+    squared_norm = f.pow(2).sum(dim=1, keepdim=True)
+    return f / (squared_norm.clamp_min(torch.finfo(f.dtype).tiny).sqrt() + eps)
 
 
 @dataclass(frozen=True, eq=False)

@@ -112,6 +112,27 @@ def test_lpips_matches_lpips_package(weights_dir, tv_vgg16, images):
         assert rel_close(a, b, rel=1e-5)
 
 
+def test_lpips_normalisation_is_the_packages_with_a_finite_gradient_at_dead_features():
+    """Where every channel's ReLU is off the feature vector is 0, and the lpips package's
+    normalisation (√ of the squared norm) has a NaN derivative there: under
+    ``detect_anomaly``, the tool people turn on to find NaNs, LPIPS' backward raised
+    "Function 'SqrtBackward0' returned nan values" (PerceptualSimilarity issues 69 and 121).
+    Ours gives the same values, bit for bit, and a finite gradient."""
+    import lpips
+
+    from losses.lpips_loss import _unit_normalize
+
+    features = torch.relu(torch.randn(2, 64, 9, 9, generator=torch.Generator().manual_seed(3)))
+    features[:, :, 2:5, 3] = 0  # dead locations
+    features[0, :, 7, 7] = 1e-30  # a squared norm below float32's smallest normal
+    assert torch.equal(_unit_normalize(features), lpips.normalize_tensor(features))
+    other = torch.relu(torch.randn_like(features))
+    with torch.autograd.detect_anomaly():
+        leaf = features.clone().requires_grad_(True)
+        (_unit_normalize(leaf) - _unit_normalize(other)).pow(2).sum().backward()
+    assert leaf.grad.isfinite().all()
+
+
 def test_hybrid_by_hand(weights_dir, images):
     x, y = images
     l1 = (x - y).abs().mean()
