@@ -212,6 +212,12 @@ def matlab_downsample(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.avg_pool2d(x, 2, 2)
 
 
+def _power_of_positive_part(x: torch.Tensor, exponent: float) -> torch.Tensor:
+    """max(x, 0)^exponent for 0 < exponent < 1, with a finite gradient everywhere: at 0 the power's
+    derivative is inf, and inf · 0 (another factor of the product being 0) is NaN."""
+    return torch.where(x > 0, x.clamp_min(torch.finfo(x.dtype).tiny).pow(exponent), 0.0)
+
+
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, crop_border: int = 0, y_channel: bool = False) -> torch.Tensor:
     """Per-image MS-SSIM (float64, (B,)) in the convention of the original MATLAB ``msssim.m``:
     5 scales, each SSIM as ``ssim`` ([0, 255], Gaussian 11×11, σ = 1.5, valid);
@@ -225,9 +231,9 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, crop_border: int = 0, y_channel: b
     for level, weight in enumerate(MS_SSIM_WEIGHTS):
         ssim_c, cs_c = ssim_cs(xs, ys, data_range=255.0)
         if level == len(MS_SSIM_WEIGHTS) - 1:
-            value = value * ssim_c.clamp_min(0).pow(weight)
+            value = value * _power_of_positive_part(ssim_c, weight)
         else:
-            value = value * cs_c.clamp_min(0).pow(weight)
+            value = value * _power_of_positive_part(cs_c, weight)
             xs, ys = matlab_downsample(xs), matlab_downsample(ys)
     return value.mean(dim=1)
 
