@@ -28,13 +28,16 @@ ERRORS = {
 
 
 FORM_FIELDS = (*IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD)
+# Fields a request gives once on every endpoint (FastAPI would keep the last of several, silently).
+SINGLE_FIELDS = {METRICS_FIELD: "one comma-separated list, e.g. psnr,ssim", OPTIONS_FIELD: "one JSON object holding every option"}
 OPTION_NAMES = frozenset(key for metric in REGISTRY.values() for key in metric.options)
 
 
 async def check_fields(request: Request, once: bool) -> None:
     """Refuse what would otherwise be ignored in silence: a query parameter or an unknown form
     field (``crop_border=4`` as a field of its own would give the uncropped PSNR, ``metric=psnr``
-    the default metrics), and with ``once`` a repeated field (/v1/score takes one triplet)."""
+    the default metrics), a repeated ``metrics`` or ``options`` (all but the last would be
+    dropped), and with ``once`` a repeated image (/v1/score takes one triplet)."""
     for name in request.query_params:
         advice = f"send {name!r} as a multipart form field" if name in FORM_FIELDS else f"the form fields are {list(FORM_FIELDS)}{_hint(name)}"
         raise invalid(name, f"{request.url.path} takes no query parameters, got {name!r}; {advice}", location="query")
@@ -42,8 +45,11 @@ async def check_fields(request: Request, once: bool) -> None:
     for name in form:
         if name not in FORM_FIELDS:
             raise invalid(name, f"unknown form field {name!r}; the fields are {list(FORM_FIELDS)}{_hint(name)}")
-        if once and len(form.getlist(name)) > 1:
-            raise invalid(name, f"{name} given {len(form.getlist(name))} times; {SCORE_PATH} takes one triplet (use {SCORE_BATCH_PATH})")
+        count = len(form.getlist(name))
+        if count > 1 and name in SINGLE_FIELDS:
+            raise invalid(name, f"{name} given {count} times; give it once, as {SINGLE_FIELDS[name]}")
+        if once and count > 1:
+            raise invalid(name, f"{name} given {count} times; {SCORE_PATH} takes one triplet (use {SCORE_BATCH_PATH})")
 
 
 def _hint(name: str) -> str:

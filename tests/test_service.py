@@ -192,14 +192,19 @@ def test_a_gt_a_few_pixels_larger_gets_the_mod_crop_hint(server, gt_shape, hinte
 
 @pytest.mark.parametrize("endpoint", ["/v1/score", "/v1/score/batch"])
 def test_fields_that_would_be_ignored_are_refused(server, endpoint):
-    """An option sent as a field of its own, a misspelt field or a query parameter used to be
-    dropped in silence: ``crop_border=4`` gave the uncropped PSNR with a 200."""
+    """An option sent as a field of its own, a misspelt field, a query parameter or a repeated
+    ``metrics``/``options`` used to be dropped in silence: ``crop_border=4`` gave the uncropped
+    PSNR with a 200."""
     t = {k: v for k, v in triplet(seed=5).items() if k in ("sr", "gt")}
     cases = [
         (dict(metrics="psnr", crop_border="4"), "", ("body", "crop_border"), 'options={"crop_border": ...}'),
         (dict(metrics="psnr", option='{"crop_border": 4}'), "", ("body", "option"), "did you mean 'options'?"),
         (dict(metric="psnr"), "", ("body", "metric"), "did you mean 'metrics'?"),
         (dict(), "?metrics=psnr", ("query", "metrics"), "send 'metrics' as a multipart form field"),
+        # Repeated: the batch endpoint kept the last one (ssim only; the second crop) with a 200.
+        (dict(metrics=["psnr", "ssim"]), "", ("body", "metrics"), "metrics given 2 times; give it once, as one comma-separated list"),
+        (dict(metrics="psnr", options=['{"crop_border": 4}', '{"y_channel": true}']), "", ("body", "options"),
+         "options given 2 times; give it once, as one JSON object"),
     ]
     for data, query, loc, advice in cases:
         response = httpx.post(f"{server.url}{endpoint}{query}", files=files(t), data=data)
