@@ -117,6 +117,20 @@ def test_psnr_difference_is_exact_in_float64():
     assert (psnr(y, x) - expected).abs().max() <= 1e-12
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_pixel_metrics_of_half_precision_images_are_those_of_their_values(photos, dtype):
+    """A bfloat16 batch (mixed-precision training) made PSNR and LR-PSNR raise NumPy's
+    "Got unsupported ScalarType BFloat16"; every half value is exact in float64, so the scores
+    are those of the same values in float64, to summation order."""
+    import losses
+
+    x, y = to_tensor(photos[0]).to(dtype), to_tensor(degrade(photos[0], seed=2)).to(dtype)
+    scores = losses.score(x, y, lr=y[..., ::4, ::4], metrics=("psnr", "ssim", "lr_psnr"))
+    exact = losses.score(x.double(), y.double(), lr=y[..., ::4, ::4].double(), metrics=("psnr", "ssim", "lr_psnr"))
+    for name, value in scores.items():
+        assert value.dtype == torch.float64 and (value - exact[name]).abs().max() <= 1e-9, name
+
+
 @pytest.mark.parametrize("side", ["x", "y"])
 def test_psnr_gradient_flows_through_either_argument(side):
     """With gradients wanted on either image, PSNR takes the autograd path: the same value as
