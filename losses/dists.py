@@ -35,7 +35,17 @@ def load_alpha_beta() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _similarity(x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    """Σ_c α_c·S1 + β_c·S2 for one stage (the input image or a layer), per sample (B,)."""
+    """Σ_c α_c·S1 + β_c·S2 for one stage (the input image or a layer), per sample (B,).
+
+    In float32 at least, under no autocast: S1 and S2 lie near 1 and DISTS is 1 minus their
+    weighted mean, which 16-bit floats cannot resolve (bfloat16's step at 1 is 0.008); with
+    ``--precision bf16`` the score was off by ~1e-3, more than DISTS itself between close images."""
+    with torch.autocast(x.device.type, enabled=False):
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        return _similarity_in(x.to(dtype), y.to(dtype), alpha, beta)
+
+
+def _similarity_in(x: torch.Tensor, y: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
     x_mean, y_mean = x.mean((2, 3), keepdim=True), y.mean((2, 3), keepdim=True)
     s1 = (2 * x_mean * y_mean + C1) / (x_mean**2 + y_mean**2 + C1)
     x_var, y_var = ((x - x_mean) ** 2).mean((2, 3), keepdim=True), ((y - y_mean) ** 2).mean((2, 3), keepdim=True)

@@ -266,9 +266,11 @@ def lr_psnr(sr: torch.Tensor, lr: torch.Tensor, crop_border: int = 0, y_channel:
 
 
 class SSIMLoss(nn.Module):
-    """1 − SSIM on [0, 1] tensors, float32 and differentiable (mean over the batch)."""
+    """1 − SSIM on [0, 1] tensors, float32 and differentiable (mean over the batch). Autocast is
+    off inside: its 16-bit filtering put 1 − SSIM ~6% off for SSIM near 0.985."""
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         _check_pair(pred, target)
-        value = ssim_map(pred.float(), target.float(), data_range=1.0).mean()
+        with torch.autocast(pred.device.type, enabled=False):
+            value = ssim_map(pred.float(), target.float(), data_range=1.0).mean()
         return (1.0 - value).to(pred.dtype)
