@@ -112,6 +112,7 @@ def test_lpips_matches_lpips_package(weights_dir, tv_vgg16, images):
         assert rel_close(a, b, rel=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
 def test_lpips_normalisation_is_the_packages_with_a_finite_gradient_at_dead_features():
     """Where every channel's ReLU is off the feature vector is 0, and the lpips package's
     normalisation (√ of the squared norm) has a NaN derivative there: under

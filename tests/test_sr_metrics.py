@@ -139,6 +139,7 @@ def test_ms_ssim_matches_pytorch_msssim_on_sizes_divisible_by_32(photos):
         assert abs(ms_ssim(x, y).item() - expected) <= 1e-6
 
 
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
 def test_ms_ssim_of_unrelated_photos_is_a_number_as_in_pytorch_msssim():
     """Unrelated photos have a negative cs at some scale (6 of these 10 pairs), which has no real
     fractional power: the score was NaN, a null in every report. Counted as 0 as pytorch-msssim,
