@@ -8,6 +8,8 @@ lists metrics. Adding a metric means one ``register`` call (docs/architecture.md
 
 from __future__ import annotations
 
+import difflib
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -172,10 +174,27 @@ register(Metric("dists", lambda b, o: dists_per_sample(b, DISTS_TERM), PAIR, Tru
 def get_metrics(names: Sequence[str]) -> list[Metric]:
     unknown = [name for name in names if name not in REGISTRY]
     if unknown:
-        raise MetricError("metrics", f"unknown metric(s) {unknown}; valid: {sorted(REGISTRY)}")
+        raise MetricError("metrics", f"unknown metric(s) {unknown}{_suggestions(unknown)}; valid: {sorted(REGISTRY)}")
     if not names:
         raise MetricError("metrics", f"no metric requested; valid: {sorted(REGISTRY)}")
     return [REGISTRY[name] for name in dict.fromkeys(names)]
+
+
+def _guesses(name: str) -> list[str]:
+    """The metrics a name as papers write it means: PSNR, MS-SSIM, LPIPS (either variant), "ssim"."""
+    key = name.strip("\"'[] ").lower().replace("-", "_")
+    if key in REGISTRY:
+        return [key]
+    variants = [known for known in REGISTRY if known.startswith(key + "_")]  # lpips → lpips_alex, lpips_vgg
+    return variants or difflib.get_close_matches(key, REGISTRY, n=1, cutoff=0.75)
+
+
+def _suggestions(unknown: Sequence[str]) -> str:
+    words = [word for name in unknown for word in name.split()]
+    if len(words) > len(unknown) and all(_guesses(word) for word in words):
+        return f"; separate names with commas, e.g. {','.join(_guesses(word)[0] for word in words)}"
+    guesses = [guess for name in unknown for guess in _guesses(name)]
+    return f"; did you mean {', '.join(repr(g) for g in dict.fromkeys(guesses))}?" if guesses else ""
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:

@@ -57,6 +57,20 @@ def test_score_refuses_unknown_metric_and_option(images):
         losses.score(images["sr"], images["gt"], metrics=("psnr",), loss_weight=2.0)
 
 
+@pytest.mark.parametrize("names, hint", [
+    (["PSNR", "SSIM"], "did you mean 'psnr', 'ssim'?"),
+    (["MS-SSIM", "LPIPS-Alex"], "did you mean 'ms_ssim', 'lpips_alex'?"),
+    (["lpips"], "did you mean 'lpips_vgg', 'lpips_alex'?"),
+    (["psnr ssim"], "separate names with commas, e.g. psnr,ssim"),  # not 'ms_ssim', the closest spelling
+    (['["psnr"', '"ssim"]'], "did you mean 'psnr', 'ssim'?"),  # a JSON list split at its comma
+    (["fid"], "unknown metric(s) ['fid']; valid: "),  # nothing close: no guess
+])
+def test_unknown_metric_names_as_papers_write_them_get_a_guess(images, names, hint):
+    with pytest.raises(losses.MetricError) as caught:
+        losses.score(images["sr"], images["gt"], metrics=names)
+    assert hint in str(caught.value) and str(caught.value).endswith(f"valid: {sorted(losses.REGISTRY)}")
+
+
 def test_create_metric_is_a_differentiable_module(weights_dir, images):
     module = create_metric("clp_vgg19", loss_weight=2.0)
     assert isinstance(module, nn.Module)
