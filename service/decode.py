@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Callable
+from itertools import islice
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -27,7 +28,8 @@ NPY_SCALES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 NPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*")
 MIN_IS_WHITE = 0  # TIFF PhotometricInterpretation
-REDUCED_SUBFILE_TAG = 254  # TIFF NewSubfileType: bit 0 marks a reduced-resolution page
+SUBFILE_TYPE_TAG, REDUCED_RESOLUTION = 254, 1  # TIFF NewSubfileType; its bit 0 marks a reduced-resolution page
+TIFF_PAGES_READ = 16  # pages read to find a stack: any pyramid's levels, not a million 1-pixel pages
 
 
 @dataclass
@@ -200,7 +202,7 @@ def _decode_image(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
         raise unsupported(field_name, f"{field_name}: not a decodable image; accepted: {', '.join(IMAGE_FORMATS)} or .npy") from None
     if image.format not in IMAGE_FORMATS + (JPEG_WITH_PICTURES,):
         raise unsupported(field_name, f"{field_name}: format {image.format} unsupported; accepted: {', '.join(IMAGE_FORMATS)} or .npy")
-    _refuse_many_images(_image_count(image), image.format, field_name)
+    _refuse_many_images(image, field_name)
     if _pillow_misreads_tiff(image):
         return _decode_tiff(data, field_name, check)
     width, height = image.size
@@ -219,27 +221,36 @@ def _decode_image(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
     return Decoded(_to_rgb(array, field_name, warnings), warnings)
 
 
-def _image_count(image: Image.Image) -> int:
-    """The images a file holds: an animation's frames or a TIFF's full-resolution pages (a page
-    flagged reduced-resolution, a thumbnail or pyramid level, is a view of another)."""
-    if image.format == JPEG_WITH_PICTURES:
-        return 1
-    if image.format != "TIFF":
-        return getattr(image, "n_frames", 1)
-    full_pages = 0
-    for index in range(image.n_frames):
-        image.seek(index)
-        full_pages += not image.tag_v2.get(REDUCED_SUBFILE_TAG, 0) & 1
-    image.seek(0)
-    return full_pages
+def _refuse_many_images(image: Image.Image, field_name: str) -> None:
+    """A score is for one image: which frame of an animation or page of a stack was meant is the
+    user's to say, not ours. An MPO's extra pictures are previews or a second view of its first."""
+    frames = 1 if image.format in ("TIFF", JPEG_WITH_PICTURES) else getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise invalid(field_name, f"{field_name}: the {image.format} holds {frames} frames (an animation); upload one image per field")
+    if image.format == "TIFF":
+        _refuse_a_stack(_pillow_subfile_types(image), field_name)
+        image.seek(0)
 
 
-def _refuse_many_images(count: int, image_format: str, field_name: str) -> None:
-    """A score is for one image: which frame or page was meant is the user's to say, not ours."""
-    if count > 1:
-        kind = "pages" if image_format == "TIFF" else "frames"
-        raise invalid(field_name, f"{field_name}: the {image_format} holds {count} {kind} (an animation or a stack); "
-                                  f"upload one image per field")
+def _pillow_subfile_types(image: Image.Image) -> Iterator[int]:
+    index = 0
+    while True:
+        try:
+            image.seek(index)
+        except EOFError:
+            return
+        yield image.tag_v2.get(SUBFILE_TYPE_TAG, 0)
+        index += 1
+
+
+def _refuse_a_stack(subfile_types: Iterable[int], field_name: str) -> None:
+    """A TIFF with a second full-resolution page. A reduced-resolution page (a thumbnail, a pyramid
+    level) is a view of another. Only the first TIFF_PAGES_READ pages are read: every page costs
+    a parse, and a 256 MB upload can hold a million of them."""
+    full_pages = sum(not subfile_type & REDUCED_RESOLUTION for subfile_type in islice(subfile_types, TIFF_PAGES_READ))
+    if full_pages > 1:
+        raise invalid(field_name, f"{field_name}: the TIFF holds {full_pages}{'+' if full_pages == TIFF_PAGES_READ else ''} "
+                                  f"full-resolution pages (a stack); upload one image per field")
 
 
 def _pillow_misreads_tiff(image: Image.Image) -> bool:
@@ -263,7 +274,7 @@ def _decode_tiff(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
 
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
-            _refuse_many_images(sum(not page.is_reduced for page in tiff.pages), "TIFF", field_name)
+            _refuse_a_stack((page.subfiletype for page in tiff.pages), field_name)
             page = tiff.pages.first
             check(page.imagelength, page.imagewidth)
             array = page.asarray()

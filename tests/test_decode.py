@@ -492,9 +492,9 @@ def test_an_animation_or_a_stack_is_refused_not_scored_on_its_first_frame(fmt, p
     stacked .npy was refused: which frame was meant is the user's to say."""
     frames = [Image.fromarray(RGB), Image.fromarray(RGB[::-1].copy()), Image.fromarray(RGB[:, ::-1].copy())]
     error = refused(encoded(frames[0], fmt, save_all=True, append_images=frames[1:], **params))
-    kind = "pages" if fmt == "TIFF" else "frames"
+    what = "full-resolution pages (a stack)" if fmt == "TIFF" else "frames (an animation)"
     assert (error.status, error.field) == (422, "gt")
-    assert error.message == f"gt: the {fmt} holds 3 {kind} (an animation or a stack); upload one image per field"
+    assert error.message == f"gt: the {fmt} holds 3 {what}; upload one image per field"
     single = decode(encoded(frames[0], fmt, save_all=True, **params), "sr").pixels  # one frame, written as an animation
     assert np.array_equal(single, RGB.astype(np.float32) / 255.0)
 
@@ -504,8 +504,22 @@ def test_a_tiffs_reduced_resolution_pages_are_not_images_of_their_own(dtype):
     full = RGB.astype(dtype) if dtype == np.uint8 else RGB.astype(dtype) / 255.0
     with_thumbnail = tiff_pages((full, 0), (full[::2, ::2], 1))
     assert np.allclose(decode(with_thumbnail, "sr").pixels, RGB / 255.0, rtol=0, atol=1e-7)
-    error = refused(tiff_pages((full, 0), (full, 0), (full[::2, ::2], 1)))
-    assert error.message == "gt: the TIFF holds 2 pages (an animation or a stack); upload one image per field"
+    error = refused(tiff_pages((full, 0), (full[::2, ::2], 1), (full, 0)))
+    assert error.message == "gt: the TIFF holds 2 full-resolution pages (a stack); upload one image per field"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_only_a_tiffs_first_pages_are_read_to_find_a_stack(dtype):
+    """Every page costs a parse: 20,000 one-pixel pages took 5 s to count, and a 256 MB upload
+    holds a million. The first TIFF_PAGES_READ pages decide."""
+    from service.decode import TIFF_PAGES_READ
+
+    full = RGB.astype(dtype)
+    pixel = (full[:1, :1], 1)
+    late_second = tiff_pages((full, 0), *[pixel] * (TIFF_PAGES_READ - 1), (full, 0))
+    assert decode(late_second, "sr").size == RGB.shape[:2]
+    error = refused(tiff_pages(*[(full[:2, :2], 0)] * (TIFF_PAGES_READ + 4)))
+    assert error.message == f"gt: the TIFF holds {TIFF_PAGES_READ}+ full-resolution pages (a stack); upload one image per field"
 
 
 def test_a_jpeg_with_extra_pictures_is_its_first_picture():
