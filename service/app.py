@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .errors import ServiceError
+from .errors import ServiceError, as_detail
 from .middleware import DrainAndCount, RequestGuard, install_sigterm_drain
 from .ops import build_ops_router
 from .routes import build_router
@@ -53,6 +54,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(ServiceError)
     async def service_error(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own errors (a multipart body without its boundary, an unknown path, a wrong
+        method) in the one detail shape every 4xx has; their detail was a bare string."""
+        detail = exc.detail if isinstance(exc.detail, list) else as_detail(exc.status_code, str(exc.detail))
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
 
     # Added before the counting middleware so it sits inside it: its exceptions then reach
     # FastAPI's body parsing directly (which re-raises HTTPException), and its 413s are counted.

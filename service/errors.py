@@ -22,6 +22,14 @@ class ServiceError(Exception):
         return [{"loc": loc, "msg": self.message, "type": self.kind}]
 
 
+HTTP_ERROR_KINDS = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed"}
+
+
+def as_detail(status: int, message: str) -> list[dict]:
+    """A framework's bare-string error as the detail every 4xx has; a 400 is the body's."""
+    return [{"loc": ["body"] if status == 400 else ["request"], "msg": message, "type": HTTP_ERROR_KINDS.get(status, "http_error")}]
+
+
 def too_large(field: str, message: str) -> ServiceError:
     return ServiceError(413, field, message, "too_large")
 

@@ -13,8 +13,8 @@ from .protocol import API_PREFIX
 
 
 class RequestGuard:
-    """413 for bodies over the limit (by Content-Length or while streaming), 408 for a client
-    that stalls mid-body longer than ``body_timeout_s``."""
+    """413 for bodies over the limit (by Content-Length or while streaming), 415 for a compressed
+    body (Content-Encoding), 408 for a client that stalls mid-body longer than ``body_timeout_s``."""
 
     def __init__(self, app, max_bytes: int | None, body_timeout_s: float, on_reject):
         self.app, self.max_bytes, self.body_timeout_s, self.on_reject = app, max_bytes, body_timeout_s, on_reject
@@ -32,10 +32,18 @@ class RequestGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        length, encoding = headers.get(b"content-length"), headers.get(b"content-encoding", b"identity").strip().lower()
         if self.max_bytes is not None and length is not None and length.isdigit() and int(length) > self.max_bytes:
             error = self._error(f"of {int(length)} bytes")
             response = JSONResponse({"detail": error.detail}, status_code=413, headers={"Connection": "close"})
+            return await response(scope, receive, send)
+        if encoding != b"identity":  # the multipart parser would report the compressed bytes as "Invalid multipart data"
+            self.on_reject("content_encoding")
+            message = (f"content-encoding {encoding.decode('latin-1')!r} unsupported: send the body uncompressed "
+                       "(PNG, JPEG and WebP are compressed already)")
+            response = JSONResponse({"detail": [{"loc": ["body"], "msg": message, "type": "unsupported_media"}]},
+                                    status_code=415, headers={"Connection": "close"})
             return await response(scope, receive, send)
         received, body_done = 0, False
 

@@ -18,10 +18,11 @@ DEFAULT_METRICS_FIELD = ",".join(DEFAULT_METRICS)
 METRICS_HELP = f"comma list of metric names (GET {CATALOGUE_PATH}); default {DEFAULT_METRICS_FIELD}"
 OPTIONS_HELP = 'JSON object of metric options, e.g. {"crop_border": 4, "y_channel": true}'
 ERRORS = {
+    400: {"description": "a multipart body that cannot be parsed (no boundary, a wrong one)"},
     401: {"description": "missing or wrong API key"},
     408: {"description": "the client stalled while sending the body"},
     413: {"description": "body or image too large"},
-    415: {"description": "undecodable or unsupported data"},
+    415: {"description": "undecodable or unsupported data, or a compressed body (Content-Encoding)"},
     422: {"description": "invalid request; detail names the field"},
     503: {"description": "overloaded (Retry-After), shutting down, or a needed model is missing"},
 }

@@ -1,6 +1,7 @@
 """End-to-end tests against a real ``loss-service serve`` process with generated checkpoints."""
 
 import asyncio
+import gzip
 import json
 import platform
 import sys
@@ -215,6 +216,28 @@ def test_fields_that_would_be_ignored_are_refused(server, endpoint):
     assert upper.status_code == 422 and "did you mean 'lr'?" in upper.json()["detail"][0]["msg"]
     cropped = httpx.post(f"{server.url}{endpoint}", files=files(t), data=dict(metrics="psnr", options='{"crop_border": 4}'))
     assert cropped.status_code == 200
+
+
+def test_every_4xx_has_the_detail_shape_and_a_compressed_body_is_refused(server):
+    """Starlette's own errors had a bare-string detail ("Missing boundary in multipart.", "Not
+    Found"), breaking the one shape clients parse; a gzip-encoded body got "Invalid multipart data"."""
+    t = {k: v for k, v in triplet(seed=6).items() if k in ("sr", "gt")}
+    body = httpx.Request("POST", server.url, files=files(t), data=dict(metrics="psnr"))
+    content, content_type = body.read(), body.headers["content-type"]
+    cases = [
+        ("POST", "/v1/score", dict(content=content, headers={"content-type": "multipart/form-data"}), 400,
+         ["body"], "malformed_body", "Missing boundary in multipart."),
+        ("POST", "/v1/score", dict(content=gzip.compress(content), headers={"content-type": content_type, "content-encoding": "gzip"}),
+         415, ["body"], "unsupported_media", "content-encoding 'gzip' unsupported: send the body uncompressed"),
+        ("GET", "/v1/score", {}, 405, ["request"], "method_not_allowed", "Method Not Allowed"),
+        ("POST", "/v1/scores", {}, 404, ["request"], "not_found", "Not Found"),
+    ]
+    for method, path, kwargs, status, loc, kind, message in cases:
+        response = httpx.request(method, f"{server.url}{path}", **kwargs)
+        (entry,) = response.json()["detail"]
+        assert (response.status_code, entry["loc"], entry["type"]) == (status, loc, kind), response.text
+        assert entry["msg"].startswith(message), entry
+    assert httpx.post(f"{server.url}/v1/score", content=content, headers={"content-type": content_type}).status_code == 200
 
 
 def test_body_limit(server):
