@@ -213,7 +213,7 @@ def markdown(report: Report) -> str:
         header = ["Model", *(f"{m} {arrow(m, report.lower_is_better[m])}" for m in report.metrics)]
         lines += [f"### {group}", "", "| " + " | ".join(header) + " |", "|---" + "|---:" * len(report.metrics) + "|"]
         for model in report.models_in(group):
-            row = [model]
+            row = [model.replace("|", r"\|")]  # a bare | in a model's name would end its cell
             for metric in report.metrics:
                 cell = report.cells.get((group, model, metric))
                 text = "–" if cell is None else fmt(metric, cell.mean)

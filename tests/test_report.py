@@ -125,6 +125,12 @@ def test_markdown_and_latex_tables_carry_the_json_means(two_datasets):
         assert numbers == [float(f"{v:.{decimals(m)}f}") for v, m in zip(expected, ["psnr", "ssim", "lpips_alex"] * 2)]
 
 
+def test_a_pipe_in_a_model_name_stays_in_its_markdown_cell(tmp_path):
+    report = Report.build(load_runs(eval_json(tmp_path, "Set5", 4, {"EDSR|lite": 6.0, "SwinIR": 3.0})), seed=0, resamples=200)
+    row = next(line for line in markdown(report).splitlines() if line.startswith("| EDSR"))
+    assert row.startswith(r"| EDSR\|lite |") and len(re.split(r"(?<!\\)\|", row.strip("|"))) == 1 + len(report.metrics)
+
+
 def test_a_mean_that_left_out_infinite_scores_is_marked(tmp_path):
     """An SR image identical to its GT has PSNR +inf (null in the JSON): the mean is over the
     finite values only, and the tables must say so rather than print it like any other mean."""
