@@ -100,6 +100,19 @@ def _tensor_to_array(tensor: Any) -> np.ndarray:
     return np.moveaxis(array, 0, -1) if array.ndim == 3 else array
 
 
+def _pil_image(image: Any, role: str) -> tuple[str, bytes, str]:
+    """PNG where PNG holds the mode; else TIFF, which keeps CMYK, YCbCr, LAB, 32-bit integer and
+    float pixels as stored, for the server to convert as it converts such a file; else (HSV) RGB."""
+    for fmt, suffix, content_type in (("PNG", "png", "image/png"), ("TIFF", "tif", "image/tiff")):
+        buffer = io.BytesIO()
+        try:
+            image.save(buffer, format=fmt)
+        except OSError:  # "cannot write mode CMYK as PNG"
+            continue
+        return f"{role}.{suffix}", buffer.getvalue(), content_type
+    return _pil_image(image.convert("RGB"), role)
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     return value.detach().cpu().numpy() if type(value).__module__.startswith("torch") else np.asarray(value)
 
@@ -116,9 +129,7 @@ def encode_image(image: Any, role: str) -> tuple[str, bytes, str]:
         data = bytes(image)
         return (f"{role}.npy", data, CONTENT_TYPES[".npy"]) if data.startswith(b"\x93NUMPY") else (role, data, "application/octet-stream")
     if type(image).__module__.startswith("PIL."):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        return f"{role}.png", buffer.getvalue(), "image/png"
+        return _pil_image(image, role)
     if type(image).__module__.startswith("torch"):
         image = _tensor_to_array(image)
     if isinstance(image, np.ndarray):

@@ -422,6 +422,26 @@ def test_out_of_range_command_flags_are_usage_errors(args, flag, capsys):
     assert info.value.code == 2 and f"argument {flag}:" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("mode", ["CMYK", "YCbCr", "LAB", "HSV", "I", "F"])
+def test_a_pillow_image_in_any_mode_is_sent_as_the_server_reads_it(mode):
+    """PNG cannot hold these modes: the client raised Pillow's "cannot write mode CMYK as PNG".
+    They go as TIFF (HSV, which TIFF cannot hold either, as RGB), and decode to what the server
+    makes of the same picture: Pillow's RGB conversion, or the grey values of I and F."""
+    from service.client import encode_image
+    from service.decode import decode
+
+    pixels = random_image(9, 7, 4)
+    if mode in ("I", "F"):
+        image = Image.fromarray(pixels[..., 0].astype(np.int32) if mode == "I" else pixels[..., 0].astype(np.float32) / 255)
+        expected = np.repeat(pixels[..., :1], 3, axis=2).astype(np.float32) / 255
+    else:
+        image = Image.fromarray(pixels).convert(mode)
+        expected = np.asarray(image.convert("RGB")).astype(np.float32) / 255
+    _, data, _ = encode_image(image, "sr")
+    decoded = decode(data, "sr")
+    assert decoded.warnings == [] and np.abs(decoded.pixels - expected).max() <= 1e-7
+
+
 def test_client_imports_without_torch_or_fastapi():
     blocker = (
         "import sys\n"
