@@ -26,6 +26,7 @@ import numpy as np
 from .protocol import (CATALOGUE_PATH, DISTILL_CONFIG_PARAM, DISTILL_PATH, IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD, READYZ_PATH,
                        SCORE_BATCH_PATH, SCORE_PATH)
 
+CHANNELS = (1, 2, 3, 4)  # grey, grey + alpha, RGB, RGBA
 CONTENT_TYPES = {
     ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
     ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff", ".npy": "application/octet-stream",
@@ -87,7 +88,7 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _tensor_to_array(tensor: Any) -> np.ndarray:
+def _tensor_to_array(tensor: Any, role: str) -> np.ndarray:
     """(C, H, W) or (1, C, H, W) tensor → H×W×C array (torch is already imported by the caller).
     An integer tensor keeps its dtype: uint8 from ``torchvision.io.read_image`` travels as PNG, as
     a uint8 array does (made float, its 0–255 values would be clamped to 1). Floats become float32."""
@@ -95,9 +96,23 @@ def _tensor_to_array(tensor: Any) -> np.ndarray:
     array = (tensor.float() if tensor.is_floating_point() else tensor).numpy()
     if array.ndim == 4:
         if array.shape[0] != 1:
-            raise ValueError(f"pass one image per field, got a batch of {array.shape[0]}")
+            raise ValueError(f"{role}: pass one image per field, got a batch of {array.shape[0]}")
         array = array[0]
+    if array.ndim == 3 and array.shape[0] not in CHANNELS:
+        raise ValueError(f"{role}: tensors are (C, H, W) with C in 1..4, got shape {tuple(tensor.shape)}; "
+                         "for an (H, W, C) tensor pass t.permute(2, 0, 1)")
     return np.moveaxis(array, 0, -1) if array.ndim == 3 else array
+
+
+def _image_array(array: np.ndarray, role: str) -> np.ndarray:
+    """H×W or H×W×C with C in 1..4, as the server decodes ``.npy``; a batch of one is its image.
+    Checked here: pypng's "Expected 96 values but got 1024" named neither the field nor the shape."""
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[2] in CHANNELS):
+        return array
+    hint = "; channels first? pass np.moveaxis(a, 0, -1)" if array.ndim == 3 and array.shape[0] in CHANNELS else ""
+    raise ValueError(f"{role}: arrays are H×W or H×W×C with C in 1..4, got shape {array.shape}{hint}")
 
 
 def _pil_image(image: Any, role: str) -> tuple[str, bytes, str]:
@@ -131,8 +146,9 @@ def encode_image(image: Any, role: str) -> tuple[str, bytes, str]:
     if type(image).__module__.startswith("PIL."):
         return _pil_image(image, role)
     if type(image).__module__.startswith("torch"):
-        image = _tensor_to_array(image)
+        image = _tensor_to_array(image, role)
     if isinstance(image, np.ndarray):
+        image = _image_array(image, role)
         if image.dtype.newbyteorder("=") in (np.uint8, np.uint16):  # either byte order
             return f"{role}.png", _png(image), "image/png"
         if image.dtype.kind == "f":

@@ -442,6 +442,31 @@ def test_a_pillow_image_in_any_mode_is_sent_as_the_server_reads_it(mode):
     assert decoded.warnings == [] and np.abs(decoded.pixels - expected).max() <= 1e-7
 
 
+@pytest.mark.parametrize("make, message", [
+    (lambda: np.zeros((3, 32, 32), np.uint8),  # was pypng's "Expected 96 values but got 1024 values, in row 0"
+     "sr: arrays are H×W or H×W×C with C in 1..4, got shape (3, 32, 32); channels first? pass np.moveaxis(a, 0, -1)"),
+    (lambda: np.zeros((32, 32, 5), np.uint8), "sr: arrays are H×W or H×W×C with C in 1..4, got shape (32, 32, 5)"),
+    (lambda: np.zeros((2, 32, 32, 3), np.float32), "sr: arrays are H×W or H×W×C with C in 1..4, got shape (2, 32, 32, 3)"),
+    (lambda: __import__("torch").zeros(32, 32, 3),  # was sent as a 32×3 image of 32 channels
+     "sr: tensors are (C, H, W) with C in 1..4, got shape (32, 32, 3); for an (H, W, C) tensor pass t.permute(2, 0, 1)"),
+    (lambda: __import__("torch").zeros(2, 3, 32, 32), "sr: pass one image per field, got a batch of 2"),
+])
+def test_array_shapes_are_checked_before_sending(make, message):
+    from service.client import encode_image
+
+    with pytest.raises(ValueError) as caught:
+        encode_image(make(), "sr")
+    assert str(caught.value) == message
+
+
+def test_an_array_batch_of_one_is_its_image():
+    from service.client import encode_image
+    from service.decode import decode
+
+    pixels = random_image(12, 10, 5)
+    assert np.array_equal(decode(encode_image(pixels[None], "sr")[1], "sr").pixels, decode(encode_image(pixels, "sr")[1], "sr").pixels)
+
+
 def test_client_imports_without_torch_or_fastapi():
     blocker = (
         "import sys\n"
