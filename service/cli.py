@@ -12,6 +12,7 @@ import json
 import math
 import sys
 
+from .errors import RepeatedKey, loads_unique
 from .protocol import DEFAULT_METRICS, IMAGE_ROLES
 from .stats import BOOTSTRAP_RESAMPLES
 
@@ -31,9 +32,11 @@ class CommandFailed(Exception):
 def json_object(text: str) -> dict:
     """``--options``: a JSON object, refused by argparse (exit 2) when it is not one."""
     try:
-        value = json.loads(text)
+        value = loads_unique(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not JSON ({exc}); e.g. '{{\"crop_border\": 4}}'") from None
+    except RepeatedKey as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"must be a JSON object, e.g. '{{\"crop_border\": 4}}', got {text!r}")
     return value

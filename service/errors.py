@@ -47,14 +47,34 @@ def unavailable(field: str | None, message: str, retry_after: int | None = None)
     return ServiceError(503, field, message, "unavailable", headers)
 
 
+class RepeatedKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise RepeatedKey(f"{repeated[0]!r} given {keys.count(repeated[0])} times; give each key once")
+    return dict(pairs)
+
+
+def loads_unique(text: str):
+    """``json.loads`` that refuses a repeated key, which it would settle by keeping the last:
+    ``{"crop_border": 4, "crop_border": 0}`` is a mistake to report, not a choice to make."""
+    return json.loads(text, object_pairs_hook=_unique_keys)
+
+
 def json_object(text: str, field: str, example: str, max_chars: int = 4096) -> dict:
     """Parse a JSON-object form/query field, or raise a 422 naming it."""
     if len(text) > max_chars:
         raise invalid(field, f"{field}: {len(text)} characters; at most {max_chars}")
     try:
-        value = json.loads(text)
+        value = loads_unique(text)
     except json.JSONDecodeError as exc:
         raise invalid(field, f"{field}: not valid JSON ({exc})") from None
+    except RepeatedKey as exc:
+        raise invalid(field, f"{field}: {exc}") from None
     if not isinstance(value, dict):
         raise invalid(field, f"{field}: must be a JSON object, e.g. {example}")
     return value

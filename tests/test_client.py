@@ -393,7 +393,7 @@ def test_score_command_failures_are_one_line_and_an_exit_code(server, tmp_path, 
     assert err.startswith("loss-service score: error: ") and message in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("options", ["{crop_border: 4}", "[4]"])
+@pytest.mark.parametrize("options", ["{crop_border: 4}", "[4]", '{"crop_border": 4, "crop_border": 0}'])
 def test_options_that_are_not_a_json_object_are_refused_by_the_parser(options, capsys):
     with pytest.raises(SystemExit) as info:
         cli_main(["score", "a.png", "b.png", "--local", "--options", options])

@@ -206,6 +206,9 @@ def test_fields_that_would_be_ignored_are_refused(server, endpoint):
         (dict(metrics=["psnr", "ssim"]), "", ("body", "metrics"), "metrics given 2 times; give it once, as one comma-separated list"),
         (dict(metrics="psnr", options=['{"crop_border": 4}', '{"y_channel": true}']), "", ("body", "options"),
          "options given 2 times; give it once, as one JSON object"),
+        # A repeated key: json.loads kept the last (the uncropped PSNR).
+        (dict(metrics="psnr", options='{"crop_border": 4, "crop_border": 0}'), "", ("body", "options"),
+         "options: 'crop_border' given 2 times; give each key once"),
     ]
     for data, query, loc, advice in cases:
         response = httpx.post(f"{server.url}{endpoint}{query}", files=files(t), data=data)
