@@ -183,7 +183,7 @@ def score_local(args: argparse.Namespace) -> dict:
     from .decode import decode
     from .errors import ServiceError
     from .protocol import RANDOM_WEIGHTS_WARNING
-    from .scoring import finite_scores
+    from .scoring import finite_scores, unused_images
 
     paths = {role: getattr(args, role) for role in IMAGE_ROLES if getattr(args, role)}
     setup = dict(metrics=_metric_names(args.metrics), device="cpu", pretrained=not args.random_weights, weights_dir=args.weights_dir)
@@ -200,7 +200,8 @@ def score_local(args: argparse.Namespace) -> dict:
     except WeightsError as exc:
         raise CommandFailed(str(exc), 1) from None
     scores, warnings = finite_scores({name: value.item() for name, value in values.items()})
-    warnings = [w for d in decoded.values() for w in d.warnings] + warnings + ([] if setup["pretrained"] else [RANDOM_WEIGHTS_WARNING])
+    warnings = ([w for d in decoded.values() for w in d.warnings] + unused_images(list(dict.fromkeys(setup["metrics"])), decoded)
+                + warnings + ([] if setup["pretrained"] else [RANDOM_WEIGHTS_WARNING]))
     return {"scores": scores, "pretrained": setup["pretrained"], "device": "cpu", "warnings": warnings, "conventions": conventions}
 
 
@@ -277,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--sr", action="append", required=True, metavar="[NAME=]DIR",
                     help="folder of a model's SR outputs; repeat as --sr NAME=DIR to compare models (one pass, each GT sent once)")
     ev.add_argument("--gt", required=True, help="folder of ground truths")
-    ev.add_argument("--lr", help="folder of LR inputs (for clp_*)")
+    ev.add_argument("--lr", help="folder of LR inputs (for lr_psnr, clp_*)")
     ev.add_argument("--teacher", help="folder of teacher outputs (for kd)")
     ev.add_argument("--dataset", default=None, help="dataset name recorded in the JSON (e.g. Set5), used by `report`")
     ev.add_argument("--scale", type=number(int, 1), default=None, help="SR scale recorded in the JSON (e.g. 4), used by `report`")

@@ -12,7 +12,7 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from .batcher import BatchTooLarge
 from .decode import Decoded
 from .device import check_device, select_device
 from .errors import ServiceError, invalid, json_object, unavailable
-from .protocol import DEFAULT_METRICS, IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD
+from .protocol import DEFAULT_METRICS, IMAGE_ROLES, METRICS_FIELD, OPTIONAL_ROLES, OPTIONS_FIELD
 from .settings import Settings
 
 log = logging.getLogger("loss_service")
@@ -187,7 +187,7 @@ class Scorer:
                                     + _mod_crop_hint(decoded[role].size, sr_size))
         if "lr" in decoded and (decoded["lr"].size[0] > sr_size[0] or decoded["lr"].size[1] > sr_size[1]):
             raise invalid("lr", f"lr is {_hw(decoded['lr'].size)}, larger than sr {_hw(sr_size)}; were the fields swapped?")
-        warnings = [w for d in decoded.values() for w in d.warnings]
+        warnings = [w for d in decoded.values() for w in d.warnings] + unused_images(plan.metrics, decoded)
         return Job({role: d.pixels for role, d in decoded.items()}, plan, warnings)
 
     # --- device work (runs on the batcher's thread) --------------------------------------
@@ -241,6 +241,15 @@ class Scorer:
             raise invalid("sr", str(exc)) from None
         columns = {name: values.double().cpu().tolist() for name, values in scores.items()}
         return [{name: values[i] for name, values in columns.items()} for i in range(len(jobs))]
+
+
+def unused_images(metrics: Sequence[str], roles: Iterable[str]) -> list[str]:
+    """A warning for each optional upload no requested metric reads: an lr sent with
+    metrics=psnr,ssim most likely meant lr_psnr or a clp metric, and was dropped without a word."""
+    used = {role for name in metrics for role in registry.REGISTRY[name].needs}
+    return [f"{role}: uploaded but not used by {', '.join(metrics)}; metrics that use it: "
+            f"{', '.join(sorted(m.name for m in registry.REGISTRY.values() if role in m.needs))}"
+            for role in roles if role in OPTIONAL_ROLES and role not in used]
 
 
 def _hw(size: tuple[int, int]) -> str:

@@ -349,18 +349,21 @@ def test_score_command(server, tmp_path, capsys):
 def test_score_command_answers_as_the_server_does(server, tmp_path, capsys):
     """``score --local`` of identical images prints valid JSON (null, not Infinity) with the
     server's warnings; with random weights it says so in every output, as the server does."""
-    a, rgba = tmp_path / "a.png", tmp_path / "rgba.png"
+    a, rgba, lr = tmp_path / "a.png", tmp_path / "rgba.png", tmp_path / "lr.png"
     Image.fromarray(random_image(20, 20, 1)).save(a)
     Image.fromarray(np.dstack([random_image(20, 20, 1), np.full((20, 20), 255, np.uint8)])).save(rgba)
+    Image.fromarray(random_image(5, 5, 2)).save(lr)
     outputs = {}
     for where in (["--url", server.url], ["--local"]):
-        assert cli_main(["score", str(a), str(rgba), *where, "--metrics", "psnr,perceptual", "--json"]) == 0
+        assert cli_main(["score", str(a), str(rgba), str(lr), *where, "--metrics", "psnr,perceptual", "--json"]) == 0
         outputs[where[0]] = json.loads(capsys.readouterr().out)  # json.loads accepts Infinity: check the text too
     remote, local = outputs["--url"], outputs["--local"]
     assert local["scores"]["psnr"] is None and remote["scores"]["psnr"] is None
     assert local["scores"]["perceptual"] == pytest.approx(remote["scores"]["perceptual"], abs=1e-7)
     assert local["warnings"] == remote["warnings"]
     assert "gt: alpha channel dropped" in local["warnings"] and any("reported as null" in w for w in local["warnings"])
+    # An upload no requested metric reads was dropped without a word.
+    assert "lr: uploaded but not used by psnr, perceptual; metrics that use it: clp_dinov2, clp_vgg19, lr_psnr" in local["warnings"]
     assert cli_main(["score", str(a), str(a), "--local", "--random-weights", "--metrics", "psnr,perceptual", "--json"]) == 0
     printed = capsys.readouterr().out
     assert "Infinity" not in printed and json.loads(printed)["pretrained"] is False
