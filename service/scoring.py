@@ -184,7 +184,7 @@ class Scorer:
         for role in ("gt", "teacher"):
             if role in decoded and decoded[role].size != sr_size:
                 raise invalid(role, f"{role} is {_hw(decoded[role].size)} but sr is {_hw(sr_size)}; they must match"
-                                    + _mod_crop_hint(decoded[role].size, sr_size))
+                                    + _mod_crop_hint(decoded[role].size, sr_size) + _turned_hint(decoded[role].size, sr_size))
         if "lr" in decoded and (decoded["lr"].size[0] > sr_size[0] or decoded["lr"].size[1] > sr_size[1]):
             raise invalid("lr", f"lr is {_hw(decoded['lr'].size)}, larger than sr {_hw(sr_size)}; were the fields swapped?")
         warnings = [w for d in decoded.values() for w in d.warnings] + unused_images(plan.metrics, decoded)
@@ -257,6 +257,15 @@ def _hw(size: tuple[int, int]) -> str:
 
 
 MOD_CROP_SLACK = 16  # pixels: beyond the largest SR scale's remainder (×8 leaves at most 7)
+
+
+def _turned_hint(reference: tuple[int, int], sr: tuple[int, int]) -> str:
+    """The same size turned 90°: most often a photo whose EXIF orientation one tool applied and
+    another (this server, as BasicSR and pyiqa) did not."""
+    if reference != sr[::-1]:
+        return ""
+    return ("; it is sr's size turned 90°: if one file carries an EXIF orientation tag, save both with the rotation "
+            "applied (EXIF orientation is not applied here)")
 
 
 def _mod_crop_hint(reference: tuple[int, int], sr: tuple[int, int]) -> str:

@@ -191,6 +191,16 @@ def test_a_gt_a_few_pixels_larger_gets_the_mod_crop_hint(server, gt_shape, hinte
     assert ("mod-crop" in message and "crop its bottom and right edges to 32×32" in message) == hinted
 
 
+def test_a_gt_turned_90_degrees_gets_the_exif_hint(server):
+    """A phone photo whose EXIF orientation one tool applied and another did not."""
+    sr, gt = random_image(32, 48, 1), random_image(48, 32, 2)
+    response = httpx.post(f"{server.url}/v1/score", files=files({"sr": png_bytes(sr), "gt": png_bytes(gt)}), data=dict(metrics="psnr"))
+    message = response.json()["detail"][0]["msg"]
+    assert response.status_code == 422 and message == (
+        "gt is 32×48 but sr is 48×32; they must match; it is sr's size turned 90°: if one file carries an EXIF "
+        "orientation tag, save both with the rotation applied (EXIF orientation is not applied here)")
+
+
 @pytest.mark.parametrize("endpoint", ["/v1/score", "/v1/score/batch"])
 def test_fields_that_would_be_ignored_are_refused(server, endpoint):
     """An option sent as a field of its own, a misspelt field, a query parameter or a repeated
