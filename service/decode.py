@@ -233,14 +233,31 @@ def _refuse_many_images(image: Image.Image, field_name: str) -> None:
 
 
 def _pillow_subfile_types(image: Image.Image) -> Iterator[int]:
+    """Each page's NewSubfileType, until the last page or one that cannot be read: a corrupt
+    pointer to a later page ends the pages there, and the first still reads as viewers show it."""
     index = 0
     while True:
         try:
             image.seek(index)
-        except EOFError:
+        except Exception:  # noqa: BLE001 - EOFError at the end; TypeError, OSError… past a corrupt pointer
             return
         yield image.tag_v2.get(SUBFILE_TYPE_TAG, 0)
         index += 1
+
+
+def _tifffile_subfile_types(tiff) -> Iterator[int]:
+    """As ``_pillow_subfile_types``, for a TIFF only tifffile reads; a page pointing back to one
+    already read (a loop, which tifffile follows) ends the pages too."""
+    pages, offsets = iter(tiff.pages), set()
+    while True:
+        try:
+            page = next(pages)
+        except Exception:  # noqa: BLE001 - StopIteration at the end; a corrupt later page ends them too
+            return
+        if page.offset in offsets:
+            return
+        offsets.add(page.offset)
+        yield page.subfiletype
 
 
 def _refuse_a_stack(subfile_types: Iterable[int], field_name: str) -> None:
@@ -274,7 +291,7 @@ def _decode_tiff(data: bytes, field_name: str, check: _SizeLimits) -> Decoded:
 
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
-            _refuse_a_stack((page.subfiletype for page in tiff.pages), field_name)
+            _refuse_a_stack(_tifffile_subfile_types(tiff), field_name)
             page = tiff.pages.first
             check(page.imagelength, page.imagewidth)
             array = page.asarray()

@@ -2,6 +2,7 @@
 below 1/255), WebP, TIFF, CMYK and palette conversion, and EXIF orientation left unapplied."""
 
 import io
+import warnings
 
 import numpy as np
 import png
@@ -531,3 +532,25 @@ def test_a_jpeg_with_extra_pictures_is_its_first_picture():
     shown = np.asarray(Image.open(io.BytesIO(encoded(main, "JPEG")))).astype(np.float32) / 255.0
     decoded = decode(data, "sr")
     assert np.array_equal(decoded.pixels, shown) and decoded.warnings == []
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])  # Pillow's route and tifffile's
+@pytest.mark.parametrize("pointer", ["past the end", "back to itself", "odd garbage"])
+def test_a_corrupt_pointer_to_a_second_tiff_page_leaves_the_first_readable(dtype, pointer):
+    """Counting pages follows each page's pointer to the next; a corrupt one raised Pillow's
+    TypeError "Missing dimensions" (a 500) or, followed in a loop by tifffile, counted one page
+    as 16. The first page reads as viewers show it, as it did before pages were counted."""
+    import struct
+
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, RGB.astype(dtype) if dtype == np.uint8 else RGB.astype(dtype) / 255, photometric="rgb")
+    data = bytearray(buffer.getvalue())
+    first = struct.unpack("<I", data[4:8])[0]
+    next_pointer = first + 2 + 12 * struct.unpack("<H", data[first:first + 2])[0]
+    data[next_pointer:next_pointer + 4] = struct.pack("<I", {"past the end": len(data) + 1000, "back to itself": first, "odd garbage": 3}[pointer])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns about the corrupt tags it skips
+        decoded = decode(bytes(data), "sr")
+    assert np.allclose(decoded.pixels, RGB / 255.0, rtol=0, atol=1e-7)
