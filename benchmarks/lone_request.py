@@ -10,7 +10,7 @@ machine made the server's compute look 6–15% slower. Fresh processes each roun
 worker processes differ by up to ~2 ms on a 90 ms call (memory placement is per process), a bias
 that one server and one worker would report as the server's overhead; medians over several pairs
 average it out. The worker allocates with glibc's defaults, as a user's script does, and the
-server with what `serve` sets (service/allocator.py): from 256² up its pass takes no page faults
+server with what `serve` sets (service/server/allocator.py): from 256² up its pass takes no page faults
 and is the faster one. For both on the server's allocator, run the bench with
 `MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824`
 (`serve` keeps MALLOC_* settings it is given).

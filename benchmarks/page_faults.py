@@ -3,7 +3,7 @@
 `uv run python benchmarks/page_faults.py SIZE BATCH [main|thread]` prints one JSON line: the
 median time of a `perceptual` call on a BATCH×3×SIZE×SIZE batch (random weights) and the minor
 page faults it took, after two warm-up calls, run on the main thread or (as the server's device
-thread does) on another. Compare glibc's defaults with what `serve` sets (service/allocator.py):
+thread does) on another. Compare glibc's defaults with what `serve` sets (service/server/allocator.py):
 
     uv run python benchmarks/page_faults.py 256 1 thread
     MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824 \\

@@ -14,6 +14,7 @@ from .backbones import get_backbone
 from .conventions import conventions as conventions_record
 from .features import FeatureLoss
 from .registry import REGISTRY, compute, get_metrics, resolve_options
+from .weights import weights_dir_scope
 
 DEFAULT_METRICS = ("psnr", "ssim", "perceptual")
 
@@ -48,7 +49,8 @@ def score(
     per_metric = resolve_options(chosen, options)
     device = torch.device(device) if device is not None else sr.device
     images = {role: image.to(device) for role, image in dict(sr=sr, gt=gt, lr=lr, teacher=teacher).items() if image is not None}
-    return compute(chosen, images, per_metric, lambda name: get_backbone(name, device, pretrained, weights_dir))
+    with weights_dir_scope(weights_dir):
+        return compute(chosen, images, per_metric, lambda name: get_backbone(name, device, pretrained, weights_dir))
 
 
 def conventions(metrics: Sequence[str] = DEFAULT_METRICS, device="cpu", precision: str = "fp32", pretrained: bool = True,
@@ -76,7 +78,8 @@ class MetricModule(FeatureLoss):
 
     def components(self, sr, gt, lr=None, teacher=None) -> dict[str, torch.Tensor]:
         images = {role: image for role, image in dict(sr=sr, gt=gt, lr=lr, teacher=teacher).items() if image is not None}
-        return compute([self.metric], images, self.options, self.backbones_on(sr.device))
+        with weights_dir_scope(self.weights_dir):
+            return compute([self.metric], images, self.options, self.backbones_on(sr.device))
 
     def forward(self, sr, gt, lr=None, teacher=None) -> torch.Tensor:
         return self.components(sr, gt, lr, teacher)[self.metric.name]

@@ -12,8 +12,6 @@ instance per (name, device, pretrained, weights dir) so every loss in a process 
 
 from __future__ import annotations
 
-import os
-import threading
 import types
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator, Mapping
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import weights as W
+from .models import MODELS
 from .tables import add_named
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,18 +42,12 @@ class BackboneSpec:
     name: str
     build: Callable[["BackboneSpec", StateDict | None], "Backbone"]
     layers: tuple[str, ...]
-    files: tuple[str, ...]
-    url: str
-    hf_repo: str | None = None
+    weights: W.WeightSpec  # its checkpoint, declared once in ``weights.WEIGHT_FILES``
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     # The smallest H and W its deepest layer accepts (strided layers shrink the image to nothing).
     min_side: int = 1
     description: str = ""
-
-    @property
-    def weights(self) -> W.WeightSpec:
-        return W.WeightSpec(self.name, self.files, self.url, self.hf_repo)
 
 
 BACKBONES: dict[str, BackboneSpec] = {}
@@ -286,33 +279,39 @@ def build_dinov2(spec: BackboneSpec, state: StateDict | None) -> DINOv2Features:
 
 # --- the backbones ------------------------------------------------------------------------------
 
+VGG16_FILE = W.register_weights(W.WeightSpec(
+    "vgg16", ("vgg16-397923af.pth",), "https://download.pytorch.org/models/vgg16-397923af.pth",
+    description="torchvision VGG16 IMAGENET1K_V1",
+))
 register_backbone(BackboneSpec(
-    "vgg16", build_torchvision_features, vgg_layer_names((2, 2, 3, 3, 3)),
-    files=("vgg16-397923af.pth",), url="https://download.pytorch.org/models/vgg16-397923af.pth", min_side=16,
+    "vgg16", build_torchvision_features, vgg_layer_names((2, 2, 3, 3, 3)), VGG16_FILE, min_side=16,
     description="torchvision VGG16 IMAGENET1K_V1 features",
 ))
 register_backbone(BackboneSpec(
     "vgg19", build_torchvision_features, vgg_layer_names((2, 2, 4, 4, 4)),
-    files=("vgg19-dcbb9e9d.pth",), url="https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", min_side=16,
-    description="torchvision VGG19 IMAGENET1K_V1 features",
+    W.register_weights(W.WeightSpec("vgg19", ("vgg19-dcbb9e9d.pth",), "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+                                    description="torchvision VGG19 IMAGENET1K_V1")),
+    min_side=16, description="torchvision VGG19 IMAGENET1K_V1 features",
 ))
 register_backbone(BackboneSpec(
-    "vgg16_l2pool", build_vgg16_l2pool, vgg_layer_names((2, 2, 3, 3, 3)),
-    files=("vgg16-397923af.pth",), url="https://download.pytorch.org/models/vgg16-397923af.pth",
-    description="VGG16 IMAGENET1K_V1 features with L2 pooling (DISTS); shares vgg16's weight file",
+    "vgg16_l2pool", build_vgg16_l2pool, vgg_layer_names((2, 2, 3, 3, 3)), VGG16_FILE,
+    description="VGG16 IMAGENET1K_V1 features with L2 pooling (DISTS); vgg16's weight file",
 ))
 register_backbone(BackboneSpec(
     "alexnet", build_torchvision_features,
     ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4", "conv5", "relu5", "pool5"),
-    files=("alexnet-owt-7be5be79.pth",), url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", min_side=31,
-    description="torchvision AlexNet IMAGENET1K_V1 features (LPIPS-Alex)",
+    W.register_weights(W.WeightSpec("alexnet", ("alexnet-owt-7be5be79.pth",),
+                                    "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+                                    description="torchvision AlexNet IMAGENET1K_V1")),
+    min_side=31, description="torchvision AlexNet IMAGENET1K_V1 features (LPIPS-Alex)",
 ))
 register_backbone(BackboneSpec(
     "dinov2", build_dinov2, tuple(f"block{i}" for i in range(DINO_BLOCKS)),
-    files=("dinov2_vitb14_pretrain.pth", "vit_base_patch14_dinov2.lvd142m.safetensors"),
-    url="https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
-    hf_repo="timm/vit_base_patch14_dinov2.lvd142m", min_side=8,
-    description="DINOv2 ViT-B/14 (LVD-142M), first 8 blocks",
+    W.register_weights(W.WeightSpec(
+        "dinov2", ("dinov2_vitb14_pretrain.pth", "vit_base_patch14_dinov2.lvd142m.safetensors"),
+        "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
+        hf_repo="timm/vit_base_patch14_dinov2.lvd142m", description="DINOv2 ViT-B/14 (LVD-142M)")),
+    min_side=8, description="DINOv2 ViT-B/14 (LVD-142M), first 8 blocks",
 ))
 
 
@@ -335,25 +334,14 @@ def build_backbone(name: str, pretrained: bool = True, weights_dir=None) -> Back
     return model
 
 
-_shared: dict[tuple, Backbone] = {}
-_shared_lock = threading.Lock()
-
-
 def get_backbone(name: str, device="cpu", pretrained: bool = True, weights_dir=None) -> Backbone:
-    """The process-wide instance of ``name`` on ``device`` (built on first use)."""
+    """The process-wide instance of ``name`` on ``device`` (built on first use, in ``MODELS``)."""
     backbone_spec(name)
     device = torch.device(device)
-    key = (name, str(device), pretrained, str(weights_dir or os.environ.get("LOSS_SERVICE_WEIGHTS_DIR", "")))
-    with _shared_lock:
-        if key not in _shared:
-            # Built outside any caller's inference_mode: inference tensors as weights would make
-            # every later backward() through the shared instance fail.
-            with torch.inference_mode(False):
-                _shared[key] = build_backbone(name, pretrained, weights_dir).to(device)
-        return _shared[key]
+    key = ("backbone", name, str(device), pretrained, W.explicit_dir(weights_dir))
+    return MODELS.get(key, lambda: build_backbone(name, pretrained, weights_dir).to(device))
 
 
 def clear_shared_backbones() -> None:
-    """Forget the shared instances (tests switch weight directories)."""
-    with _shared_lock:
-        _shared.clear()
+    """Forget every shared model (``MODELS.clear()``; tests switch weight directories)."""
+    MODELS.clear()

@@ -48,8 +48,8 @@ def weight_files(metrics: Sequence[Metric], resolved: Mapping[str, dict], pretra
         else:
             record[backbone] = dict(file=None, sha256=None, note="random weights (pretrained=False)")
     for metric in metrics:
-        for name, path in metric.weight_files().items():
-            record[name] = file_record(path)
+        for spec in metric.weights:
+            record[spec.name] = file_record(W.resolve(spec, weights_dir))
     return record
 
 

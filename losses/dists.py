@@ -14,23 +14,30 @@ from typing import Callable
 
 import torch
 
+from . import weights as W
 from .backbones import to_rgb
 from .features import FeatureLoss, FeatureView, ImageBatch, LayerTerm
+from .models import MODELS
 
 DISTS_VIEW = FeatureView.of("vgg16_l2pool", ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"))
 DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
 C1 = C2 = 1e-6
 
 
-def dists_weights_path() -> Path:
-    import DISTS_pytorch
+DISTS_ALPHA_BETA = W.register_weights(W.WeightSpec(
+    "dists_alpha_beta", ("dists_weights.pt",), "https://github.com/dingkeyan93/DISTS/raw/master/DISTS_pytorch/weights.pt",
+    sha256="f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218", bundled=("DISTS_pytorch", "weights.pt"),
+    description="DISTS α and β (dists-pytorch's weights.pt)"))
 
-    return Path(DISTS_pytorch.__file__).parent / "weights.pt"
+
+def dists_weights_path(weights_dir=None) -> Path:
+    """α/β's file, resolved and verified like every weight file."""
+    return W.resolve(DISTS_ALPHA_BETA, weights_dir)
 
 
-def load_alpha_beta() -> tuple[torch.Tensor, torch.Tensor]:
-    """α and β, each (1475,), from the ``dists-pytorch`` package (read with weights_only)."""
-    state = torch.load(dists_weights_path(), map_location="cpu", weights_only=True)
+def load_alpha_beta(weights_dir=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """α and β, each (1475,), from their weight file (read with weights_only)."""
+    state = W.load_state_dict(dists_weights_path(weights_dir))
     return state["alpha"].flatten(), state["beta"].flatten()
 
 
@@ -92,7 +99,7 @@ class DISTSLoss(FeatureLoss):
     def __init__(self, pretrained: bool = True, weights_dir=None):
         super().__init__(pretrained, weights_dir)
         self.require(DISTS_VIEW.backbone)
-        alpha, beta = load_alpha_beta()
+        alpha, beta = load_alpha_beta(weights_dir)
         self.register_buffer("alpha", alpha, persistent=False)
         self.register_buffer("beta", beta, persistent=False)
         self.term = dists_term(lambda device: (self.alpha, self.beta))
@@ -104,15 +111,10 @@ class DISTSLoss(FeatureLoss):
         return self.per_sample(x, y).mean().to(x.dtype)
 
 
-_shared: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-
-
 def shared_alpha_beta(device) -> tuple[torch.Tensor, torch.Tensor]:
     """α, β on ``device``, loaded once, for the registry's batched scoring."""
-    key = str(torch.device(device))
-    if key not in _shared:
-        _shared[key] = tuple(t.to(device) for t in load_alpha_beta())
-    return _shared[key]
+    key = ("dists_alpha_beta", str(torch.device(device)), W.explicit_dir())
+    return MODELS.get(key, lambda: tuple(t.to(device) for t in load_alpha_beta()))
 
 
 # The registry's DISTS: α and β loaded once per device.

@@ -1,7 +1,8 @@
 """LPIPS v0.1 (VGG and AlexNet variants) on the shared backbones.
 
-The learned 1×1 "lin" layers come from the files shipped inside the ``lpips`` package
-(``weights/v0.1/<net>.pth``). LPIPS maps [0, 1] inputs to [−1, 1] and applies its scaling
+The learned 1×1 "lin" layers are the files ``weights/v0.1/<net>.pth`` of the ``lpips`` package,
+declared in the weight system (``lpips_vgg_heads``, ``lpips_alex_heads``: found in a weights
+directory first, else in the installed package, and verified by their sha256). LPIPS maps [0, 1] inputs to [−1, 1] and applies its scaling
 layer, (2x − 1 − shift)/scale with shift = 2·mean − 1 and scale = 2·std: that is exactly
 ImageNet normalisation of the [0, 1] input, so the backbone passes that serve the perceptual
 losses serve LPIPS too. The distance is ``lpips(sr, gt)``.
@@ -17,7 +18,9 @@ from typing import Callable
 import torch
 from torch import nn
 
+from . import weights as W
 from .features import FeatureLoss, FeatureView, ImageBatch, LayerTerm
+from .models import MODELS
 
 
 @dataclass(frozen=True)
@@ -33,18 +36,27 @@ LPIPS_NETS = {
 }
 
 
-def lpips_lin_weights_path(net: str) -> Path:
-    import lpips
+LPIPS_HEADS = {
+    net: W.register_weights(W.WeightSpec(
+        f"lpips_{net}_heads", (f"lpips_v0.1_{net}.pth",),
+        f"https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/{net}.pth",
+        sha256=sha256, bundled=("lpips", f"weights/v0.1/{net}.pth"), description=f"LPIPS v0.1 linear heads, {net}"))
+    for net, sha256 in (("vgg", "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868"),
+                        ("alex", "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0"))
+}
 
-    return Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth"
+
+def lpips_lin_weights_path(net: str, weights_dir=None) -> Path:
+    """The heads' file, resolved and verified like every weight file."""
+    return W.resolve(LPIPS_HEADS[net], weights_dir)
 
 
-def build_lin_layers(net: str) -> nn.ModuleList:
-    """The five 1×1 convolutions of LPIPS v0.1 for ``net``, loaded from the ``lpips`` package."""
+def build_lin_layers(net: str, weights_dir=None) -> nn.ModuleList:
+    """The five 1×1 convolutions of LPIPS v0.1 for ``net``, loaded from their weight file."""
     from lpips import NetLinLayer
 
     lins = nn.ModuleList(NetLinLayer(channels, use_dropout=True) for channels in LPIPS_NETS[net].channels)
-    state = torch.load(lpips_lin_weights_path(net), map_location="cpu", weights_only=True)
+    state = W.load_state_dict(lpips_lin_weights_path(net, weights_dir))
     lins.load_state_dict({k.replace("lin", "", 1): v for k, v in state.items()})
     for parameter in lins.parameters():
         parameter.requires_grad_(False)
@@ -95,7 +107,7 @@ class LPIPS(FeatureLoss):
         self.net = net
         self.view = LPIPS_NETS[net].view
         self.require(self.view.backbone)
-        self.lins = build_lin_layers(net)
+        self.lins = build_lin_layers(net, weights_dir)
         self.term = lpips_term(net, self._lins_on)
 
     def train(self, mode: bool = True) -> "LPIPS":
@@ -114,16 +126,10 @@ class LPIPS(FeatureLoss):
         return self.per_sample(x, y).mean().to(x.dtype)
 
 
-_shared_lins: dict[tuple[str, str], nn.ModuleList] = {}
-
-
 def shared_lin_layers(net: str, device) -> nn.ModuleList:
     """One copy of ``net``'s lin layers per device, for the registry's batched scoring."""
-    key = (net, str(torch.device(device)))
-    if key not in _shared_lins:
-        with torch.inference_mode(False):  # see get_backbone
-            _shared_lins[key] = build_lin_layers(net).to(device)
-    return _shared_lins[key]
+    key = ("lpips_heads", net, str(torch.device(device)), W.explicit_dir())
+    return MODELS.get(key, lambda: build_lin_layers(net).to(device))
 
 
 # The registry's LPIPS: the shared lin layers on the batch's device.

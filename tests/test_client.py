@@ -17,7 +17,7 @@ from PIL import Image
 
 from service.cli import main as cli_main
 from service.client import AsyncLossClient, BadRequest, LossClient, RequestTimeout, ServerBusy
-from service.evaluate import pair_folders
+from service.client.evaluate import pair_folders
 
 from .servers import SubprocessServer, metric_value, npy_bytes, random_image
 
@@ -150,7 +150,7 @@ def test_progress_counts_a_result_before_handing_it_over(monkeypatch, flavour):
     and stopped, not one short and still running until the generator is collected."""
     import asyncio
 
-    import service.client as client_module
+    import service.client.progress as client_module
 
     bars = []
 
@@ -165,7 +165,7 @@ def test_progress_counts_a_result_before_handing_it_over(monkeypatch, flavour):
         def __exit__(self, *exc):
             self.stopped = True
 
-    monkeypatch.setattr(client_module, "_progress", Recorder)
+    monkeypatch.setattr(client_module, "ProgressBar", Recorder)
     items = list(range(7))
     if flavour == "sync":
         outcomes = LossClient("http://127.0.0.1:9").imap(lambda x: x * 2, items, concurrency=2, progress=True)
@@ -190,7 +190,7 @@ def test_progress_counts_a_result_before_handing_it_over(monkeypatch, flavour):
 
 def test_least_outstanding_replica_wins_not_round_robin():
     """A slow replica holding requests gets fewer new ones: round-robin would split 12 evenly."""
-    from service.client import ClientCore
+    from service.client.core import ClientCore
 
     core = ClientCore(["http://a", "http://b", "http://c"])
     held = [core.acquire() for _ in range(3)]  # one in flight on each
@@ -387,7 +387,7 @@ def test_score_command_answers_as_the_server_does(server, tmp_path, capsys):
 def test_score_command_failures_are_one_line_and_an_exit_code(server, tmp_path, capsys, monkeypatch, args, code, message):
     monkeypatch.delenv("LOSS_SERVICE_WEIGHTS_DIR", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr("service.client.ClientCore.retry_delay", lambda self, attempt, response: None)  # no retries
+    monkeypatch.setattr("service.client.core.ClientCore.retry_delay", lambda self, attempt, response: None)  # no retries
     a = tmp_path / "a.png"
     Image.fromarray(random_image(20, 20, 1)).save(a)
     filled = [arg.format(a=a, missing=tmp_path / "missing.png", url=server.url, tmp=tmp_path) for arg in args]
@@ -431,7 +431,7 @@ def test_a_pillow_image_in_any_mode_is_sent_as_the_server_reads_it(mode):
     They go as TIFF (HSV, which TIFF cannot hold either, as RGB), and decode to what the server
     makes of the same picture: Pillow's RGB conversion, or the grey values of I and F."""
     from service.client import encode_image
-    from service.decode import decode
+    from service.common.decode import decode
 
     pixels = random_image(9, 7, 4)
     if mode in ("I", "F"):
@@ -464,7 +464,7 @@ def test_array_shapes_are_checked_before_sending(make, message):
 
 def test_an_array_batch_of_one_is_its_image():
     from service.client import encode_image
-    from service.decode import decode
+    from service.common.decode import decode
 
     pixels = random_image(12, 10, 5)
     assert np.array_equal(decode(encode_image(pixels[None], "sr")[1], "sr").pixels, decode(encode_image(pixels, "sr")[1], "sr").pixels)
@@ -479,7 +479,7 @@ def test_client_imports_without_torch_or_fastapi():
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "from service.client import LossClient, AsyncLossClient\n"
-        "import service, service.evaluate, service.cli\n"
+        "import service, service.client.evaluate, service.cli\n"
         "service.cli.build_parser().parse_args(['serve'])\n"
         "service.cli.build_parser().parse_args(['eval', '--url', 'http://x', '--sr', 'a', '--gt', 'b'])\n"
         "import numpy as np\n"
@@ -499,7 +499,7 @@ def test_eval_summary_cuts_no_number_short_on_an_80_column_console():
 
     from rich.console import Console
 
-    from service.evaluate import Pairing, print_report, summarise
+    from service.client.evaluate import Pairing, print_report, summarise
 
     rng = np.random.default_rng(0)
     names = ("clp_dinov2", "dists", "hybrid.perceptual", "lpips_alex", "lr_psnr", "ms_ssim")
@@ -560,7 +560,7 @@ def test_eval_compares_models_in_one_pass_and_feeds_report(server, tmp_path):
 def test_backoff_is_exponential_jittered_capped_and_honours_retry_after():
     """README: 503s and connection errors are retried with jittered exponential backoff,
     honouring Retry-After, up to ``retries`` times."""
-    from service.client import ClientCore
+    from service.client.core import ClientCore
 
     core = ClientCore("http://x", retries=4, backoff=0.2, max_backoff=1.0)
     for attempt, base in enumerate((0.2, 0.4, 0.8, 1.0)):  # doubling, capped at max_backoff

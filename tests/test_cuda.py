@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import losses
-from service.memory import MemoryGuard
+from service.server.memory import MemoryGuard
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run on the GPU machine)")
 

@@ -9,7 +9,8 @@ import png
 import pytest
 from PIL import Image
 
-from service.decode import decode
+from service.common import decode as decode_module
+from service.common.decode import decode
 
 RNG = np.random.default_rng(17)
 RGB = RNG.integers(0, 256, (23, 31, 3), dtype=np.uint8)
@@ -35,9 +36,19 @@ def png16(array: np.ndarray, bitdepth: int = 16, **params) -> bytes:
 PNG_LAYOUTS = [(bits, 1) for bits in (1, 2, 4)] + [(bits, planes) for bits in (8, 16) for planes in (1, 2, 3, 4)]
 
 
+@pytest.fixture(params=[True, False], ids=["libpng", "without-imagecodecs"])
+def libpng(request, monkeypatch):
+    """Each PNG test runs with the server extra's libpng and as the client install (Pillow, pypng)
+    reads, for ``report``'s gallery: both must give the stored values."""
+    if request.param and not decode_module.LIBPNG:
+        pytest.skip("imagecodecs is not installed")
+    monkeypatch.setattr(decode_module, "LIBPNG", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("interlace", [False, True])
 @pytest.mark.parametrize("bits, planes", PNG_LAYOUTS)
-def test_every_png_layout_reads_the_stored_values(bits, planes, interlace):
+def test_every_png_layout_reads_the_stored_values(bits, planes, interlace, libpng):
     """Each bit depth × colour type × interlacing, written by pypng: the stored values over
     2^bits − 1 (what libpng and Pillow both read a 1/2/4-bit grey as), alpha dropped with a warning."""
     stored = RNG.integers(0, 2**bits, (23, 31, planes) if planes > 1 else (23, 31))
@@ -49,7 +60,7 @@ def test_every_png_layout_reads_the_stored_values(bits, planes, interlace):
 
 @pytest.mark.parametrize("bits", [8, 16])
 @pytest.mark.parametrize("interlace", [False, True])
-def test_a_colour_key_hides_no_channel_at_any_depth(bits, interlace):
+def test_a_colour_key_hides_no_channel_at_any_depth(bits, interlace, libpng):
     """tRNS on RGB: the stored values, no alpha warning, at 16 bits as at 8 (pypng's asDirect and
     libpng's default both turn a colour key into an alpha channel)."""
     stored = RNG.integers(0, 2**bits, (23, 31, 3))
@@ -66,7 +77,7 @@ def test_odd_ancillary_chunks_change_nothing_and_print_nothing(capfd):
     assert capfd.readouterr().err == ""
 
 
-def test_16bit_png_keeps_every_bit():
+def test_16bit_png_keeps_every_bit(libpng):
     decoded = decode(png16(WIDE), "sr").pixels
     assert np.array_equal(decoded, WIDE.astype(np.float32) / 65535.0)
     assert len(np.unique(np.round(decoded * 255))) < len(np.unique(decoded))  # finer than 8 bits
@@ -104,7 +115,7 @@ def test_exif_orientation_is_not_applied():
 
 # --- every class of the hardening corpus, in process: status, field, message, values ---
 
-from service.errors import ServiceError  # noqa: E402
+from service.common.errors import ServiceError  # noqa: E402
 
 
 def npy(array: np.ndarray, version=None) -> bytes:
@@ -125,7 +136,7 @@ def refused(data: bytes, **limits) -> ServiceError:
 
 def test_empty_upload_is_415():
     error = refused(b"")
-    assert (error.status, error.kind, error.message) == (415, "unsupported_media", "gt: empty file")
+    assert (error.kind, error.message) == ("unsupported_media", "gt: empty file")
 
 
 @pytest.mark.parametrize("dtype, scale", [(np.uint8, 255.0), (np.uint16, 65535.0)])
@@ -190,33 +201,33 @@ def test_npy_nan_or_inf_is_422(bad):
     array = np.full((4, 4, 3), 0.5, dtype=np.float32)
     array[1, 2, 0] = bad
     error = refused(npy(array))
-    assert (error.status, error.kind, error.message) == (422, "invalid", "gt: .npy holds NaN or Inf values")
+    assert (error.kind, error.message) == ("invalid", "gt: .npy holds NaN or Inf values")
 
 
 def test_npy_refusals_name_the_problem():
     error = refused(npy(np.array([[None, 1]], dtype=object)))
-    assert (error.status, error.message) == (415, "gt: .npy object arrays are refused (they need pickle)")
+    assert (error.kind, error.message) == ("unsupported_media", "gt: .npy object arrays are refused (they need pickle)")
     for shape in ((5,), (2, 3, 4, 3)):
         error = refused(npy(np.zeros(shape, np.uint8)))
-        assert (error.status, error.message) == (422, f"gt: .npy must be H×W or H×W×C, got shape {shape}")
+        assert (error.kind, error.message) == ("invalid", f"gt: .npy must be H×W or H×W×C, got shape {shape}")
     error = refused(npy(np.zeros((3, 4, 5), np.uint8)))
-    assert (error.status, error.message) == (422, "gt: expected H×W or H×W×C with C in 1..4, got shape (3, 4, 5)")
+    assert (error.kind, error.message) == ("invalid", "gt: expected H×W or H×W×C with C in 1..4, got shape (3, 4, 5)")
     for dtype in (np.int32, np.bool_, np.complex64):
         error = refused(npy(np.zeros((3, 4, 3), dtype)))
-        assert error.status == 415
+        assert error.kind == "unsupported_media"
         assert error.message == f"gt: .npy dtype {np.dtype(dtype)} unsupported; use uint8, uint16, float16, float32 or float64"
     error = refused(NPY_MAGIC_ONLY := b"\x93NUMPY\x01\x00garbage")
-    assert error.status == 415 and error.message.startswith("gt: malformed .npy header (") and NPY_MAGIC_ONLY
+    assert error.kind == "unsupported_media" and error.message.startswith("gt: malformed .npy header (") and NPY_MAGIC_ONLY
     truncated = npy(np.zeros((64, 64, 3), np.float32))[:-100]
     error = refused(truncated)
-    assert error.status == 415 and error.message.startswith("gt: unreadable .npy (")
+    assert error.kind == "unsupported_media" and error.message.startswith("gt: unreadable .npy (")
 
 
 @pytest.mark.parametrize("shape", [(0, 5, 3), (5, 0), (0, 0)])
 def test_empty_arrays_are_422(shape):
     error = refused(npy(np.zeros(shape, np.uint8)))
     height, width = shape[:2]
-    assert (error.status, error.message) == (422, f"gt: {width}×{height} image is empty; width and height must be at least 1")
+    assert (error.kind, error.message) == ("invalid", f"gt: {width}×{height} image is empty; width and height must be at least 1")
 
 
 def test_size_limits_come_from_the_header_in_height_width_order():
@@ -225,7 +236,7 @@ def test_size_limits_come_from_the_header_in_height_width_order():
     image = encoded(Image.fromarray(RGB), "PNG")  # 31 wide, 23 high
     assert decode(image, "sr", max_pixels=23 * 31).size == (23, 31)
     error = refused(image, max_pixels=23 * 31 - 1)
-    assert (error.status, error.kind) == (413, "too_large")
+    assert error.kind == "too_large"
     assert error.message == f"gt: 31×23 = 713 pixels exceeds the limit of {23 * 31 - 1} (--max-image-pixels)"
     seen = []
     decode(image, "sr", check_size=lambda h, w: seen.append((h, w)))
@@ -237,29 +248,29 @@ def test_size_limits_come_from_the_header_in_height_width_order():
 
     for data in (image[: len(image) // 2], npy(np.zeros((23, 31, 3), np.uint8))[:-50]):  # headers intact, pixels cut
         assert refused(data, check_size=too_big).message == "23x31 needs too much memory"
-        assert refused(data, max_pixels=100).status == 413
+        assert refused(data, max_pixels=100).kind == "too_large"
 
 
 def test_pillows_bomb_check_is_a_413(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # Pillow refuses above twice this
     error = refused(encoded(Image.fromarray(RGB), "PNG"))
-    assert error.status == 413 and "(--max-image-pixels)" in error.message
+    assert error.kind == "too_large" and "(--max-image-pixels)" in error.message
 
 
 def test_unknown_and_corrupt_images_are_415():
     error = refused(b"hello, not an image")
-    assert (error.status, error.message) == (415, "gt: not a decodable image; accepted: PNG, JPEG, WEBP, BMP, TIFF or .npy")
+    assert (error.kind, error.message) == ("unsupported_media", "gt: not a decodable image; accepted: PNG, JPEG, WEBP, BMP, TIFF or .npy")
     gif = encoded(Image.fromarray(RGB).convert("P"), "GIF")
     error = refused(gif)
-    assert (error.status, error.message) == (415, "gt: format GIF unsupported; accepted: PNG, JPEG, WEBP, BMP, TIFF or .npy")
+    assert (error.kind, error.message) == ("unsupported_media", "gt: format GIF unsupported; accepted: PNG, JPEG, WEBP, BMP, TIFF or .npy")
     for fmt in ("PNG", "JPEG"):
         data = encoded(Image.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)), fmt)
         error = refused(data[: len(data) // 2])
-        assert error.status == 415 and error.message.startswith(f"gt: truncated or corrupt {fmt} (")
+        assert error.kind == "unsupported_media" and error.message.startswith(f"gt: truncated or corrupt {fmt} (")
     error = refused(png16(WIDE)[:300])  # libpng's path fails like Pillow's, naming what broke
-    assert (error.status, error.message) == (415, "gt: truncated or corrupt PNG (the file ends inside its IDAT chunk)")
+    assert (error.kind, error.message) == ("unsupported_media", "gt: truncated or corrupt PNG (the file ends inside its IDAT chunk)")
     error = refused(png16(WIDE, interlace=True)[:300])  # pypng's path (interlaced 16-bit colour) too
-    assert error.status == 415 and error.message.startswith("gt: truncated or corrupt PNG (") and "IDAT" in error.message
+    assert error.kind == "unsupported_media" and error.message.startswith("gt: truncated or corrupt PNG (") and "IDAT" in error.message
 
 
 def test_16bit_png_with_alpha_keeps_every_bit_and_drops_alpha():
@@ -277,7 +288,7 @@ def test_16bit_png_with_alpha_keeps_every_bit_and_drops_alpha():
     assert decoded.warnings == ["sr: alpha channel dropped"]
 
 
-def test_8bit_png_with_alpha_and_grayscale():
+def test_8bit_png_with_alpha_and_grayscale(libpng):
     rgba = RNG.integers(0, 256, (5, 6, 4), dtype=np.uint8)
     decoded = decode(encoded(Image.fromarray(rgba), "PNG"), "sr")
     assert np.array_equal(decoded.pixels, rgba[..., :3].astype(np.float32) / 255.0)
@@ -291,7 +302,7 @@ def test_8bit_png_with_alpha_and_grayscale():
     assert np.array_equal(decode(encoded(bilevel, "PNG"), "sr").pixels, expected)
 
 
-def test_palette_transparency_is_alpha():
+def test_palette_transparency_is_alpha(libpng):
     palette = Image.fromarray(RGB).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     decoded = decode(encoded(palette, "PNG", transparency=0), "sr")
     assert decoded.warnings == ["sr: alpha channel dropped"]
@@ -341,7 +352,7 @@ def test_float_tiff_like_float_npy():
     for bad in (np.nan, np.inf):
         values[1, 1] = bad
         error = refused(encoded(Image.fromarray(values), "TIFF"))
-        assert (error.status, error.message) == (422, "gt: TIFF float holds NaN or Inf values")
+        assert (error.kind, error.message) == ("invalid", "gt: TIFF float holds NaN or Inf values")
 
 
 @pytest.mark.parametrize("mode", ["LAB", "YCbCr", "CMYK"])
@@ -408,25 +419,25 @@ def test_float_and_32bit_rgb_tiffs_pillow_cannot_open():
     assert decoded.pixels[1, 2, 0] == 1.0 and decoded.warnings == ["sr: TIFF float values outside [0, 1] were clamped"]
     values[0, 0, 0] = np.nan
     error = refused(tiff(values))
-    assert (error.status, error.message) == (422, "gt: TIFF float holds NaN or Inf values")
+    assert (error.kind, error.message) == ("invalid", "gt: TIFF float holds NaN or Inf values")
     wide = WIDE.astype(np.uint32)
     decoded = decode(tiff(wide), "sr")
     assert np.array_equal(decoded.pixels, WIDE.astype(np.float32) / 65535.0)
     small = RGB.astype(np.uint32)
     assert np.array_equal(decode(tiff(small), "sr").pixels, RGB.astype(np.float32) / 255.0)
     error = refused(tiff(np.zeros((4, 4, 3), np.complex64)))
-    assert (error.status, error.message) == (415, "gt: TIFF samples of type complex64 unsupported")
+    assert (error.kind, error.message) == ("unsupported_media", "gt: TIFF samples of type complex64 unsupported")
 
 
 def test_tifffile_route_checks_the_size_first_and_refuses_truncation():
     data = tiff(WIDE)  # 31 wide, 23 high
     error = refused(data, max_pixels=100)
-    assert (error.status, error.message) == (413, "gt: 31×23 = 713 pixels exceeds the limit of 100 (--max-image-pixels)")
+    assert (error.kind, error.message) == ("too_large", "gt: 31×23 = 713 pixels exceeds the limit of 100 (--max-image-pixels)")
     seen = []
     decode(tiff(RNG.random((5, 7, 3)).astype(np.float32)), "sr", check_size=lambda h, w: seen.append((h, w)))
     assert seen == [(5, 7)]
     error = refused(tiff(WIDE)[:2000])
-    assert error.status == 415 and error.message.startswith("gt: truncated, corrupt or unsupported TIFF (")
+    assert error.kind == "unsupported_media" and error.message.startswith("gt: truncated, corrupt or unsupported TIFF (")
 
 
 def test_signed_integer_tiffs_name_their_width_when_clamped():
@@ -472,8 +483,8 @@ def test_min_is_white_tiffs_read_as_shown_at_every_depth():
     floats = decode(min_is_white(gray.astype(np.float32) / 255.0), "sr").pixels[..., 0]
     assert np.allclose(floats, shown, rtol=0, atol=1e-7)
     error = refused(min_is_white(gray.astype(np.int32)))
-    assert (error.status, error.message) == (
-        415, "gt: MinIsWhite TIFF with int32 samples unsupported; use MinIsBlack, or unsigned 8/16-bit or float samples")
+    assert (error.kind, error.message) == (
+        "unsupported_media", "gt: MinIsWhite TIFF with int32 samples unsupported; use MinIsBlack, or unsigned 8/16-bit or float samples")
 
 
 def tiff_pages(*pages: tuple[np.ndarray, int]) -> bytes:
@@ -494,7 +505,7 @@ def test_an_animation_or_a_stack_is_refused_not_scored_on_its_first_frame(fmt, p
     frames = [Image.fromarray(RGB), Image.fromarray(RGB[::-1].copy()), Image.fromarray(RGB[:, ::-1].copy())]
     error = refused(encoded(frames[0], fmt, save_all=True, append_images=frames[1:], **params))
     what = "full-resolution pages (a stack)" if fmt == "TIFF" else "frames (an animation)"
-    assert (error.status, error.field) == (422, "gt")
+    assert (error.kind, error.field) == ("invalid", "gt")
     assert error.message == f"gt: the {fmt} holds 3 {what}; upload one image per field"
     single = decode(encoded(frames[0], fmt, save_all=True, **params), "sr").pixels  # one frame, written as an animation
     assert np.array_equal(single, RGB.astype(np.float32) / 255.0)
@@ -513,7 +524,7 @@ def test_a_tiffs_reduced_resolution_pages_are_not_images_of_their_own(dtype):
 def test_only_a_tiffs_first_pages_are_read_to_find_a_stack(dtype):
     """Every page costs a parse: 20,000 one-pixel pages took 5 s to count, and a 256 MB upload
     holds a million. The first TIFF_PAGES_READ pages decide."""
-    from service.decode import TIFF_PAGES_READ
+    from service.common.decode import TIFF_PAGES_READ
 
     full = RGB.astype(dtype)
     pixel = (full[:1, :1], 1)

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from service.device import DeviceError, check_device
+from service.server.device import DeviceError, check_device
 
 from .servers import free_port, png_bytes, random_image, wait_ready
 

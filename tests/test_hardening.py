@@ -20,8 +20,9 @@ import torch
 from PIL import Image
 
 from losses import PerceptualLoss, psnr
-from service.client import LossClient, _png
-from service.decode import decode
+from service.client import LossClient
+from service.client.encoding import _png
+from service.common.decode import decode
 
 from .servers import SubprocessServer, free_port, metric_value, npy_bytes, png_bytes, random_image
 

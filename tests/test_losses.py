@@ -159,9 +159,9 @@ def test_hybrid_without_perceptual_builds_no_backbone(monkeypatch, images):
     clear_shared_backbones()
     out = HybridLoss()(*images)  # no weights needed at weight 0: neither found nor built
     assert out["perceptual"] == 0.0
-    from losses import backbones
+    from losses.models import MODELS
 
-    assert backbones._shared == {}
+    assert len(MODELS) == 0
 
 
 def test_kd_image_loss_by_hand(weights_dir, images):

@@ -17,8 +17,8 @@ from PIL import Image
 from scipy.stats import wilcoxon
 
 from service.cli import main as cli_main
-from service.report import Report, decimals, largest_error_crop, latex, load_runs, markdown, worst_images
-from service.stats import bootstrap_mean_ci, compare_paired
+from service.client.report import Report, decimals, largest_error_crop, latex, load_runs, markdown, worst_images
+from service.client.stats import bootstrap_mean_ci, compare_paired
 
 LOWER = dict(psnr=False, ssim=False, lpips_alex=True)
 
@@ -134,7 +134,7 @@ def test_a_pipe_in_a_model_name_stays_in_its_markdown_cell(tmp_path):
 def test_a_mean_that_left_out_infinite_scores_is_marked(tmp_path):
     """An SR image identical to its GT has PSNR +inf (null in the JSON): the mean is over the
     finite values only, and the tables must say so rather than print it like any other mean."""
-    from service.report import html_table
+    from service.client.report import html_table
 
     path = eval_json(tmp_path, "Set5", 4, dict(EDSR=6.0, SwinIR=3.0))
     data = json.loads(path.read_text())

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.memory import MemoryGuard, load_costs
-from service.settings import Settings
+from service.server.memory import MemoryGuard, load_costs
+from service.server.settings import Settings
 
 from .servers import SubprocessServer, png_bytes, random_image
 
@@ -58,7 +58,7 @@ def test_memory_guard_names_metric_size_estimate_budget_and_largest_fit():
     error = info.value
     per_pixel = 48 + 100 + 1500
     side = int((2**30 / per_pixel) ** 0.5)
-    assert error.status == 413 and error.field == "sr"
+    assert error.kind == "too_large" and error.field == "sr"
     assert "4000×4000" in error.message and "perceptual" in error.message and "1.0 GiB (--max-memory-gb)" in error.message
     assert f"{4000 * 4000 * per_pixel / 2**30:.1f} GiB" in error.message and f"about {side}×{side}" in error.message
 
@@ -68,7 +68,7 @@ def test_memory_guard_accepts_on_a_recent_reading_and_refuses_only_on_a_fresh_on
     fit; a request that would not fit the last reading is judged on a new one."""
     import torch
 
-    from service import memory
+    from service.server import memory
 
     readings = iter([(2**30, "first"), (2**20, "second"), (2**20, "third"), (2**40, "fourth")])
     guard = MemoryGuard(torch.device("cpu"), None, costs={"psnr": 100.0})
@@ -82,7 +82,7 @@ def test_memory_guard_accepts_on_a_recent_reading_and_refuses_only_on_a_fresh_on
     clock[0] += memory.BUDGET_FRESH_S + 0.1  # stale: read again (1 MiB), too small, so once more before refusing
     with pytest.raises(Exception) as info:
         guard.check(["psnr"], 256, 256, "sr")
-    assert len(calls) == 3 and info.value.status == 413 and "third" in info.value.message
+    assert len(calls) == 3 and info.value.kind == "too_large" and "third" in info.value.message
     guard.check(["psnr"], 4000, 4000, "sr")  # over the recent 1 MiB: read anew (1 TiB), fits
     guard.check(["psnr"], 4000, 4000, "sr")  # fits the recent reading
     assert len(calls) == 4
@@ -90,8 +90,8 @@ def test_memory_guard_accepts_on_a_recent_reading_and_refuses_only_on_a_fresh_on
 
 GUARD_PROBE = r"""
 import numpy as np, torch
-from service import memory
-from service.allocator import keep_freed_memory
+from service.server import memory
+from service.server.allocator import keep_freed_memory
 keep_freed_memory()
 np.ones(1 << 26, dtype=np.float32)  # 256 MiB, freed: kept by the allocator, not in MemAvailable
 memory.available_ram_bytes = lambda: 1 << 30
@@ -101,7 +101,7 @@ print(memory.MemoryGuard(torch.device("cpu"), None).budget()[0])
 
 @pytest.mark.skipif(not (sys.platform == "linux" and platform.libc_ver()[0] == "glibc"), reason="glibc's malloc only")
 def test_memory_guard_counts_the_freed_memory_the_server_keeps():
-    """Memory the allocator keeps for reuse (service/allocator.py) is used RAM to /proc/meminfo;
+    """Memory the allocator keeps for reuse (service/server/allocator.py) is used RAM to /proc/meminfo;
     a budget without it would refuse a request that the kept memory could hold."""
     result = subprocess.run([sys.executable, "-c", GUARD_PROBE], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

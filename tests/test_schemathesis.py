@@ -16,7 +16,7 @@ from schemathesis.checks import (
 )
 
 from losses import REGISTRY
-from service.schemas import ScoreResponse
+from service.server.schemas import ScoreResponse
 
 from .servers import SubprocessServer, png_bytes, random_image
 

@@ -13,7 +13,7 @@ import torch
 
 from losses import BACKBONES, REGISTRY
 from losses.registry import get_metrics, resolve_options
-from service.decode import decode
+from service.common.decode import decode
 
 from .servers import SubprocessServer, metric_value, npy_bytes, png_bytes, random_image
 from .test_registry import library_values
@@ -397,7 +397,7 @@ import numpy as np
 import uvicorn
 uvicorn.run = lambda app, **kwargs: None
 from service import cli
-from service.allocator import retained_free_bytes
+from service.server.allocator import retained_free_bytes
 cli.main(["serve", "--random-weights", "--device", "cpu"])
 seen = {}
 def batch_thread():  # as the device thread does: a 64 MiB block, freed, then asked for again
@@ -418,7 +418,7 @@ print(json.dumps(seen))
 def test_serve_keeps_freed_memory_for_the_next_batch(user_setting):
     """glibc returns a freed 64 MiB block to the kernel, and the next batch's block of that size
     is faulted in again page by page (16,384 pages of 4 KiB); `serve` keeps freed memory for reuse
-    (service/allocator.py), unless the user configured glibc's malloc."""
+    (service/server/allocator.py), unless the user configured glibc's malloc."""
     import os
     import subprocess
 
@@ -436,8 +436,8 @@ def test_serve_keeps_freed_memory_for_the_next_batch(user_setting):
 
 @pytest.mark.parametrize("given, expected", [(None, "30000"), ("123", "123")])
 def test_serve_shortens_the_openmp_spin_before_torch_loads(given, expected):
-    """libgomp reads GOMP_SPINCOUNT when torch loads it; `serve` sets a ~1 ms spin (BENCHMARKS.md,
-    ninth session) unless the user gave one."""
+    """libgomp reads GOMP_SPINCOUNT when torch loads it; `serve` sets a ~1 ms spin (BENCHMARKS.md, "The
+    service and the lone request") unless the user gave one."""
     import os
     import subprocess
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 import torch
 
-from service.app import create_app
-from service.settings import Settings
+from service.server.app import create_app
+from service.server.settings import Settings
 
 from .servers import SubprocessServer, ThreadServer, metric_value, png_bytes, random_image
 
@@ -67,7 +67,7 @@ def test_exception_in_one_item_fails_it_alone(weights_dir):
                 raise RuntimeError("injected failure")
             return original(jobs)
 
-        from service.decode import decode
+        from service.common.decode import decode
 
         poison_pixels = float(decode(poison, "sr").pixels.mean())
         scorer.compute_batch = fail_on_poison
@@ -242,8 +242,8 @@ def test_all_torch_work_runs_on_the_device_thread(weights_dir, monkeypatch):
     instead of spinning, which made the server's compute slower than the same call in-process."""
     from safetensors.torch import save
 
-    from service import distill
-    from service.scoring import Scorer
+    from service.server import distill
+    from service.server.scoring import Scorer
 
     seen = []
 
@@ -253,7 +253,7 @@ def test_all_torch_work_runs_on_the_device_thread(weights_dir, monkeypatch):
             return fn(*args, **kwargs)
         return wrapper
 
-    for step in ("load", "warmup", "run_batch"):
+    for step in ("setup", "warmup", "run_batch"):
         monkeypatch.setattr(Scorer, step, recorded(step, getattr(Scorer, step)))
     monkeypatch.setattr(distill, "compute", recorded("distill", distill.compute))
     tensors = {"teacher_logits": torch.randn(2, 5), "student_logits": torch.randn(2, 5), "labels": torch.eye(5)[:2]}
@@ -261,5 +261,5 @@ def test_all_torch_work_runs_on_the_device_thread(weights_dir, monkeypatch):
         assert httpx.post(f"{srv.url}/v1/score", files=PAIR, data=dict(metrics="perceptual")).status_code == 200
         response = httpx.post(f"{srv.url}/v1/distill", content=save(tensors), headers={"content-type": "application/octet-stream"})
         assert response.status_code == 200, response.text
-    assert {step for step, _ in seen} == {"load", "warmup", "run_batch", "distill"}
+    assert {step for step, _ in seen} == {"setup", "warmup", "run_batch", "distill"}
     assert {thread for _, thread in seen} == {"device-cpu"}

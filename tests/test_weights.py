@@ -180,8 +180,10 @@ def test_weights_fetch_and_list_commands(tmp_path, monkeypatch, capsys, mirror):
     monkeypatch.setenv("LOSS_SERVICE_VERIFY_WEIGHTS", "1")
     data = vgg16_bytes()
     prefix = hashlib.sha256(data).hexdigest()[:8]
-    monkeypatch.setitem(BACKBONES, "vgg16", dataclasses.replace(BACKBONES["vgg16"], files=(f"vgg16-{prefix}.pth",)))
-    monkeypatch.setitem(BACKBONES, "vgg19", dataclasses.replace(BACKBONES["vgg19"], files=("vgg19-00000000.pth",)))
+    for name, filename in (("vgg16", f"vgg16-{prefix}.pth"), ("vgg19", "vgg19-00000000.pth")):
+        renamed = dataclasses.replace(W.WEIGHT_FILES[name], filenames=(filename,))
+        monkeypatch.setitem(W.WEIGHT_FILES, name, renamed)
+        monkeypatch.setitem(BACKBONES, name, dataclasses.replace(BACKBONES[name], weights=renamed))
     good, bad = BACKBONES["vgg16"].weights, BACKBONES["vgg19"].weights
     mirror.files.update({good.filenames[0]: data, bad.filenames[0]: data})
     target = tmp_path / "weights"
@@ -192,8 +194,9 @@ def test_weights_fetch_and_list_commands(tmp_path, monkeypatch, capsys, mirror):
     assert err.startswith("loss-service weights: error: vgg19: ") and "00000000" in err and "Traceback" not in err
     assert sorted(p.name for p in target.iterdir()) == [good.filenames[0]]  # no partial file left
     main(["weights", "list", "--weights-dir", str(target)])
-    listing = capsys.readouterr().out
-    assert "present" in listing and "ok" in listing and "missing" in listing
+    rows = {line.split("│")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.count("│") > 2}
+    assert "present" in rows["vgg16"] and " ok " in rows["vgg16"] and hashlib.sha256(data).hexdigest() in rows["vgg16"]
+    assert "missing" in rows["vgg19"] and "missing" in rows["dinov2"]
 
 
 def test_truncated_download_leaves_nothing_and_is_never_loaded(tmp_path, mirror):

@@ -1,0 +1,11 @@
+"""The torch-free client side: the sync and async HTTP clients, ``eval``, ``report`` and its
+statistics. Imports ``service.common`` only, never ``service.server``."""
+
+from .aio import AsyncLossClient
+from .encoding import encode_image
+from .errors import (BadRequest, ConnectionFailed, LossServiceError, RequestTimeout, ServerBusy, ServerError, Unauthorized,
+                     describe)
+from .sync import LossClient
+
+__all__ = ["AsyncLossClient", "BadRequest", "ConnectionFailed", "LossClient", "LossServiceError", "RequestTimeout", "ServerBusy",
+           "ServerError", "Unauthorized", "describe", "encode_image"]

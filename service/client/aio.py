@@ -1,0 +1,89 @@
+"""The async client, ``AsyncLossClient``: the sync client's twin on ``httpx.AsyncClient``."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
+
+import httpx
+
+from ..common.protocol import CATALOGUE_PATH, READYZ_PATH
+from .core import TRANSPORT_ERRORS, ClientCore, RequestSpec, as_triplet
+from . import progress as in_order
+
+
+class AsyncLossClient:
+    """The async twin of ``LossClient``; use ``async with AsyncLossClient(url) as client``."""
+
+    def __init__(self, urls: str | Sequence[str], *, api_key: str | None = None, timeout: float = 60.0,
+                 retries: int = 4, backoff: float = 0.2, max_connections: int = 64):
+        self.core = ClientCore(urls, api_key, retries, backoff)
+        self.http = httpx.AsyncClient(timeout=timeout, headers=self.core.headers,
+                                      limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+
+    async def __aenter__(self) -> "AsyncLossClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _send(self, spec: RequestSpec) -> Any:
+        """Send ``spec``, retrying 503s and transport failures as ``ClientCore.settle`` decides."""
+        for attempt in itertools.count():
+            url = self.core.acquire()
+            try:
+                response, error = await self.http.request(**self.core.request_args(url, spec)), None
+            except (httpx.TimeoutException, *TRANSPORT_ERRORS) as exc:
+                response, error = None, exc
+            finally:
+                self.core.release(url)
+            done, value = self.core.settle(attempt, url, spec, response, error)
+            if done:
+                return value
+            await asyncio.sleep(value)
+
+    async def score(self, sr, gt, lr=None, teacher=None, metrics=None, **options) -> dict:
+        return await self._send(self.core.score_request(dict(sr=sr, gt=gt, lr=lr, teacher=teacher), metrics, options))
+
+    async def score_batch(self, triplets: Iterable, metrics=None, **options) -> dict:
+        return await self._send(self.core.batch_request(triplets, metrics, options))
+
+    async def score_candidates(self, candidates: Sequence[Any], gt, lr=None, teacher=None, metrics=None, **options) -> dict:
+        """See ``LossClient.score_candidates``."""
+        return await self._send(self.core.candidates_request(candidates, gt, lr, teacher, metrics, options))
+
+    async def score_many(self, triplets: Iterable, metrics=None, *, concurrency: int = 8, progress: bool = False,
+                         return_exceptions: bool = False, total: int | None = None, **options) -> AsyncIterator[Any]:
+        """Score with up to ``concurrency`` requests in flight; yield results in input order."""
+        semaphore = asyncio.Semaphore(concurrency)
+
+        async def one(t: dict):
+            async with semaphore:
+                return await self.score(t.get("sr"), t.get("gt"), t.get("lr"), t.get("teacher"), metrics, **options)
+
+        with in_order.ProgressBar(progress, total) as advance:
+            window: deque = deque()
+            for triplet in triplets:
+                window.append(asyncio.ensure_future(one(as_triplet(triplet))))
+                if len(window) >= concurrency * 2:
+                    yield in_order.counted(await in_order.async_outcome(window.popleft(), return_exceptions), advance)
+            while window:
+                yield in_order.counted(await in_order.async_outcome(window.popleft(), return_exceptions), advance)
+
+    async def metrics(self) -> list[dict]:
+        return await self._send(RequestSpec("GET", CATALOGUE_PATH))
+
+    async def ready(self) -> dict:
+        url = self.core.acquire()
+        try:
+            return (await self.http.get(url + READYZ_PATH)).json()
+        finally:
+            self.core.release(url)
+
+    async def distill(self, tensors: Mapping[str, Any], **config) -> dict:
+        return await self._send(self.core.distill_request(tensors, config))

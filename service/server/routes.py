@@ -1,0 +1,117 @@
+"""Thin route functions: parse the request, hand it to the service, return its model."""
+
+from __future__ import annotations
+
+import difflib
+
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+
+from losses.registry import REGISTRY
+
+from . import distill
+from ..common.errors import invalid
+from ..common.protocol import (CATALOGUE_PATH, DISTILL_CONFIG_PARAM, DEFAULT_METRICS, DISTILL_PATH, IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD,
+                       SCORE_BATCH_PATH, SCORE_PATH)
+from .schemas import BatchResponse, DistillResponse, MetricInfo, ScoreResponse
+
+DEFAULT_METRICS_FIELD = ",".join(DEFAULT_METRICS)
+METRICS_HELP = f"comma list of metric names (GET {CATALOGUE_PATH}); default {DEFAULT_METRICS_FIELD}"
+OPTIONS_HELP = 'JSON object of metric options, e.g. {"crop_border": 4, "y_channel": true}'
+ERRORS = {
+    400: {"description": "a multipart body that cannot be parsed (no boundary, a wrong one)"},
+    401: {"description": "missing or wrong API key"},
+    408: {"description": "the client stalled while sending the body"},
+    413: {"description": "body or image too large"},
+    415: {"description": "undecodable or unsupported data, or a compressed body (Content-Encoding)"},
+    422: {"description": "invalid request; detail names the field"},
+    503: {"description": "overloaded (Retry-After), shutting down, or a needed model is missing"},
+}
+
+
+FORM_FIELDS = (*IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD)
+# Fields a request gives once on every endpoint (FastAPI would keep the last of several, silently).
+SINGLE_FIELDS = {METRICS_FIELD: "one comma-separated list, e.g. psnr,ssim", OPTIONS_FIELD: "one JSON object holding every option"}
+OPTION_NAMES = frozenset(key for metric in REGISTRY.values() for key in metric.options)
+
+
+async def check_fields(request: Request, once: bool) -> None:
+    """Refuse what would otherwise be ignored in silence: a query parameter or an unknown form
+    field (``crop_border=4`` as a field of its own would give the uncropped PSNR, ``metric=psnr``
+    the default metrics), a repeated ``metrics`` or ``options`` (all but the last would be
+    dropped), and with ``once`` a repeated image (/v1/score takes one triplet)."""
+    for name in request.query_params:
+        advice = f"send {name!r} as a multipart form field" if name in FORM_FIELDS else f"the form fields are {list(FORM_FIELDS)}{_hint(name)}"
+        raise invalid(name, f"{request.url.path} takes no query parameters, got {name!r}; {advice}", location="query")
+    form = await request.form()  # parsed once by FastAPI already; cached on the request
+    for name in form:
+        if name not in FORM_FIELDS:
+            raise invalid(name, f"unknown form field {name!r}; the fields are {list(FORM_FIELDS)}{_hint(name)}")
+        count = len(form.getlist(name))
+        if count > 1 and name in SINGLE_FIELDS:
+            raise invalid(name, f"{name} given {count} times; give it once, as {SINGLE_FIELDS[name]}")
+        if once and count > 1:
+            raise invalid(name, f"{name} given {count} times; {SCORE_PATH} takes one triplet (use {SCORE_BATCH_PATH})")
+
+
+def _hint(name: str) -> str:
+    if name in OPTION_NAMES:
+        return f'; options go in the {OPTIONS_FIELD} field as JSON, e.g. {OPTIONS_FIELD}={{"{name}": ...}}'
+    close = difflib.get_close_matches(name.lower(), FORM_FIELDS, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def build_router(service) -> APIRouter:
+    router = APIRouter(responses=ERRORS)
+
+    @router.post(SCORE_PATH, response_model=ScoreResponse, tags=["scoring"])
+    async def score(
+        request: Request,
+        sr: UploadFile = File(..., description="super-resolved image"),
+        gt: UploadFile = File(..., description="ground truth, same H×W as sr"),
+        lr: UploadFile | None = File(None, description="low-resolution input (any size up to sr's)"),
+        teacher: UploadFile | None = File(None, description="teacher output, same H×W as sr (metric kd)"),
+        metrics: str = Form(DEFAULT_METRICS_FIELD, alias=METRICS_FIELD, description=METRICS_HELP),
+        options: str = Form("{}", alias=OPTIONS_FIELD, description=OPTIONS_HELP),
+    ) -> ScoreResponse:
+        await check_fields(request, once=True)
+        plan = service.scorer.plan(metrics, options)
+        return await service.score(dict(sr=sr, gt=gt, lr=lr, teacher=teacher), plan)
+
+    @router.post(SCORE_BATCH_PATH, response_model=BatchResponse, tags=["scoring"])
+    async def score_batch(
+        request: Request,
+        sr: list[UploadFile] = File(..., description="SR images; the i-th of each field form triplet i"),
+        gt: list[UploadFile] = File(..., description="ground truths paired with sr by order, or one for every sr"),
+        lr: list[UploadFile] | None = File(None, description="LR inputs paired by order, or one for every sr"),
+        teacher: list[UploadFile] | None = File(None, description="teacher outputs paired by order, or one for every sr"),
+        metrics: str = Form(DEFAULT_METRICS_FIELD, alias=METRICS_FIELD, description=METRICS_HELP),
+        options: str = Form("{}", alias=OPTIONS_FIELD, description=OPTIONS_HELP),
+    ) -> BatchResponse:
+        await check_fields(request, once=False)
+        plan = service.scorer.plan(metrics, options)
+        return await service.score_batch(dict(sr=sr, gt=gt, lr=lr or [], teacher=teacher or []), plan)
+
+    @router.post(
+        DISTILL_PATH,
+        response_model=DistillResponse,
+        tags=["distillation"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "safetensors file: teacher_logits, student_logits, labels, teacher_features.<i>, "
+                "student_features.<i>, optional student_logits_teacher_features",
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
+    async def distill_route(
+        request: Request,
+        config: str = Query("{}", alias=DISTILL_CONFIG_PARAM, description="DistillationLoss keyword arguments as a JSON object", max_length=4096),
+    ) -> DistillResponse:
+        return await distill.run(service, await request.body(), config)
+
+    @router.get(CATALOGUE_PATH, response_model=list[MetricInfo], tags=["catalogue"])
+    async def catalogue() -> list[dict]:
+        return service.catalogue()
+
+    return router

@@ -1,0 +1,79 @@
+"""Pydantic models of the HTTP responses (they also document the API in /docs)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from ..common.errors import ServiceError
+from .http_errors import status_of
+from .scoring import ModelState
+
+
+class Timing(BaseModel):
+    queue: float = Field(description="ms waiting for a device batch")
+    compute: float = Field(description="ms of the device batch this request ran in")
+    total: float = Field(description="ms from request received to response ready")
+
+
+class ScoreResult(BaseModel):
+    scores: dict[str, float | None] = Field(description="per-metric values; composite metrics add '<name>.<component>'; null where not finite")
+    pretrained: bool
+    device: str
+    precision: str
+    timing_ms: Timing
+    warnings: list[str] = []
+
+
+CONVENTIONS_HELP = ("what the scores depend on besides the pixels: each metric's resolved options and convention, the "
+                    "pixel conventions (data range, Y formula, crop), weight files with sha256, device, precision, "
+                    "pretrained, versions, date")
+
+
+class ScoreResponse(ScoreResult):
+    conventions: dict = Field(description=CONVENTIONS_HELP)
+
+
+class ItemError(BaseModel):
+    status: int
+    detail: list[dict] | str
+
+
+class BatchItemError(BaseModel):
+    error: ItemError
+
+    @classmethod
+    def of(cls, error: ServiceError) -> "BatchItemError":
+        """One triplet's refusal, in the batch response beside the others' scores."""
+        return cls(error=ItemError(status=status_of(error), detail=error.detail))
+
+
+class BatchResponse(BaseModel):
+    results: list[ScoreResult | BatchItemError]
+    mean: dict[str, float | None] = Field(description="mean over the successful triplets (finite values only)")
+    conventions: dict = Field(description=CONVENTIONS_HELP)
+
+
+class MetricInfo(BaseModel):
+    name: str
+    lower_is_better: bool
+    needs: list[str]
+    options: dict
+    backbone: str | None
+    description: str
+    convention: str = Field("", description="the paper or package convention followed, and how it differs from others")
+    available: bool
+
+
+class ReadyResponse(BaseModel):
+    ready: bool
+    draining: bool
+    pretrained: bool
+    device: str
+    precision: str
+    models: dict[str, ModelState]
+    missing: list[str]
+
+
+class DistillResponse(BaseModel):
+    components: dict[str, float]
+    total: float
