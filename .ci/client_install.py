@@ -26,8 +26,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 NEVER = ("torch", "torchvision", "timm", "fastapi", "uvicorn", "imagecodecs")
 NOT_IN_BARE = ("scipy", "matplotlib")
-SERVER_COMMANDS = (["serve"], ["weights", "list"], ["weights", "fetch"], ["bench", "--quick"],
-                   ["score", "--local", "--sr", "x.png", "--gt", "x.png"])
+SERVER_COMMANDS = (["serve"], ["weights", "list"], ["weights", "fetch"], ["bench", "--quick"], ["score", "--local", "x.png", "x.png"])
 # Runs a command of the installed CLI, then writes the top-level modules it imported to a file.
 TRACED_CLI = """
 import json, sys
@@ -42,8 +41,8 @@ sys.exit(code)
 """
 
 
-def run(*command, **kwargs) -> subprocess.CompletedProcess:
-    print("+", " ".join(map(str, command)), flush=True)
+def run(*command, shown=None, **kwargs) -> subprocess.CompletedProcess:
+    print("+", shown or " ".join(map(str, command)), flush=True)
     return subprocess.run(command, text=True, capture_output=True, **kwargs)
 
 
@@ -74,8 +73,7 @@ def write_dataset(root: Path) -> dict[str, Path]:
 
 
 def start_server(port: int, log: Path) -> subprocess.Popen:
-    command = ["uv", "run", "loss-service", "serve", "--host", "127.0.0.1", "--port", str(port), "--models", "vgg16",
-               "--random-weights"]
+    command = ["uv", "run", "loss-service", "serve", "--host", "127.0.0.1", "--port", str(port), "--models", "vgg16", "--random-weights"]
     server = subprocess.Popen(command, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -94,7 +92,15 @@ def start_server(port: int, log: Path) -> subprocess.Popen:
 
 def traced(python: Path, work: Path, *argv: str) -> tuple[subprocess.CompletedProcess, set[str]]:
     modules_file = work / "modules.json"
-    result = run(str(python), "-c", TRACED_CLI, str(modules_file), *argv, cwd=work)
+    result = run(
+        str(python),
+        "-c",
+        TRACED_CLI,
+        str(modules_file),
+        *argv,
+        cwd=work,
+        shown=f"{python.parent.parent.name}: loss-service {' '.join(argv)}",
+    )
     return result, set(json.loads(modules_file.read_text())) if modules_file.exists() else set()
 
 
@@ -105,13 +111,46 @@ def check_install(extra: str, wheel: Path, url: str, data: dict[str, Path], work
     check(run("uv", "pip", "install", "--python", str(python), f"{wheel}{extra}"))
     forbidden = set(NEVER) | (set() if extra else set(NOT_IN_BARE))
     results = work / f"results{extra or '-bare'}.json"
-    result, imported = traced(python, work, "eval", "--url", url, "--sr", f"noisy={data['noisy']}", "--sr", f"clean={data['clean']}",
-                              "--gt", str(data["gt"]), "--metrics", "psnr,ssim", "--dataset", "tiny", "--scale", "1",
-                              "--out", str(work / "results.csv"), "--json", str(results), "--quiet")
+    result, imported = traced(
+        python,
+        work,
+        "eval",
+        "--url",
+        url,
+        "--sr",
+        f"noisy={data['noisy']}",
+        "--sr",
+        f"clean={data['clean']}",
+        "--gt",
+        str(data["gt"]),
+        "--metrics",
+        "psnr,ssim",
+        "--dataset",
+        "tiny",
+        "--scale",
+        "1",
+        "--out",
+        str(work / "results.csv"),
+        "--json",
+        str(results),
+        "--quiet",
+    )
     check(result)
     assert not imported & forbidden, f"eval imported {sorted(imported & forbidden)}"
-    report = ["report", str(results), "--html", str(work / "r.html"), "--markdown", str(work / "r.md"), "--latex", str(work / "r.tex"),
-              "--worst", "2", "--crop", "32"]
+    report = [
+        "report",
+        str(results),
+        "--html",
+        str(work / "r.html"),
+        "--markdown",
+        str(work / "r.md"),
+        "--latex",
+        str(work / "r.tex"),
+        "--worst",
+        "2",
+        "--crop",
+        "32",
+    ]
     result, imported = traced(python, work, *report)
     assert not imported & forbidden, f"report imported {sorted(imported & forbidden)}"
     if extra:

@@ -6,11 +6,11 @@ as in `server_ab.py` (e.g. `GOMP_SPINCOUNT=300000` against nothing, the server's
 round starts both servers fresh and sends REQUESTS requests from CONCURRENCY clients to each,
 alternating A, B (B first in odd rounds); medians over the rounds.
 """
+
 import asyncio
 import json
 import statistics
 import sys
-
 
 from service.bench import _load, start_server, upload_files
 
@@ -24,7 +24,7 @@ def main() -> None:
     for round_ in range(rounds):
         servers = [start_server(["--device", "cpu", "--models", "vgg16"], env) for env in envs]
         try:
-            for i in ((0, 1) if round_ % 2 == 0 else (1, 0)):
+            for i in (0, 1) if round_ % 2 == 0 else (1, 0):
                 results[i].append(asyncio.run(_load(servers[i][1], files, metric, concurrency, requests)))
         finally:
             for process, _ in servers:
@@ -32,10 +32,21 @@ def main() -> None:
                 process.wait()
     median = statistics.median
     for spec, rows in zip(specs, results):
-        print(json.dumps(dict(env=spec, size=size, metric=metric, concurrency=concurrency, requests=requests, rounds=rounds,
-                              images_per_s=round(median(r["images_per_s"] for r in rows), 2),
-                              p50_ms=round(median(r["p50_ms"] for r in rows), 2),
-                              p99_ms=round(median(r["p99_ms"] for r in rows), 2))))
+        print(
+            json.dumps(
+                dict(
+                    env=spec,
+                    size=size,
+                    metric=metric,
+                    concurrency=concurrency,
+                    requests=requests,
+                    rounds=rounds,
+                    images_per_s=round(median(r["images_per_s"] for r in rows), 2),
+                    p50_ms=round(median(r["p50_ms"] for r in rows), 2),
+                    p99_ms=round(median(r["p99_ms"] for r in rows), 2),
+                )
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ and is the faster one. For both on the server's allocator, run the bench with
 `MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824`
 (`serve` keeps MALLOC_* settings it is given).
 """
+
 import json
 import statistics
 import subprocess
@@ -63,14 +64,18 @@ def main() -> None:
         np.save(f"{tmp}/gt.npy", gt)
         for _ in range(rounds):
             process, url = start_server(["--device", "cpu", "--models", "vgg16"])
-            worker = subprocess.Popen([sys.executable, "-c", WORKER, str(size), metric, f"{tmp}/sr.npy", f"{tmp}/gt.npy"],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            worker = subprocess.Popen(
+                [sys.executable, "-c", WORKER, str(size), metric, f"{tmp}/sr.npy", f"{tmp}/gt.npy"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
             try:
                 worker.stdin.write("0\n")  # imports, loads the backbone and warms up before any timing
                 worker.stdin.flush()
                 worker.stdout.readline()
                 with httpx.Client(base_url=url, timeout=120) as client:
-                    for block in range(2):
+                    for _block in range(2):
                         for i in range(n + 2):  # the first two of a block warm the connection and the caches
                             start = time.perf_counter()
                             body = client.post(form.path, content=form.content, headers=form.headers).json()
@@ -89,10 +94,22 @@ def main() -> None:
                 process.terminate()
                 process.wait()
     median = statistics.median
-    print(json.dumps(dict(size=size, metric=metric, n=len(e2e), processes=rounds, e2e_p50=round(median(e2e), 2),
-                          server_compute_p50=round(median(server), 2), inprocess_p50=round(median(local), 2),
-                          e2e_minus_inprocess=round(median(e2e) - median(local), 2),
-                          e2e_minus_server_compute=round(median(e2e) - median(server), 2), request_path_p50=round(median(path), 2))))
+    print(
+        json.dumps(
+            dict(
+                size=size,
+                metric=metric,
+                n=len(e2e),
+                processes=rounds,
+                e2e_p50=round(median(e2e), 2),
+                server_compute_p50=round(median(server), 2),
+                inprocess_p50=round(median(local), 2),
+                e2e_minus_inprocess=round(median(e2e) - median(local), 2),
+                e2e_minus_server_compute=round(median(e2e) - median(server), 2),
+                request_path_p50=round(median(path), 2),
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

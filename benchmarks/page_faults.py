@@ -9,6 +9,7 @@ thread does) on another. Compare glibc's defaults with what `serve` sets (servic
     MALLOC_ARENA_MAX=1 MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824 \\
         uv run python benchmarks/page_faults.py 256 1 thread
 """
+
 import json
 import os
 import resource
@@ -47,8 +48,19 @@ def main() -> None:
     else:
         passes()
     malloc = {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "GLIBC_TUNABLES"}
-    print(json.dumps(dict(size=size, batch=batch, thread=where, malloc_environment=malloc, n=len(times),
-                          ms_p50=round(statistics.median(times), 2), minor_faults_p50=statistics.median(faults))))
+    print(
+        json.dumps(
+            dict(
+                size=size,
+                batch=batch,
+                thread=where,
+                malloc_environment=malloc,
+                n=len(times),
+                ms_p50=round(statistics.median(times), 2),
+                minor_faults_p50=statistics.median(faults),
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ times blocks of N requests (after two warm-up requests) alternating A, B, A, B (
 rounds), so both see the same machine state; medians over every round. `minor_faults_per_request`
 is the server process's page faults (/proc/PID/stat) over the timed requests, per request.
 """
+
 import json
 import statistics
 import sys
@@ -39,7 +40,7 @@ def main() -> None:
         clients = [httpx.Client(base_url=url, timeout=120) for _, url in servers]
         try:
             for _ in range(2):
-                for i in ((0, 1) if round_ % 2 == 0 else (1, 0)):
+                for i in (0, 1) if round_ % 2 == 0 else (1, 0):
                     for k in range(n + 2):
                         if k == 2:
                             faults[i] -= minor_faults(servers[i][0].pid)
@@ -58,9 +59,21 @@ def main() -> None:
                 process.wait()
     median = statistics.median
     for spec, times, computes, paths, faulted in zip(specs, e2e, compute, path, faults):
-        print(json.dumps(dict(env=spec, size=size, metric=metric, n=len(times), e2e_p50=round(median(times), 2),
-                              compute_p50=round(median(computes), 2), e2e_minus_compute=round(median(times) - median(computes), 2),
-                              request_path_p50=round(median(paths), 2), minor_faults_per_request=round(faulted / len(times)))))
+        print(
+            json.dumps(
+                dict(
+                    env=spec,
+                    size=size,
+                    metric=metric,
+                    n=len(times),
+                    e2e_p50=round(median(times), 2),
+                    compute_p50=round(median(computes), 2),
+                    e2e_minus_compute=round(median(times) - median(computes), 2),
+                    request_path_p50=round(median(paths), 2),
+                    minor_faults_per_request=round(faulted / len(times)),
+                )
+            )
+        )
 
 
 if __name__ == "__main__":

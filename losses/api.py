@@ -6,7 +6,8 @@ a number printed by any of them is the number the library gives.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ def list_metrics() -> list[dict]:
 
 def score(
     sr: torch.Tensor,
-    gt: torch.Tensor,
+    gt: torch.Tensor | None = None,
     lr: torch.Tensor | None = None,
     teacher: torch.Tensor | None = None,
     metrics: Sequence[str] = DEFAULT_METRICS,
@@ -39,7 +40,8 @@ def score(
     for composite metrics. ``options`` are shared by the metrics that take them (e.g.
     ``crop_border=4, y_channel=True``); an option no chosen metric takes is an error.
 
-    ``gt``, ``lr`` or ``teacher`` may hold one image for B candidates in ``sr`` (ranking
+    ``gt`` may be left out for metrics that need only ``sr`` (``niqe``). ``gt``, ``lr`` or
+    ``teacher`` may hold one image for B candidates in ``sr`` (ranking
     candidates against one reference): its backbone features are computed once.
 
     Gradients flow wherever the metric is differentiable; wrap the call in
@@ -53,13 +55,20 @@ def score(
         return compute(chosen, images, per_metric, lambda name: get_backbone(name, device, pretrained, weights_dir))
 
 
-def conventions(metrics: Sequence[str] = DEFAULT_METRICS, device="cpu", precision: str = "fp32", pretrained: bool = True,
-                weights_dir=None, **options: Any) -> dict:
+def conventions(
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    device="cpu",
+    precision: str = "fp32",
+    pretrained: bool = True,
+    weights_dir=None,
+    **options: Any,
+) -> dict:
     """The conventions record of ``score(..., metrics, **options)``: resolved options, pixel
     conventions, weight files with sha256, device, precision, versions and date."""
     chosen = get_metrics([metrics] if isinstance(metrics, str) else list(metrics))
-    return conventions_record(chosen, resolve_options(chosen, options), device=device, precision=precision,
-                              pretrained=pretrained, weights_dir=weights_dir)
+    return conventions_record(
+        chosen, resolve_options(chosen, options), device=device, precision=precision, pretrained=pretrained, weights_dir=weights_dir
+    )
 
 
 class MetricModule(FeatureLoss):
@@ -76,12 +85,12 @@ class MetricModule(FeatureLoss):
         for backbone in sorted(self.metric.backbones(self.options[name])):
             self.require(backbone)
 
-    def components(self, sr, gt, lr=None, teacher=None) -> dict[str, torch.Tensor]:
+    def components(self, sr, gt=None, lr=None, teacher=None) -> dict[str, torch.Tensor]:
         images = {role: image for role, image in dict(sr=sr, gt=gt, lr=lr, teacher=teacher).items() if image is not None}
         with weights_dir_scope(self.weights_dir):
             return compute([self.metric], images, self.options, self.backbones_on(sr.device))
 
-    def forward(self, sr, gt, lr=None, teacher=None) -> torch.Tensor:
+    def forward(self, sr, gt=None, lr=None, teacher=None) -> torch.Tensor:
         return self.components(sr, gt, lr, teacher)[self.metric.name]
 
     def extra_repr(self) -> str:

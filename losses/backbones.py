@@ -13,8 +13,8 @@ instance per (name, device, pretrained, weights dir) so every loss in a process 
 from __future__ import annotations
 
 import types
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ class BackboneSpec:
     """
 
     name: str
-    build: Callable[["BackboneSpec", StateDict | None], "Backbone"]
+    build: Callable[[BackboneSpec, StateDict | None], Backbone]
     layers: tuple[str, ...]
     weights: W.WeightSpec  # its checkpoint, declared once in ``weights.WEIGHT_FILES``
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -85,12 +85,12 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
 
-    def freeze(self) -> "Backbone":
+    def freeze(self) -> Backbone:
         for parameter in self.parameters():
             parameter.requires_grad_(False)
         return self.eval()
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         """Stay in eval mode whatever a parent module asks: the backbone is a fixed metric."""
         return super().train(False)
 
@@ -258,9 +258,7 @@ class DINOv2Features(Backbone):
         layers = self.check_layers(layers)
         indices = sorted(set(self.layer_names.index(layer) for layer in layers))
         h = self.pad_to_patch_multiple(self.prepare(x, normalize))
-        maps = self.model.forward_intermediates(
-            h, indices=indices, norm=True, output_fmt="NCHW", intermediates_only=True, stop_early=True
-        )
+        maps = self.model.forward_intermediates(h, indices=indices, norm=True, output_fmt="NCHW", intermediates_only=True, stop_early=True)
         yield from ((self.layer_names[i], fmap) for i, fmap in zip(indices, maps))
 
 
@@ -279,40 +277,85 @@ def build_dinov2(spec: BackboneSpec, state: StateDict | None) -> DINOv2Features:
 
 # --- the backbones ------------------------------------------------------------------------------
 
-VGG16_FILE = W.register_weights(W.WeightSpec(
-    "vgg16", ("vgg16-397923af.pth",), "https://download.pytorch.org/models/vgg16-397923af.pth",
-    description="torchvision VGG16 IMAGENET1K_V1",
-))
-register_backbone(BackboneSpec(
-    "vgg16", build_torchvision_features, vgg_layer_names((2, 2, 3, 3, 3)), VGG16_FILE, min_side=16,
-    description="torchvision VGG16 IMAGENET1K_V1 features",
-))
-register_backbone(BackboneSpec(
-    "vgg19", build_torchvision_features, vgg_layer_names((2, 2, 4, 4, 4)),
-    W.register_weights(W.WeightSpec("vgg19", ("vgg19-dcbb9e9d.pth",), "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-                                    description="torchvision VGG19 IMAGENET1K_V1")),
-    min_side=16, description="torchvision VGG19 IMAGENET1K_V1 features",
-))
-register_backbone(BackboneSpec(
-    "vgg16_l2pool", build_vgg16_l2pool, vgg_layer_names((2, 2, 3, 3, 3)), VGG16_FILE,
-    description="VGG16 IMAGENET1K_V1 features with L2 pooling (DISTS); vgg16's weight file",
-))
-register_backbone(BackboneSpec(
-    "alexnet", build_torchvision_features,
-    ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4", "conv5", "relu5", "pool5"),
-    W.register_weights(W.WeightSpec("alexnet", ("alexnet-owt-7be5be79.pth",),
-                                    "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-                                    description="torchvision AlexNet IMAGENET1K_V1")),
-    min_side=31, description="torchvision AlexNet IMAGENET1K_V1 features (LPIPS-Alex)",
-))
-register_backbone(BackboneSpec(
-    "dinov2", build_dinov2, tuple(f"block{i}" for i in range(DINO_BLOCKS)),
-    W.register_weights(W.WeightSpec(
-        "dinov2", ("dinov2_vitb14_pretrain.pth", "vit_base_patch14_dinov2.lvd142m.safetensors"),
-        "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
-        hf_repo="timm/vit_base_patch14_dinov2.lvd142m", description="DINOv2 ViT-B/14 (LVD-142M)")),
-    min_side=8, description="DINOv2 ViT-B/14 (LVD-142M), first 8 blocks",
-))
+VGG16_FILE = W.register_weights(
+    W.WeightSpec(
+        "vgg16",
+        ("vgg16-397923af.pth",),
+        "https://download.pytorch.org/models/vgg16-397923af.pth",
+        description="torchvision VGG16 IMAGENET1K_V1",
+    )
+)
+register_backbone(
+    BackboneSpec(
+        "vgg16",
+        build_torchvision_features,
+        vgg_layer_names((2, 2, 3, 3, 3)),
+        VGG16_FILE,
+        min_side=16,
+        description="torchvision VGG16 IMAGENET1K_V1 features",
+    )
+)
+register_backbone(
+    BackboneSpec(
+        "vgg19",
+        build_torchvision_features,
+        vgg_layer_names((2, 2, 4, 4, 4)),
+        W.register_weights(
+            W.WeightSpec(
+                "vgg19",
+                ("vgg19-dcbb9e9d.pth",),
+                "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+                description="torchvision VGG19 IMAGENET1K_V1",
+            )
+        ),
+        min_side=16,
+        description="torchvision VGG19 IMAGENET1K_V1 features",
+    )
+)
+register_backbone(
+    BackboneSpec(
+        "vgg16_l2pool",
+        build_vgg16_l2pool,
+        vgg_layer_names((2, 2, 3, 3, 3)),
+        VGG16_FILE,
+        description="VGG16 IMAGENET1K_V1 features with L2 pooling (DISTS); vgg16's weight file",
+    )
+)
+register_backbone(
+    BackboneSpec(
+        "alexnet",
+        build_torchvision_features,
+        ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4", "conv5", "relu5", "pool5"),
+        W.register_weights(
+            W.WeightSpec(
+                "alexnet",
+                ("alexnet-owt-7be5be79.pth",),
+                "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
+                description="torchvision AlexNet IMAGENET1K_V1",
+            )
+        ),
+        min_side=31,
+        description="torchvision AlexNet IMAGENET1K_V1 features (LPIPS-Alex)",
+    )
+)
+register_backbone(
+    BackboneSpec(
+        "dinov2",
+        build_dinov2,
+        tuple(f"block{i}" for i in range(DINO_BLOCKS)),
+        W.register_weights(
+            W.WeightSpec(
+                "dinov2",
+                ("dinov2_vitb14_pretrain.pth", "vit_base_patch14_dinov2.lvd142m.safetensors"),
+                "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
+                hf_repo="timm/vit_base_patch14_dinov2.lvd142m",
+                description="DINOv2 ViT-B/14 (LVD-142M)",
+            )
+        ),
+        min_side=8,
+        description="DINOv2 ViT-B/14 (LVD-142M), first 8 blocks",
+    )
+)
 
 
 # --- building and sharing -------------------------------------------------------------------------

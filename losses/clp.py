@@ -71,8 +71,9 @@ class CLPLoss(FeatureLoss):
     for the same argument.
     """
 
-    def __init__(self, backbone: str = "dinov2", loss_weight: float = 1.0, pretrained: bool = True, weights_dir=None,
-                 *, model: str | None = None):
+    def __init__(
+        self, backbone: str = "dinov2", loss_weight: float = 1.0, pretrained: bool = True, weights_dir=None, *, model: str | None = None
+    ):
         if model is not None:
             backbone = model
         backbone = CLP_ALIASES.get(backbone, backbone)

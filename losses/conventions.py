@@ -6,9 +6,10 @@ conventions, the weight files with their sha256, device, precision, versions, da
 from __future__ import annotations
 
 import importlib.metadata
-from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -19,10 +20,10 @@ from .registry import Metric
 
 PIXEL_CONVENTION = {
     "data_range": "images decoded to [0, 1] (8-bit / 255, 16-bit / 65535); PSNR, SSIM, MS-SSIM and LR-PSNR "
-                  "on the [0, 255] scale in float64, without rounding (lr_psnr's uint8_rounding: SR and LR read "
-                  "as 8-bit and the downscale rounded after each pass, as the NTIRE 2022 scorer)",
+    "on the [0, 255] scale in float64, without rounding (lr_psnr's uint8_rounding: SR and LR read "
+    "as 8-bit and the downscale rounded after each pass, as the NTIRE 2022 scorer)",
     "y_channel": f"Y = {Y_OFFSET:g} + {Y_WEIGHTS[0]}·R + {Y_WEIGHTS[1]}·G + {Y_WEIGHTS[2]}·B with R, G, B in [0, 1] "
-                 "(ITU-R BT.601 studio swing, MATLAB rgb2ycbcr), unrounded",
+    "(ITU-R BT.601 studio swing, MATLAB rgb2ycbcr), unrounded",
     "crop_border": "pixels removed from every edge before PSNR/SSIM/MS-SSIM (LR pixels for lr_psnr)",
 }
 
@@ -38,8 +39,7 @@ def file_record(path: Path) -> dict[str, str]:
     return dict(file=path.name, sha256=W.file_sha256(path))
 
 
-def weight_files(metrics: Sequence[Metric], resolved: Mapping[str, dict], pretrained: bool,
-                 weights_dir=None) -> dict[str, dict]:
+def weight_files(metrics: Sequence[Metric], resolved: Mapping[str, dict], pretrained: bool, weights_dir=None) -> dict[str, dict]:
     """Backbone checkpoints and per-metric weight files (LPIPS heads, DISTS α/β) the metrics read."""
     record: dict[str, dict] = {}
     for backbone in sorted({b for m in metrics for b in m.backbones(resolved[m.name])}):
@@ -53,20 +53,33 @@ def weight_files(metrics: Sequence[Metric], resolved: Mapping[str, dict], pretra
     return record
 
 
-def conventions(metrics: Sequence[Metric], resolved: Mapping[str, dict], *, device: Any = "cpu", precision: str = "fp32",
-                pretrained: bool = True, weights_dir=None) -> dict[str, Any]:
+def conventions(
+    metrics: Sequence[Metric],
+    resolved: Mapping[str, dict],
+    *,
+    device: Any = "cpu",
+    precision: str = "fp32",
+    pretrained: bool = True,
+    weights_dir=None,
+) -> dict[str, Any]:
     """The record for scoring ``metrics`` with ``resolved`` options (see ``registry.resolve_options``)."""
     return dict(
         package="loss-service",
         version=package_version(),
         torch=torch.__version__,
-        date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        date=datetime.now(UTC).isoformat(timespec="seconds"),
         device=str(device),
         precision=precision,
         pretrained=pretrained,
-        metrics={m.name: dict(options=dict(resolved[m.name]), lower_is_better=m.lower_is_better, convention=m.convention,
-                              backbones=sorted(m.backbones(resolved[m.name])))
-                 for m in metrics},
+        metrics={
+            m.name: dict(
+                options=dict(resolved[m.name]),
+                lower_is_better=m.lower_is_better,
+                convention=m.convention,
+                backbones=sorted(m.backbones(resolved[m.name])),
+            )
+            for m in metrics
+        },
         pixels=PIXEL_CONVENTION,
         weights=weight_files(metrics, resolved, pretrained, weights_dir),
     )

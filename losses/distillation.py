@@ -6,7 +6,7 @@ compounded it across feature indices; that is not reproduced). No τ² factor.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +73,9 @@ class DistillationLoss(nn.Module):
         multiple_lrs: int | None = None,
     ):
         super().__init__()
-        choices = dict(logit_loss=(None, "soft_entropy"), aux_loss=(None, *AUX_LOSSES), mode=(None, "student_softening"), spatial_avg=(None, "mean"))
+        choices = dict(
+            logit_loss=(None, "soft_entropy"), aux_loss=(None, *AUX_LOSSES), mode=(None, "student_softening"), spatial_avg=(None, "mean")
+        )
         for name, valid in choices.items():
             if locals()[name] not in valid:
                 raise ValueError(f"{name} must be one of {list(valid)}, got {locals()[name]!r}")
@@ -91,7 +93,9 @@ class DistillationLoss(nn.Module):
         if self.multiple_lrs is None:
             return loss(teacher, student)
         if student.dim() != 4 or student.shape[1] != self.multiple_lrs:
-            raise ValueError(f"multiple_lrs={self.multiple_lrs} needs student features (B, {self.multiple_lrs}, N, C), got {tuple(student.shape)}")
+            raise ValueError(
+                f"multiple_lrs={self.multiple_lrs} needs student features (B, {self.multiple_lrs}, N, C), got {tuple(student.shape)}"
+            )
         return sum(loss(teacher, student[:, j]) for j in range(self.multiple_lrs))
 
     def forward(

@@ -8,9 +8,9 @@ The input stage uses the raw [0, 1] image; the stages use the ImageNet-normalise
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -24,10 +24,16 @@ DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
 C1 = C2 = 1e-6
 
 
-DISTS_ALPHA_BETA = W.register_weights(W.WeightSpec(
-    "dists_alpha_beta", ("dists_weights.pt",), "https://github.com/dingkeyan93/DISTS/raw/master/DISTS_pytorch/weights.pt",
-    sha256="f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218", bundled=("DISTS_pytorch", "weights.pt"),
-    description="DISTS α and β (dists-pytorch's weights.pt)"))
+DISTS_ALPHA_BETA = W.register_weights(
+    W.WeightSpec(
+        "dists_alpha_beta",
+        ("dists_weights.pt",),
+        "https://github.com/dingkeyan93/DISTS/raw/master/DISTS_pytorch/weights.pt",
+        sha256="f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218",
+        bundled=("DISTS_pytorch", "weights.pt"),
+        description="DISTS α and β (dists-pytorch's weights.pt)",
+    )
+)
 
 
 def dists_weights_path(weights_dir=None) -> Path:

@@ -9,8 +9,8 @@ arguments, the registry builds one per scored batch, so each formula exists once
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,8 +50,9 @@ class FeatureView:
             raise ValueError("a feature view needs at least one layer")
 
     @classmethod
-    def of(cls, backbone: str, layers: LayerWeights, weights: Sequence[float] | None = None,
-           resize: int | None = None, normalize: bool = True) -> "FeatureView":
+    def of(
+        cls, backbone: str, layers: LayerWeights, weights: Sequence[float] | None = None, resize: int | None = None, normalize: bool = True
+    ) -> FeatureView:
         """``layers`` is a mapping ``{layer: weight}``, or names with ``weights`` (default 1.0 each)."""
         if isinstance(layers, Mapping):
             if weights is not None:
@@ -109,7 +110,7 @@ class LayerTerm:
     view: FeatureView
     roles: tuple[str, ...]
     fn: LayerFn
-    prepare: Callable[["ImageBatch"], None] | None = None
+    prepare: Callable[[ImageBatch], None] | None = None
 
 
 class ImageBatch:
@@ -128,16 +129,17 @@ class ImageBatch:
     broadcast view.
     """
 
-    def __init__(self, images: Mapping[str, torch.Tensor], backbone: Callable[[str], Backbone],
-                 terms: Iterable[LayerTerm] = ()):
+    def __init__(self, images: Mapping[str, torch.Tensor], backbone: Callable[[str], Backbone], terms: Iterable[LayerTerm] = ()):
         for role, image in images.items():  # the loss classes come here without ``registry.compute``
             check_image(image, role)
         self.images = dict(images)
         self.size = max(image.shape[0] for image in self.images.values())
         for role, image in self.images.items():
             if image.shape[0] not in (1, self.size):
-                raise ValueError(f"{role} holds {image.shape[0]} images but the batch has {self.size}: give one "
-                                 f"{role} per sr image, or one for the whole batch")
+                raise ValueError(
+                    f"{role} holds {image.shape[0]} images but the batch has {self.size}: give one "
+                    f"{role} per sr image, or one for the whole batch"
+                )
         self._backbone = backbone
         self._planned: dict[tuple, list[LayerTerm]] = {}
         for term in terms:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -53,15 +53,22 @@ class HybridLoss(FeatureLoss):
     can be overridden per call; the perceptual backbone is needed only when its weight is > 0.
     """
 
-    def __init__(self, l1_weight: float = 0.6, ms_weight: float = 0.2, grad_weight: float = 0.2,
-                 perceptual_weight: float = 0.0, pretrained: bool = True, weights_dir=None):
+    def __init__(
+        self,
+        l1_weight: float = 0.6,
+        ms_weight: float = 0.2,
+        grad_weight: float = 0.2,
+        perceptual_weight: float = 0.0,
+        pretrained: bool = True,
+        weights_dir=None,
+    ):
         super().__init__(pretrained, weights_dir)
         self.weights = dict(l1_weight=l1_weight, ms_weight=ms_weight, grad_weight=grad_weight, perceptual_weight=perceptual_weight)
         if perceptual_weight > 0:
             self.require(PERCEPTUAL_TERM.view.backbone)
 
     @classmethod
-    def from_preset(cls, name: str, **kwargs) -> "HybridLoss":
+    def from_preset(cls, name: str, **kwargs) -> HybridLoss:
         return cls(**{**HYBRID_PRESETS[name], **kwargs})
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, **weight_overrides: float) -> dict:

@@ -11,9 +11,9 @@ losses serve LPIPS too. The distance is ``lpips(sr, gt)``.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -37,12 +37,20 @@ LPIPS_NETS = {
 
 
 LPIPS_HEADS = {
-    net: W.register_weights(W.WeightSpec(
-        f"lpips_{net}_heads", (f"lpips_v0.1_{net}.pth",),
-        f"https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/{net}.pth",
-        sha256=sha256, bundled=("lpips", f"weights/v0.1/{net}.pth"), description=f"LPIPS v0.1 linear heads, {net}"))
-    for net, sha256 in (("vgg", "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868"),
-                        ("alex", "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0"))
+    net: W.register_weights(
+        W.WeightSpec(
+            f"lpips_{net}_heads",
+            (f"lpips_v0.1_{net}.pth",),
+            f"https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/{net}.pth",
+            sha256=sha256,
+            bundled=("lpips", f"weights/v0.1/{net}.pth"),
+            description=f"LPIPS v0.1 linear heads, {net}",
+        )
+    )
+    for net, sha256 in (
+        ("vgg", "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868"),
+        ("alex", "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0"),
+    )
 }
 
 
@@ -110,7 +118,7 @@ class LPIPS(FeatureLoss):
         self.lins = build_lin_layers(net, weights_dir)
         self.term = lpips_term(net, self._lins_on)
 
-    def train(self, mode: bool = True) -> "LPIPS":
+    def train(self, mode: bool = True) -> LPIPS:
         """The lin layers' dropout must stay off: LPIPS is a fixed metric."""
         return super().train(False)
 

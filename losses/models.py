@@ -4,7 +4,8 @@ once per key (name, device, weights) and shared by every loss and request in the
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import torch
 

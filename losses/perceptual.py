@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 
@@ -19,8 +19,9 @@ DEFAULT_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
 # Named presets (PerceptualLoss keyword arguments); each is also a metric of the service.
 PERCEPTUAL_PRESETS: dict[str, dict] = {
     # The "VSR training fix" PerceptualLoss: features[:4], [:9], [:16], [:23].
-    "perceptual": dict(backbone="vgg16", layer_weights=dict(relu1_2=0.25, relu2_2=0.25, relu3_3=0.25, relu4_3=0.25),
-                       criterion="l1", resize=None),
+    "perceptual": dict(
+        backbone="vgg16", layer_weights=dict(relu1_2=0.25, relu2_2=0.25, relu3_3=0.25, relu4_3=0.25), criterion="l1", resize=None
+    ),
     # The knowledge-distillation VGGPerceptualLoss (it omitted normalisation: normalize=False).
     "vgg_relu2_2": dict(backbone="vgg16", layer_weights=dict(relu2_2=1.0), criterion="l1", resize=224),
 }
@@ -91,7 +92,7 @@ class PerceptualLoss(FeatureLoss):
         return self.view.weights
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "PerceptualLoss":
+    def from_preset(cls, name: str, **overrides) -> PerceptualLoss:
         if name not in PERCEPTUAL_PRESETS:
             raise ValueError(f"unknown preset {name!r}; valid: {sorted(PERCEPTUAL_PRESETS)}")
         return cls(**{**PERCEPTUAL_PRESETS[name], **overrides})

@@ -64,15 +64,16 @@ def check_crop(size: tuple[int, int], crop_border: int, min_side: int, metric: s
     if largest < 0:
         raise ValueError(f"{metric} needs images of at least {min_side}×{min_side}, got {width}×{height}")
     if crop_border > largest:
-        raise ValueError(f"crop_border={crop_border} leaves {width - 2 * crop_border}×{height - 2 * crop_border} of a "
-                         f"{width}×{height} image; {metric} needs at least {min_side}×{min_side}, so the largest valid "
-                         f"crop_border is {largest}")
+        raise ValueError(
+            f"crop_border={crop_border} leaves {width - 2 * crop_border}×{height - 2 * crop_border} of a "
+            f"{width}×{height} image; {metric} needs at least {min_side}×{min_side}, so the largest valid "
+            f"crop_border is {largest}"
+        )
 
 
 def _on_host(*tensors: torch.Tensor) -> bool:
     """CPU tensors that need no gradient: the NumPy/SciPy paths apply (no autograd there)."""
-    return all(t.device.type == "cpu" for t in tensors) and not (
-        torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    return all(t.device.type == "cpu" for t in tensors) and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
 NUMPY_FLOATS = (torch.float16, torch.float32, torch.float64)
@@ -91,8 +92,12 @@ def _sum_squared_difference(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         sums = np.zeros(a.shape[0])
         for i, (ai, bi) in enumerate(zip(a, b)):
             for start in range(0, ai.size, HOST_CHUNK):
-                diff = np.subtract(ai[start : start + HOST_CHUNK], bi[start : start + HOST_CHUNK], dtype=np.float64,
-                                   out=buffer[: min(HOST_CHUNK, ai.size - start)])
+                diff = np.subtract(
+                    ai[start : start + HOST_CHUNK],
+                    bi[start : start + HOST_CHUNK],
+                    dtype=np.float64,
+                    out=buffer[: min(HOST_CHUNK, ai.size - start)],
+                )
                 sums[i] += np.square(diff, out=diff).sum()
         return torch.from_numpy(sums)
     diff = (x.to(torch.float64) - y.to(torch.float64)).flatten(1)
@@ -247,8 +252,9 @@ def lr_scale(sr_size: tuple[int, int], lr_size: tuple[int, int]) -> int:
     raise ValueError(f"lr_psnr needs SR = s × LR for one integer s in both dimensions; got sr {sr_w}×{sr_h} and lr {lr_w}×{lr_h}")
 
 
-def lr_psnr(sr: torch.Tensor, lr: torch.Tensor, crop_border: int = 0, y_channel: bool = False,
-            uint8_rounding: bool = False) -> torch.Tensor:
+def lr_psnr(
+    sr: torch.Tensor, lr: torch.Tensor, crop_border: int = 0, y_channel: bool = False, uint8_rounding: bool = False
+) -> torch.Tensor:
     """LR consistency (NTIRE 2022): PSNR between ``lr`` and ``sr`` downscaled by its integer
     scale with MATLAB's bicubic ``imresize`` (antialiased). Float64 on [0, 255]; ``crop_border``
     is in LR pixels. ``uint8_rounding`` scores as the challenge's scorer does with 8-bit PNGs:

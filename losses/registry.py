@@ -9,9 +9,9 @@ lists metrics. Adding a metric means one ``register`` call (docs/architecture.md
 from __future__ import annotations
 
 import difflib
-
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -22,6 +22,7 @@ from .features import FeatureView, ImageBatch, LayerTerm
 from .hybrid import HYBRID_PRESETS, PERCEPTUAL_TERM, hybrid_terms
 from .kd import KD_DEFAULTS, KD_VGG_TERM, kd_terms
 from .lpips_loss import LPIPS_HEADS, LPIPS_TERMS, lpips_per_sample
+from .niqe import NIQE_PRISTINE, check_blocks, niqe
 from .perceptual import distance_term, feature_distance, preset_view
 from .psnr_ssim import MS_SSIM_MIN_SIDE, SSIM_WINDOW, check_crop, check_image, lr_psnr, lr_scale, ms_ssim, psnr, ssim
 from .tables import add_named
@@ -123,49 +124,172 @@ VGG_RELU2_2_TERM = distance_term(preset_view("vgg_relu2_2"))
 
 # --- the metrics ------------------------------------------------------------------------------
 
-register(Metric("psnr", lambda b, o: psnr(b["sr"], b["gt"], **o), PAIR, False, options=SR_CONVENTION,
-                description="PSNR in dB on the [0, 255] scale", check_sizes=_crop_fits(1, "PSNR"),
-                convention="BasicSR calculate_psnr / MATLAB: float64, Y = BT.601 studio swing (pyiqa defaults to YIQ)"))
-register(Metric("ssim", lambda b, o: ssim(b["sr"], b["gt"], **o), PAIR, False, options=SR_CONVENTION,
-                description="SSIM, 11×11 Gaussian window σ=1.5, valid filtering", check_sizes=_crop_fits(SSIM_WINDOW, "SSIM"),
-                convention="BasicSR calculate_ssim / MATLAB ssim_index = scikit-image gaussian_weights, no sample covariance"))
-register(Metric("ms_ssim", lambda b, o: ms_ssim(b["sr"], b["gt"], **o), PAIR, False, options=SR_CONVENTION,
-                description="MS-SSIM, 5 scales, weights .0448/.2856/.3001/.2363/.1333",
-                check_sizes=_crop_fits(MS_SSIM_MIN_SIDE, "MS-SSIM"),
-                convention="original MATLAB msssim.m: 2×2 mean + symmetric edge between scales (pytorch-msssim zero-pads odd sizes)"))
-register(Metric("lr_psnr", lambda b, o: lr_psnr(b["sr"], b["lr"], **o), ("sr", "lr"), False,
-                options=dict(SR_CONVENTION, uint8_rounding=False),
-                description="PSNR(lr, MATLAB-bicubic-downscaled sr): LR consistency, target ≥ 45 dB", check_sizes=_lr_consistent,
-                convention="NTIRE 2022 Learning the SR Space: MATLAB imresize(sr, 1/s, 'bicubic'), antialiased; crop in LR pixels"))
-register(Metric("l1", lambda b, o: (b["sr"] - b["gt"]).abs().flatten(1).mean(dim=1), PAIR, True,
-                description="mean absolute error on [0, 1]"))
-register(Metric("perceptual", _perceptual(PERCEPTUAL_TERM), PAIR, True, terms=(PERCEPTUAL_TERM,),
-                description="VGG16 relu1_2/2_2/3_3/4_3, ¼ each, L1"))
-register(Metric("vgg_relu2_2", _perceptual(VGG_RELU2_2_TERM), PAIR, True, terms=(VGG_RELU2_2_TERM,),
-                description="VGG16 relu2_2, L1, resized to 224×224"))
-register(Metric("hybrid", hybrid_terms, PAIR, True, terms=(PERCEPTUAL_TERM,), options=HYBRID_PRESETS["default"],
-                uses_backbone=lambda o: o["perceptual_weight"] > 0,
-                description="l1/ms/grad/perceptual weighted sum; components as hybrid.<term>"))
-register(Metric("kd", kd_terms, ("sr", "gt", "teacher"), True, terms=(KD_VGG_TERM,), options=KD_DEFAULTS,
-                uses_backbone=lambda o: o["lambda_vgg"] > 0,
-                description="L1(sr, gt) + λ_kd·L1(sr, teacher) + λ_vgg·VGG relu2_2(sr, teacher)"))
+register(
+    Metric(
+        "psnr",
+        lambda b, o: psnr(b["sr"], b["gt"], **o),
+        PAIR,
+        False,
+        options=SR_CONVENTION,
+        description="PSNR in dB on the [0, 255] scale",
+        check_sizes=_crop_fits(1, "PSNR"),
+        convention="BasicSR calculate_psnr / MATLAB: float64, Y = BT.601 studio swing (pyiqa defaults to YIQ)",
+    )
+)
+register(
+    Metric(
+        "ssim",
+        lambda b, o: ssim(b["sr"], b["gt"], **o),
+        PAIR,
+        False,
+        options=SR_CONVENTION,
+        description="SSIM, 11×11 Gaussian window σ=1.5, valid filtering",
+        check_sizes=_crop_fits(SSIM_WINDOW, "SSIM"),
+        convention="BasicSR calculate_ssim / MATLAB ssim_index = scikit-image gaussian_weights, no sample covariance",
+    )
+)
+register(
+    Metric(
+        "ms_ssim",
+        lambda b, o: ms_ssim(b["sr"], b["gt"], **o),
+        PAIR,
+        False,
+        options=SR_CONVENTION,
+        description="MS-SSIM, 5 scales, weights .0448/.2856/.3001/.2363/.1333",
+        check_sizes=_crop_fits(MS_SSIM_MIN_SIDE, "MS-SSIM"),
+        convention="original MATLAB msssim.m: 2×2 mean + symmetric edge between scales (pytorch-msssim zero-pads odd sizes)",
+    )
+)
+register(
+    Metric(
+        "lr_psnr",
+        lambda b, o: lr_psnr(b["sr"], b["lr"], **o),
+        ("sr", "lr"),
+        False,
+        options=dict(SR_CONVENTION, uint8_rounding=False),
+        description="PSNR(lr, MATLAB-bicubic-downscaled sr): LR consistency, target ≥ 45 dB",
+        check_sizes=_lr_consistent,
+        convention="NTIRE 2022 Learning the SR Space: MATLAB imresize(sr, 1/s, 'bicubic'), antialiased; crop in LR pixels",
+    )
+)
+register(
+    Metric("l1", lambda b, o: (b["sr"] - b["gt"]).abs().flatten(1).mean(dim=1), PAIR, True, description="mean absolute error on [0, 1]")
+)
+register(
+    Metric(
+        "perceptual",
+        _perceptual(PERCEPTUAL_TERM),
+        PAIR,
+        True,
+        terms=(PERCEPTUAL_TERM,),
+        description="VGG16 relu1_2/2_2/3_3/4_3, ¼ each, L1",
+    )
+)
+register(
+    Metric(
+        "vgg_relu2_2",
+        _perceptual(VGG_RELU2_2_TERM),
+        PAIR,
+        True,
+        terms=(VGG_RELU2_2_TERM,),
+        description="VGG16 relu2_2, L1, resized to 224×224",
+    )
+)
+register(
+    Metric(
+        "hybrid",
+        hybrid_terms,
+        PAIR,
+        True,
+        terms=(PERCEPTUAL_TERM,),
+        options=HYBRID_PRESETS["default"],
+        uses_backbone=lambda o: o["perceptual_weight"] > 0,
+        description="l1/ms/grad/perceptual weighted sum; components as hybrid.<term>",
+    )
+)
+register(
+    Metric(
+        "kd",
+        kd_terms,
+        ("sr", "gt", "teacher"),
+        True,
+        terms=(KD_VGG_TERM,),
+        options=KD_DEFAULTS,
+        uses_backbone=lambda o: o["lambda_vgg"] > 0,
+        description="L1(sr, gt) + λ_kd·L1(sr, teacher) + λ_vgg·VGG relu2_2(sr, teacher)",
+    )
+)
 for _backbone, _term in CLP_TERMS.items():
-    register(Metric(f"clp_{_backbone}", _clp(_term), ("sr", "gt", "lr"), True, terms=(_term,),
-                    options=dict(loss_weight=1.0), description=f"contrastive triplet perceptual loss on {_backbone} features"))
+    register(
+        Metric(
+            f"clp_{_backbone}",
+            _clp(_term),
+            ("sr", "gt", "lr"),
+            True,
+            terms=(_term,),
+            options=dict(loss_weight=1.0),
+            description=f"contrastive triplet perceptual loss on {_backbone} features",
+        )
+    )
 
 
-register(Metric("lpips_vgg", lambda b, o: lpips_per_sample(b, LPIPS_TERMS["vgg"]), PAIR, True, terms=(LPIPS_TERMS["vgg"],),
-                description="LPIPS v0.1, VGG variant",
-                weights=(LPIPS_HEADS["vgg"],),
-                convention="lpips package, lpips(sr, gt) on [0, 1] inputs mapped to [−1, 1] (normalize=True)"))
-register(Metric("lpips_alex", lambda b, o: lpips_per_sample(b, LPIPS_TERMS["alex"]), PAIR, True, terms=(LPIPS_TERMS["alex"],),
-                weights=(LPIPS_HEADS["alex"],),
-                description="LPIPS v0.1, AlexNet variant (the LPIPS most SR papers report)",
-                convention="lpips package, LPIPS(net='alex', version='0.1'), lpips(sr, gt), [0, 1] mapped to [−1, 1]"))
-register(Metric("dists", lambda b, o: dists_per_sample(b, DISTS_TERM), PAIR, True, terms=(DISTS_TERM,),
-                weights=(DISTS_ALPHA_BETA,),
-                description="DISTS: 1 − Σ(α·S1 + β·S2)/Σ(α + β) on VGG16 with L2 pooling",
-                convention="dists-pytorch package (Ding et al. 2020), α/β from its weights.pt; no resize of the input"))
+def _niqe_blocks(sizes: Mapping[str, tuple[int, int]], options: dict) -> None:
+    try:
+        check_blocks(sizes["sr"], options["crop_border"])
+    except ValueError as exc:
+        raise MetricError("options" if options["crop_border"] else "sr", str(exc)) from None
+
+
+register(
+    Metric(
+        "niqe",
+        lambda b, o: niqe(b["sr"], **o),
+        ("sr",),
+        True,
+        options=dict(crop_border=0, gray=False),
+        description="NIQE: no-reference naturalness, 96×96 blocks at two scales against the pristine model",
+        check_sizes=_niqe_blocks,
+        weights=(NIQE_PRISTINE,),
+        convention="LIVE niqe_release (MATLAB niqe.m) as BasicSR calculate_niqe: MATLAB's Y (rgb2ycbcr, rounded) or "
+        "rgb2gray with gray=true, float64 MATLAB imresize between scales, BasicSR's niqe_pris_params.npz",
+    )
+)
+register(
+    Metric(
+        "lpips_vgg",
+        lambda b, o: lpips_per_sample(b, LPIPS_TERMS["vgg"]),
+        PAIR,
+        True,
+        terms=(LPIPS_TERMS["vgg"],),
+        description="LPIPS v0.1, VGG variant",
+        weights=(LPIPS_HEADS["vgg"],),
+        convention="lpips package, lpips(sr, gt) on [0, 1] inputs mapped to [−1, 1] (normalize=True)",
+    )
+)
+register(
+    Metric(
+        "lpips_alex",
+        lambda b, o: lpips_per_sample(b, LPIPS_TERMS["alex"]),
+        PAIR,
+        True,
+        terms=(LPIPS_TERMS["alex"],),
+        weights=(LPIPS_HEADS["alex"],),
+        description="LPIPS v0.1, AlexNet variant (the LPIPS most SR papers report)",
+        convention="lpips package, LPIPS(net='alex', version='0.1'), lpips(sr, gt), [0, 1] mapped to [−1, 1]",
+    )
+)
+register(
+    Metric(
+        "dists",
+        lambda b, o: dists_per_sample(b, DISTS_TERM),
+        PAIR,
+        True,
+        terms=(DISTS_TERM,),
+        weights=(DISTS_ALPHA_BETA,),
+        description="DISTS: 1 − Σ(α·S1 + β·S2)/Σ(α + β) on VGG16 with L2 pooling",
+        convention="dists-pytorch package (Ding et al. 2020), α/β from its weights.pt; no resize of the input",
+    )
+)
 
 
 # --- validation and batched scoring --------------------------------------------------------------
@@ -249,8 +373,9 @@ def _check_backbone_size(metric: str, view: FeatureView, size: tuple[int, int]) 
     """An image the backbone would shrink to nothing is a clear error, not a framework crash."""
     min_side = backbone_spec(view.backbone).min_side
     if view.resize is None and min(size) < min_side:
-        raise MetricError("sr", f"metric {metric!r} runs {view.backbone}, which needs images of at least "
-                                f"{min_side}×{min_side}; got {size[1]}×{size[0]}")
+        raise MetricError(
+            "sr", f"metric {metric!r} runs {view.backbone}, which needs images of at least {min_side}×{min_side}; got {size[1]}×{size[0]}"
+        )
 
 
 def compute(

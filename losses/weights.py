@@ -219,8 +219,13 @@ def download(spec: WeightSpec, target_dir: str | Path | None = None, progress: b
         with httpx.stream("GET", url, follow_redirects=True, timeout=60) as response:
             response.raise_for_status()
             expected = int(response.headers["content-length"]) if "content-length" in response.headers else None
-            log.info("fetching %s: %s (%s) from %s", spec.name, destination.name,
-                     f"{expected / 2**20:.1f} MiB" if expected else "size unknown", url)
+            log.info(
+                "fetching %s: %s (%s) from %s",
+                spec.name,
+                destination.name,
+                f"{expected / 2**20:.1f} MiB" if expected else "size unknown",
+                url,
+            )
             digest, received = hashlib.sha256(), 0
             with open(partial, "wb") as handle, _progress(progress, destination.name, expected) as advance:
                 for chunk in response.iter_bytes(1 << 20):
@@ -234,8 +239,10 @@ def download(spec: WeightSpec, target_dir: str | Path | None = None, progress: b
             raise ChecksumError(f"{spec.name}: the file from {url} has sha256 {digest.hexdigest()[:12]}…, not {spec.sha256_prefix}…")
         partial.replace(destination)
     except httpx.HTTPError as exc:
-        raise WeightsError(f"{spec.name}: download from {url} failed ({exc}); fetch it elsewhere and put "
-                           f"{destination.name} in {target_dir}, or set LOSS_SERVICE_WEIGHTS_BASE_URL to a mirror") from exc
+        raise WeightsError(
+            f"{spec.name}: download from {url} failed ({exc}); fetch it elsewhere and put "
+            f"{destination.name} in {target_dir}, or set LOSS_SERVICE_WEIGHTS_BASE_URL to a mirror"
+        ) from exc
     finally:
         partial.unlink(missing_ok=True)
     log.info("fetched %s: %s (%d bytes, %s)", spec.name, destination, received, checksum_status(spec, destination))

@@ -66,9 +66,16 @@ def blas_info() -> dict:
 def machine_info(device) -> dict:
     import torch
 
-    info = dict(python=platform.python_version(), torch=torch.__version__, platform=platform.platform(),
-                cpu=cpu_model(), blas=blas_info(), cpu_count=multiprocessing.cpu_count(),
-                torch_threads=torch.get_num_threads(), device=str(device))
+    info = dict(
+        python=platform.python_version(),
+        torch=torch.__version__,
+        platform=platform.platform(),
+        cpu=cpu_model(),
+        blas=blas_info(),
+        cpu_count=multiprocessing.cpu_count(),
+        torch_threads=torch.get_num_threads(),
+        device=str(device),
+    )
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", gpu_memory_gib=round(props.total_memory / GIB, 1))
@@ -142,8 +149,16 @@ def bench_inprocess(device, sizes, batches, metrics, repeats, log) -> list[dict]
                     rows.append(dict(metric=metric, size=size, batch=batch, seconds=None, images_per_s=None, skipped=reason))
                     continue
                 if device.type == "cpu" and batch * images_per_item(metric) * size * size > CPU_MAX_PIXELS_PER_BATCH:
-                    rows.append(dict(metric=metric, size=size, batch=batch, seconds=None, images_per_s=None,
-                                     skipped=f"over {CPU_MAX_PIXELS_PER_BATCH} pixels per batch on a CPU (RAM)"))
+                    rows.append(
+                        dict(
+                            metric=metric,
+                            size=size,
+                            batch=batch,
+                            seconds=None,
+                            images_per_s=None,
+                            skipped=f"over {CPU_MAX_PIXELS_PER_BATCH} pixels per batch on a CPU (RAM)",
+                        )
+                    )
                     log(f"in-process {metric} {size}² batch {batch}: skipped (RAM)")
                     continue
                 seconds = time_compute(metric, batch, size, device, repeats)
@@ -205,9 +220,14 @@ async def _load(url: str, files: list, metric: str, concurrency: int, total: int
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
         wall = time.perf_counter() - start
     latencies.sort()
-    return dict(requests=total, seconds=wall, images_per_s=total / wall, p50_ms=1e3 * latencies[len(latencies) // 2],
-                p99_ms=1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-                compute_p50_ms=1e3 * statistics.median(computes))
+    return dict(
+        requests=total,
+        seconds=wall,
+        images_per_s=total / wall,
+        p50_ms=1e3 * latencies[len(latencies) // 2],
+        p99_ms=1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        compute_p50_ms=1e3 * statistics.median(computes),
+    )
 
 
 def png(array: np.ndarray) -> bytes:
@@ -248,7 +268,9 @@ def bench_service_metrics(device_flag: str, metrics, sizes, log) -> list[dict]:
     return rows
 
 
-def bench_service(device_flag: str, metric: str, size: int, concurrencies, requests_for, inprocess: dict[int, float], log) -> tuple[list[dict], dict]:
+def bench_service(
+    device_flag: str, metric: str, size: int, concurrencies, requests_for, inprocess: dict[int, float], log
+) -> tuple[list[dict], dict]:
     files = upload_files(size)[:2]
     rows, lone = [], {}
     for mode, batch_flag in (("batched", "16"), ("unbatched", "1")):
@@ -256,15 +278,19 @@ def bench_service(device_flag: str, metric: str, size: int, concurrencies, reque
         try:
             for concurrency in concurrencies:
                 result = asyncio.run(_load(url, files, metric, concurrency, requests_for(concurrency)))
-                result.update(mode=mode, concurrency=concurrency,
-                              vs_inprocess_batch1=result["images_per_s"] / inprocess[1],
-                              vs_inprocess_batched=result["images_per_s"] / inprocess[max(inprocess)])
+                result.update(
+                    mode=mode,
+                    concurrency=concurrency,
+                    vs_inprocess_batch1=result["images_per_s"] / inprocess[1],
+                    vs_inprocess_batched=result["images_per_s"] / inprocess[max(inprocess)],
+                )
                 rows.append(result)
                 log(f"service {mode} c={concurrency}: {result['images_per_s']:.2f} img/s, p50 {result['p50_ms']:.1f} ms")
             if mode == "batched":
                 single = asyncio.run(_load(url, files, metric, 1, 15))
-                lone = dict(p50_ms=single["p50_ms"], compute_p50_ms=single["compute_p50_ms"],
-                            added_ms=single["p50_ms"] - single["compute_p50_ms"])
+                lone = dict(
+                    p50_ms=single["p50_ms"], compute_p50_ms=single["compute_p50_ms"], added_ms=single["p50_ms"] - single["compute_p50_ms"]
+                )
         finally:
             process.terminate()
             process.wait(timeout=60)
@@ -307,28 +333,48 @@ def bench_peers(size: int, repeats: int, log) -> list[dict]:
     numpy255 = lambda a: a.astype(np.float64)  # noqa: E731
     unit = lambda a: (torch.from_numpy(a).permute(2, 0, 1)[None].double() / 255).contiguous()  # noqa: E731
     scaled = lambda a: torch.from_numpy(a).permute(2, 0, 1)[None].double().contiguous()  # noqa: E731
-    sk_ssim = lambda sr, gt: structural_similarity(gt, sr, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,  # noqa: E731
-                                                   data_range=255, channel_axis=-1)
+    sk_ssim = lambda sr, gt: structural_similarity(
+        gt,
+        sr,
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,  # noqa: E731
+        data_range=255,
+        channel_axis=-1,
+    )
     pm_msssim = lambda sr, gt: pm_ms_ssim(sr, gt, data_range=255, win_size=11, win_sigma=1.5).item()  # noqa: E731
     candidates = {  # (metric, implementation): (input maker, function)
         ("ssim", "loss-service"): (unit, lambda sr, gt: ssim(sr, gt).item()),
         ("ssim", "scikit-image"): (numpy255, sk_ssim),
-        ("ssim", "torchmetrics"): (scaled, lambda sr, gt: tm_ssim(sr, gt, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=255.0).item()),
+        ("ssim", "torchmetrics"): (
+            scaled,
+            lambda sr, gt: tm_ssim(sr, gt, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=255.0).item(),
+        ),
         ("ssim", "pytorch-msssim"): (scaled, lambda sr, gt: pm_ssim(sr, gt, data_range=255, win_size=11, win_sigma=1.5).item()),
         ("psnr", "loss-service"): (unit, lambda sr, gt: psnr(sr, gt).item()),
         ("psnr", "scikit-image"): (numpy255, lambda sr, gt: peak_signal_noise_ratio(gt, sr, data_range=255)),
         ("psnr", "torchmetrics"): (scaled, lambda sr, gt: tm_psnr(sr, gt, data_range=255.0).item()),
         ("ms_ssim", "loss-service"): (unit, lambda sr, gt: ms_ssim(sr, gt).item()),
         ("ms_ssim", "pytorch-msssim"): (scaled, pm_msssim),
-        ("ms_ssim", "piq"): (scaled, lambda sr, gt: piq.multi_scale_ssim(sr, gt, data_range=255.0, kernel_size=11, kernel_sigma=1.5).item()),
-        ("ms_ssim", "torchmetrics"): (scaled, lambda sr, gt: tm_ms_ssim(sr, gt, gaussian_kernel=True, sigma=1.5, kernel_size=11,
-                                                                        data_range=255.0, normalize=None).item()),
+        ("ms_ssim", "piq"): (
+            scaled,
+            lambda sr, gt: piq.multi_scale_ssim(sr, gt, data_range=255.0, kernel_size=11, kernel_sigma=1.5).item(),
+        ),
+        ("ms_ssim", "torchmetrics"): (
+            scaled,
+            lambda sr, gt: tm_ms_ssim(sr, gt, gaussian_kernel=True, sigma=1.5, kernel_size=11, data_range=255.0, normalize=None).item(),
+        ),
     }
-    references = {"ssim": ("scikit-image", numpy255, sk_ssim),
-                  "psnr": ("scikit-image", numpy255, lambda sr, gt: peak_signal_noise_ratio(gt, sr, data_range=255)),
-                  "ms_ssim": ("pytorch-msssim", scaled, pm_msssim)}
-    expected = {metric: [fn(make(sr), make(gt)) for sr, gt in photos] for metric, (_, make, fn) in references.items()
-                if unsupported_size(metric, size) is None}
+    references = {
+        "ssim": ("scikit-image", numpy255, sk_ssim),
+        "psnr": ("scikit-image", numpy255, lambda sr, gt: peak_signal_noise_ratio(gt, sr, data_range=255)),
+        "ms_ssim": ("pytorch-msssim", scaled, pm_msssim),
+    }
+    expected = {
+        metric: [fn(make(sr), make(gt)) for sr, gt in photos]
+        for metric, (_, make, fn) in references.items()
+        if unsupported_size(metric, size) is None
+    }
     rows = []
     for (metric, peer), (make, fn) in candidates.items():
         if unsupported_size(metric, size) is not None:
@@ -344,8 +390,15 @@ def bench_peers(size: int, repeats: int, log) -> list[dict]:
             times.append((time.perf_counter() - start) / calls)
             values.append(value)
         delta = max(abs(v - r) for v, r in zip(values, expected[metric]))
-        rows.append(dict(metric=metric, peer=peer, ms_per_image=1e3 * statistics.mean(times), reference=references[metric][0],
-                         max_abs_delta_vs_reference=delta))
+        rows.append(
+            dict(
+                metric=metric,
+                peer=peer,
+                ms_per_image=1e3 * statistics.mean(times),
+                reference=references[metric][0],
+                max_abs_delta_vs_reference=delta,
+            )
+        )
         log(f"{metric} {peer}: {1e3 * statistics.mean(times):.2f} ms/img, max|Δ| vs {references[metric][0]} {delta:.2e}")
     return rows
 
@@ -360,7 +413,7 @@ class PeakRSS:
     """Samples the RSS every millisecond while the block runs (ru_maxrss cannot be reset, and
     model construction sets it higher than inference does)."""
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         import threading
 
         self.baseline = self.peak = current_rss()
@@ -392,8 +445,14 @@ def _memory_child(metric: str, batch: int, size: int, device_name: str, queue) -
         base_cuda = torch.cuda.memory_allocated(device)
     with PeakRSS() as rss, torch.inference_mode():
         score_batch(metric, _images(batch, size, device))
-    result = dict(metric=metric, batch=batch, size=size, peak_rss_gib=rss.peak / GIB, rss_growth_gib=(rss.peak - rss.baseline) / GIB,
-                  model_gib=model_bytes / GIB)
+    result = dict(
+        metric=metric,
+        batch=batch,
+        size=size,
+        peak_rss_gib=rss.peak / GIB,
+        rss_growth_gib=(rss.peak - rss.baseline) / GIB,
+        model_gib=model_bytes / GIB,
+    )
     if device.type == "cuda":
         result.update(cuda_peak_gib=torch.cuda.max_memory_allocated(device) / GIB, cuda_models_gib=base_cuda / GIB)
     queue.put(result)
@@ -407,6 +466,17 @@ def measure_memory(metric: str, batch: int, size: int, device_name: str) -> dict
     result = queue.get(timeout=1800)
     child.join()
     return result
+
+
+def write_costs(path: Path, report: dict) -> None:
+    """Update the measured metrics' bytes per pixel in ``path`` (the server's cost table), keeping
+    the other metrics' figures; each metric records the run it came from."""
+    table = json.loads(path.read_text()) if path.exists() else dict(bytes_per_pixel={}, measured_by={})
+    run = dict(machine=report["machine"], started=report["started"], command="loss-service bench " + " ".join(sys.argv[2:]))
+    for metric, cost in report["memory_costs"].items():
+        table["bytes_per_pixel"][metric] = cost
+        table.setdefault("measured_by", {})[metric] = run
+    path.write_text(json.dumps(table, indent=2) + "\n")
 
 
 def fit_costs(rows: list[dict]) -> dict[str, float]:
@@ -429,8 +499,10 @@ def bench_memory(device, configs, log) -> tuple[list[dict], list[dict]]:
     for metric, size, batch in configs:
         row = measure_memory(metric, batch, size, str(device))
         rows.append(row)
-        log(f"memory {metric} {size}² batch {batch}: peak RSS {row['peak_rss_gib']:.2f} GiB" +
-            (f", CUDA peak {row['cuda_peak_gib']:.2f} GiB" if "cuda_peak_gib" in row else ""))
+        log(
+            f"memory {metric} {size}² batch {batch}: peak RSS {row['peak_rss_gib']:.2f} GiB"
+            + (f", CUDA peak {row['cuda_peak_gib']:.2f} GiB" if "cuda_peak_gib" in row else "")
+        )
     return rows, fit_budget(rows)
 
 
@@ -454,9 +526,18 @@ def fit_budget(rows: list[dict]) -> list[dict]:
         for target in (size, 1024):
             scale = (target / size) ** 2
             largest = int((P4_BUDGET_BYTES / GIB - fixed) // (per_image * scale))
-            fits.append(dict(metric=metric, measured_size=size, size=target, per_image_gib=per_image * scale, fixed_gib=fixed,
-                             largest_batch_in_8gib=largest, basis="measured CUDA peak" if key == "cuda_peak_gib" else "estimate from CPU RSS growth",
-                             extrapolated_from_size=None if target == size else size))
+            fits.append(
+                dict(
+                    metric=metric,
+                    measured_size=size,
+                    size=target,
+                    per_image_gib=per_image * scale,
+                    fixed_gib=fixed,
+                    largest_batch_in_8gib=largest,
+                    basis="measured CUDA peak" if key == "cuda_peak_gib" else "estimate from CPU RSS growth",
+                    extrapolated_from_size=None if target == size else size,
+                )
+            )
     return fits
 
 
@@ -484,7 +565,9 @@ def run(args) -> int:
         rates = {r["batch"]: r["images_per_s"] for r in report["inprocess"] if r["metric"] == "perceptual" and r["size"] == sizes[0]}
         concurrencies = (1, 4, 16) if quick else (1, 4, 16, 64)
         requests_for = (lambda c: max(4, 2 * c)) if quick else (lambda c: max(16, 4 * c))
-        report["service"], report["lone_request"] = bench_service(args.device, "perceptual", sizes[0], concurrencies, requests_for, rates, log)
+        report["service"], report["lone_request"] = bench_service(
+            args.device, "perceptual", sizes[0], concurrencies, requests_for, rates, log
+        )
         report["service_inprocess_reference"] = dict(metric="perceptual", size=sizes[0], images_per_s_by_batch=rates)
         report["service_metrics"] = bench_service_metrics(args.device, SERVICE_METRICS, sizes, log)
     if "peers" in sections:
@@ -497,9 +580,7 @@ def run(args) -> int:
         report["memory"], report["budget"] = bench_memory(device, configs, log)
         report["memory_costs"] = fit_costs(report["memory"])
         if args.write_costs:
-            Path(args.write_costs).write_text(json.dumps(dict(
-                bytes_per_pixel=report["memory_costs"], measured_on=report["machine"], started=report["started"],
-                command="loss-service bench " + " ".join(sys.argv[2:])), indent=2) + "\n")
+            write_costs(Path(args.write_costs), report)
 
     print_tables(report, console)
     Path(args.json).write_text(json.dumps(report, indent=2))
@@ -523,29 +604,58 @@ def print_tables(report: dict, console) -> None:
     if "service" in report:
         batched = max(report["service_inprocess_reference"]["images_per_s_by_batch"])
         size = report["service_inprocess_reference"]["size"]
-        table = Table("mode", "concurrency", "img/s", "p50 ms", "p99 ms", "× in-process b=1", f"× in-process b={batched}",
-                      title=f"service, perceptual {size}²")
+        table = Table(
+            "mode",
+            "concurrency",
+            "img/s",
+            "p50 ms",
+            "p99 ms",
+            "× in-process b=1",
+            f"× in-process b={batched}",
+            title=f"service, perceptual {size}²",
+        )
         for r in report["service"]:
-            table.add_row(r["mode"], str(r["concurrency"]), f"{r['images_per_s']:.2f}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}",
-                          f"{r['vs_inprocess_batch1']:.2f}", f"{r['vs_inprocess_batched']:.2f}")
+            table.add_row(
+                r["mode"],
+                str(r["concurrency"]),
+                f"{r['images_per_s']:.2f}",
+                f"{r['p50_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                f"{r['vs_inprocess_batch1']:.2f}",
+                f"{r['vs_inprocess_batched']:.2f}",
+            )
         console.print(table)
         lone = report["lone_request"]
-        console.print(f"lone request: p50 {lone['p50_ms']:.1f} ms, compute {lone['compute_p50_ms']:.1f} ms, added {lone['added_ms']:.1f} ms")
+        console.print(
+            f"lone request: p50 {lone['p50_ms']:.1f} ms, compute {lone['compute_p50_ms']:.1f} ms, added {lone['added_ms']:.1f} ms"
+        )
         table = Table("metric", "size", "img/s", "p50 ms", "compute p50 ms", title="service, concurrency 4, per metric")
         for r in report["service_metrics"]:
             table.add_row(r["metric"], f"{r['size']}²", f"{r['images_per_s']:.2f}", f"{r['p50_ms']:.1f}", f"{r['compute_p50_ms']:.1f}")
         console.print(table)
     if "peers" in report:
-        table = Table("metric", "implementation", "ms/image", "max |Δ| vs reference", "reference",
-                      title=f"SSIM/PSNR/MS-SSIM against peers on {report['machine']['cpu']}")
+        table = Table(
+            "metric",
+            "implementation",
+            "ms/image",
+            "max |Δ| vs reference",
+            "reference",
+            title=f"SSIM/PSNR/MS-SSIM against peers on {report['machine']['cpu']}",
+        )
         for r in report["peers"]:
             table.add_row(r["metric"], r["peer"], f"{r['ms_per_image']:.2f}", f"{r['max_abs_delta_vs_reference']:.2e}", r["reference"])
         console.print(table)
     if "memory" in report:
         table = Table("metric", "size", "batch", "peak RSS GiB", "RSS growth GiB", "CUDA peak GiB", title="memory")
         for r in report["memory"]:
-            table.add_row(r["metric"], f"{r['size']}²", str(r["batch"]), f"{r['peak_rss_gib']:.2f}", f"{r['rss_growth_gib']:.2f}",
-                          f"{r['cuda_peak_gib']:.2f}" if "cuda_peak_gib" in r else "n/a (CPU)")
+            table.add_row(
+                r["metric"],
+                f"{r['size']}²",
+                str(r["batch"]),
+                f"{r['peak_rss_gib']:.2f}",
+                f"{r['rss_growth_gib']:.2f}",
+                f"{r['cuda_peak_gib']:.2f}" if "cuda_peak_gib" in r else "n/a (CPU)",
+            )
         console.print(table)
         table = Table("metric", "size", "GiB/image", "largest batch in 8 GiB", "basis", title="8 GiB (P4) budget")
         for r in report["budget"]:

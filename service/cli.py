@@ -12,9 +12,9 @@ import json
 import math
 import sys
 
+from .client.stats import BOOTSTRAP_RESAMPLES
 from .common.errors import comma_list, parse_json_object
 from .common.protocol import DEFAULT_METRICS, IMAGE_ROLES
-from .client.stats import BOOTSTRAP_RESAMPLES
 
 DEFAULT_METRICS_ARG = ",".join(DEFAULT_METRICS)
 # The packages each optional extra adds that its commands import (pyproject.toml's extras).
@@ -45,13 +45,13 @@ def require_extra(extra: str, command: str) -> None:
     """One line naming the extra to install, instead of a traceback from the first failed import."""
     missing = [name for name in EXTRA_PACKAGES[extra] if importlib.util.find_spec(name) is None]
     if missing:
-        raise CommandFailed(f"{command} needs the {extra} extra ({', '.join(missing)} missing): "
-                            f"pip install 'loss-service[{extra}]'", 2)
+        raise CommandFailed(f"{command} needs the {extra} extra ({', '.join(missing)} missing): pip install 'loss-service[{extra}]'", 2)
 
 
 def number(kind: type, minimum: float, above: bool = False):
     """An argparse type: a finite ``kind`` of at least ``minimum`` (strictly above with ``above``),
     so ``--concurrency 0`` or ``--seed -1`` is a usage error, not a traceback mid-run."""
+
     def parse(text: str):
         try:
             value = kind(text)
@@ -112,8 +112,14 @@ def serve(args: argparse.Namespace) -> int:
     # uvicorn re-raises SIGTERM after its graceful shutdown so that the default action kills the
     # process (status -15); with this no-op as the handler it restores, a drained server exits 0.
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, timeout_graceful_shutdown=30,
-                timeout_keep_alive=settings.keep_alive_s, log_level="info")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=30,
+        timeout_keep_alive=settings.keep_alive_s,
+        log_level="info",
+    )
     return 0
 
 
@@ -167,8 +173,14 @@ def weights_list(args: argparse.Namespace) -> int:
         else:
             status = W.checksum_status(spec, path)
             size = path.stat().st_size
-            table.add_row(spec.name, "present", str(path), f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB",
-                          status, W.file_sha256(path))
+            table.add_row(
+                spec.name,
+                "present",
+                str(path),
+                f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 2**10:.1f} KiB",
+                status,
+                W.file_sha256(path),
+            )
     Console(width=400).print(table)
     if searched:
         print(f"fetch missing weights with: {W.FETCH_COMMAND} (looked in: {', '.join(str(d) for d in searched)})")
@@ -275,9 +287,14 @@ def _eval_parser(commands) -> None:
     """``eval``: folders of SR/GT(/LR) images scored through a server."""
     ev = commands.add_parser("eval", help="score folders of SR/GT(/LR) images through a server; CSV + JSON + summary")
     ev.add_argument("--url", action="append", required=True, help="server base URL; repeat to spread over replicas")
-    ev.add_argument("--sr", action="append", required=True, metavar="[NAME=]DIR",
-                    help="folder of a model's SR outputs; repeat as --sr NAME=DIR to compare models (one pass, each GT sent once)")
-    ev.add_argument("--gt", required=True, help="folder of ground truths")
+    ev.add_argument(
+        "--sr",
+        action="append",
+        required=True,
+        metavar="[NAME=]DIR",
+        help="folder of a model's SR outputs; repeat as --sr NAME=DIR to compare models (one pass, each GT sent once)",
+    )
+    ev.add_argument("--gt", help="folder of ground truths (every metric but niqe needs it)")
     ev.add_argument("--lr", help="folder of LR inputs (for lr_psnr, clp_*)")
     ev.add_argument("--teacher", help="folder of teacher outputs (for kd)")
     ev.add_argument("--dataset", default=None, help="dataset name recorded in the JSON (e.g. Set5), used by `report`")
@@ -286,13 +303,26 @@ def _eval_parser(commands) -> None:
     ev.add_argument("--lr-suffix", default="", help="suffix stripped from LR stems, e.g. x4")
     ev.add_argument("--teacher-suffix", default="", help="suffix stripped from teacher stems")
     ev.add_argument("--metrics", default=DEFAULT_METRICS_ARG, help=f"comma list (default {DEFAULT_METRICS_ARG})")
-    ev.add_argument("--crop-border", type=number(int, 0), default=None, help="pixels cropped from each edge for psnr, ssim, ms_ssim (LR pixels for lr_psnr)")
+    ev.add_argument(
+        "--crop-border",
+        type=number(int, 0),
+        default=None,
+        help="pixels cropped from each edge for psnr, ssim, ms_ssim (LR pixels for lr_psnr)",
+    )
     ev.add_argument("--y-channel", action="store_true", help="psnr, ssim, ms_ssim, lr_psnr on the BT.601 luma channel")
-    ev.add_argument("--options", type=json_object, default=None, help='further metric options as a JSON object, e.g. {"uint8_rounding": true} for lr_psnr')
+    ev.add_argument(
+        "--options",
+        type=json_object,
+        default=None,
+        help='further metric options as a JSON object, e.g. {"uint8_rounding": true} for lr_psnr',
+    )
     ev.add_argument("--concurrency", type=number(int, 1), default=8, help="requests in flight (default 8)")
     ev.add_argument("--out", default="results.csv", help="CSV path (default results.csv)")
-    ev.add_argument("--json", default=None, help="JSON results path: per model, per-image scores and image paths, "
-                    "plus the conventions record (the input of `report`)")
+    ev.add_argument(
+        "--json",
+        default=None,
+        help="JSON results path: per model, per-image scores and image paths, plus the conventions record (the input of `report`)",
+    )
     ev.add_argument("--resume", action="store_true", help="skip images already in --json (or --out)")
     ev.add_argument("--api-key", default=None, help="bearer token")
     ev.add_argument("--timeout", type=number(float, 0, above=True), default=120.0, help="seconds per request")
@@ -304,7 +334,7 @@ def _score_parser(commands) -> None:
     """``score``: one triplet, through a server or in-process."""
     one = commands.add_parser("score", help="score one triplet and print the scores")
     one.add_argument("sr", help="SR image (PNG, JPEG, BMP, TIFF, WebP or .npy)")
-    one.add_argument("gt", help="ground truth, same size as sr")
+    one.add_argument("gt", nargs="?", help="ground truth, same size as sr (every metric but niqe needs it)")
     one.add_argument("lr", nargs="?", help="low-resolution input (metrics lr_psnr, clp_*)")
     one.add_argument("--teacher", help="teacher output, same size as sr (metric kd)")
     one.add_argument("--metrics", default=DEFAULT_METRICS_ARG, help=f"comma list (default {DEFAULT_METRICS_ARG})")
@@ -330,26 +360,40 @@ def _bench_parser(commands) -> None:
     bench.add_argument("--batches", default=None, help="comma list of batch sizes (default 1,8,32; --quick 1,8)")
     bench.add_argument("--quiet", action="store_true", help="no per-measurement log lines")
     bench.add_argument("--memory-metrics", default=None, help="comma list for the memory section (default: every metric)")
-    bench.add_argument("--write-costs", default=None, metavar="PATH",
-                       help="write the measured bytes per pixel per metric here (the server reads service/server/memory_costs.json)")
+    bench.add_argument(
+        "--write-costs",
+        default=None,
+        metavar="PATH",
+        help="write the measured bytes per pixel per metric here (the server reads service/server/memory_costs.json)",
+    )
     bench.set_defaults(func=run_bench)
 
 
 def _report_parser(commands) -> None:
     """``report``: eval JSON files into HTML, Markdown and LaTeX."""
-    rep = commands.add_parser("report", help="combine eval JSON files into an HTML report (plots, paired tests, worst images), "
-                                             "Markdown and LaTeX tables")
+    rep = commands.add_parser(
+        "report", help="combine eval JSON files into an HTML report (plots, paired tests, worst images), Markdown and LaTeX tables"
+    )
     rep.add_argument("results", nargs="+", help="eval JSON files (models × datasets × scales)")
     rep.add_argument("--html", default=None, help="self-contained HTML report path (opens offline)")
     rep.add_argument("--markdown", default=None, help="Markdown table path")
     rep.add_argument("--latex", default=None, help="LaTeX (booktabs) table path")
     rep.add_argument("--metrics", default=None, help="comma list of metrics to report (default: every metric in the results)")
     rep.add_argument("--x", default=None, help="x axis of the perception–distortion plot (default psnr)")
-    rep.add_argument("--y", default=None, help="y axis of the perception–distortion plot (default lpips_alex, lpips_vgg, dists or perceptual)")
-    rep.add_argument("--worst", type=number(int, 0), default=3, help="worst images shown per metric and model, over its datasets (default 3; 0: no gallery)")
+    rep.add_argument(
+        "--y", default=None, help="y axis of the perception–distortion plot (default lpips_alex, lpips_vgg, dists or perceptual)"
+    )
+    rep.add_argument(
+        "--worst",
+        type=number(int, 0),
+        default=3,
+        help="worst images shown per metric and model, over its datasets (default 3; 0: no gallery)",
+    )
     rep.add_argument("--crop", type=number(int, 1), default=128, help="side of the gallery crops in pixels (default 128)")
     rep.add_argument("--seed", type=number(int, 0), default=0, help="bootstrap seed (default 0)")
-    rep.add_argument("--resamples", type=number(int, 1), default=BOOTSTRAP_RESAMPLES, help=f"bootstrap resamples (default {BOOTSTRAP_RESAMPLES})")
+    rep.add_argument(
+        "--resamples", type=number(int, 1), default=BOOTSTRAP_RESAMPLES, help=f"bootstrap resamples (default {BOOTSTRAP_RESAMPLES})"
+    )
     rep.add_argument("--title", default="Model comparison", help="page title")
     rep.set_defaults(func=report)
 

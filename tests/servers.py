@@ -29,7 +29,10 @@ def wait_ready(url: str, timeout: float = 120.0, process: subprocess.Popen | Non
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"server exited with {process.returncode}")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code in (200, 503) and httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+            if (
+                httpx.get(f"{url}/readyz", timeout=2).status_code in (200, 503)
+                and httpx.get(f"{url}/healthz", timeout=2).status_code == 200
+            ):
                 if httpx.get(f"{url}/readyz", timeout=2).json().get("device"):
                     return
         except httpx.HTTPError:
@@ -48,7 +51,7 @@ class SubprocessServer:
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> "SubprocessServer":
+    def __enter__(self) -> SubprocessServer:
         # A file, not a pipe: an unread pipe fills up under load and stalls the server's logging.
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(self.command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, text=True)
@@ -76,10 +79,12 @@ class ThreadServer:
         self.app = app
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=10))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=10)
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
-    def __enter__(self) -> "ThreadServer":
+    def __enter__(self) -> ThreadServer:
         self.thread.start()
         wait_ready(self.url)
         return self

@@ -2,7 +2,6 @@
 equal the loss classes (1e-6 relative: the same float32 code on the same inputs), layer weights
 as a mapping, wrong layers refused at construction, and one spec entry drives a backbone."""
 
-
 import pytest
 import torch
 from torch import nn
@@ -24,8 +23,9 @@ def close(a, b, rel=REL):
 @pytest.fixture()
 def images():
     g = torch.Generator().manual_seed(21)
-    return dict(sr=torch.rand(2, 3, 32, 36, generator=g), gt=torch.rand(2, 3, 32, 36, generator=g),
-                lr=torch.rand(2, 3, 16, 18, generator=g))
+    return dict(
+        sr=torch.rand(2, 3, 32, 36, generator=g), gt=torch.rand(2, 3, 32, 36, generator=g), lr=torch.rand(2, 3, 16, 18, generator=g)
+    )
 
 
 def test_list_metrics_is_the_registry():
@@ -36,8 +36,9 @@ def test_list_metrics_is_the_registry():
 
 def test_score_equals_the_loss_functions(weights_dir, images):
     with torch.no_grad():
-        out = losses.score(images["sr"], images["gt"], metrics=("psnr", "ssim", "perceptual", "hybrid"), crop_border=3,
-                           perceptual_weight=0.5)
+        out = losses.score(
+            images["sr"], images["gt"], metrics=("psnr", "ssim", "perceptual", "hybrid"), crop_border=3, perceptual_weight=0.5
+        )
         perceptual = PerceptualLoss.from_preset("perceptual").per_sample(images["sr"], images["gt"])
         hybrid = losses.HybridLoss(perceptual_weight=0.5)
     assert close(out["psnr"], psnr(images["sr"], images["gt"], crop_border=3))
@@ -57,14 +58,17 @@ def test_score_refuses_unknown_metric_and_option(images):
         losses.score(images["sr"], images["gt"], metrics=("psnr",), loss_weight=2.0)
 
 
-@pytest.mark.parametrize("names, hint", [
-    (["PSNR", "SSIM"], "did you mean 'psnr', 'ssim'?"),
-    (["MS-SSIM", "LPIPS-Alex"], "did you mean 'ms_ssim', 'lpips_alex'?"),
-    (["lpips"], "did you mean 'lpips_vgg', 'lpips_alex'?"),
-    (["psnr ssim"], "separate names with commas, e.g. psnr,ssim"),  # not 'ms_ssim', the closest spelling
-    (['["psnr"', '"ssim"]'], "did you mean 'psnr', 'ssim'?"),  # a JSON list split at its comma
-    (["fid"], "unknown metric(s) ['fid']; valid: "),  # nothing close: no guess
-])
+@pytest.mark.parametrize(
+    "names, hint",
+    [
+        (["PSNR", "SSIM"], "did you mean 'psnr', 'ssim'?"),
+        (["MS-SSIM", "LPIPS-Alex"], "did you mean 'ms_ssim', 'lpips_alex'?"),
+        (["lpips"], "did you mean 'lpips_vgg', 'lpips_alex'?"),
+        (["psnr ssim"], "separate names with commas, e.g. psnr,ssim"),  # not 'ms_ssim', the closest spelling
+        (['["psnr"', '"ssim"]'], "did you mean 'psnr', 'ssim'?"),  # a JSON list split at its comma
+        (["fid"], "unknown metric(s) ['fid']; valid: "),  # nothing close: no guess
+    ],
+)
 def test_unknown_metric_names_as_papers_write_them_get_a_guess(images, names, hint):
     with pytest.raises(losses.MetricError) as caught:
         losses.score(images["sr"], images["gt"], metrics=names)
@@ -93,11 +97,14 @@ def test_layer_weights_as_mapping_equal_the_sequence(weights_dir, images):
     assert close(by_name(images["sr"], images["gt"]), by_order(images["sr"], images["gt"]))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: PerceptualLoss(layer_weights={"relu1_2": 0.5, "relu9_9": 0.5}),
-    lambda: PerceptualLoss("vgg16", ("relu5_4",)),  # a VGG19 name, not VGG16's
-    lambda: FeatureView.of("dinov2", ("block8",)),
-])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: PerceptualLoss(layer_weights={"relu1_2": 0.5, "relu9_9": 0.5}),
+        lambda: PerceptualLoss("vgg16", ("relu5_4",)),  # a VGG19 name, not VGG16's
+        lambda: FeatureView.of("dinov2", ("block8",)),
+    ],
+)
 def test_wrong_layer_is_refused_at_construction(weights_dir, make):
     with pytest.raises(ValueError, match="has no layer"):
         make()
@@ -151,8 +158,12 @@ def test_one_spec_entry_makes_a_backbone(tmp_path, monkeypatch):
     assert torch.equal(model.features[0].weight, state["features.0.weight"])
     x = torch.rand(1, 3, 8, 8)
     view = FeatureView.of("tiny", {"relu1": 1.0})
-    expected = torch.relu(nn.functional.conv2d((x - model.mean) / model.std, state["features.0.weight"], state["features.0.bias"], padding=1))
-    assert torch.allclose(view.extract(get_backbone("tiny", "cpu", weights_dir=tmp_path), x)["relu1"], expected, rtol=1e-5, atol=1e-5)  # float32 conv, values ~10
+    expected = torch.relu(
+        nn.functional.conv2d((x - model.mean) / model.std, state["features.0.weight"], state["features.0.bias"], padding=1)
+    )
+    assert torch.allclose(
+        view.extract(get_backbone("tiny", "cpu", weights_dir=tmp_path), x)["relu1"], expected, rtol=1e-5, atol=1e-5
+    )  # float32 conv, values ~10
     assert "tiny" in Settings().model_names
     assert Settings(models="tiny,vgg16").model_names == ["tiny", "vgg16"]
     with pytest.raises(ValueError, match="unknown model"):

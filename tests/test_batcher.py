@@ -87,8 +87,9 @@ def test_batches_close_at_max_batch_size_and_report_outcomes():
 
 def test_items_batch_only_with_their_own_key():
     seen = []
-    results, _ = run_scenario(lambda key, payloads: seen.append((key, list(payloads))) or payloads,
-                              [("a", 1, ()), ("b", 2, ()), ("a", 3, ()), ("b", 4, ())])
+    results, _ = run_scenario(
+        lambda key, payloads: seen.append((key, list(payloads))) or payloads, [("a", 1, ()), ("b", 2, ()), ("a", 3, ()), ("b", 4, ())]
+    )
     assert seen == [("a", [1, 3]), ("b", [2, 4])] and [r.value for r in results] == [1, 2, 3, 4]
 
 
@@ -171,8 +172,11 @@ def timed_batches(items, **options):
     sizes, observed = [], []
 
     async def scenario():
-        batcher = Batcher(lambda key, payloads: sizes.append(len(payloads)) or payloads,
-                          on_batch=lambda key, size, seconds: observed.append((key, size, seconds)), **options)
+        batcher = Batcher(
+            lambda key, payloads: sizes.append(len(payloads)) or payloads,
+            on_batch=lambda key, size, seconds: observed.append((key, size, seconds)),
+            **options,
+        )
         batcher.start()
         start = time.perf_counter()
         tasks = []

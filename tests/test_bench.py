@@ -27,6 +27,6 @@ def test_quick_bench_emits_json(tmp_path, capsys):
     assert report["memory"] and all(r["peak_rss_gib"] > 0 for r in report["memory"])
     assert report["budget"]
     for fit in report["budget"]:  # the largest batch fits in 8 GiB and one more image would not
-        used = lambda n: fit["fixed_gib"] + n * fit["per_image_gib"]  # noqa: E731
+        used = lambda n, fit=fit: fit["fixed_gib"] + n * fit["per_image_gib"]
         assert used(fit["largest_batch_in_8gib"]) <= 8.0 < used(fit["largest_batch_in_8gib"] + 1), fit
     assert "in-process throughput" in capsys.readouterr().out

@@ -43,7 +43,11 @@ class Stub:
                 stub.hits += 1
                 time.sleep(stub.delay)
                 status, headers = stub.answers.pop(0) if stub.answers else (200, {})
-                body = json.dumps({"scores": {"psnr": 1.0}, "warnings": []} if status == 200 else {"detail": [{"loc": ["request"], "msg": "busy", "type": "unavailable"}]}).encode()
+                body = json.dumps(
+                    {"scores": {"psnr": 1.0}, "warnings": []}
+                    if status == 200
+                    else {"detail": [{"loc": ["request"], "msg": "busy", "type": "unavailable"}]}
+                ).encode()
                 self.send_response(status)
                 for k, v in {**headers, "content-type": "application/json", "content-length": str(len(body))}.items():
                     self.send_header(k, v)
@@ -78,6 +82,7 @@ def test_async_retries_and_giving_up():
 
     stub = Stub([(503, {"Retry-After": "0"})] * 10)
     try:
+
         async def go():
             async with AsyncLossClient(stub.url, retries=2, backoff=0.01) as client:
                 return await client.score(b"x", b"y")
@@ -130,6 +135,7 @@ def test_a_form_goes_out_in_one_piece_and_a_retry_resends_the_same_bytes(flavour
             client.http = httpx.Client(transport=httpx.MockTransport(lambda request: answer(list(request.stream))))
             client.score(sr, gt, metrics="psnr", crop_border=4)
     else:
+
         async def handler(request):
             return answer([chunk async for chunk in request.stream])
 
@@ -172,6 +178,7 @@ def test_progress_counts_a_result_before_handing_it_over(monkeypatch, flavour):
         for i, (item, outcome) in enumerate(zip(items, outcomes, strict=True)):
             assert outcome == item * 2 and bars[0].count == i + 1
     else:
+
         async def scored():
             client = AsyncLossClient("http://127.0.0.1:9")
 
@@ -227,10 +234,19 @@ def test_every_image_type_gives_the_same_score(server, tmp_path):
     sr = random_image(24, 32, 2)
     path = tmp_path / "sr.png"
     Image.fromarray(sr).save(path)
-    variants = [path, str(path), path.read_bytes(), Image.fromarray(sr), sr, sr.astype(np.float32) / 255,
-                sr.astype(np.uint16) * 257, torch.from_numpy(sr).permute(2, 0, 1).float() / 255,
-                torch.from_numpy(sr).permute(2, 0, 1),  # uint8 (C, H, W), as torchvision.io.read_image gives
-                (sr.astype(np.uint16) * 257).astype(">u2"), torch.from_numpy(sr).permute(2, 0, 1).to(torch.bfloat16) / 255]
+    variants = [
+        path,
+        str(path),
+        path.read_bytes(),
+        Image.fromarray(sr),
+        sr,
+        sr.astype(np.float32) / 255,
+        sr.astype(np.uint16) * 257,
+        torch.from_numpy(sr).permute(2, 0, 1).float() / 255,
+        torch.from_numpy(sr).permute(2, 0, 1),  # uint8 (C, H, W), as torchvision.io.read_image gives
+        (sr.astype(np.uint16) * 257).astype(">u2"),
+        torch.from_numpy(sr).permute(2, 0, 1).to(torch.bfloat16) / 255,
+    ]
     with LossClient(server.url) as client:
         values = [client.score(v, gt, metrics="psnr,l1")["scores"] for v in variants]
         with pytest.raises(BadRequest) as info:
@@ -243,8 +259,11 @@ def test_every_image_type_gives_the_same_score(server, tmp_path):
 
 def test_distill_through_client(server):
     g = np.random.default_rng(0)
-    tensors = {"teacher_logits": g.normal(size=(2, 5)).astype(np.float32), "student_logits": g.normal(size=(2, 5)).astype(np.float32),
-               "labels": np.eye(5, dtype=np.float32)[:2]}
+    tensors = {
+        "teacher_logits": g.normal(size=(2, 5)).astype(np.float32),
+        "student_logits": g.normal(size=(2, 5)).astype(np.float32),
+        "labels": np.eye(5, dtype=np.float32)[:2],
+    }
     with LossClient(server.url) as client:
         result = client.distill(tensors, logit_loss="soft_entropy", lambda2=0.0)
     assert result["total"] == pytest.approx(result["components"]["hard"] + result["components"]["term1"], rel=1e-6)
@@ -291,9 +310,31 @@ def test_pairing_edge_cases(tmp_path):
 def test_eval_writes_what_the_server_answers_and_resumes(server, tmp_path, capsys):
     dirs = make_folders(tmp_path)
     out, report = tmp_path / "results.csv", tmp_path / "results.json"
-    args = ["eval", "--url", server.url, "--sr", str(dirs["sr"]), "--gt", str(dirs["gt"]), "--lr", str(dirs["lr"]),
-            "--sr-suffix", "_x4", "--lr-suffix", "x4", "--metrics", "psnr,ssim,l1", "--crop-border", "2", "--y-channel",
-            "--out", str(out), "--json", str(report), "--quiet"]
+    args = [
+        "eval",
+        "--url",
+        server.url,
+        "--sr",
+        str(dirs["sr"]),
+        "--gt",
+        str(dirs["gt"]),
+        "--lr",
+        str(dirs["lr"]),
+        "--sr-suffix",
+        "_x4",
+        "--lr-suffix",
+        "x4",
+        "--metrics",
+        "psnr,ssim,l1",
+        "--crop-border",
+        "2",
+        "--y-channel",
+        "--out",
+        str(out),
+        "--json",
+        str(report),
+        "--quiet",
+    ]
     assert cli_main(args) == 1  # img9 failed (size mismatch)
     data = json.loads(report.read_text())
     assert [r["image"] for r in data["results"]] == ["img0", "img1", "img2", "img3"]
@@ -302,8 +343,9 @@ def test_eval_writes_what_the_server_answers_and_resumes(server, tmp_path, capsy
     assert data["unpaired"] == {"gt": ["lonely.png"]}
     with LossClient(server.url) as client:
         for i in range(4):
-            expected = client.score(*(data_path(dirs, "sr", f"img{i}"), dirs["gt"] / f"img{i}.png"), metrics="psnr,ssim,l1",
-                                    crop_border=2, y_channel=True)["scores"]
+            expected = client.score(
+                *(data_path(dirs, "sr", f"img{i}"), dirs["gt"] / f"img{i}.png"), metrics="psnr,ssim,l1", crop_border=2, y_channel=True
+            )["scores"]
             row = next(r for r in csv.DictReader(out.open()) if r["image"] == f"img{i}")
             assert {k: float(v) for k, v in row.items() if k != "image"} == expected
             assert data["results"][i]["scores"] == expected
@@ -343,7 +385,10 @@ def test_score_command(server, tmp_path, capsys):
     assert cli_main(["score", str(a), str(b), "--local", "--metrics", "psnr,perceptual", "--json"]) == 0
     local = json.loads(capsys.readouterr().out)
     assert local["scores"] == pytest.approx(remote["scores"], rel=1e-5)
-    assert local["conventions"]["metrics"] == remote["conventions"]["metrics"] and local["conventions"]["weights"] == remote["conventions"]["weights"]
+    assert (
+        local["conventions"]["metrics"] == remote["conventions"]["metrics"]
+        and local["conventions"]["weights"] == remote["conventions"]["weights"]
+    )
 
 
 def test_score_command_answers_as_the_server_does(server, tmp_path, capsys):
@@ -373,17 +418,20 @@ def test_score_command_answers_as_the_server_does(server, tmp_path, capsys):
     assert "psnr        null" in printed.out and "random backbone weights" in printed.err
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["{a}", "{missing}", "--local", "--metrics", "psnr"], 2, "missing.png: No such file or directory"),
-    (["{a}", "{missing}", "--url", "{url}"], 2, "missing.png: No such file or directory"),
-    (["{a}", "{a}", "--local", "--metrics", "psnr", "--options", '{{"crop_border": 40}}'], 2, "largest valid crop_border is 9"),
-    (["{a}", "{a}", "--url", "{url}", "--metrics", "psnr", "--options", '{{"crop_border": 40}}'], 2, "largest valid crop_border is 9"),
-    (["{a}", "{a}", "--local", "--metrics", "nope"], 2, "unknown metric(s) ['nope']"),
-    (["{a}", "{a}", "--local", "--metrics", "psnr", "--options", '{{"device": "cuda"}}'], 2, "['device'] are flags of their own"),
-    (["{a}", "{a}", "--local", "--metrics", "psnr", "--options", '{{"bogus": 1}}'], 2, "unknown option(s) ['bogus']"),
-    (["{a}", "{a}", "--local", "--metrics", "perceptual", "--weights-dir", "{tmp}"], 1, "weights for 'vgg16' not found"),
-    (["{a}", "{a}", "--url", "http://127.0.0.1:9", "--metrics", "psnr"], 1, "Connection refused"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["{a}", "{missing}", "--local", "--metrics", "psnr"], 2, "missing.png: No such file or directory"),
+        (["{a}", "{missing}", "--url", "{url}"], 2, "missing.png: No such file or directory"),
+        (["{a}", "{a}", "--local", "--metrics", "psnr", "--options", '{{"crop_border": 40}}'], 2, "largest valid crop_border is 9"),
+        (["{a}", "{a}", "--url", "{url}", "--metrics", "psnr", "--options", '{{"crop_border": 40}}'], 2, "largest valid crop_border is 9"),
+        (["{a}", "{a}", "--local", "--metrics", "nope"], 2, "unknown metric(s) ['nope']"),
+        (["{a}", "{a}", "--local", "--metrics", "psnr", "--options", '{{"device": "cuda"}}'], 2, "['device'] are flags of their own"),
+        (["{a}", "{a}", "--local", "--metrics", "psnr", "--options", '{{"bogus": 1}}'], 2, "unknown option(s) ['bogus']"),
+        (["{a}", "{a}", "--local", "--metrics", "perceptual", "--weights-dir", "{tmp}"], 1, "weights for 'vgg16' not found"),
+        (["{a}", "{a}", "--url", "http://127.0.0.1:9", "--metrics", "psnr"], 1, "Connection refused"),
+    ],
+)
 def test_score_command_failures_are_one_line_and_an_exit_code(server, tmp_path, capsys, monkeypatch, args, code, message):
     monkeypatch.delenv("LOSS_SERVICE_WEIGHTS_DIR", raising=False)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -407,18 +455,21 @@ EVAL = ["eval", "--url", "http://127.0.0.1:9", "--sr", "sr", "--gt", "gt"]
 REPORT = ["report", "results.json", "--html", "report.html"]
 
 
-@pytest.mark.parametrize("args, flag", [
-    (EVAL + ["--concurrency", "0"], "--concurrency"),  # was a ValueError from the thread pool mid-run
-    (EVAL + ["--timeout", "0"], "--timeout"),
-    (EVAL + ["--timeout", "nan"], "--timeout"),
-    (EVAL + ["--crop-border", "-1"], "--crop-border"),  # was a 422 for every image
-    (EVAL + ["--scale", "0"], "--scale"),
-    (REPORT + ["--seed", "-1"], "--seed"),  # was NumPy's ValueError after loading every file
-    (REPORT + ["--resamples", "0"], "--resamples"),
-    (REPORT + ["--worst", "-2"], "--worst"),
-    (REPORT + ["--crop", "0"], "--crop"),
-    (REPORT + ["--crop", "12.5"], "--crop"),
-])
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (EVAL + ["--concurrency", "0"], "--concurrency"),  # was a ValueError from the thread pool mid-run
+        (EVAL + ["--timeout", "0"], "--timeout"),
+        (EVAL + ["--timeout", "nan"], "--timeout"),
+        (EVAL + ["--crop-border", "-1"], "--crop-border"),  # was a 422 for every image
+        (EVAL + ["--scale", "0"], "--scale"),
+        (REPORT + ["--seed", "-1"], "--seed"),  # was NumPy's ValueError after loading every file
+        (REPORT + ["--resamples", "0"], "--resamples"),
+        (REPORT + ["--worst", "-2"], "--worst"),
+        (REPORT + ["--crop", "0"], "--crop"),
+        (REPORT + ["--crop", "12.5"], "--crop"),
+    ],
+)
 def test_out_of_range_command_flags_are_usage_errors(args, flag, capsys):
     with pytest.raises(SystemExit) as info:
         cli_main(args)
@@ -445,15 +496,22 @@ def test_a_pillow_image_in_any_mode_is_sent_as_the_server_reads_it(mode):
     assert decoded.warnings == [] and np.abs(decoded.pixels - expected).max() <= 1e-7
 
 
-@pytest.mark.parametrize("make, message", [
-    (lambda: np.zeros((3, 32, 32), np.uint8),  # was pypng's "Expected 96 values but got 1024 values, in row 0"
-     "sr: arrays are H×W or H×W×C with C in 1..4, got shape (3, 32, 32); channels first? pass np.moveaxis(a, 0, -1)"),
-    (lambda: np.zeros((32, 32, 5), np.uint8), "sr: arrays are H×W or H×W×C with C in 1..4, got shape (32, 32, 5)"),
-    (lambda: np.zeros((2, 32, 32, 3), np.float32), "sr: arrays are H×W or H×W×C with C in 1..4, got shape (2, 32, 32, 3)"),
-    (lambda: __import__("torch").zeros(32, 32, 3),  # was sent as a 32×3 image of 32 channels
-     "sr: tensors are (C, H, W) with C in 1..4, got shape (32, 32, 3); for an (H, W, C) tensor pass t.permute(2, 0, 1)"),
-    (lambda: __import__("torch").zeros(2, 3, 32, 32), "sr: pass one image per field, got a batch of 2"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (
+            lambda: np.zeros((3, 32, 32), np.uint8),  # was pypng's "Expected 96 values but got 1024 values, in row 0"
+            "sr: arrays are H×W or H×W×C with C in 1..4, got shape (3, 32, 32); channels first? pass np.moveaxis(a, 0, -1)",
+        ),
+        (lambda: np.zeros((32, 32, 5), np.uint8), "sr: arrays are H×W or H×W×C with C in 1..4, got shape (32, 32, 5)"),
+        (lambda: np.zeros((2, 32, 32, 3), np.float32), "sr: arrays are H×W or H×W×C with C in 1..4, got shape (2, 32, 32, 3)"),
+        (
+            lambda: __import__("torch").zeros(32, 32, 3),  # was sent as a 32×3 image of 32 channels
+            "sr: tensors are (C, H, W) with C in 1..4, got shape (32, 32, 3); for an (H, W, C) tensor pass t.permute(2, 0, 1)",
+        ),
+        (lambda: __import__("torch").zeros(2, 3, 32, 32), "sr: pass one image per field, got a batch of 2"),
+    ],
+)
 def test_array_shapes_are_checked_before_sending(make, message):
     from service.client import encode_image
 
@@ -475,7 +533,8 @@ def test_client_imports_without_torch_or_fastapi():
         "import sys\n"
         "class Block:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'fastapi', 'torchvision', 'timm', 'uvicorn', 'pydantic_settings', 'prometheus_client', 'lpips'):\n"
+        "        if name.split('.')[0] in ('torch', 'fastapi', 'torchvision', 'timm', 'uvicorn', 'pydantic_settings',\n"
+        "                                   'prometheus_client', 'lpips'):\n"
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "from service.client import LossClient, AsyncLossClient\n"
@@ -525,9 +584,30 @@ def test_eval_compares_models_in_one_pass_and_feeds_report(server, tmp_path):
         gt = np.asarray(Image.open(dirs["gt"] / f"img{i}.png"))
         Image.fromarray(np.clip(gt.astype(int) + 3, 0, 255).astype(np.uint8)).save(other / f"img{i}_x4.png")
     out, results = tmp_path / "models.csv", tmp_path / "models.json"
-    args = ["eval", "--url", server.url, "--sr", f"A={dirs['sr']}", "--sr", f"B={other}", "--gt", str(dirs["gt"]),
-            "--sr-suffix", "_x4", "--metrics", "psnr,ssim,perceptual", "--dataset", "Set5", "--scale", "4",
-            "--out", str(out), "--json", str(results), "--quiet"]
+    args = [
+        "eval",
+        "--url",
+        server.url,
+        "--sr",
+        f"A={dirs['sr']}",
+        "--sr",
+        f"B={other}",
+        "--gt",
+        str(dirs["gt"]),
+        "--sr-suffix",
+        "_x4",
+        "--metrics",
+        "psnr,ssim,perceptual",
+        "--dataset",
+        "Set5",
+        "--scale",
+        "4",
+        "--out",
+        str(out),
+        "--json",
+        str(results),
+        "--quiet",
+    ]
     before = metric_value(httpx.get(f"{server.url}/metrics").text, "loss_service_requests_total", 'endpoint="/v1/score/batch"')
     assert cli_main(args) == 1  # A's img9 has the wrong size; B has no img9
     after = metric_value(httpx.get(f"{server.url}/metrics").text, "loss_service_requests_total", 'endpoint="/v1/score/batch"')

@@ -29,7 +29,8 @@ def png16(array: np.ndarray, bitdepth: int = 16, **params) -> bytes:
     planes = 1 if array.ndim == 2 else array.shape[2]
     buffer = io.BytesIO()
     png.Writer(width, height, bitdepth=bitdepth, greyscale=planes in (1, 2), alpha=planes in (2, 4), **params).write(
-        buffer, array.reshape(height, width * planes).tolist())
+        buffer, array.reshape(height, width * planes).tolist()
+    )
     return buffer.getvalue()
 
 
@@ -380,10 +381,13 @@ def test_colour_key_transparency_on_rgb_and_gray_is_ignored():
         assert "transparency" in Image.open(io.BytesIO(data)).info
         decoded = decode(data, "sr")
         expected = array.astype(np.float32) / 255.0
-        assert decoded.warnings == [] and np.array_equal(decoded.pixels, expected if array.ndim == 3 else np.repeat(expected[..., None], 3, axis=2))
+        assert decoded.warnings == [] and np.array_equal(
+            decoded.pixels, expected if array.ndim == 3 else np.repeat(expected[..., None], 3, axis=2)
+        )
 
 
 # --- TIFFs Pillow reads at 8 bits or not at all: tifffile ---
+
 
 def tiff(array: np.ndarray, **params) -> bytes:
     import tifffile
@@ -484,7 +488,9 @@ def test_min_is_white_tiffs_read_as_shown_at_every_depth():
     assert np.allclose(floats, shown, rtol=0, atol=1e-7)
     error = refused(min_is_white(gray.astype(np.int32)))
     assert (error.kind, error.message) == (
-        "unsupported_media", "gt: MinIsWhite TIFF with int32 samples unsupported; use MinIsBlack, or unsigned 8/16-bit or float samples")
+        "unsupported_media",
+        "gt: MinIsWhite TIFF with int32 samples unsupported; use MinIsBlack, or unsigned 8/16-bit or float samples",
+    )
 
 
 def tiff_pages(*pages: tuple[np.ndarray, int]) -> bytes:
@@ -559,8 +565,10 @@ def test_a_corrupt_pointer_to_a_second_tiff_page_leaves_the_first_readable(dtype
     tifffile.imwrite(buffer, RGB.astype(dtype) if dtype == np.uint8 else RGB.astype(dtype) / 255, photometric="rgb")
     data = bytearray(buffer.getvalue())
     first = struct.unpack("<I", data[4:8])[0]
-    next_pointer = first + 2 + 12 * struct.unpack("<H", data[first:first + 2])[0]
-    data[next_pointer:next_pointer + 4] = struct.pack("<I", {"past the end": len(data) + 1000, "back to itself": first, "odd garbage": 3}[pointer])
+    next_pointer = first + 2 + 12 * struct.unpack("<H", data[first : first + 2])[0]
+    data[next_pointer : next_pointer + 4] = struct.pack(
+        "<I", {"past the end": len(data) + 1000, "back to itself": first, "odd garbage": 3}[pointer]
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow warns about the corrupt tags it skips
         decoded = decode(bytes(data), "sr")

@@ -123,7 +123,9 @@ def test_compose_essentials():
 
 
 def mocked_gpu(monkeypatch, capability, arch_list):
-    props = SimpleNamespace(name="Tesla P4" if capability < (7, 0) else "Tesla T4", major=capability[0], minor=capability[1], total_memory=8 * 2**30)
+    props = SimpleNamespace(
+        name="Tesla P4" if capability < (7, 0) else "Tesla T4", major=capability[0], minor=capability[1], total_memory=8 * 2**30
+    )
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda index: props)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: arch_list)

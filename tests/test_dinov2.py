@@ -35,8 +35,12 @@ def official_interpolate_pos_encoding(pos_embed, npatch, w, h, patch_size=14, of
     dim = pos_embed.shape[-1]
     w0, h0 = w // patch_size, h // patch_size
     M = int(math.sqrt(N))
-    patch_pos_embed = F.interpolate(patch_pos_embed.reshape(1, M, M, dim).permute(0, 3, 1, 2), mode="bicubic", antialias=False,
-                                    scale_factor=(float(w0 + offset) / M, float(h0 + offset) / M))
+    patch_pos_embed = F.interpolate(
+        patch_pos_embed.reshape(1, M, M, dim).permute(0, 3, 1, 2),
+        mode="bicubic",
+        antialias=False,
+        scale_factor=(float(w0 + offset) / M, float(h0 + offset) / M),
+    )
     assert (w0, h0) == patch_pos_embed.shape[-2:]
     patch_pos_embed = patch_pos_embed.permute(0, 2, 3, 1).view(1, -1, dim)
     return torch.cat((class_pos_embed.unsqueeze(0), patch_pos_embed), dim=1)

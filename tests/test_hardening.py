@@ -107,8 +107,11 @@ CORPUS = {
     "empty_file": (dict(files=pair(sr=b"")), 415, "sr"),
     "truncated_png": (dict(files=pair(sr=GOOD_SR[: len(GOOD_SR) // 2])), 415, "sr"),
     "truncated_png_16bit": (dict(files=pair(sr=_png(RGB.astype(np.uint16) * 251)[:300])), 415, "sr"),
-    "tiff_16bit_rgb": (dict(files=pair(sr=_tiff(RGB.astype(np.uint16) * 251), gt=_tiff(RGB.astype(np.uint16) * 257)),
-                            data=dict(metrics="psnr")), 200, None),
+    "tiff_16bit_rgb": (
+        dict(files=pair(sr=_tiff(RGB.astype(np.uint16) * 251), gt=_tiff(RGB.astype(np.uint16) * 257)), data=dict(metrics="psnr")),
+        200,
+        None,
+    ),
     "tiff_float_rgb_nan": (dict(files=pair(sr=_tiff(np.where(FLOAT > 0.5, np.nan, FLOAT)))), 422, "sr"),
     "npy_empty_image": (dict(files=pair(sr=npy_bytes(np.zeros((0, 32, 3), np.uint8)))), 422, "sr"),
     "truncated_jpeg": (dict(files=pair(sr=encoded(Image.fromarray(RGB), "JPEG")[:300])), 415, "sr"),
@@ -116,10 +119,18 @@ CORPUS = {
     "decompression_bomb_header": (dict(files=pair(sr=bomb_png())), 413, "sr"),
     "gif_unsupported": (dict(files=pair(sr=encoded(Image.fromarray(RGB), "GIF"))), 415, "sr"),
     "png_16bit_rgb": (dict(files=pair(sr=_png(RGB.astype(np.uint16) * 257)), data=dict(metrics="psnr")), 200, None),
-    "png_16bit_gray": (dict(files=pair(sr=png_bytes(RGB[..., 0].astype(np.uint16) * 257), gt=png_bytes(RGB[..., 0])), data=dict(metrics="psnr")), 200, None),
+    "png_16bit_gray": (
+        dict(files=pair(sr=png_bytes(RGB[..., 0].astype(np.uint16) * 257), gt=png_bytes(RGB[..., 0])), data=dict(metrics="psnr")),
+        200,
+        None,
+    ),
     "cmyk_jpeg": (dict(files=pair(sr=encoded(Image.fromarray(RGB).convert("CMYK"), "JPEG")), data=dict(metrics="psnr")), 200, None),
     "palette_png": (dict(files=pair(sr=encoded(Image.fromarray(RGB).convert("P"), "PNG")), data=dict(metrics="psnr")), 200, None),
-    "rgba_png": (dict(files=pair(sr=png_bytes(np.dstack([RGB, RGB[..., :1]]), "RGBA")), data=dict(metrics="psnr")), 200, "alpha channel dropped"),
+    "rgba_png": (
+        dict(files=pair(sr=png_bytes(np.dstack([RGB, RGB[..., :1]]), "RGBA")), data=dict(metrics="psnr")),
+        200,
+        "alpha channel dropped",
+    ),
     "image_1x1_ssim": (dict(files=pair(sr=png_bytes(RGB[:1, :1]), gt=png_bytes(RGB[:1, :1])), data=dict(metrics="ssim")), 422, "sr"),
     "image_2x2_psnr": (dict(files=pair(sr=png_bytes(RGB[:2, :2]), gt=png_bytes(RGB[1:3, 1:3])), data=dict(metrics="psnr")), 200, None),
     "npy_object_pickle": (dict(files=pair(sr=npy_bytes(np.array([{"x": 1}], dtype=object)))), 415, "sr"),
@@ -140,11 +151,22 @@ CORPUS = {
     "metric_needs_missing_image": (dict(files=pair(), data=dict(metrics="kd")), 422, "teacher"),
     "wrong_content_type_json": (dict(json={"sr": "x", "gt": "y"}), 422, "sr"),
     # Every decoder × every special value: NaN/Inf refused, out-of-range clamped with a warning.
-    "tiff_float_nan": (dict(files=pair(sr=float_tiff(np.where(FLOAT[..., 0] > 0.5, np.nan, FLOAT[..., 0]))), data=dict(metrics="psnr")), 422, "sr"),
-    "tiff_float_inf": (dict(files=pair(sr=float_tiff(np.where(FLOAT[..., 0] > 0.5, -np.inf, FLOAT[..., 0]))), data=dict(metrics="psnr")), 422, "sr"),
+    "tiff_float_nan": (
+        dict(files=pair(sr=float_tiff(np.where(FLOAT[..., 0] > 0.5, np.nan, FLOAT[..., 0]))), data=dict(metrics="psnr")),
+        422,
+        "sr",
+    ),
+    "tiff_float_inf": (
+        dict(files=pair(sr=float_tiff(np.where(FLOAT[..., 0] > 0.5, -np.inf, FLOAT[..., 0]))), data=dict(metrics="psnr")),
+        422,
+        "sr",
+    ),
     "tiff_float_above_one": (dict(files=pair(sr=float_tiff(FLOAT[..., 0] + 0.5)), data=dict(metrics="psnr")), 200, "clamped"),
-    "tiff_int32_negative": (dict(files=pair(sr=encoded(Image.fromarray(RGB[..., 0].astype(np.int32) - 128), "TIFF")),
-                                 data=dict(metrics="psnr")), 200, "clamped"),
+    "tiff_int32_negative": (
+        dict(files=pair(sr=encoded(Image.fromarray(RGB[..., 0].astype(np.int32) - 128), "TIFF")), data=dict(metrics="psnr")),
+        200,
+        "clamped",
+    ),
     "npy_float16_nan": (dict(files=pair(sr=npy_bytes(np.where(FLOAT > 0.5, np.nan, FLOAT).astype(np.float16)))), 422, "sr"),
     "npy_float64_inf": (dict(files=pair(sr=npy_bytes(np.where(FLOAT > 0.5, np.inf, FLOAT).astype(np.float64)))), 422, "sr"),
     # Every option × out-of-range values: a 422 that names the field, never a 200 with a null score.
@@ -175,9 +197,11 @@ def test_malformed_input_corpus(server):
         for name, (kwargs, status, expect) in CORPUS.items():
             response = client.post("/v1/score", **kwargs)
             body = response.json()
-            outcomes[name] = dict(status=response.status_code,
-                                  detail=body.get("detail", [{}])[0].get("msg") if response.status_code >= 400 else None,
-                                  warnings=body.get("warnings"))
+            outcomes[name] = dict(
+                status=response.status_code,
+                detail=body.get("detail", [{}])[0].get("msg") if response.status_code >= 400 else None,
+                warnings=body.get("warnings"),
+            )
             assert response.status_code == status, (name, response.text)
             if status >= 400:
                 assert any(expect in entry["loc"] for entry in body["detail"]), (name, body)
@@ -239,7 +263,10 @@ def test_bounded_load_only_200_or_503_and_every_200_correct(weights_dir, flags):
                 statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
                 if response.status_code == 200:
                     scores = response.json()["scores"]
-                    if abs(scores["psnr"] - expected[k]["psnr"]) > 1e-6 or abs(scores["perceptual"] - expected[k]["perceptual"]) > 1e-5 * expected[k]["perceptual"]:
+                    if (
+                        abs(scores["psnr"] - expected[k]["psnr"]) > 1e-6
+                        or abs(scores["perceptual"] - expected[k]["perceptual"]) > 1e-5 * expected[k]["perceptual"]
+                    ):
                         wrong.append((k, scores))
                 elif response.status_code == 503:
                     missing_retry_after += "retry-after" not in response.headers
@@ -260,8 +287,15 @@ def test_bounded_load_only_200_or_503_and_every_200_correct(weights_dir, flags):
         time.sleep(0.5)
         rss["after"] = rss_bytes(pid)
         depth = metric_value(httpx.get(f"{srv.url}/metrics").text, "loss_service_queue_depth")
-    figures = dict(clients=64, seconds=seconds, statuses=statuses, wrong_scores=len(wrong), missing_retry_after=missing_retry_after,
-                   rss_mib={k: round(v / 2**20, 1) for k, v in rss.items()}, final_queue_depth=depth)
+    figures = dict(
+        clients=64,
+        seconds=seconds,
+        statuses=statuses,
+        wrong_scores=len(wrong),
+        missing_retry_after=missing_retry_after,
+        rss_mib={k: round(v / 2**20, 1) for k, v in rss.items()},
+        final_queue_depth=depth,
+    )
     record(f"load ({' '.join(flags) or 'default settings'})", figures)
     assert set(statuses) <= {200, 503} and statuses.get(200, 0) > 0
     assert not wrong and missing_retry_after == 0 and depth == 0
@@ -272,8 +306,10 @@ def test_bounded_load_only_200_or_503_and_every_200_correct(weights_dir, flags):
 
 def raw_request(port: int, body_prefix: bytes, declared_length: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    head = (f"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n"
-            f"Content-Length: {declared_length}\r\n\r\n").encode()
+    head = (
+        f"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=XyZ\r\n"
+        f"Content-Length: {declared_length}\r\n\r\n"
+    ).encode()
     sock.sendall(head + body_prefix)
     return sock
 
@@ -281,7 +317,7 @@ def raw_request(port: int, body_prefix: bytes, declared_length: int) -> socket.s
 def test_client_disconnecting_mid_upload(server):
     port = int(server.url.rsplit(":", 1)[1])
     for _ in range(5):
-        sock = raw_request(port, b"--XyZ\r\nContent-Disposition: form-data; name=\"sr\"; filename=\"a.png\"\r\n\r\n" + GOOD_SR[:200], 100_000)
+        sock = raw_request(port, b'--XyZ\r\nContent-Disposition: form-data; name="sr"; filename="a.png"\r\n\r\n' + GOOD_SR[:200], 100_000)
         sock.close()
     assert httpx.post(f"{server.url}/v1/score", files=pair()).status_code == 200
     assert httpx.get(f"{server.url}/healthz").status_code == 200
@@ -289,7 +325,7 @@ def test_client_disconnecting_mid_upload(server):
 
 def test_slow_client_gets_408_and_others_are_served(server):
     port = int(server.url.rsplit(":", 1)[1])
-    sock = raw_request(port, b"--XyZ\r\nContent-Disposition: form-data; name=\"sr\"; filename=\"a.png\"\r\n\r\n", 100_000)
+    sock = raw_request(port, b'--XyZ\r\nContent-Disposition: form-data; name="sr"; filename="a.png"\r\n\r\n', 100_000)
     started = time.monotonic()
     assert httpx.post(f"{server.url}/v1/score", files=pair()).status_code == 200  # served while the slow one stalls
     answer = sock.recv(4096).decode(errors="replace")
@@ -319,8 +355,11 @@ def test_sigterm_under_load_drains(weights_dir):
                 # when draining starts rightly gets a 503. Waiting for 6 in flight could wait forever
                 # once the first finished before the last arrived.
                 deadline = time.monotonic() + 60
-                while metric_value((await client.get("/metrics")).text, "loss_service_requests_in_flight") + sum(
-                        task.done() for task in in_flight) < 6:
+                while (
+                    metric_value((await client.get("/metrics")).text, "loss_service_requests_in_flight")
+                    + sum(task.done() for task in in_flight)
+                    < 6
+                ):
                     assert time.monotonic() < deadline, "the server never accepted the 6 requests"
                     await asyncio.sleep(0.05)
                 srv.process.send_signal(signal.SIGTERM)
@@ -331,8 +370,12 @@ def test_sigterm_under_load_drains(weights_dir):
 
         done, late, ready = asyncio.run(scenario())
         srv.process.wait(timeout=60)
-        figures = dict(in_flight=[r.status_code for r in done], new_request=late.status_code, readyz=ready.status_code,
-                       exit_code=srv.process.returncode)
+        figures = dict(
+            in_flight=[r.status_code for r in done],
+            new_request=late.status_code,
+            readyz=ready.status_code,
+            exit_code=srv.process.returncode,
+        )
         record("sigterm", figures)
         assert all(r.status_code == 200 for r in done)
         assert late.status_code == 503 and "retry-after" in late.headers and ready.status_code == 503

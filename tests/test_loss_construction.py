@@ -28,17 +28,20 @@ def test_refusals_name_the_argument_and_the_choices():
     with refuses("CLP backbone must be one of ['dinov2', 'vgg19', 'vgg'], got 'resnet'"):
         CLPLoss("resnet", pretrained=False)
     # Agreeing layers and mapping are accepted, in the mapping's order.
-    loss = PerceptualLoss(layers=["relu1_2", "relu2_2"], layer_weights={"relu1_2": 0.5, "relu2_2": 2.0}, criterion="l2",
-                          pretrained=False)
+    loss = PerceptualLoss(layers=["relu1_2", "relu2_2"], layer_weights={"relu1_2": 0.5, "relu2_2": 2.0}, criterion="l2", pretrained=False)
     assert loss.layer_weights == {"relu1_2": 0.5, "relu2_2": 2.0} and loss.criterion == "l2"
 
 
-@pytest.mark.parametrize("make", [
-    lambda **kw: PerceptualLoss.from_preset("perceptual", **kw),
-    lambda **kw: VGGPerceptualLoss(**kw),
-    lambda **kw: CLPLoss("vgg19", **kw),
-    lambda **kw: KDImageLoss(**kw),
-], ids=["perceptual", "vgg_relu2_2", "clp_vgg19", "kd"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda **kw: PerceptualLoss.from_preset("perceptual", **kw),
+        lambda **kw: VGGPerceptualLoss(**kw),
+        lambda **kw: CLPLoss("vgg19", **kw),
+        lambda **kw: KDImageLoss(**kw),
+    ],
+    ids=["perceptual", "vgg_relu2_2", "clp_vgg19", "kd"],
+)
 def test_weights_dir_is_where_the_checkpoint_is_found(weights_dir, tmp_path, monkeypatch, make):
     """With the default directory empty, a loss finds its checkpoint only through ``weights_dir``."""
     monkeypatch.setenv("LOSS_SERVICE_WEIGHTS_DIR", str(tmp_path))

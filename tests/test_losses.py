@@ -253,13 +253,13 @@ def test_clp_dinov2_matches_triplet_reference(weights_dir, lr_size):
 @pytest.mark.parametrize(
     "make_loss,call",
     [
-        (lambda: PerceptualLoss.from_preset("perceptual"), lambda l, x, y: l(x, y)),
-        (lambda: VGGPerceptualLoss(), lambda l, x, y: l(x, y)),
-        (lambda: LPIPS(), lambda l, x, y: l(x, y)),
-        (lambda: CLPLoss("vgg19"), lambda l, x, y: l(x, y, y[..., ::2, ::2])),
-        (lambda: CLPLoss("dinov2"), lambda l, x, y: l(x, y, y[..., ::2, ::2])),
-        (lambda: HybridLoss(perceptual_weight=0.1), lambda l, x, y: l(x, y)["total"]),
-        (lambda: KDImageLoss(), lambda l, x, y: l(x, y, y.flip(-1))["total"]),
+        (lambda: PerceptualLoss.from_preset("perceptual"), lambda loss, x, y: loss(x, y)),
+        (lambda: VGGPerceptualLoss(), lambda loss, x, y: loss(x, y)),
+        (lambda: LPIPS(), lambda loss, x, y: loss(x, y)),
+        (lambda: CLPLoss("vgg19"), lambda loss, x, y: loss(x, y, y[..., ::2, ::2])),
+        (lambda: CLPLoss("dinov2"), lambda loss, x, y: loss(x, y, y[..., ::2, ::2])),
+        (lambda: HybridLoss(perceptual_weight=0.1), lambda loss, x, y: loss(x, y)["total"]),
+        (lambda: KDImageLoss(), lambda loss, x, y: loss(x, y, y.flip(-1))["total"]),
     ],
 )
 def test_gradients_flow_to_input_only(weights_dir, make_loss, call):

@@ -103,6 +103,7 @@ def test_ssim_is_differentiable_through_the_metric(photos):
 
 # --- the float64 promise, gradients on either side, refusals, output dtypes ---
 
+
 def test_psnr_difference_is_exact_in_float64():
     """x − y is formed in float64 (exact for float32 inputs), never rounded to float32 first.
     1 − t for small t rounds in float32; a float32 difference would shift PSNR by ~1e-7 dB."""
@@ -154,16 +155,20 @@ def test_crop_refusals_name_the_metric_and_the_largest_crop():
     from losses import lr_psnr, ms_ssim
 
     x = torch.rand(1, 3, 10, 12)
-    with pytest.raises(ValueError, match="^crop_border=5 leaves 2×0 of a 12×10 image; PSNR needs at least 1×1, "
-                                         "so the largest valid crop_border is 4$"):
+    with pytest.raises(
+        ValueError, match="^crop_border=5 leaves 2×0 of a 12×10 image; PSNR needs at least 1×1, so the largest valid crop_border is 4$"
+    ):
         psnr(x, x, crop_border=5)
     assert psnr(torch.rand(1, 3, 3, 3), torch.rand(1, 3, 3, 3), crop_border=1).shape == (1,)  # 1×1 left is enough
     big = torch.rand(1, 3, 180, 190)
-    with pytest.raises(ValueError, match="^crop_border=3 leaves 184×174 of a 190×180 image; MS-SSIM needs at least "
-                                         "176×176, so the largest valid crop_border is 2$"):
+    with pytest.raises(
+        ValueError,
+        match="^crop_border=3 leaves 184×174 of a 190×180 image; MS-SSIM needs at least 176×176, so the largest valid crop_border is 2$",
+    ):
         ms_ssim(big, big, crop_border=3)
-    with pytest.raises(ValueError, match="^crop_border=3 leaves 0×-1 of a 6×5 image; lr_psnr needs at least 1×1, "
-                                         "so the largest valid crop_border is 2$"):
+    with pytest.raises(
+        ValueError, match="^crop_border=3 leaves 0×-1 of a 6×5 image; lr_psnr needs at least 1×1, so the largest valid crop_border is 2$"
+    ):
         lr_psnr(torch.rand(1, 3, 20, 24), torch.rand(1, 3, 5, 6), crop_border=3)
 
 
@@ -199,8 +204,9 @@ def test_shape_refusals_say_what_was_given():
     with pytest.raises(ValueError, match="^SSIM needs images of at least 11×11, got 9×8$"):
         SSIMLoss()(torch.rand(1, 3, 8, 9), torch.rand(1, 3, 8, 9))
     big = torch.rand(1, 3, 20, 30)
-    with pytest.raises(ValueError, match="^crop_border=5 leaves 20×10 of a 30×20 image; SSIM needs at least 11×11, "
-                                         "so the largest valid crop_border is 4$"):
+    with pytest.raises(
+        ValueError, match="^crop_border=5 leaves 20×10 of a 30×20 image; SSIM needs at least 11×11, so the largest valid crop_border is 4$"
+    ):
         ssim(big, big, crop_border=5)
 
 

@@ -3,8 +3,23 @@
 import pytest
 import torch
 
-from losses import (LPIPS, REGISTRY, CLPLoss, DISTSLoss, HybridLoss, KDImageLoss, MetricError, PerceptualLoss, VGGPerceptualLoss, compute,
-                    lr_psnr, ms_ssim, psnr, ssim)
+from losses import (
+    LPIPS,
+    REGISTRY,
+    CLPLoss,
+    DISTSLoss,
+    HybridLoss,
+    KDImageLoss,
+    MetricError,
+    PerceptualLoss,
+    VGGPerceptualLoss,
+    compute,
+    lr_psnr,
+    ms_ssim,
+    psnr,
+    ssim,
+)
+from losses.niqe import niqe
 from losses.registry import get_metrics, resolve_options
 
 REL = 1e-5
@@ -40,12 +55,14 @@ def library_values(images, options):
         "dists": lambda: per(lambda i: DISTSLoss()(one(sr, i), one(gt, i))),
         "lr_psnr": lambda: lr_psnr(sr, lr, **options["lr_psnr"]),
         "ms_ssim": lambda: ms_ssim(sr, gt, **options["ms_ssim"]),
+        "niqe": lambda: per(lambda i: niqe(one(sr, i), **options["niqe"])[0]),
     }
     return {name: value() for name, value in table.items() if name.split(".")[0] in options}  # only the metrics asked for
 
 
 def test_every_metric_matches_library(weights_dir, images):
-    metrics = get_metrics(sorted(set(REGISTRY) - {"ms_ssim"}))  # ms_ssim needs 176 px: test_ms_ssim_batched
+    # ms_ssim needs 176 px (test_ms_ssim_batched), niqe two 96² blocks (tests/test_niqe.py, test_service.py)
+    metrics = get_metrics(sorted(set(REGISTRY) - {"ms_ssim", "niqe"}))
     options = resolve_options(metrics, dict(crop_border=2, y_channel=True, perceptual_weight=0.3, lambda_kd=0.5, loss_weight=2.0))
     with torch.no_grad():
         scores = compute(metrics, images, options)
@@ -60,7 +77,7 @@ def test_no_metric_writes_to_its_inputs(weights_dir, images):
     """The service hands a decoded upload to the library as a view, not a copy (a batch of one)."""
     views = {role: image.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) for role, image in images.items()}  # HWC memory
     before = {role: view.clone() for role, view in views.items()}
-    metrics = get_metrics(sorted(set(REGISTRY) - {"ms_ssim"}))
+    metrics = get_metrics(sorted(set(REGISTRY) - {"ms_ssim", "niqe"}))
     with torch.inference_mode():
         compute(metrics, views, resolve_options(metrics, dict(crop_border=2, y_channel=True)))
     for role, view in views.items():
@@ -83,8 +100,11 @@ def test_one_vgg16_pass_serves_perceptual_and_lpips(weights_dir, images, monkeyp
     backbone = get_backbone("vgg16", "cpu")
     calls = []
     original = type(backbone).stream
-    monkeypatch.setattr(type(backbone), "stream",
-                        lambda self, x, layers, normalize=True: calls.append((x.shape[0], tuple(layers))) or original(self, x, layers, normalize))
+    monkeypatch.setattr(
+        type(backbone),
+        "stream",
+        lambda self, x, layers, normalize=True: calls.append((x.shape[0], tuple(layers))) or original(self, x, layers, normalize),
+    )
     metrics = get_metrics(["perceptual", "lpips_vgg", "hybrid"])
     compute(metrics, images, resolve_options(metrics, dict(perceptual_weight=1.0)))
     assert len(calls) == 1  # SR and GT concatenated into one pass, read at the union of layers
@@ -112,11 +132,14 @@ def test_missing_image_is_named(images):
     assert info.value.field == "teacher"
 
 
-@pytest.mark.parametrize("bad, message", [
-    (lambda x: (x * 255).to(torch.uint8), r"dtype torch.uint8; images are floating-point in \[0, 1\]"),  # was PSNR ≈ −40 dB
-    (lambda x: x[0], r"expected a \(B, C, H, W\) tensor, got shape \(3, \d+, \d+\)"),  # was 3 grayscale images
-    (lambda x: x[:0], r"the batch is empty \(B = 0\)"),  # was an IndexError
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (lambda x: (x * 255).to(torch.uint8), r"dtype torch.uint8; images are floating-point in \[0, 1\]"),  # was PSNR ≈ −40 dB
+        (lambda x: x[0], r"expected a \(B, C, H, W\) tensor, got shape \(3, \d+, \d+\)"),  # was 3 grayscale images
+        (lambda x: x[:0], r"the batch is empty \(B = 0\)"),  # was an IndexError
+    ],
+)
 def test_images_a_metric_would_misread_are_refused_by_role(images, bad, message):
     for metrics in (["psnr"], ["psnr", "ssim", "lr_psnr"]):
         chosen = get_metrics(metrics)
@@ -129,12 +152,19 @@ def test_images_a_metric_would_misread_are_refused_by_role(images, bad, message)
         psnr(bad(images["sr"]), bad(images["gt"]))
 
 
-@pytest.mark.parametrize("make, needs", [
-    (lambda: PerceptualLoss.from_preset("perceptual"), ("sr", "gt")), (lambda: VGGPerceptualLoss(), ("sr", "gt")),
-    (lambda: LPIPS(), ("sr", "gt")), (lambda: LPIPS("alex"), ("sr", "gt")), (lambda: DISTSLoss(), ("sr", "gt")),
-    (lambda: HybridLoss(), ("sr", "gt")), (lambda: CLPLoss("vgg19"), ("sr", "gt", "lr")),
-    (lambda: KDImageLoss(), ("sr", "gt", "teacher")),
-])
+@pytest.mark.parametrize(
+    "make, needs",
+    [
+        (lambda: PerceptualLoss.from_preset("perceptual"), ("sr", "gt")),
+        (lambda: VGGPerceptualLoss(), ("sr", "gt")),
+        (lambda: LPIPS(), ("sr", "gt")),
+        (lambda: LPIPS("alex"), ("sr", "gt")),
+        (lambda: DISTSLoss(), ("sr", "gt")),
+        (lambda: HybridLoss(), ("sr", "gt")),
+        (lambda: CLPLoss("vgg19"), ("sr", "gt", "lr")),
+        (lambda: KDImageLoss(), ("sr", "gt", "teacher")),
+    ],
+)
 def test_loss_classes_refuse_integer_images(weights_dir, images, make, needs):
     """Four of these used to take a uint8 tensor silently (cast to float: 0–255 read as 0–1)."""
     loss = make()
@@ -167,7 +197,14 @@ def test_grayscale_y_channel_equals_its_rgb_replica(images):
 
 def test_catalogue_entries():
     entry = REGISTRY["clp_dinov2"].catalogue_entry()
-    assert entry == dict(name="clp_dinov2", lower_is_better=True, needs=["sr", "gt", "lr"], options=dict(loss_weight=1.0),
-                         backbone="dinov2", description=entry["description"], convention=entry["convention"])
+    assert entry == dict(
+        name="clp_dinov2",
+        lower_is_better=True,
+        needs=["sr", "gt", "lr"],
+        options=dict(loss_weight=1.0),
+        backbone="dinov2",
+        description=entry["description"],
+        convention=entry["convention"],
+    )
     assert REGISTRY["psnr"].catalogue_entry()["lower_is_better"] is False
     assert REGISTRY["hybrid"].backbones(dict(perceptual_weight=0.0)) == set()

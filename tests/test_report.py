@@ -54,8 +54,9 @@ def write_png(path: Path, pixels: np.ndarray) -> str:
     return str(path)
 
 
-def eval_json(tmp_path: Path, dataset: str, scale: int, models: dict[str, float], images: int = 6, pretrained: bool = True,
-              pool: int | None = None) -> Path:
+def eval_json(
+    tmp_path: Path, dataset: str, scale: int, models: dict[str, float], images: int = 6, pretrained: bool = True, pool: int | None = None
+) -> Path:
     """An eval results file as ``loss-service eval`` writes it, with real image files behind the paths.
 
     ``models`` maps a name to a noise level: more noise, lower PSNR. ``pool`` reuses that many
@@ -73,13 +74,23 @@ def eval_json(tmp_path: Path, dataset: str, scale: int, models: dict[str, float]
             sr[10:20, 30:40] = 0  # a dark block: the largest error, where the gallery crop must centre
             sr_paths.append(write_png(tmp_path / dataset / name / f"img{i}.png", sr))
         for i in range(images):
-            scores = dict(psnr=float(30 - noise / 4 + rng.normal(0, 0.5)), ssim=float(0.9 - noise / 200 + rng.normal(0, 0.01)),
-                          lpips_alex=float(0.1 + noise / 100 + rng.normal(0, 0.01)))
-            results.append(dict(image=f"img{i}", scores=scores, warnings=[],
-                                paths=dict(sr=sr_paths[i % files], gt=gt_paths[i % files])))
+            scores = dict(
+                psnr=float(30 - noise / 4 + rng.normal(0, 0.5)),
+                ssim=float(0.9 - noise / 200 + rng.normal(0, 0.01)),
+                lpips_alex=float(0.1 + noise / 100 + rng.normal(0, 0.01)),
+            )
+            results.append(dict(image=f"img{i}", scores=scores, warnings=[], paths=dict(sr=sr_paths[i % files], gt=gt_paths[i % files])))
         entries[name] = dict(sr_dir=str(tmp_path / dataset / name), results=results, failures=[])
-    data = dict(format="loss-service-eval", version=2, dataset=dataset, scale=scale, metrics=["psnr", "ssim", "lpips_alex"],
-                lower_is_better=LOWER, conventions=dict(pretrained=pretrained, device="cpu", version="test"), models=entries)
+    data = dict(
+        format="loss-service-eval",
+        version=2,
+        dataset=dataset,
+        scale=scale,
+        metrics=["psnr", "ssim", "lpips_alex"],
+        lower_is_better=LOWER,
+        conventions=dict(pretrained=pretrained, device="cpu", version="test"),
+        models=entries,
+    )
     path = tmp_path / f"{dataset}_x{scale}.json"
     path.write_text(json.dumps(data))
     return path
@@ -156,8 +167,20 @@ def test_a_mean_that_left_out_infinite_scores_is_marked(tmp_path):
 
 def test_html_is_self_contained_and_complete(two_datasets, tmp_path):
     out = tmp_path / "report.html"
-    args = ["report", *map(str, two_datasets), "--html", str(out), "--markdown", str(tmp_path / "r.md"),
-            "--latex", str(tmp_path / "r.tex"), "--worst", "2", "--resamples", "200"]
+    args = [
+        "report",
+        *map(str, two_datasets),
+        "--html",
+        str(out),
+        "--markdown",
+        str(tmp_path / "r.md"),
+        "--latex",
+        str(tmp_path / "r.tex"),
+        "--worst",
+        "2",
+        "--resamples",
+        "200",
+    ]
     assert cli_main(args) == 0
     page = out.read_text()
     assert not re.search(r"https?://", page), re.search(r".{60}https?://.{60}", page).group(0)
@@ -218,13 +241,26 @@ def test_chromium_renders_the_table_and_a_plot(two_datasets, tmp_path):
     out = tmp_path / "report.html"
     assert cli_main(["report", *map(str, two_datasets), "--html", str(out), "--worst", "1", "--resamples", "200"]) == 0
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,1400",
-                    f"--screenshot={shot}", out.as_uri()], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,1400",
+            f"--screenshot={shot}",
+            out.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)
     assert pixels.std() > 20, "blank screenshot"
 
     def count(rgb: str, tolerance: int = 6) -> int:
-        target = np.array([int(rgb[i:i + 2], 16) for i in (1, 3, 5)])
+        target = np.array([int(rgb[i : i + 2], 16) for i in (1, 3, 5)])
         return int((np.abs(pixels - target).max(axis=2) <= tolerance).sum())
 
     assert count("#e8eef7") > 5000, "no table header visible"  # the results tables' header rows

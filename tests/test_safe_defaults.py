@@ -115,24 +115,36 @@ def test_flat_huge_png_gets_413_at_once_under_defaults(weights_dir):
     with SubprocessServer("--models", "vgg16") as srv:
         before = rss_mib(srv.process.pid)
         start = time.perf_counter()
-        response = httpx.post(f"{srv.url}/v1/score", files=[("sr", ("sr.png", upload)), ("gt", ("gt.png", upload))],
-                              data=dict(metrics="perceptual"), timeout=60)
+        response = httpx.post(
+            f"{srv.url}/v1/score",
+            files=[("sr", ("sr.png", upload)), ("gt", ("gt.png", upload))],
+            data=dict(metrics="perceptual"),
+            timeout=60,
+        )
         elapsed = time.perf_counter() - start
         assert response.status_code == 413, response.text
         detail = response.json()["detail"][0]
         assert detail["loc"] == ["body", "sr"] and "64000000 pixels" in detail["msg"] and "--max-image-pixels" in detail["msg"]
         assert elapsed < 5.0  # header check only: milliseconds, with room for a busy CI machine
         assert rss_mib(srv.process.pid) - before < 64  # nothing decoded: no 768 MB float image
-        ok = httpx.post(f"{srv.url}/v1/score", files=[("sr", png_bytes(random_image(32, 32, 1))), ("gt", png_bytes(random_image(32, 32, 2)))],
-                        data=dict(metrics="perceptual"), timeout=60)
+        ok = httpx.post(
+            f"{srv.url}/v1/score",
+            files=[("sr", png_bytes(random_image(32, 32, 1))), ("gt", png_bytes(random_image(32, 32, 2)))],
+            data=dict(metrics="perceptual"),
+            timeout=60,
+        )
         assert ok.status_code == 200
 
 
 def test_memory_estimate_refuses_before_decoding(weights_dir):
     upload = flat_png(2048, 2048)  # under the pixel limit
     with SubprocessServer("--models", "vgg16", "--max-memory-gb", "0.25") as srv:
-        response = httpx.post(f"{srv.url}/v1/score", files=[("sr", ("sr.png", upload)), ("gt", ("gt.png", upload))],
-                              data=dict(metrics="psnr,perceptual"), timeout=60)
+        response = httpx.post(
+            f"{srv.url}/v1/score",
+            files=[("sr", ("sr.png", upload)), ("gt", ("gt.png", upload))],
+            data=dict(metrics="psnr,perceptual"),
+            timeout=60,
+        )
         assert response.status_code == 413, response.text
         message = response.json()["detail"][0]["msg"]
         for part in ("2048×2048", "perceptual", "GiB", "0.2 GiB (--max-memory-gb)", "largest square image that fits"):
@@ -149,8 +161,9 @@ def test_allocation_failure_is_413_and_the_server_keeps_serving(weights_dir):
             virtual = next(int(line.split()[1]) for line in handle if line.startswith("VmSize:")) * 1024
         subprocess.run(["prlimit", f"--pid={srv.process.pid}", f"--as={virtual + 1536 * 2**20}"], check=True)
         big = flat_png(3000, 3000)  # VGG16's relu1_2 alone: 64 × 3000² × 4 B = 2.3 GB per image
-        response = httpx.post(f"{srv.url}/v1/score", files=[("sr", ("sr.png", big)), ("gt", ("gt.png", big))],
-                              data=dict(metrics="perceptual"), timeout=120)
+        response = httpx.post(
+            f"{srv.url}/v1/score", files=[("sr", ("sr.png", big)), ("gt", ("gt.png", big))], data=dict(metrics="perceptual"), timeout=120
+        )
         assert response.status_code == 413, response.text
         assert "out of memory" in response.json()["detail"][0]["msg"]
         small = png_bytes(random_image(32, 32, 4))

@@ -36,7 +36,7 @@ def test_api_conforms_to_its_schema(weights_dir):
             @given(case=operation.as_strategy())
             @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=None, suppress_health_check=list(HealthCheck), database=None)
             def check(case):
-                tried[label] += 1
+                tried[label] += 1  # noqa: B023 - check() runs within this iteration
                 case.call_and_validate(base_url=srv.url, checks=CHECKS)
 
             check()
@@ -48,8 +48,14 @@ def test_api_conforms_to_its_schema(weights_dir):
 
 
 OPTION_KEYS = sorted({key for metric in REGISTRY.values() for key in metric.options})
-OPTION_VALUES = st.one_of(st.integers(-3, 300), st.floats(allow_nan=True, allow_infinity=True), st.booleans(), st.text(max_size=4),
-                          st.none(), st.lists(st.integers(0, 3), max_size=2))
+OPTION_VALUES = st.one_of(
+    st.integers(-3, 300),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=4),
+    st.none(),
+    st.lists(st.integers(0, 3), max_size=2),
+)
 SIDES = st.sampled_from([8, 11, 24, 33, 64, 180])
 
 
@@ -66,9 +72,13 @@ def scoring_requests(draw):
             files.append((role, (f"{role}.png", png_bytes(random_image(side, max(1, side * width // height), 2)), "image/png")))
     valid = st.lists(st.sampled_from(["psnr", "ssim", "l1", "perceptual", "lpips_alex", "lpips_vgg"]), min_size=1, max_size=3)
     names = draw(st.one_of(valid, st.lists(st.sampled_from([*REGISTRY, "bogus", "", " psnr"]), max_size=4)))
-    options = draw(st.one_of(st.sampled_from(["{}", '{"crop_border": 2}', '{"y_channel": true}']),
-                             st.dictionaries(st.sampled_from([*OPTION_KEYS, "zz"]), OPTION_VALUES, max_size=3).map(json.dumps),
-                             st.text(max_size=12)))
+    options = draw(
+        st.one_of(
+            st.sampled_from(["{}", '{"crop_border": 2}', '{"y_channel": true}']),
+            st.dictionaries(st.sampled_from([*OPTION_KEYS, "zz"]), OPTION_VALUES, max_size=3).map(json.dumps),
+            st.text(max_size=12),
+        )
+    )
     return files, dict(metrics=",".join(names), options=options)
 
 

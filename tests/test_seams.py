@@ -40,7 +40,7 @@ def test_a_chunked_upload_over_the_body_limit_is_413(server):
     --max-body-mb 1) and answers 413 in the one detail shape; the server keeps serving."""
 
     def body():
-        yield b"--x\r\nContent-Disposition: form-data; name=\"sr\"; filename=\"a.png\"\r\n\r\n"
+        yield b'--x\r\nContent-Disposition: form-data; name="sr"; filename="a.png"\r\n\r\n'
         for _ in range(32):
             yield b"\x00" * 2**16
 
@@ -49,8 +49,11 @@ def test_a_chunked_upload_over_the_body_limit_is_413(server):
     assert response.status_code == 413, response.text
     (entry,) = response.json()["detail"]
     assert entry["type"] == "too_large" and entry["loc"] == ["body"] and "--max-body-mb" in entry["msg"]
-    ok = httpx.post(f"{server.url}/v1/score", files=[("sr", png_bytes(random_image(32, 32, 1))), ("gt", png_bytes(random_image(32, 32, 2)))],
-                    data={"metrics": "psnr"})
+    ok = httpx.post(
+        f"{server.url}/v1/score",
+        files=[("sr", png_bytes(random_image(32, 32, 1))), ("gt", png_bytes(random_image(32, 32, 2)))],
+        data={"metrics": "psnr"},
+    )
     assert ok.status_code == 200
 
 
@@ -89,8 +92,26 @@ def test_eval_lists_a_pair_whose_lr_is_missing_as_unpaired(server, tmp_path):
         if index != 1:  # img1 has no LR
             (folders["lr"] / f"img{index}.png").write_bytes(png_bytes(gt[::2, ::2].copy()))
     out = tmp_path / "results.json"
-    code = cli_main(["eval", "--url", server.url, "--sr", str(folders["sr"]), "--gt", str(folders["gt"]), "--lr", str(folders["lr"]),
-                     "--metrics", "psnr,lr_psnr", "--out", str(tmp_path / "r.csv"), "--json", str(out), "--quiet"])
+    code = cli_main(
+        [
+            "eval",
+            "--url",
+            server.url,
+            "--sr",
+            str(folders["sr"]),
+            "--gt",
+            str(folders["gt"]),
+            "--lr",
+            str(folders["lr"]),
+            "--metrics",
+            "psnr,lr_psnr",
+            "--out",
+            str(tmp_path / "r.csv"),
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
     data = json.loads(out.read_text())
     assert code == 0 and [r["image"] for r in data["results"]] == ["img0", "img2"]
     assert data["unpaired"] == {"sr": ["img1.png"], "gt": ["img1.png"]}
@@ -101,8 +122,20 @@ def test_eval_lists_a_pair_whose_lr_is_missing_as_unpaired(server, tmp_path):
 
 def eval_file(path, model: str, scores: dict[str, float | None]) -> None:
     results = [dict(image=image, scores={"psnr": value}) for image, value in scores.items()]
-    path.write_text(json.dumps(dict(format="loss-service-eval", version=2, dataset="set", scale=4, metrics=["psnr"],
-                                    lower_is_better={"psnr": False}, conventions={}, models={model: dict(results=results)})))
+    path.write_text(
+        json.dumps(
+            dict(
+                format="loss-service-eval",
+                version=2,
+                dataset="set",
+                scale=4,
+                metrics=["psnr"],
+                lower_is_better={"psnr": False},
+                conventions={},
+                models={model: dict(results=results)},
+            )
+        )
+    )
 
 
 def test_the_paired_table_pairs_image_by_image_and_names_the_better_model(tmp_path):
@@ -158,6 +191,31 @@ def test_the_weights_search_order_is_weights_dir_then_torch_home_then_the_hf_cac
         assert W.find_weights(spec, explicit) == place / "probe.pth"
         (place / "probe.pth").unlink()
     assert W.find_weights(spec, explicit) is None
+
+
+@pytest.mark.parametrize("name", ["lpips_vgg_heads", "lpips_alex_heads", "dists_alpha_beta"])
+def test_lpips_and_dists_files_are_weight_files_found_in_the_weights_dir_first_and_verified(name, tmp_path, monkeypatch):
+    """The heads and α/β resolve like a backbone file: the weights dir before the copy the
+    package ships, and a file whose sha256 is not the declared one is refused."""
+    import hashlib
+
+    spec = W.WEIGHT_FILES[name]
+    bundled = W.bundled_path(spec)
+    assert W.find_weights(spec, tmp_path) == bundled and hashlib.sha256(bundled.read_bytes()).hexdigest() == spec.sha256
+    assert W.checksum_status(spec, bundled) == "ok"
+    (tmp_path / spec.filenames[0]).write_bytes(bundled.read_bytes())
+    assert W.resolve(spec, tmp_path) == tmp_path / spec.filenames[0]
+    (tmp_path / spec.filenames[0]).write_bytes(bundled.read_bytes() + b"\0")
+    monkeypatch.setenv("LOSS_SERVICE_VERIFY_WEIGHTS", "1")
+    with pytest.raises(W.ChecksumError, match=spec.sha256[:12]):
+        W.resolve(spec, tmp_path)
+
+
+def test_weights_list_shows_the_lpips_and_dists_files_with_their_checksums(capsys):
+    assert cli_main(["weights", "list"]) == 0
+    rows = {line.split("│")[1].strip(): line for line in capsys.readouterr().out.splitlines() if line.count("│") > 2}
+    for name in ("lpips_vgg_heads", "lpips_alex_heads", "dists_alpha_beta"):
+        assert "present" in rows[name] and " ok " in rows[name] and W.WEIGHT_FILES[name].sha256 in rows[name], rows[name]
 
 
 def test_create_metric_with_missing_weights_fails_at_construction(tmp_path, monkeypatch):

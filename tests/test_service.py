@@ -39,7 +39,7 @@ def files(images: dict, **extra):
 
 
 def test_every_catalogue_metric_equals_library(server):
-    images = triplet(seed=1, size=(180, 186))  # ms_ssim needs a short side of 176
+    images = triplet(seed=1, size=(180, 200))  # after crop_border=2: ms_ssim needs a short side of 176, niqe two 96² blocks
     options = dict(crop_border=2, y_channel=True, perceptual_weight=0.3, lambda_kd=0.5, loss_weight=2.0)
     catalogue = httpx.get(f"{server.url}/v1/metrics").json()
     names = [entry["name"] for entry in catalogue]
@@ -78,8 +78,9 @@ def test_lr_psnr_of_an_sr_that_downscales_to_its_lr_is_null_only_with_uint8_roun
     lr = imresize(torch.from_numpy(sr).permute(2, 0, 1), 0.5).permute(1, 2, 0).numpy()  # uint8, as MATLAB writes it
     images = files(dict(sr=png_bytes(sr), gt=png_bytes(sr), lr=png_bytes(lr)))
     plain = httpx.post(f"{server.url}/v1/score", files=images, data=dict(metrics="lr_psnr")).json()
-    rounded = httpx.post(f"{server.url}/v1/score", files=images,
-                         data=dict(metrics="lr_psnr", options=json.dumps({"uint8_rounding": True}))).json()
+    rounded = httpx.post(
+        f"{server.url}/v1/score", files=images, data=dict(metrics="lr_psnr", options=json.dumps({"uint8_rounding": True}))
+    ).json()
     assert 40 < plain["scores"]["lr_psnr"] < 80 and not plain["warnings"]
     assert rounded["scores"]["lr_psnr"] is None
     assert any(w.startswith("lr_psnr: inf") and "identical: MSE is 0" in w for w in rounded["warnings"])
@@ -88,11 +89,14 @@ def test_lr_psnr_of_an_sr_that_downscales_to_its_lr_is_null_only_with_uint8_roun
 
 def test_npy_and_alpha_inputs(server):
     gt = random_image(20, 20, 3)
-    sr_float = (gt.astype(np.float32) / 255.0)
+    sr_float = gt.astype(np.float32) / 255.0
     rgba = np.dstack([gt, np.full(gt.shape[:2], 255, np.uint8)])
     response = httpx.post(
         f"{server.url}/v1/score",
-        files=[("sr", ("sr.npy", npy_bytes(sr_float), "application/octet-stream")), ("gt", ("gt.png", png_bytes(rgba, "RGBA"), "image/png"))],
+        files=[
+            ("sr", ("sr.npy", npy_bytes(sr_float), "application/octet-stream")),
+            ("gt", ("gt.png", png_bytes(rgba, "RGBA"), "image/png")),
+        ],
         data=dict(metrics="l1"),
     )
     assert response.status_code == 200, response.text
@@ -112,7 +116,10 @@ def test_batch_endpoint_pairs_by_order_and_isolates_failures(server):
     results = response.json()["results"]
     assert len(results) == 3
     assert results[2]["error"]["status"] == 422 and results[2]["error"]["detail"][0]["loc"] == ["body", "gt"]
-    singles = [httpx.post(f"{server.url}/v1/score", files=files({k: t[k] for k in ("sr", "gt")}), data=dict(metrics="psnr,l1")).json() for t in good]
+    singles = [
+        httpx.post(f"{server.url}/v1/score", files=files({k: t[k] for k in ("sr", "gt")}), data=dict(metrics="psnr,l1")).json()
+        for t in good
+    ]
     for result, single in zip(results[:2], singles):
         assert result["scores"] == pytest.approx(single["scores"], rel=1e-12)
     mean = response.json()["mean"]
@@ -130,8 +137,9 @@ def test_batch_ranks_candidates_against_one_reference(server):
     assert response.status_code == 200, response.text
     body = response.json()
     for candidate, result in zip(candidates, body["results"]):
-        single = httpx.post(f"{server.url}/v1/score", files=files(dict(sr=candidate, gt=base["gt"], lr=base["lr"])),
-                            data=dict(metrics=metrics), timeout=120).json()
+        single = httpx.post(
+            f"{server.url}/v1/score", files=files(dict(sr=candidate, gt=base["gt"], lr=base["lr"])), data=dict(metrics=metrics), timeout=120
+        ).json()
         assert result["scores"] == pytest.approx(single["scores"], rel=1e-5)
         assert "conventions" not in result  # once per response, at the top
     record = body["conventions"]
@@ -144,8 +152,11 @@ def test_batch_ranks_candidates_against_one_reference(server):
 
 
 def test_score_response_records_the_conventions(server):
-    response = httpx.post(f"{server.url}/v1/score", files=files({k: v for k, v in triplet(seed=1).items() if k in ("sr", "gt")}),
-                          data=dict(metrics="psnr,ssim", options='{"crop_border": 2, "y_channel": true}')).json()
+    response = httpx.post(
+        f"{server.url}/v1/score",
+        files=files({k: v for k, v in triplet(seed=1).items() if k in ("sr", "gt")}),
+        data=dict(metrics="psnr,ssim", options='{"crop_border": 2, "y_channel": true}'),
+    ).json()
     record = response["conventions"]
     assert record["metrics"]["psnr"]["options"] == dict(crop_border=2, y_channel=True)
     assert "65.481" in record["pixels"]["y_channel"] and record["weights"] == {}  # pixel metrics read no weights
@@ -198,7 +209,8 @@ def test_a_gt_turned_90_degrees_gets_the_exif_hint(server):
     message = response.json()["detail"][0]["msg"]
     assert response.status_code == 422 and message == (
         "gt is 32×48 but sr is 48×32; they must match; it is sr's size turned 90°: if one file carries an EXIF "
-        "orientation tag, save both with the rotation applied (EXIF orientation is not applied here)")
+        "orientation tag, save both with the rotation applied (EXIF orientation is not applied here)"
+    )
 
 
 @pytest.mark.parametrize("endpoint", ["/v1/score", "/v1/score/batch"])
@@ -214,11 +226,19 @@ def test_fields_that_would_be_ignored_are_refused(server, endpoint):
         (dict(), "?metrics=psnr", ("query", "metrics"), "send 'metrics' as a multipart form field"),
         # Repeated: the batch endpoint kept the last one (ssim only; the second crop) with a 200.
         (dict(metrics=["psnr", "ssim"]), "", ("body", "metrics"), "metrics given 2 times; give it once, as one comma-separated list"),
-        (dict(metrics="psnr", options=['{"crop_border": 4}', '{"y_channel": true}']), "", ("body", "options"),
-         "options given 2 times; give it once, as one JSON object"),
+        (
+            dict(metrics="psnr", options=['{"crop_border": 4}', '{"y_channel": true}']),
+            "",
+            ("body", "options"),
+            "options given 2 times; give it once, as one JSON object",
+        ),
         # A repeated key: json.loads kept the last (the uncropped PSNR).
-        (dict(metrics="psnr", options='{"crop_border": 4, "crop_border": 0}'), "", ("body", "options"),
-         "options: 'crop_border' given 2 times; give each key once"),
+        (
+            dict(metrics="psnr", options='{"crop_border": 4, "crop_border": 0}'),
+            "",
+            ("body", "options"),
+            "options: 'crop_border' given 2 times; give each key once",
+        ),
     ]
     for data, query, loc, advice in cases:
         response = httpx.post(f"{server.url}{endpoint}{query}", files=files(t), data=data)
@@ -238,10 +258,24 @@ def test_every_4xx_has_the_detail_shape_and_a_compressed_body_is_refused(server)
     body = httpx.Request("POST", server.url, files=files(t), data=dict(metrics="psnr"))
     content, content_type = body.read(), body.headers["content-type"]
     cases = [
-        ("POST", "/v1/score", dict(content=content, headers={"content-type": "multipart/form-data"}), 400,
-         ["body"], "malformed_body", "Missing boundary in multipart."),
-        ("POST", "/v1/score", dict(content=gzip.compress(content), headers={"content-type": content_type, "content-encoding": "gzip"}),
-         415, ["body"], "unsupported_media", "content-encoding 'gzip' unsupported: send the body uncompressed"),
+        (
+            "POST",
+            "/v1/score",
+            dict(content=content, headers={"content-type": "multipart/form-data"}),
+            400,
+            ["body"],
+            "malformed_body",
+            "Missing boundary in multipart.",
+        ),
+        (
+            "POST",
+            "/v1/score",
+            dict(content=gzip.compress(content), headers={"content-type": content_type, "content-encoding": "gzip"}),
+            415,
+            ["body"],
+            "unsupported_media",
+            "content-encoding 'gzip' unsupported: send the body uncompressed",
+        ),
         ("GET", "/v1/score", {}, 405, ["request"], "method_not_allowed", "Method Not Allowed"),
         ("POST", "/v1/scores", {}, 404, ["request"], "not_found", "Not Found"),
     ]
@@ -275,12 +309,20 @@ def test_distill_round_trip_equals_library(server):
         "student_logits_teacher_features": torch.randn(4, 10, generator=g),
     }
     config = dict(logit_loss="soft_entropy", aux_loss="mk-mmd", tau=2.0, beta=0.5)
-    response = httpx.post(f"{server.url}/v1/distill", params=dict(config=json.dumps(config)), content=save(tensors),
-                          headers={"content-type": "application/octet-stream"})
+    response = httpx.post(
+        f"{server.url}/v1/distill",
+        params=dict(config=json.dumps(config)),
+        content=save(tensors),
+        headers={"content-type": "application/octet-stream"},
+    )
     assert response.status_code == 200, response.text
     expected = DistillationLoss(**config)(
-        tensors["teacher_logits"], [tensors["teacher_features.0"]], tensors["student_logits"], [tensors["student_features.0"]],
-        tensors["labels"], tensors["student_logits_teacher_features"],
+        tensors["teacher_logits"],
+        [tensors["teacher_features.0"]],
+        tensors["student_logits"],
+        [tensors["student_features.0"]],
+        tensors["labels"],
+        tensors["student_logits_teacher_features"],
     )
     body = response.json()
     assert body["total"] == pytest.approx(float(expected["total"]), rel=1e-6)
@@ -327,8 +369,13 @@ def test_readyz_catalogue_and_prometheus_names(server):
     entry = {e["name"]: e for e in httpx.get(f"{server.url}/v1/metrics").json()}["psnr"]
     assert entry["options"] == {"crop_border": 0, "y_channel": False} and entry["lower_is_better"] is False
     text = httpx.get(f"{server.url}/metrics").text
-    for name in ("loss_service_requests_total", "loss_service_batch_size", "loss_service_queue_wait_seconds",
-                 "loss_service_compute_seconds", "loss_service_queue_depth"):
+    for name in (
+        "loss_service_requests_total",
+        "loss_service_batch_size",
+        "loss_service_queue_wait_seconds",
+        "loss_service_compute_seconds",
+        "loss_service_queue_depth",
+    ):
         assert name in text, name
     assert 'endpoint="/v1/score"' in text
     assert httpx.get(f"{server.url}/docs").status_code == 200

@@ -178,7 +178,9 @@ def test_missing_weights_serve_what_they_can(tmp_path):
 def test_strict_missing_weights_is_fatal(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "service.cli", "serve", "--strict", "--models", "vgg19", "--weights-dir", str(tmp_path), "--port", "0"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode != 0
     assert "vgg19-dcbb9e9d.pth" in result.stdout + result.stderr
@@ -229,7 +231,10 @@ def test_idle_connections_outlive_the_clients_keep_alive(weights_dir):
         assert _get_healthz(sock).startswith(b"HTTP/1.1 200")
         time.sleep(client_expiry + 1)
         assert _get_healthz(sock).startswith(b"HTTP/1.1 200"), "server closed an idle connection httpx still reuses"
-    with SubprocessServer("--models", "vgg16", "--keep-alive-s", "0.5") as srv, socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+    with (
+        SubprocessServer("--models", "vgg16", "--keep-alive-s", "0.5") as srv,
+        socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock,
+    ):
         assert _get_healthz(sock).startswith(b"HTTP/1.1 200")
         time.sleep(2)
         assert sock.recv(1) == b"", "--keep-alive-s 0.5: the idle connection should be closed by now"
@@ -251,6 +256,7 @@ def test_all_torch_work_runs_on_the_device_thread(weights_dir, monkeypatch):
         def wrapper(*args, **kwargs):
             seen.append((step, threading.current_thread().name))
             return fn(*args, **kwargs)
+
         return wrapper
 
     for step in ("setup", "warmup", "run_batch"):

@@ -37,8 +37,14 @@ def test_lpips_alex_matches_lpips_package(weights_dir, photos):
     tv = torchvision.models.alexnet(weights=None).features
     tv.load_state_dict({k.removeprefix("features."): v for k, v in generated_vgg_state("alexnet").items()})
     slices = {1: range(0, 2), 2: range(2, 5), 3: range(5, 8), 4: range(8, 10), 5: range(10, 12)}
-    reference.net.load_state_dict({f"slice{s}.{key}": value for s, indices in slices.items()
-                                   for key, value in tv.state_dict().items() if int(key.split(".")[0]) in indices})
+    reference.net.load_state_dict(
+        {
+            f"slice{s}.{key}": value
+            for s, indices in slices.items()
+            for key, value in tv.state_dict().items()
+            if int(key.split(".")[0]) in indices
+        }
+    )
     ours = LPIPS("alex")
     for sr, gt in photo_pairs(photos):
         with torch.no_grad():
@@ -149,11 +155,11 @@ def test_ms_ssim_of_unrelated_photos_is_a_number_as_in_pytorch_msssim():
 
     photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), np.stack([data.camera()] * 3, axis=-1)]
     tensors = [torch.from_numpy(p[:256, :256]).permute(2, 0, 1)[None].double() / 255 for p in photos]
-    gauss = torch.exp(-(torch.arange(11, dtype=torch.float64) - 5) ** 2 / (2 * 1.5**2))
+    gauss = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5**2))
     window = (gauss / gauss.sum()).repeat(3, 1, 1, 1)
     scores = []
     for i, x in enumerate(tensors):
-        for y in tensors[i + 1:]:
+        for y in tensors[i + 1 :]:
             expected = reference(x * 255, y * 255, data_range=255, size_average=False, win=window).item()
             scores.append(ms_ssim(x, y).item())
             assert abs(scores[-1] - expected) <= 1e-12, (scores[-1], expected)
@@ -167,7 +173,7 @@ def test_ms_ssim_of_unrelated_photos_is_a_number_as_in_pytorch_msssim():
 
 def matlab_msssim(x: np.ndarray, y: np.ndarray) -> float:
     """A transcription of MATLAB's msssim.m for one channel on [0, 255] (float64)."""
-    g = np.exp(-(np.arange(11) - 5.0) ** 2 / (2 * 1.5**2))
+    g = np.exp(-((np.arange(11) - 5.0) ** 2) / (2 * 1.5**2))
     window = np.outer(g, g) / np.outer(g, g).sum()  # fspecial('gaussian', 11, 1.5)
     weights = [0.0448, 0.2856, 0.3001, 0.2363, 0.1333]
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
@@ -216,6 +222,7 @@ def test_ms_ssim_refuses_small_images_and_crops():
 
 def matlab_imresize_1d(signal: list[float], scale: float) -> list[float]:
     """MATLAB imresize (bicubic, antialiased) along one dimension, one output pixel at a time."""
+
     def cubic(t):
         t = abs(t)
         if t <= 1:
@@ -277,8 +284,13 @@ def test_lr_psnr_is_psnr_against_the_matlab_downscale(photos):
     sr_t, lr_t = (torch.from_numpy(a).permute(2, 0, 1)[None].double() / 255 for a in (sr, lr))
     assert abs(lr_psnr(sr_t, lr_t).item() - expected) <= 1e-9
     assert abs(losses.score(sr_t, sr_t, lr_t, metrics=("lr_psnr",))["lr_psnr"].item() - expected) <= 1e-9
-    assert abs(lr_psnr(sr_t, lr_t, crop_border=2, y_channel=True).item()
-               - psnr(imresize(sr_t, 0.25), lr_t.double(), crop_border=2, y_channel=True).item()) <= 1e-12
+    assert (
+        abs(
+            lr_psnr(sr_t, lr_t, crop_border=2, y_channel=True).item()
+            - psnr(imresize(sr_t, 0.25), lr_t.double(), crop_border=2, y_channel=True).item()
+        )
+        <= 1e-12
+    )
 
 
 def uint8_imresize(image: np.ndarray, scale: float | tuple[float, float]) -> np.ndarray:
@@ -286,8 +298,8 @@ def uint8_imresize(image: np.ndarray, scale: float | tuple[float, float]) -> np.
     with the smaller scale first, each pass clipped to [0, 255] and rounded with ``np.around``."""
     scales = (scale, scale) if isinstance(scale, float) else scale
     out = image.astype(np.float64)
-    for axis in ((0, 1) if scales[0] <= scales[1] else (1, 0)):
-        out = np.apply_along_axis(lambda line: matlab_imresize_1d(list(line), scales[axis]), axis, out)
+    for axis in (0, 1) if scales[0] <= scales[1] else (1, 0):
+        out = np.apply_along_axis(lambda line, axis=axis: matlab_imresize_1d(list(line), scales[axis]), axis, out)
         out = np.around(np.clip(out, 0, 255))
     return out.astype(np.uint8)
 

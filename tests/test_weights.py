@@ -226,8 +226,11 @@ def test_serve_fetches_missing_weights_from_the_mirror(tmp_path, mirror, weights
 
     mirror.files["vgg16-397923af.pth"] = vgg16_bytes()  # vgg19 is not on the mirror: its fetch fails
     fresh = tmp_path / "fresh"
-    env = {"LOSS_SERVICE_WEIGHTS_DIR": str(fresh), "LOSS_SERVICE_OFFLINE": "0",
-           "LOSS_SERVICE_WEIGHTS_BASE_URL": os.environ["LOSS_SERVICE_WEIGHTS_BASE_URL"]}
+    env = {
+        "LOSS_SERVICE_WEIGHTS_DIR": str(fresh),
+        "LOSS_SERVICE_OFFLINE": "0",
+        "LOSS_SERVICE_WEIGHTS_BASE_URL": os.environ["LOSS_SERVICE_WEIGHTS_BASE_URL"],
+    }
     with SubprocessServer("--models", "vgg16,vgg19", env=env) as srv:
         ready = httpx.get(f"{srv.url}/readyz").json()
         assert ready["models"]["vgg16"]["loaded"] and not ready["models"]["vgg19"]["loaded"], ready["models"]

@@ -3,9 +3,19 @@ statistics. Imports ``service.common`` only, never ``service.server``."""
 
 from .aio import AsyncLossClient
 from .encoding import encode_image
-from .errors import (BadRequest, ConnectionFailed, LossServiceError, RequestTimeout, ServerBusy, ServerError, Unauthorized,
-                     describe)
+from .errors import BadRequest, ConnectionFailed, LossServiceError, RequestTimeout, ServerBusy, ServerError, Unauthorized, describe
 from .sync import LossClient
 
-__all__ = ["AsyncLossClient", "BadRequest", "ConnectionFailed", "LossClient", "LossServiceError", "RequestTimeout", "ServerBusy",
-           "ServerError", "Unauthorized", "describe", "encode_image"]
+__all__ = [
+    "AsyncLossClient",
+    "BadRequest",
+    "ConnectionFailed",
+    "LossClient",
+    "LossServiceError",
+    "RequestTimeout",
+    "ServerBusy",
+    "ServerError",
+    "Unauthorized",
+    "describe",
+    "encode_image",
+]

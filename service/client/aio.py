@@ -5,25 +5,22 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from typing import Any, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
 
 import httpx
 
 from ..common.protocol import CATALOGUE_PATH, READYZ_PATH
-from .core import TRANSPORT_ERRORS, ClientCore, RequestSpec, as_triplet
 from . import progress as in_order
+from .core import TRANSPORT_ERRORS, ClientBase, RequestSpec, as_triplet
 
 
-class AsyncLossClient:
+class AsyncLossClient(ClientBase):
     """The async twin of ``LossClient``; use ``async with AsyncLossClient(url) as client``."""
 
-    def __init__(self, urls: str | Sequence[str], *, api_key: str | None = None, timeout: float = 60.0,
-                 retries: int = 4, backoff: float = 0.2, max_connections: int = 64):
-        self.core = ClientCore(urls, api_key, retries, backoff)
-        self.http = httpx.AsyncClient(timeout=timeout, headers=self.core.headers,
-                                      limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+    http_class = httpx.AsyncClient
 
-    async def __aenter__(self) -> "AsyncLossClient":
+    async def __aenter__(self) -> AsyncLossClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -47,18 +44,27 @@ class AsyncLossClient:
                 return value
             await asyncio.sleep(value)
 
-    async def score(self, sr, gt, lr=None, teacher=None, metrics=None, **options) -> dict:
+    async def score(self, sr, gt=None, lr=None, teacher=None, metrics=None, **options) -> dict:
         return await self._send(self.core.score_request(dict(sr=sr, gt=gt, lr=lr, teacher=teacher), metrics, options))
 
     async def score_batch(self, triplets: Iterable, metrics=None, **options) -> dict:
         return await self._send(self.core.batch_request(triplets, metrics, options))
 
-    async def score_candidates(self, candidates: Sequence[Any], gt, lr=None, teacher=None, metrics=None, **options) -> dict:
+    async def score_candidates(self, candidates: Sequence[Any], gt=None, lr=None, teacher=None, metrics=None, **options) -> dict:
         """See ``LossClient.score_candidates``."""
         return await self._send(self.core.candidates_request(candidates, gt, lr, teacher, metrics, options))
 
-    async def score_many(self, triplets: Iterable, metrics=None, *, concurrency: int = 8, progress: bool = False,
-                         return_exceptions: bool = False, total: int | None = None, **options) -> AsyncIterator[Any]:
+    async def score_many(
+        self,
+        triplets: Iterable,
+        metrics=None,
+        *,
+        concurrency: int = 8,
+        progress: bool = False,
+        return_exceptions: bool = False,
+        total: int | None = None,
+        **options,
+    ) -> AsyncIterator[Any]:
         """Score with up to ``concurrency`` requests in flight; yield results in input order."""
         semaphore = asyncio.Semaphore(concurrency)
 

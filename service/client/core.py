@@ -8,8 +8,9 @@ import itertools
 import json
 import random
 import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import httpx
 import numpy as np
@@ -32,7 +33,7 @@ class RequestSpec:
     headers: dict = field(default_factory=dict)
 
     @classmethod
-    def form(cls, path: str, files: list, data: dict) -> "RequestSpec":
+    def form(cls, path: str, files: list, data: dict) -> RequestSpec:
         """A multipart POST, encoded once by httpx into one body. Given ``files=``, httpx writes a
         form field by field: ~10 TCP segments, each waking the server to parse a piece (0.5 ms of a
         lone 128² request). One body goes out in one write, and a retry re-sends the same bytes."""
@@ -97,8 +98,9 @@ class ClientCore:
             files += [(role, encode_image(triplet[role], role)) for role in IMAGE_ROLES if triplet.get(role) is not None]
         return RequestSpec.form(SCORE_BATCH_PATH, files, self._form(metrics, options or {}))
 
-    def candidates_request(self, candidates: Sequence[Any], gt: Any, lr: Any = None, teacher: Any = None, metrics=None,
-                           options=None) -> RequestSpec:
+    def candidates_request(
+        self, candidates: Sequence[Any], gt: Any, lr: Any = None, teacher: Any = None, metrics=None, options=None
+    ) -> RequestSpec:
         """Many SR candidates against one reference: each reference image is sent once."""
         files = [("sr", encode_image(candidate, "sr")) for candidate in candidates]
         files += [(role, encode_image(image, role)) for role, image in (("gt", gt), ("lr", lr), ("teacher", teacher)) if image is not None]
@@ -108,8 +110,13 @@ class ClientCore:
         from safetensors.numpy import save
 
         arrays = {name: np.ascontiguousarray(_to_numpy(t)) for name, t in tensors.items()}
-        return RequestSpec("POST", DISTILL_PATH, params={DISTILL_CONFIG_PARAM: json.dumps(dict(config or {}))}, content=save(arrays),
-                           headers={"Content-Type": "application/octet-stream"})
+        return RequestSpec(
+            "POST",
+            DISTILL_PATH,
+            params={DISTILL_CONFIG_PARAM: json.dumps(dict(config or {}))},
+            content=save(arrays),
+            headers={"Content-Type": "application/octet-stream"},
+        )
 
     # responses
     def retry_delay(self, attempt: int, response: httpx.Response | None) -> float | None:
@@ -166,3 +173,24 @@ def as_triplet(item: Any) -> dict:
     if isinstance(item, Mapping):
         return dict(item)
     return dict(zip(IMAGE_ROLES, item))
+
+
+class ClientBase:
+    """What both clients set up alike: the shared core and an httpx client of ``http_class``
+    (``httpx.Client`` or ``httpx.AsyncClient``) with one connection pool for every replica."""
+
+    http_class: type
+
+    def __init__(
+        self,
+        urls: str | Sequence[str],
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 0.2,
+        max_connections: int = 64,
+    ):
+        self.core = ClientCore(urls, api_key, retries, backoff)
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self.http = self.http_class(timeout=timeout, headers=self.core.headers, limits=limits)

@@ -12,8 +12,14 @@ import numpy as np
 
 CHANNELS = (1, 2, 3, 4)  # grey, grey + alpha, RGB, RGBA
 CONTENT_TYPES = {
-    ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp",
-    ".bmp": "image/bmp", ".tif": "image/tiff", ".tiff": "image/tiff", ".npy": "application/octet-stream",
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".webp": "image/webp",
+    ".bmp": "image/bmp",
+    ".tif": "image/tiff",
+    ".tiff": "image/tiff",
+    ".npy": "application/octet-stream",
 }
 
 
@@ -47,8 +53,10 @@ def _tensor_to_array(tensor: Any, role: str) -> np.ndarray:
             raise ValueError(f"{role}: pass one image per field, got a batch of {array.shape[0]}")
         array = array[0]
     if array.ndim == 3 and array.shape[0] not in CHANNELS:
-        raise ValueError(f"{role}: tensors are (C, H, W) with C in 1..4, got shape {tuple(tensor.shape)}; "
-                         "for an (H, W, C) tensor pass t.permute(2, 0, 1)")
+        raise ValueError(
+            f"{role}: tensors are (C, H, W) with C in 1..4, got shape {tuple(tensor.shape)}; "
+            "for an (H, W, C) tensor pass t.permute(2, 0, 1)"
+        )
     return np.moveaxis(array, 0, -1) if array.ndim == 3 else array
 
 

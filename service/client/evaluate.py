@@ -12,8 +12,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..common.errors import comma_list
 from ..client import LossClient, LossServiceError, describe
+from ..common.errors import comma_list
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".npy"}
 WORST_SHOWN = 5
@@ -43,16 +43,14 @@ def _by_stem(directory: Path, suffix: str) -> tuple[dict[str, Path], list[str]]:
 
 
 def pair_folders(dirs: dict[str, Path], suffixes: dict[str, str]) -> Pairing:
-    """Pair files by stem across the given role directories (sr and gt required)."""
+    """Pair files by stem across the given role directories: a pair has a file in every one (sr
+    always; gt, lr and teacher where given)."""
     listings = {}
     pairing = Pairing()
     for role, directory in dirs.items():
         listings[role], ambiguous = _by_stem(directory, suffixes.get(role, ""))
         pairing.ambiguous += ambiguous
-    stems = set(listings["sr"]) & set(listings["gt"])
-    for role in dirs:
-        if role not in ("sr", "gt"):
-            stems &= set(listings[role])
+    stems = set.intersection(*(set(listing) for listing in listings.values()))
     for stem in sorted(stems):
         pairing.pairs[stem] = {role: listing[stem] for role, listing in listings.items()}
     for role, listing in listings.items():
@@ -73,9 +71,11 @@ def read_done(csv_path: Path | None, json_path: Path | None) -> dict[tuple[str, 
     if csv_path is not None and csv_path.exists():
         with open(csv_path, newline="") as handle:
             return {
-                (row.get("model"), row["image"]): {"image": row["image"],
-                                                   "scores": {k: _number(v) for k, v in row.items() if k not in ("model", "image")},
-                                                   "warnings": []}
+                (row.get("model"), row["image"]): {
+                    "image": row["image"],
+                    "scores": {k: _number(v) for k, v in row.items() if k not in ("model", "image")},
+                    "warnings": [],
+                }
                 for row in csv.DictReader(handle)
             }
     return {}
@@ -98,8 +98,13 @@ def summarise(results: list[dict], lower_is_better: dict[str, bool]) -> dict[str
         lower = lower_is_better.get(name.split(".")[0], True)
         worst = sorted(pairs, key=lambda p: p[0], reverse=lower)[:WORST_SHOWN]
         summary[name] = dict(
-            count=len(values), mean=statistics.fmean(values), std=statistics.pstdev(values) if len(values) > 1 else 0.0,
-            min=min(values), max=max(values), lower_is_better=lower, worst=[dict(image=i, value=v) for v, i in worst],
+            count=len(values),
+            mean=statistics.fmean(values),
+            std=statistics.pstdev(values) if len(values) > 1 else 0.0,
+            min=min(values),
+            max=max(values),
+            lower_is_better=lower,
+            worst=[dict(image=i, value=v) for v, i in worst],
         )
     return summary
 
@@ -113,8 +118,10 @@ def write_csv(path: Path, results: dict[str, list[dict]]) -> None:
         writer.writerow(["model"] * several + ["image", *names])
         for model, rows in results.items():
             for result in sorted(rows, key=lambda r: r["image"]):
-                writer.writerow([model] * several + [result["image"],
-                                 *("" if result["scores"].get(n) is None else repr(result["scores"][n]) for n in names)])
+                writer.writerow(
+                    [model] * several
+                    + [result["image"], *("" if result["scores"].get(n) is None else repr(result["scores"][n]) for n in names)]
+                )
 
 
 def print_report(model: str, summary: dict, failures: list[dict], pairing: Pairing, console) -> None:
@@ -192,25 +199,28 @@ def score_requests(args, requests: list[Request], pairings: dict[str, Pairing], 
     def score(request: Request) -> dict:
         first = pairings[request.models[0]].pairs[request.image]
         candidates = [pairings[m].pairs[request.image]["sr"] for m in request.models]
-        return client.score_candidates(candidates, first["gt"], first.get("lr"), first.get("teacher"), args.metrics, **options)
+        return client.score_candidates(candidates, first.get("gt"), first.get("lr"), first.get("teacher"), args.metrics, **options)
 
     with LossClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
         scored.lower_is_better = {m["name"]: m["lower_is_better"] for m in client.metrics()}
         scored.server = client.ready()
-        outcomes = client.imap(score, requests, concurrency=args.concurrency, progress=not args.quiet,
-                               return_exceptions=True, total=len(requests))
+        outcomes = client.imap(
+            score, requests, concurrency=args.concurrency, progress=not args.quiet, return_exceptions=True, total=len(requests)
+        )
         for request, outcome in zip(requests, outcomes, strict=True):  # strict: runs the generator to its end (bar stopped)
             if isinstance(outcome, LossServiceError):
                 for model in request.models:
-                    scored.failures[model].append(dict(image=request.image, status=outcome.status, message=str(outcome),
-                                                       detail=outcome.detail))
+                    scored.failures[model].append(
+                        dict(image=request.image, status=outcome.status, message=str(outcome), detail=outcome.detail)
+                    )
                 continue
             scored.conventions = scored.conventions or outcome["conventions"]
             for model, item in zip(request.models, outcome["results"]):
                 if "error" in item:
                     error = item["error"]
-                    scored.failures[model].append(dict(image=request.image, status=error["status"], message=describe(error["detail"]),
-                                                       detail=error["detail"]))
+                    scored.failures[model].append(
+                        dict(image=request.image, status=error["status"], message=describe(error["detail"]), detail=error["detail"])
+                    )
                 else:
                     paths = {role: str(path.resolve()) for role, path in pairings[model].pairs[request.image].items()}
                     scored.results[model].append(dict(image=request.image, scores=item["scores"], warnings=item["warnings"], paths=paths))
@@ -220,17 +230,28 @@ def eval_json(args, models: dict[str, Path], pairings: dict[str, Pairing], score
     """The JSON results file: per model its results, summary, failures and what did not pair."""
     metric_names = comma_list(args.metrics)
     entries = {
-        name: dict(sr_dir=str(models[name].resolve()), results=sorted(scored.results[name], key=lambda r: r["image"]),
-                   summary=summaries[name], failures=scored.failures[name], unpaired=pairings[name].unpaired,
-                   ambiguous=pairings[name].ambiguous)
+        name: dict(
+            sr_dir=str(models[name].resolve()),
+            results=sorted(scored.results[name], key=lambda r: r["image"]),
+            summary=summaries[name],
+            failures=scored.failures[name],
+            unpaired=pairings[name].unpaired,
+            ambiguous=pairings[name].ambiguous,
+        )
         for name in models
     }
     server = scored.server
     report = dict(
-        format="loss-service-eval", version=2, dataset=args.dataset, scale=args.scale, metrics=metric_names,
+        format="loss-service-eval",
+        version=2,
+        dataset=args.dataset,
+        scale=args.scale,
+        metrics=metric_names,
         lower_is_better={name: scored.lower_is_better[name] for name in metric_names if name in scored.lower_is_better},
         server=dict(url=args.url, device=server.get("device"), precision=server.get("precision"), pretrained=server.get("pretrained")),
-        options=options, conventions=scored.conventions, models=entries,
+        options=options,
+        conventions=scored.conventions,
+        models=entries,
     )
     if len(models) == 1:  # the one-model layout of earlier versions, kept for existing readers
         (single,) = models
@@ -254,12 +275,12 @@ def run_eval(args) -> int:
     out_csv, out_json = Path(args.out), Path(args.json) if args.json else None
     done = read_done(out_csv, out_json) if args.resume else {}
     single = next(iter(models)) if len(models) == 1 else None
-    previous = {name: [r for (m, image), r in done.items() if (m or single) == name and image in pairings[name].pairs]
-                for name in models}
+    previous = {name: [r for (m, image), r in done.items() if (m or single) == name and image in pairings[name].pairs] for name in models}
     finished = {(name, r["image"]) for name, rows in previous.items() for r in rows}
     stems = sorted({stem for pairing in pairings.values() for stem in pairing.pairs})
-    requests = [Request(stem, todo) for stem in stems
-                if (todo := [m for m in models if stem in pairings[m].pairs and (m, stem) not in finished])]
+    requests = [
+        Request(stem, todo) for stem in stems if (todo := [m for m in models if stem in pairings[m].pairs and (m, stem) not in finished])
+    ]
     options = eval_options(args)
     conventions = json.loads(out_json.read_text()).get("conventions") if args.resume and out_json and out_json.exists() else None
     scored = Scored({name: list(rows) for name, rows in previous.items()}, {name: [] for name in models}, conventions)
@@ -273,6 +294,7 @@ def run_eval(args) -> int:
         print_report(name, summaries[name], scored.failures[name], pairings[name], console)
     failed = sum(len(f) for f in scored.failures.values())
     scored_count = sum(len(r.models) for r in requests) - failed
-    console.print(f"scored {scored_count}, skipped (resume) {len(finished)}, failed {failed} → {out_csv}"
-                  + (f", {out_json}" if out_json else ""))
+    console.print(
+        f"scored {scored_count}, skipped (resume) {len(finished)}, failed {failed} → {out_csv}" + (f", {out_json}" if out_json else "")
+    )
     return 1 if failed else 0

@@ -17,8 +17,7 @@ CONFIDENCE = 0.95
 _CHUNK_VALUES = 4_000_000
 
 
-def bootstrap_mean_ci(values, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES,
-                      confidence: float = CONFIDENCE) -> tuple[float, float]:
+def bootstrap_mean_ci(values, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES, confidence: float = CONFIDENCE) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean.
 
     Resample i draws ``len(values)`` indices with ``np.random.default_rng(seed).integers(0, n, n)``
@@ -33,7 +32,7 @@ def bootstrap_mean_ci(values, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLE
     rows = max(1, _CHUNK_VALUES // n)
     for start in range(0, resamples, rows):
         count = min(rows, resamples - start)
-        means[start:start + count] = data[rng.integers(0, n, size=(count, n))].mean(axis=1)
+        means[start : start + count] = data[rng.integers(0, n, size=(count, n))].mean(axis=1)
     tail = (1.0 - confidence) / 2 * 100
     low, high = np.percentile(means, [tail, 100 - tail])
     return float(low), float(high)
@@ -71,6 +70,12 @@ def compare_paired(a, b, lower_is_better: bool, seed: int = 0, resamples: int = 
     low, high = bootstrap_mean_ci(diff, seed, resamples)
     p_value = float(wilcoxon(diff).pvalue) if np.any(diff != 0) else None
     return PairedComparison(
-        count=int(diff.size), mean_diff=float(diff.mean()) if diff.size else float("nan"), ci_low=low, ci_high=high,
-        wins=int(better.sum()), ties=int((diff == 0).sum()), losses=int(worse.sum()), p_value=p_value,
+        count=int(diff.size),
+        mean_diff=float(diff.mean()) if diff.size else float("nan"),
+        ci_low=low,
+        ci_high=high,
+        wins=int(better.sum()),
+        ties=int((diff == 0).sum()),
+        losses=int(worse.sum()),
+        p_value=p_value,
     )

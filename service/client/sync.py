@@ -5,26 +5,23 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import httpx
 
 from ..common.protocol import CATALOGUE_PATH, READYZ_PATH
-from .core import TRANSPORT_ERRORS, ClientCore, RequestSpec, as_triplet
 from . import progress as in_order
+from .core import TRANSPORT_ERRORS, ClientBase, RequestSpec, as_triplet
 
 
-class LossClient:
+class LossClient(ClientBase):
     """``LossClient("http://gpu-1:8000", ...).score(sr, gt, metrics="psnr,ssim", crop_border=4)``."""
 
-    def __init__(self, urls: str | Sequence[str], *, api_key: str | None = None, timeout: float = 60.0,
-                 retries: int = 4, backoff: float = 0.2, max_connections: int = 64):
-        self.core = ClientCore(urls, api_key, retries, backoff)
-        self.http = httpx.Client(timeout=timeout, headers=self.core.headers,
-                                 limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections))
+    http_class = httpx.Client
 
-    def __enter__(self) -> "LossClient":
+    def __enter__(self) -> LossClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -48,20 +45,28 @@ class LossClient:
                 return value
             time.sleep(value)
 
-    def score(self, sr, gt, lr=None, teacher=None, metrics=None, **options) -> dict:
+    def score(self, sr, gt=None, lr=None, teacher=None, metrics=None, **options) -> dict:
         return self._send(self.core.score_request(dict(sr=sr, gt=gt, lr=lr, teacher=teacher), metrics, options))
 
     def score_batch(self, triplets: Iterable, metrics=None, **options) -> dict:
         return self._send(self.core.batch_request(triplets, metrics, options))
 
-    def score_candidates(self, candidates: Sequence[Any], gt, lr=None, teacher=None, metrics=None, **options) -> dict:
+    def score_candidates(self, candidates: Sequence[Any], gt=None, lr=None, teacher=None, metrics=None, **options) -> dict:
         """Score each of ``candidates`` against one ``gt`` (and ``lr``/``teacher``) in one request;
         the server decodes the reference and computes its features once. Returns the batch
         response: ``results`` in candidate order, ``mean``, ``conventions``."""
         return self._send(self.core.candidates_request(candidates, gt, lr, teacher, metrics, options))
 
-    def imap(self, function: Callable[[Any], Any], items: Iterable, *, concurrency: int = 8, progress: bool = False,
-             return_exceptions: bool = False, total: int | None = None) -> Iterator[Any]:
+    def imap(
+        self,
+        function: Callable[[Any], Any],
+        items: Iterable,
+        *,
+        concurrency: int = 8,
+        progress: bool = False,
+        return_exceptions: bool = False,
+        total: int | None = None,
+    ) -> Iterator[Any]:
         """``function(item)`` for each item with up to ``concurrency`` calls in flight; results in input order."""
         with ThreadPoolExecutor(concurrency) as pool, in_order.ProgressBar(progress, total) as advance:
             window: deque = deque()
@@ -72,8 +77,17 @@ class LossClient:
             while window:
                 yield in_order.counted(in_order.outcome(window.popleft(), return_exceptions), advance)
 
-    def score_many(self, triplets: Iterable, metrics=None, *, concurrency: int = 8, progress: bool = False,
-                   return_exceptions: bool = False, total: int | None = None, **options) -> Iterator[Any]:
+    def score_many(
+        self,
+        triplets: Iterable,
+        metrics=None,
+        *,
+        concurrency: int = 8,
+        progress: bool = False,
+        return_exceptions: bool = False,
+        total: int | None = None,
+        **options,
+    ) -> Iterator[Any]:
         """Score each triplet with up to ``concurrency`` requests in flight; yield in input order."""
 
         def one(triplet) -> dict:

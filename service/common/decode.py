@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import importlib.util
 import io
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -70,8 +70,11 @@ class _SizeLimits:
         if height < 1 or width < 1:
             raise invalid(self.field_name, f"{self.field_name}: {width}×{height} image is empty; width and height must be at least 1")
         if self.max_pixels is not None and height * width > self.max_pixels:
-            raise too_large(self.field_name, f"{self.field_name}: {width}×{height} = {width * height} pixels exceeds the "
-                                             f"limit of {self.max_pixels} (--max-image-pixels)")
+            raise too_large(
+                self.field_name,
+                f"{self.field_name}: {width}×{height} = {width * height} pixels exceeds the "
+                f"limit of {self.max_pixels} (--max-image-pixels)",
+            )
         if self.check_size is not None:
             self.check_size(height, width)
 
@@ -185,8 +188,8 @@ def _critical_chunks(data: bytes) -> bytes:
     odd one ("iCCP: known incorrect sRGB profile" is common)."""
     view, kept, offset = memoryview(data), [data[:8]], 8
     while offset + 8 <= len(data):
-        end = offset + 12 + int.from_bytes(view[offset:offset + 4], "big")
-        kind = bytes(view[offset + 4:offset + 8])
+        end = offset + 12 + int.from_bytes(view[offset : offset + 4], "big")
+        kind = bytes(view[offset + 4 : offset + 8])
         if end > len(data) and kind != b"IEND":  # a lost IEND loses no pixel; Pillow reads such a file too
             raise ValueError(f"the file ends inside its {kind.decode('latin-1')} chunk")
         if not kind[0] & 0x20:  # bit 5 of a chunk type's first letter is clear for IHDR, PLTE, IDAT, IEND
@@ -270,8 +273,11 @@ def _refuse_a_stack(subfile_types: Iterable[int], field_name: str) -> None:
     a parse, and a 256 MB upload can hold a million of them."""
     full_pages = sum(not subfile_type & REDUCED_RESOLUTION for subfile_type in islice(subfile_types, TIFF_PAGES_READ))
     if full_pages > 1:
-        raise invalid(field_name, f"{field_name}: the TIFF holds {full_pages}{'+' if full_pages == TIFF_PAGES_READ else ''} "
-                                  f"full-resolution pages (a stack); upload one image per field")
+        raise invalid(
+            field_name,
+            f"{field_name}: the TIFF holds {full_pages}{'+' if full_pages == TIFF_PAGES_READ else ''} "
+            f"full-resolution pages (a stack); upload one image per field",
+        )
 
 
 def _pillow_misreads_tiff(image: Image.Image) -> bool:
@@ -322,8 +328,10 @@ def _as_min_is_black(array: np.ndarray, field_name: str) -> np.ndarray:
         return np.iinfo(array.dtype).max - array
     if array.dtype.kind == "f":
         return 1.0 - array
-    raise unsupported(field_name, f"{field_name}: MinIsWhite TIFF with {array.dtype} samples unsupported; "
-                                  "use MinIsBlack, or unsigned 8/16-bit or float samples")
+    raise unsupported(
+        field_name,
+        f"{field_name}: MinIsWhite TIFF with {array.dtype} samples unsupported; use MinIsBlack, or unsigned 8/16-bit or float samples",
+    )
 
 
 def _integers_by_range(array: np.ndarray, field_name: str, source: str, warnings: list[str]) -> np.ndarray:

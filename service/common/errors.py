@@ -9,7 +9,7 @@ clients parse one format for every refusal.
 from __future__ import annotations
 
 import json
-from typing import Sequence
+from collections.abc import Sequence
 
 # What went wrong, as the ``type`` of a detail; the HTTP layer gives each its status code.
 INVALID, TOO_LARGE, UNSUPPORTED_MEDIA, UNAVAILABLE = "invalid", "too_large", "unsupported_media", "unavailable"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 # Image roles, in the order a triplet (plus the optional teacher) is written.
 IMAGE_ROLES = ("sr", "gt", "lr", "teacher")
-OPTIONAL_ROLES = ("lr", "teacher")  # sr and gt are required whatever the metrics
+OPTIONAL_ROLES = ("gt", "lr", "teacher")  # sr is required whatever the metrics; the metrics say which others
 
 # Form fields next to the images.
 METRICS_FIELD = "metrics"

@@ -5,9 +5,10 @@ By default glibc gives a freed block above its mmap threshold (128 KiB, raised b
 caps each thread's arena at 64 MiB heaps. A VGG16 pass allocates activations of 16 MiB (one 256²
 image) to hundreds of MiB (batches), so the device thread mapped them afresh at every pass and
 faulted them in page by page: 16,395 page faults per 256² `perceptual` request, 5% of its pass;
-kept, batches of 128² and 512² images ran 19–28% faster (BENCHMARKS.md, "The service and the lone request"). ``keep_freed_memory`` makes every thread allocate from
-one arena that keeps up to ``RETAINED_BYTES`` of freed memory for the next batch, as PyTorch's
-CUDA allocator keeps freed GPU memory. Torch-free: ``serve`` calls it before anything else runs.
+kept, batches of 128² and 512² images ran 19–28% faster (BENCHMARKS.md, "The service and the
+lone request"). ``keep_freed_memory`` makes every thread allocate from one arena that keeps up
+to ``RETAINED_BYTES`` of freed memory for the next batch, as PyTorch's CUDA allocator keeps freed
+GPU memory. Torch-free: ``serve`` calls it before anything else runs.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ RETAINED_BYTES = 1 << 30
 # mallopt(3) parameters, from glibc's malloc.h.
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8
 # A user who set any of these chose the allocator's behaviour: it is left as they set it.
-GLIBC_MALLOC_VARIABLES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_",
-                          "MALLOC_MMAP_MAX_")
+GLIBC_MALLOC_VARIABLES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")
+    ]
 
 
 def _glibc() -> ctypes.CDLL | None:

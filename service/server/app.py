@@ -66,7 +66,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added before the counting middleware so it sits inside it: its exceptions then reach
     # FastAPI's body parsing directly (which re-raises HTTPException), and its 413s are counted.
     max_bytes = int(settings.max_body_mb * 2**20) if settings.max_body_mb else None
-    app.add_middleware(RequestGuard, max_bytes=max_bytes, body_timeout_s=settings.body_timeout_s,
-                       on_reject=lambda reason: service.telemetry.rejected.labels(reason=reason).inc())
+    app.add_middleware(
+        RequestGuard,
+        max_bytes=max_bytes,
+        body_timeout_s=settings.body_timeout_s,
+        on_reject=lambda reason: service.telemetry.rejected.labels(reason=reason).inc(),
+    )
     app.add_middleware(DrainAndCount, service=service, retry_after_s=settings.retry_after_s)
     return app

@@ -22,8 +22,9 @@ import asyncio
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any
 
 
 class QueueFull(Exception):

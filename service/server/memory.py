@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
-from .allocator import retained_free_bytes
 from ..common.errors import too_large
+from .allocator import retained_free_bytes
 
 COSTS_PATH = Path(__file__).with_name("memory_costs.json")
 CPU_RAM_SHARE = 0.8  # the safety margin: leave a fifth of the available RAM to everything else
@@ -79,6 +79,9 @@ class MemoryGuard:
             return
         costliest = max(metrics, key=lambda name: self.costs[name])
         side = math.isqrt(int(budget / per_pixel))
-        raise too_large(field, f"{field}: {width}×{height} with metrics {list(metrics)} (costliest: {costliest}) needs an "
-                               f"estimated {estimate / 2**30:.1f} GiB; the budget is {budget / 2**30:.1f} GiB ({source}); "
-                               f"the largest square image that fits is about {side}×{side}")
+        raise too_large(
+            field,
+            f"{field}: {width}×{height} with metrics {list(metrics)} (costliest: {costliest}) needs an "
+            f"estimated {estimate / 2**30:.1f} GiB; the budget is {budget / 2**30:.1f} GiB ({source}); "
+            f"the largest square image that fits is about {side}×{side}",
+        )

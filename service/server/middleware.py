@@ -42,8 +42,10 @@ class RequestGuard:
             return await response(scope, receive, send)
         if encoding != b"identity":  # the multipart parser would report the compressed bytes as "Invalid multipart data"
             self.on_reject("content_encoding")
-            message = (f"content-encoding {encoding.decode('latin-1')!r} unsupported: send the body uncompressed "
-                       "(PNG, JPEG and WebP are compressed already)")
+            message = (
+                f"content-encoding {encoding.decode('latin-1')!r} unsupported: send the body uncompressed "
+                "(PNG, JPEG and WebP are compressed already)"
+            )
             response = error_response(ServiceError(UNSUPPORTED_MEDIA, None, message, location="body"), {"Connection": "close"})
             return await response(scope, receive, send)
         received, body_done = 0, False
@@ -97,8 +99,11 @@ class DrainAndCount:
 
         try:
             if self.service.draining and api:
-                response = error_response(ServiceError(UNAVAILABLE, None, "server is shutting down; retry on another replica",
-                                                       {"Retry-After": str(self.retry_after_s)}))
+                response = error_response(
+                    ServiceError(
+                        UNAVAILABLE, None, "server is shutting down; retry on another replica", {"Retry-After": str(self.retry_after_s)}
+                    )
+                )
                 await response(scope, receive, counting_send)
             elif api:
                 telemetry.in_flight.inc()

@@ -17,8 +17,11 @@ def build_ops_router(service) -> APIRouter:
     async def healthz() -> dict:
         return {"status": "alive"}
 
-    @router.get(READYZ_PATH, response_model=ReadyResponse,
-                responses={503: {"model": ReadyResponse, "description": "loading, draining or models missing"}})
+    @router.get(
+        READYZ_PATH,
+        response_model=ReadyResponse,
+        responses={503: {"model": ReadyResponse, "description": "loading, draining or models missing"}},
+    )
     async def readyz() -> JSONResponse:
         body = ReadyResponse(**service.readiness())
         return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)

@@ -8,10 +8,19 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
 from losses.registry import REGISTRY
 
-from . import distill
 from ..common.errors import invalid
-from ..common.protocol import (CATALOGUE_PATH, DISTILL_CONFIG_PARAM, DEFAULT_METRICS, DISTILL_PATH, IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD,
-                       SCORE_BATCH_PATH, SCORE_PATH)
+from ..common.protocol import (
+    CATALOGUE_PATH,
+    DEFAULT_METRICS,
+    DISTILL_CONFIG_PARAM,
+    DISTILL_PATH,
+    IMAGE_ROLES,
+    METRICS_FIELD,
+    OPTIONS_FIELD,
+    SCORE_BATCH_PATH,
+    SCORE_PATH,
+)
+from . import distill
 from .schemas import BatchResponse, DistillResponse, MetricInfo, ScoreResponse
 
 DEFAULT_METRICS_FIELD = ",".join(DEFAULT_METRICS)
@@ -40,7 +49,9 @@ async def check_fields(request: Request, once: bool) -> None:
     the default metrics), a repeated ``metrics`` or ``options`` (all but the last would be
     dropped), and with ``once`` a repeated image (/v1/score takes one triplet)."""
     for name in request.query_params:
-        advice = f"send {name!r} as a multipart form field" if name in FORM_FIELDS else f"the form fields are {list(FORM_FIELDS)}{_hint(name)}"
+        advice = (
+            f"send {name!r} as a multipart form field" if name in FORM_FIELDS else f"the form fields are {list(FORM_FIELDS)}{_hint(name)}"
+        )
         raise invalid(name, f"{request.url.path} takes no query parameters, got {name!r}; {advice}", location="query")
     form = await request.form()  # parsed once by FastAPI already; cached on the request
     for name in form:
@@ -67,7 +78,7 @@ def build_router(service) -> APIRouter:
     async def score(
         request: Request,
         sr: UploadFile = File(..., description="super-resolved image"),
-        gt: UploadFile = File(..., description="ground truth, same H×W as sr"),
+        gt: UploadFile | None = File(None, description="ground truth, same H×W as sr (every metric but niqe needs it)"),
         lr: UploadFile | None = File(None, description="low-resolution input (any size up to sr's)"),
         teacher: UploadFile | None = File(None, description="teacher output, same H×W as sr (metric kd)"),
         metrics: str = Form(DEFAULT_METRICS_FIELD, alias=METRICS_FIELD, description=METRICS_HELP),
@@ -81,7 +92,7 @@ def build_router(service) -> APIRouter:
     async def score_batch(
         request: Request,
         sr: list[UploadFile] = File(..., description="SR images; the i-th of each field form triplet i"),
-        gt: list[UploadFile] = File(..., description="ground truths paired with sr by order, or one for every sr"),
+        gt: list[UploadFile] | None = File(None, description="ground truths paired with sr by order, or one for every sr"),
         lr: list[UploadFile] | None = File(None, description="LR inputs paired by order, or one for every sr"),
         teacher: list[UploadFile] | None = File(None, description="teacher outputs paired by order, or one for every sr"),
         metrics: str = Form(DEFAULT_METRICS_FIELD, alias=METRICS_FIELD, description=METRICS_HELP),
@@ -89,7 +100,7 @@ def build_router(service) -> APIRouter:
     ) -> BatchResponse:
         await check_fields(request, once=False)
         plan = service.scorer.plan(metrics, options)
-        return await service.score_batch(dict(sr=sr, gt=gt, lr=lr or [], teacher=teacher or []), plan)
+        return await service.score_batch(dict(sr=sr, gt=gt or [], lr=lr or [], teacher=teacher or []), plan)
 
     @router.post(
         DISTILL_PATH,
@@ -106,7 +117,9 @@ def build_router(service) -> APIRouter:
     )
     async def distill_route(
         request: Request,
-        config: str = Query("{}", alias=DISTILL_CONFIG_PARAM, description="DistillationLoss keyword arguments as a JSON object", max_length=4096),
+        config: str = Query(
+            "{}", alias=DISTILL_CONFIG_PARAM, description="DistillationLoss keyword arguments as a JSON object", max_length=4096
+        ),
     ) -> DistillResponse:
         return await distill.run(service, await request.body(), config)
 

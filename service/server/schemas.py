@@ -16,7 +16,9 @@ class Timing(BaseModel):
 
 
 class ScoreResult(BaseModel):
-    scores: dict[str, float | None] = Field(description="per-metric values; composite metrics add '<name>.<component>'; null where not finite")
+    scores: dict[str, float | None] = Field(
+        description="per-metric values; composite metrics add '<name>.<component>'; null where not finite"
+    )
     pretrained: bool
     device: str
     precision: str
@@ -24,9 +26,11 @@ class ScoreResult(BaseModel):
     warnings: list[str] = []
 
 
-CONVENTIONS_HELP = ("what the scores depend on besides the pixels: each metric's resolved options and convention, the "
-                    "pixel conventions (data range, Y formula, crop), weight files with sha256, device, precision, "
-                    "pretrained, versions, date")
+CONVENTIONS_HELP = (
+    "what the scores depend on besides the pixels: each metric's resolved options and convention, the "
+    "pixel conventions (data range, Y formula, crop), weight files with sha256, device, precision, "
+    "pretrained, versions, date"
+)
 
 
 class ScoreResponse(ScoreResult):
@@ -42,7 +46,7 @@ class BatchItemError(BaseModel):
     error: ItemError
 
     @classmethod
-    def of(cls, error: ServiceError) -> "BatchItemError":
+    def of(cls, error: ServiceError) -> BatchItemError:
         """One triplet's refusal, in the batch response beside the others' scores."""
         return cls(error=ItemError(status=status_of(error), detail=error.detail))
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import torch
@@ -178,8 +179,14 @@ class Scorer:
     def _conventions_of(self, key: tuple, metrics: Sequence[registry.Metric], resolved: dict) -> dict:
         """The conventions record, built once per distinct plan (it hashes the weight files)."""
         if key not in self._conventions:
-            self._conventions[key] = conventions_record(metrics, resolved, device=self.device, precision=self.precision,
-                                                        pretrained=self.pretrained, weights_dir=self.config.weights_dir)
+            self._conventions[key] = conventions_record(
+                metrics,
+                resolved,
+                device=self.device,
+                precision=self.precision,
+                pretrained=self.pretrained,
+                weights_dir=self.config.weights_dir,
+            )
         return self._conventions[key]
 
     # --- job: once per triplet -----------------------------------------------------------
@@ -193,8 +200,12 @@ class Scorer:
         sr_size = decoded["sr"].size
         for role in ("gt", "teacher"):
             if role in decoded and decoded[role].size != sr_size:
-                raise invalid(role, f"{role} is {_hw(decoded[role].size)} but sr is {_hw(sr_size)}; they must match"
-                                    + _mod_crop_hint(decoded[role].size, sr_size) + _turned_hint(decoded[role].size, sr_size))
+                raise invalid(
+                    role,
+                    f"{role} is {_hw(decoded[role].size)} but sr is {_hw(sr_size)}; they must match"
+                    + _mod_crop_hint(decoded[role].size, sr_size)
+                    + _turned_hint(decoded[role].size, sr_size),
+                )
         if "lr" in decoded and (decoded["lr"].size[0] > sr_size[0] or decoded["lr"].size[1] > sr_size[1]):
             raise invalid("lr", f"lr is {_hw(decoded['lr'].size)}, larger than sr {_hw(sr_size)}; were the fields swapped?")
         warnings = [w for d in decoded.values() for w in d.warnings] + unused_images(plan.metrics, decoded)
@@ -222,9 +233,7 @@ class Scorer:
         first = jobs[0]
         images = {role: self._to_device(self._rows(jobs, role)) for role in first.images}
         autocast = (
-            torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
-            if self.precision in AUTOCAST_DTYPES
-            else nullcontext()
+            torch.autocast(self.device.type, dtype=AUTOCAST_DTYPES[self.precision]) if self.precision in AUTOCAST_DTYPES else nullcontext()
         )
         with torch.inference_mode(), autocast, weights.weights_dir_scope(self.config.weights_dir):
             return registry.compute(first.plan.metrics, images, first.plan.resolved, self.backbone)
@@ -257,22 +266,30 @@ class Scorer:
         """A triplet's answer: its scores (±inf and NaN as null, with a warning), what they were
         computed with, and every warning its images and weights earned."""
         scores, warnings = finite_scores(values)
-        return dict(scores=scores, pretrained=self.pretrained, device=str(self.device), precision=self.precision,
-                    warnings=job.warnings + warnings + ([] if self.pretrained else [RANDOM_WEIGHTS_WARNING]))
+        return dict(
+            scores=scores,
+            pretrained=self.pretrained,
+            device=str(self.device),
+            precision=self.precision,
+            warnings=job.warnings + warnings + ([] if self.pretrained else [RANDOM_WEIGHTS_WARNING]),
+        )
 
     @staticmethod
     def conventions(plan: Plan) -> dict:
         """The plan's conventions record, dated now."""
-        return {**plan.conventions, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        return {**plan.conventions, "date": datetime.now(UTC).isoformat(timespec="seconds")}
 
 
 def unused_images(metrics: Sequence[registry.Metric], roles: Iterable[str]) -> list[str]:
     """A warning for each optional upload no requested metric reads: an lr sent with
     metrics=psnr,ssim most likely meant lr_psnr or a clp metric, and was dropped without a word."""
     used = {role for metric in metrics for role in metric.needs}
-    return [f"{role}: uploaded but not used by {', '.join(metric.name for metric in metrics)}; metrics that use it: "
-            f"{', '.join(sorted(m.name for m in registry.REGISTRY.values() if role in m.needs))}"
-            for role in roles if role in OPTIONAL_ROLES and role not in used]
+    return [
+        f"{role}: uploaded but not used by {', '.join(metric.name for metric in metrics)}; metrics that use it: "
+        f"{', '.join(sorted(m.name for m in registry.REGISTRY.values() if role in m.needs))}"
+        for role in roles
+        if role in OPTIONAL_ROLES and role not in used
+    ]
 
 
 def _hw(size: tuple[int, int]) -> str:
@@ -287,8 +304,10 @@ def _turned_hint(reference: tuple[int, int], sr: tuple[int, int]) -> str:
     another (this server, as BasicSR and pyiqa) did not."""
     if reference != sr[::-1]:
         return ""
-    return ("; it is sr's size turned 90°: if one file carries an EXIF orientation tag, save both with the rotation "
-            "applied (EXIF orientation is not applied here)")
+    return (
+        "; it is sr's size turned 90°: if one file carries an EXIF orientation tag, save both with the rotation "
+        "applied (EXIF orientation is not applied here)"
+    )
 
 
 def _mod_crop_hint(reference: tuple[int, int], sr: tuple[int, int]) -> str:
@@ -297,8 +316,10 @@ def _mod_crop_hint(reference: tuple[int, int], sr: tuple[int, int]) -> str:
     extra = (reference[0] - sr[0], reference[1] - sr[1])
     if min(extra) < 0 or max(extra) >= MOD_CROP_SLACK:
         return ""
-    return (f"; a ground truth slightly larger than sr was usually not cropped to a multiple of the scale (mod-crop): "
-            f"crop its bottom and right edges to {_hw(sr)}, as BasicSR's test datasets do, and send it again")
+    return (
+        f"; a ground truth slightly larger than sr was usually not cropped to a multiple of the scale (mod-crop): "
+        f"crop its bottom and right edges to {_hw(sr)}, as BasicSR's test datasets do, and send it again"
+    )
 
 
 def finite_scores(scores: dict[str, float]) -> tuple[dict[str, float | None], list[str]]:
@@ -318,5 +339,8 @@ def finite_scores(scores: dict[str, float]) -> tuple[dict[str, float | None], li
 
 def too_large_for_device(max_image_pixels: int | None, exc: BaseException) -> ServiceError:
     limit = max_image_pixels
-    return too_large("sr", f"{exc}: a single image does not fit in device memory; "
-                           f"the pixel limit (--max-image-pixels) is {limit if limit else 'unset'}; send smaller images")
+    return too_large(
+        "sr",
+        f"{exc}: a single image does not fit in device memory; "
+        f"the pixel limit (--max-image-pixels) is {limit if limit else 'unset'}; send smaller images",
+    )

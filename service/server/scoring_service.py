@@ -6,19 +6,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from PIL import Image
 from starlette.datastructures import UploadFile
 
 from losses import registry
 
-from .batcher import Batcher, BatchTooLarge, QueueFull, ShuttingDown
 from ..common.decode import decode
 from ..common.errors import ServiceError, invalid, unavailable
-from .memory import MemoryGuard
 from ..common.protocol import IMAGE_ROLES
+from .batcher import Batcher, BatchTooLarge, QueueFull, ShuttingDown
+from .memory import MemoryGuard
 from .schemas import BatchItemError, BatchResponse, ScoreResponse, ScoreResult
 from .scoring import Job, Plan, Scorer, too_large_for_device
 from .settings import Settings
@@ -121,8 +122,11 @@ class ScoringService:
 
         # A small file decodes on the event loop: ~0.2 ms, less than a hand-off to the pool and back.
         small = {role: decode_one(role, data) for role, data in contents.items() if len(data) <= INLINE_DECODE_BYTES}
-        tasks = {role: loop.run_in_executor(self.cpu_pool, decode_one, role, data)
-                 for role, data in contents.items() if len(data) > INLINE_DECODE_BYTES}
+        tasks = {
+            role: loop.run_in_executor(self.cpu_pool, decode_one, role, data)
+            for role, data in contents.items()
+            if len(data) > INLINE_DECODE_BYTES
+        }
         return {**small, **{role: await task for role, task in tasks.items()}}
 
     async def score(self, uploads: dict[str, UploadFile | None], plan: Plan) -> ScoreResponse:
@@ -164,16 +168,15 @@ class ScoringService:
         (candidates ranked against one reference): decoded once, its features computed once."""
         received = time.perf_counter()
         count = len(fields["sr"])
-        if not fields.get("gt"):
-            raise invalid("gt", "gt is required")
         shared = {}
         for role in IMAGE_ROLES[1:]:
             files = fields.get(role) or []
             if len(files) == 1 and count > 1:
                 shared[role] = files[0]
             elif files and len(files) != count:
-                raise invalid(role, f"{len(files)} {role} files for {count} sr files; give one {role} per sr file "
-                                    f"(paired by order) or one for all")
+                raise invalid(
+                    role, f"{len(files)} {role} files for {count} sr files; give one {role} per sr file (paired by order) or one for all"
+                )
         references = await self._decode_all(shared, plan)
 
         async def one(index: int):

@@ -37,34 +37,60 @@ class Settings(BaseSettings):
     weights_dir: str | None = Field(None, description="directory searched first for checkpoints")
     random_weights: bool = Field(False, description="explicit opt-in: random backbone weights (responses say pretrained=false)")
     strict: bool = Field(False, description="fail at start-up when any model's weights are missing")
-    offline: bool = Field(False, description="never download weights (also HF_HUB_OFFLINE=1); without it, missing weights "
-                                             "are fetched at start-up and verified (source: LOSS_SERVICE_WEIGHTS_BASE_URL or the official URL)")
+    offline: bool = Field(
+        False,
+        description="never download weights (also HF_HUB_OFFLINE=1); without it, missing weights "
+        "are fetched at start-up and verified (source: LOSS_SERVICE_WEIGHTS_BASE_URL or the official URL)",
+    )
     max_batch_size: int = Field(16, ge=1, description="items per device batch")
     max_batch_pixels: int | None = Field(None, ge=1, description="pixel budget per batch (sum of H×W over items)")
     max_batch_memory_gb: float | None = Field(
-        None, gt=0, description="estimated memory per batch in GiB (per-metric bytes per pixel × pixels, from "
-                                "service/server/memory_costs.json); default: the memory budget (see --max-memory-gb)")
+        None,
+        gt=0,
+        description="estimated memory per batch in GiB (per-metric bytes per pixel × pixels, from "
+        "service/server/memory_costs.json); default: the memory budget (see --max-memory-gb)",
+    )
     max_delay_ms: float = Field(0.0, ge=0, description="how long a batch may wait for company after its first item")
-    max_queue: int | None = Field(256, ge=1, description="queued items before 503 + Retry-After; 0/none lifts the limit "
-                                  "(256: a few seconds of work at the measured throughput, bounded memory)")
-    max_image_pixels: int | None = Field(4096 * 4096, ge=1, description="largest H×W accepted per image (413 above); 0/none "
-                                         "lifts the limit (4096²: larger than any SR benchmark image, checked before decoding)")
-    max_body_mb: float | None = Field(256.0, gt=0, description="largest request body in MB (413 above); 0/none lifts the limit "
-                                      "(256: two 16-bit RGB 4096² PNGs, ~101 MB each, plus an LR)")
-    max_memory_gb: float | None = Field(None, gt=0, description="memory a request may need (413 above, before computing); "
-                                        "default: free GPU memory, or 80%% of available RAM on a CPU")
+    max_queue: int | None = Field(
+        256,
+        ge=1,
+        description="queued items before 503 + Retry-After; 0/none lifts the limit "
+        "(256: a few seconds of work at the measured throughput, bounded memory)",
+    )
+    max_image_pixels: int | None = Field(
+        4096 * 4096,
+        ge=1,
+        description="largest H×W accepted per image (413 above); 0/none "
+        "lifts the limit (4096²: larger than any SR benchmark image, checked before decoding)",
+    )
+    max_body_mb: float | None = Field(
+        256.0,
+        gt=0,
+        description="largest request body in MB (413 above); 0/none lifts the limit "
+        "(256: two 16-bit RGB 4096² PNGs, ~101 MB each, plus an LR)",
+    )
+    max_memory_gb: float | None = Field(
+        None,
+        gt=0,
+        description="memory a request may need (413 above, before computing); default: free GPU memory, or 80%% of available RAM on a CPU",
+    )
     body_timeout_s: float = Field(30.0, gt=0, description="408 when a client sends no body data for this long")
     api_key: str | None = Field(None, description="bearer token required on /v1/* when set")
     precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="fp16/bf16 need compute capability ≥ 7.0")
     decode_threads: int = Field(4, ge=1, description="threads that decode uploads")
-    keep_alive_s: float = Field(75.0, gt=0, description="how long an idle keep-alive connection stays open; longer than "
-                                "clients' idle expiry (httpx: 5 s, load balancers: 60 s) so that the client, not the server, "
-                                "closes an idle connection and no request races the close")
+    keep_alive_s: float = Field(
+        75.0,
+        gt=0,
+        description="how long an idle keep-alive connection stays open; longer than "
+        "clients' idle expiry (httpx: 5 s, load balancers: 60 s) so that the client, not the server, "
+        "closes an idle connection and no request races the close",
+    )
     drain_seconds: float = Field(0.0, ge=0, description="on SIGTERM, keep answering (readyz 503) this long before closing")
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 on overload")
 
-    @field_validator("max_queue", "max_image_pixels", "max_body_mb", "max_batch_pixels", "max_batch_memory_gb", "max_memory_gb",
-                     mode="before")
+    @field_validator(
+        "max_queue", "max_image_pixels", "max_body_mb", "max_batch_pixels", "max_batch_memory_gb", "max_memory_gb", mode="before"
+    )
     @classmethod
     def _zero_lifts_the_limit(cls, value):
         return None if value is None or str(value).strip() in NO_LIMIT else value
@@ -92,6 +118,12 @@ class Settings(BaseSettings):
         """The part of the settings the scoring engine reads."""
         from losses import weights
 
-        return EngineConfig(device=self.device, precision=self.precision, pretrained=not self.random_weights,
-                            weights_dir=self.weights_dir, models=tuple(self.model_names),
-                            fetch=not (self.offline or weights.offline()), strict=self.strict)
+        return EngineConfig(
+            device=self.device,
+            precision=self.precision,
+            pretrained=not self.random_weights,
+            weights_dir=self.weights_dir,
+            models=tuple(self.model_names),
+            fetch=not (self.offline or weights.offline()),
+            strict=self.strict,
+        )

@@ -14,7 +14,9 @@ class Telemetry:
         r = self.registry
         self.requests = Counter("loss_service_requests", "HTTP requests", ["endpoint", "status"], registry=r)
         self.batch_size = Histogram("loss_service_batch_size", "items per device batch", ["backbone"], buckets=BATCH_BUCKETS, registry=r)
-        self.queue_wait = Histogram("loss_service_queue_wait_seconds", "time an item waited for its batch", buckets=SECONDS_BUCKETS, registry=r)
+        self.queue_wait = Histogram(
+            "loss_service_queue_wait_seconds", "time an item waited for its batch", buckets=SECONDS_BUCKETS, registry=r
+        )
         self.compute = Histogram("loss_service_compute_seconds", "device time per batch", ["backbone"], buckets=SECONDS_BUCKETS, registry=r)
         self.queue_depth = Gauge("loss_service_queue_depth", "items waiting for a batch", registry=r)
         self.rejected = Counter("loss_service_rejected", "requests refused before scoring", ["reason"], registry=r)

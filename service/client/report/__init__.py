@@ -14,8 +14,18 @@ from .gallery import largest_error_crop, worst_images
 from .page import html_table, render_html
 from .tables import latex, markdown
 
-__all__ = ["Report", "decimals", "html_table", "largest_error_crop", "latex", "load_runs", "markdown", "render_html",
-           "run_report", "worst_images"]
+__all__ = [
+    "Report",
+    "decimals",
+    "html_table",
+    "largest_error_crop",
+    "latex",
+    "load_runs",
+    "markdown",
+    "render_html",
+    "run_report",
+    "worst_images",
+]
 
 
 def run_report(args) -> int:

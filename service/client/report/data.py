@@ -14,7 +14,6 @@ import numpy as np
 from ...common.errors import comma_list
 from ..stats import BOOTSTRAP_RESAMPLES, PairedComparison, bootstrap_mean_ci, compare_paired
 
-
 DISTORTION_METRICS = ("psnr", "ssim", "ms_ssim")
 PERCEPTION_METRICS = ("lpips_alex", "lpips_vgg", "dists", "perceptual")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -55,19 +54,21 @@ def load_runs(path: Path) -> list[Run]:
     runs = []
     for name, entry in models.items():
         results = entry.get("results", [])
-        runs.append(Run(
-            model=name,
-            dataset=data.get("dataset") or Path(path).stem,
-            scale=data.get("scale"),
-            source=str(path),
-            scores={r["image"]: r["scores"] for r in results},
-            paths={r["image"]: r.get("paths", {}) for r in results},
-            metrics=metric_names(data.get("metrics")),
-            lower_is_better=data.get("lower_is_better", {}),
-            pretrained=(data.get("conventions") or {}).get("pretrained", server.get("pretrained")),
-            conventions=data.get("conventions") or {},
-            warnings=[*data.get("warnings", []), *(f"{name}: {f['image']} failed: {f['message']}" for f in entry.get("failures", []))],
-        ))
+        runs.append(
+            Run(
+                model=name,
+                dataset=data.get("dataset") or Path(path).stem,
+                scale=data.get("scale"),
+                source=str(path),
+                scores={r["image"]: r["scores"] for r in results},
+                paths={r["image"]: r.get("paths", {}) for r in results},
+                metrics=metric_names(data.get("metrics")),
+                lower_is_better=data.get("lower_is_better", {}),
+                pretrained=(data.get("conventions") or {}).get("pretrained", server.get("pretrained")),
+                conventions=data.get("conventions") or {},
+                warnings=[*data.get("warnings", []), *(f"{name}: {f['image']} failed: {f['message']}" for f in entry.get("failures", []))],
+            )
+        )
     return runs
 
 
@@ -103,8 +104,7 @@ class Report:
     cells: dict[tuple[str, str, str], Cell] = field(default_factory=dict)  # (group, model, metric)
 
     @classmethod
-    def build(cls, runs: list[Run], metrics: list[str] | None = None, seed: int = 0,
-              resamples: int = BOOTSTRAP_RESAMPLES) -> "Report":
+    def build(cls, runs: list[Run], metrics: list[str] | None = None, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> Report:
         if not runs:
             raise ValueError("no runs to report")
         seen = {(r.group, r.model) for r in runs}
@@ -152,8 +152,15 @@ class Report:
         for a, b in itertools.combinations(runs, 2):
             common = [i for i in a.scores if i in b.scores and finite(a.scores[i].get(metric)) and finite(b.scores[i].get(metric))]
             if common:
-                out.append((a.model, b.model, compare_paired(a.values(metric, common), b.values(metric, common),
-                                                             self.lower_is_better[metric], self.seed, self.resamples)))
+                out.append(
+                    (
+                        a.model,
+                        b.model,
+                        compare_paired(
+                            a.values(metric, common), b.values(metric, common), self.lower_is_better[metric], self.seed, self.resamples
+                        ),
+                    )
+                )
         return out
 
     @property

@@ -85,6 +85,14 @@ def gallery_entry(run: Run, image: str, value: float, crop: int) -> GalleryEntry
     rows, cols = largest_error_crop(sr, gt, crop)
     heat, peak = heat_map(sr[rows, cols], gt[rows, cols])
     where = f"crop x {cols.start}–{cols.stop}, y {rows.start}–{rows.stop} of {gt.shape[1]}×{gt.shape[0]}"
-    return GalleryEntry(run, image, value, [("GT", png_data_uri(to_uint8(gt[rows, cols]))),
-                                            ("SR", png_data_uri(to_uint8(sr[rows, cols]))),
-                                            (f"|SR − GT|, max {peak:.0f}/255", png_data_uri(heat))], where)
+    return GalleryEntry(
+        run,
+        image,
+        value,
+        [
+            ("GT", png_data_uri(to_uint8(gt[rows, cols]))),
+            ("SR", png_data_uri(to_uint8(sr[rows, cols]))),
+            (f"|SR − GT|, max {peak:.0f}/255", png_data_uri(heat)),
+        ],
+        where,
+    )

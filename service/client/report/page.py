@@ -7,11 +7,10 @@ import json
 import time
 
 from ..stats import CONFIDENCE
-from .data import DISTORTION_METRICS, PERCEPTION_METRICS, Report, finite, arrow, decimals, fmt
-from .tables import PARTIAL_NOTE, mark
-from .plots import color_of, distribution_plot, perception_distortion_plot
+from .data import DISTORTION_METRICS, PERCEPTION_METRICS, Report, arrow, decimals, finite, fmt
 from .gallery import gallery_entry, worst_images
-
+from .plots import color_of, distribution_plot, perception_distortion_plot
+from .tables import PARTIAL_NOTE, mark
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;margin:0;background:#f6f7f9}
@@ -47,8 +46,9 @@ def html_table(report: Report, group: str) -> str:
             if cell is None:
                 cells.append("<td>–</td>")
                 continue
-            tip = (f"{metric}: mean {cell.mean:.6g}, {CONFIDENCE:.0%} bootstrap CI [{cell.low:.6g}, {cell.high:.6g}], "
-                   f"n = {cell.count}" + (f" of {cell.scored}: {PARTIAL_NOTE}" if cell.partial else ""))
+            tip = f"{metric}: mean {cell.mean:.6g}, {CONFIDENCE:.0%} bootstrap CI [{cell.low:.6g}, {cell.high:.6g}], n = {cell.count}" + (
+                f" of {cell.scored}: {PARTIAL_NOTE}" if cell.partial else ""
+            )
             best = ' class="best"' if report.best(group, metric) == model else ""
             half = fmt(metric, (cell.high - cell.low) / 2)
             cells.append(f'<td{best} title="{_e(tip)}">{mark(cell, fmt(metric, cell.mean), "†")}<span class="ci">±{half}</span></td>')
@@ -69,14 +69,18 @@ def html_paired(report: Report, group: str) -> str:
             klass = ' class="sig"' if significant else ""
             p = "–" if c.p_value is None else f"{c.p_value:.3g}"
             d = decimals(metric) + 1
-            rows.append(f"<tr><td>{_e(a)} vs {_e(b)}</td><td>{c.count}</td><td>{c.mean_diff:+.{d}f}</td>"
-                        f"<td>[{c.ci_low:+.{d}f}, {c.ci_high:+.{d}f}]</td><td>{c.wins} / {c.ties} / {c.losses}</td>"
-                        f"<td>{p}</td><td{klass}>{_e(verdict)}</td></tr>")
+            rows.append(
+                f"<tr><td>{_e(a)} vs {_e(b)}</td><td>{c.count}</td><td>{c.mean_diff:+.{d}f}</td>"
+                f"<td>[{c.ci_low:+.{d}f}, {c.ci_high:+.{d}f}]</td><td>{c.wins} / {c.ties} / {c.losses}</td>"
+                f"<td>{p}</td><td{klass}>{_e(verdict)}</td></tr>"
+            )
         if rows:
-            blocks.append(f"<h3>{_e(metric)} {arrow(metric, report.lower_is_better[metric])}</h3>"
-                          "<table><thead><tr><th>A vs B</th><th>images</th><th>mean(A − B)</th>"
-                          f"<th>{CONFIDENCE:.0%} CI</th><th>A wins / ties / losses</th><th>Wilcoxon p</th><th>reading</th></tr></thead>"
-                          f"<tbody>{''.join(rows)}</tbody></table>")
+            blocks.append(
+                f"<h3>{_e(metric)} {arrow(metric, report.lower_is_better[metric])}</h3>"
+                "<table><thead><tr><th>A vs B</th><th>images</th><th>mean(A − B)</th>"
+                f"<th>{CONFIDENCE:.0%} CI</th><th>A wins / ties / losses</th><th>Wilcoxon p</th><th>reading</th></tr></thead>"
+                f"<tbody>{''.join(rows)}</tbody></table>"
+            )
     return "".join(blocks)
 
 
@@ -86,13 +90,15 @@ def html_gallery(report: Report, metric: str, k: int, crop: int) -> str:
     for model in report.models:
         for run, image, value in worst_images([r for r in report.runs if r.model == model], metric, lower, k):
             entry = gallery_entry(run, image, value, crop)
-            others = ", ".join(f"{m} {fmt(m, run.scores[image][m])}" for m in report.metrics
-                               if m != metric and finite(run.scores[image].get(m)))
-            tiles = "".join(f'<figure><img alt="{_e(c)}" src="{uri}"><figcaption>{_e(c)}</figcaption></figure>'
-                            for c, uri in entry.tiles)
-            entries.append(f'<div class="entry"><b>{_e(run.model)}</b> · {_e(run.group)} · <b>{_e(image)}</b><br>'
-                           f"{_e(metric)} = {fmt(metric, value)}<br><span class='note'>{_e(others)}</span>"
-                           f'<div class="tiles">{tiles}</div><span class="note">{_e(entry.note)}</span></div>')
+            others = ", ".join(
+                f"{m} {fmt(m, run.scores[image][m])}" for m in report.metrics if m != metric and finite(run.scores[image].get(m))
+            )
+            tiles = "".join(f'<figure><img alt="{_e(c)}" src="{uri}"><figcaption>{_e(c)}</figcaption></figure>' for c, uri in entry.tiles)
+            entries.append(
+                f'<div class="entry"><b>{_e(run.model)}</b> · {_e(run.group)} · <b>{_e(image)}</b><br>'
+                f"{_e(metric)} = {fmt(metric, value)}<br><span class='note'>{_e(others)}</span>"
+                f'<div class="tiles">{tiles}</div><span class="note">{_e(entry.note)}</span></div>'
+            )
     return f'<div class="gallery">{"".join(entries)}</div>'
 
 
@@ -103,56 +109,98 @@ def conventions_block(report: Report) -> str:
         distinct.setdefault(json.dumps(record, indent=2, sort_keys=True), []).append(f"{run.model} · {run.group} ({run.source})")
     parts = []
     for text, users in distinct.items():
-        parts.append(f"<details{' open' if len(distinct) > 1 else ''}><summary>{_e('; '.join(users))}</summary><pre>{_e(text)}</pre></details>")
+        parts.append(
+            f"<details{' open' if len(distinct) > 1 else ''}><summary>{_e('; '.join(users))}</summary><pre>{_e(text)}</pre></details>"
+        )
     if len(distinct) > 1:
         parts.insert(0, '<p class="warn">The runs were scored under different conventions: compare their numbers with care.</p>')
     return "".join(parts)
 
 
-def render_html(report: Report, *, x: str | None = None, y: str | None = None, worst: int = 3, crop: int = 128,
-                title: str = "Model comparison") -> str:
+def render_html(
+    report: Report, *, x: str | None = None, y: str | None = None, worst: int = 3, crop: int = 128, title: str = "Model comparison"
+) -> str:
     x = x or next((m for m in DISTORTION_METRICS if m in report.metrics), None)
     y = y or next((m for m in PERCEPTION_METRICS if m in report.metrics), None)
     notes = []
     sections = []
     tables = "".join(f"<h3>{_e(g)}</h3>{html_table(report, g)}" for g in report.groups)
-    sections.append(("table", "Results", tables + f'<p class="note">Mean over images, the best per column highlighted; ± is half the '
-                     f"{CONFIDENCE:.0%} percentile bootstrap interval ({report.resamples} resamples, seed {report.seed}); "
-                     "hover a cell for the interval and the image count. ↑/↓: higher/lower is better.</p>"))
+    sections.append(
+        (
+            "table",
+            "Results",
+            tables + f'<p class="note">Mean over images, the best per column highlighted; ± is half the '
+            f"{CONFIDENCE:.0%} percentile bootstrap interval ({report.resamples} resamples, seed {report.seed}); "
+            "hover a cell for the interval and the image count. ↑/↓: higher/lower is better.</p>",
+        )
+    )
     if x in report.metrics and y in report.metrics:
-        sections.append(("pd", "Perception–distortion", f'<div class="plot">{perception_distortion_plot(report, x, y)}</div>'
-                         '<p class="note">One point per model per dataset; bars are the bootstrap intervals of the means.</p>'))
+        sections.append(
+            (
+                "pd",
+                "Perception–distortion",
+                f'<div class="plot">{perception_distortion_plot(report, x, y)}</div>'
+                '<p class="note">One point per model per dataset; bars are the bootstrap intervals of the means.</p>',
+            )
+        )
     else:
-        notes.append(f"no perception–distortion plot: the results lack {x if x not in report.metrics else y} "
-                     "(choose two reported metrics with --x and --y)")
+        notes.append(
+            f"no perception–distortion plot: the results lack {x if x not in report.metrics else y} "
+            "(choose two reported metrics with --x and --y)"
+        )
     if len(report.models) > 1:
         paired = "".join(f"<h3>{_e(g)}</h3>{html_paired(report, g)}" for g in report.groups if len(report.models_in(g)) > 1)
-        sections.append(("paired", "Paired comparisons", paired + '<p class="note">On the images both models scored: mean '
-                         f"difference with its seeded bootstrap {CONFIDENCE:.0%} interval, per-image wins/ties/losses of A in the "
-                         "metric's direction, and the two-sided Wilcoxon signed-rank p-value (SciPy; zero differences dropped). "
-                         "“Better” needs both an interval that excludes 0 and p &lt; 0.05.</p>"))
-    plots = "".join(f'<figure class="plot">{distribution_plot(report, m)}<figcaption>{_e(m)}</figcaption></figure>'
-                    for m in report.metrics)
-    sections.append(("dist", "Distributions", f'<div class="plots">{plots}</div><p class="note">Box: quartiles; line: median; '
-                     "triangle: mean; whiskers 1.5 IQR.</p>"))
+        sections.append(
+            (
+                "paired",
+                "Paired comparisons",
+                paired + '<p class="note">On the images both models scored: mean '
+                f"difference with its seeded bootstrap {CONFIDENCE:.0%} interval, per-image wins/ties/losses of A in the "
+                "metric's direction, and the two-sided Wilcoxon signed-rank p-value (SciPy; zero differences dropped). "
+                "“Better” needs both an interval that excludes 0 and p &lt; 0.05.</p>",
+            )
+        )
+    plots = "".join(f'<figure class="plot">{distribution_plot(report, m)}<figcaption>{_e(m)}</figcaption></figure>' for m in report.metrics)
+    sections.append(
+        (
+            "dist",
+            "Distributions",
+            f'<div class="plots">{plots}</div><p class="note">Box: quartiles; line: median; triangle: mean; whiskers 1.5 IQR.</p>',
+        )
+    )
     if worst > 0:
-        gallery = "".join(f"<h3>{_e(m)} {arrow(m, report.lower_is_better[m])}: the {worst} worst per model</h3>"
-                          f"{html_gallery(report, m, worst, crop)}" for m in report.metrics)
-        sections.append(("worst", "Worst images", gallery + f'<p class="note">{crop}×{crop} crops centred on the largest local '
-                         "error (|SR − GT| smoothed by a Gaussian of σ = 4 px), read from the paths in the results files.</p>"))
+        gallery = "".join(
+            f"<h3>{_e(m)} {arrow(m, report.lower_is_better[m])}: the {worst} worst per model</h3>{html_gallery(report, m, worst, crop)}"
+            for m in report.metrics
+        )
+        sections.append(
+            (
+                "worst",
+                "Worst images",
+                gallery + f'<p class="note">{crop}×{crop} crops centred on the largest local '
+                "error (|SR − GT| smoothed by a Gaussian of σ = 4 px), read from the paths in the results files.</p>",
+            )
+        )
     warnings = [*report.warnings, *notes]
     extra = f'<ul class="warn">{"".join(f"<li>{_e(w)}</li>" for w in warnings)}</ul>' if warnings else "<p>None.</p>"
-    sections.append(("conventions", "Conventions and warnings", "<h3>Warnings</h3>" + extra + "<h3>Conventions</h3>"
-                     + conventions_block(report)))
+    sections.append(
+        ("conventions", "Conventions and warnings", "<h3>Warnings</h3>" + extra + "<h3>Conventions</h3>" + conventions_block(report))
+    )
 
     banner = ""
     if report.random_weights:
-        banner = (f'<div class="banner">RANDOM BACKBONE WEIGHTS in {_e(", ".join(report.random_weights))}: their feature '
-                  "metrics (perceptual, LPIPS, DISTS, CLP) are not comparable with anything.</div>")
+        banner = (
+            f'<div class="banner">RANDOM BACKBONE WEIGHTS in {_e(", ".join(report.random_weights))}: their feature '
+            "metrics (perceptual, LPIPS, DISTS, CLP) are not comparable with anything.</div>"
+        )
     nav = "".join(f'<a href="#{key}">{_e(name)}</a>' for key, name, _ in sections)
     body = "".join(f'<section id="{key}"><h2>{_e(name)}</h2>{content}</section>' for key, name, content in sections)
-    summary = (f"{len(report.models)} model(s) · {len(report.groups)} dataset/scale group(s) · metrics: {', '.join(report.metrics)} · "
-               f"built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{STYLE}</style></head>'
-            f'<body><main><h1>{_e(title)}</h1><p class="meta">{_e(summary)}</p>{banner}<nav>{nav}</nav>{body}</main></body></html>')
+    summary = (
+        f"{len(report.models)} model(s) · {len(report.groups)} dataset/scale group(s) · metrics: {', '.join(report.metrics)} · "
+        f"built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{STYLE}</style></head>'
+        f'<body><main><h1>{_e(title)}</h1><p class="meta">{_e(summary)}</p>{banner}<nav>{nav}</nav>{body}</main></body></html>'
+    )

@@ -6,7 +6,7 @@ import io
 import re
 
 from ..stats import CONFIDENCE
-from .data import MARKERS, PALETTE, Report, arrow, fmt
+from .data import MARKERS, PALETTE, Report, arrow
 
 
 def _pyplot():
@@ -15,8 +15,9 @@ def _pyplot():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams.update({"svg.fonttype": "none", "svg.hashsalt": "loss-service", "font.size": 10,
-                         "axes.spines.top": False, "axes.spines.right": False})
+    plt.rcParams.update(
+        {"svg.fonttype": "none", "svg.hashsalt": "loss-service", "font.size": 10, "axes.spines.top": False, "axes.spines.right": False}
+    )
     return plt
 
 
@@ -27,7 +28,7 @@ def svg(fig) -> str:
     fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
     text = buffer.getvalue()
-    text = text[text.index("<svg"):]
+    text = text[text.index("<svg") :]
     text = re.sub(r"<metadata>.*?</metadata>", "", text, flags=re.S)
     return re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", text)
 
@@ -44,16 +45,25 @@ def perception_distortion_plot(report: Report, x: str, y: str) -> str:
             cx, cy = report.cells.get((group, model, x)), report.cells.get((group, model, y))
             if cx is None or cy is None:
                 continue
-            ax.errorbar(cx.mean, cy.mean, xerr=[[cx.mean - cx.low], [cx.high - cx.mean]],
-                        yerr=[[cy.mean - cy.low], [cy.high - cy.mean]], fmt=MARKERS[gi % len(MARKERS)],
-                        color=color_of(report, model), markersize=8, capsize=2, elinewidth=0.8)
+            ax.errorbar(
+                cx.mean,
+                cy.mean,
+                xerr=[[cx.mean - cx.low], [cx.high - cx.mean]],
+                yerr=[[cy.mean - cy.low], [cy.high - cy.mean]],
+                fmt=MARKERS[gi % len(MARKERS)],
+                color=color_of(report, model),
+                markersize=8,
+                capsize=2,
+                elinewidth=0.8,
+            )
             ax.annotate(model, (cx.mean, cy.mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel(f"{x} {arrow(x, report.lower_is_better[x])}")
     ax.set_ylabel(f"{y} {arrow(y, report.lower_is_better[y])}")
     handles = [plt.Line2D([], [], color=color_of(report, m), marker="o", linestyle="", label=m) for m in report.models]
     if len(report.groups) > 1:
-        handles += [plt.Line2D([], [], color="#444", marker=MARKERS[i % len(MARKERS)], linestyle="", label=g)
-                    for i, g in enumerate(report.groups)]
+        handles += [
+            plt.Line2D([], [], color="#444", marker=MARKERS[i % len(MARKERS)], linestyle="", label=g) for i, g in enumerate(report.groups)
+        ]
     ax.legend(handles=handles, fontsize=8, frameon=False, loc="best")
     ax.grid(alpha=0.3)
     ax.set_title(f"perception–distortion: {x} vs {y} (mean, {CONFIDENCE:.0%} CI)", fontsize=10)
@@ -79,9 +89,16 @@ def distribution_plot(report: Report, metric: str) -> str:
         centres.append((first + slot - 1) / 2)
         slot += 1
     if data:
-        boxes = ax.boxplot(data, positions=positions, widths=0.7, patch_artist=True, showmeans=True,
-                           flierprops=dict(markersize=2, alpha=0.5), medianprops=dict(color="black"),
-                           meanprops=dict(marker="^", markerfacecolor="white", markeredgecolor="black", markersize=5))
+        boxes = ax.boxplot(
+            data,
+            positions=positions,
+            widths=0.7,
+            patch_artist=True,
+            showmeans=True,
+            flierprops=dict(markersize=2, alpha=0.5),
+            medianprops=dict(color="black"),
+            meanprops=dict(marker="^", markerfacecolor="white", markeredgecolor="black", markersize=5),
+        )
         for patch, color in zip(boxes["boxes"], colors):
             patch.set_facecolor(color)
             patch.set_alpha(0.75)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 from ..stats import CONFIDENCE
 from .data import Cell, Report, arrow, fmt
 
-
-PARTIAL_NOTE = ("mean over the images with a finite value only: the others scored ±inf or NaN, "
-                "e.g. the PSNR of an image identical to its reference")
+PARTIAL_NOTE = (
+    "mean over the images with a finite value only: the others scored ±inf or NaN, e.g. the PSNR of an image identical to its reference"
+)
 
 
 def mark(cell: Cell | None, text: str, dagger: str) -> str:
@@ -17,8 +16,11 @@ def mark(cell: Cell | None, text: str, dagger: str) -> str:
 
 def markdown(report: Report) -> str:
     """One table per dataset/scale: rows are models, columns metrics; best per column bold."""
-    lines = [f"<!-- loss-service report: mean over images; best per column in bold; ↑/↓ = higher/lower is better; "
-             f"{CONFIDENCE:.0%} bootstrap CIs ({report.resamples} resamples, seed {report.seed}) in the HTML report -->", ""]
+    lines = [
+        f"<!-- loss-service report: mean over images; best per column in bold; ↑/↓ = higher/lower is better; "
+        f"{CONFIDENCE:.0%} bootstrap CIs ({report.resamples} resamples, seed {report.seed}) in the HTML report -->",
+        "",
+    ]
     for group in report.groups:
         header = ["Model", *(f"{m} {arrow(m, report.lower_is_better[m])}" for m in report.metrics)]
         lines += [f"### {group}", "", "| " + " | ".join(header) + " |", "|---" + "|---:" * len(report.metrics) + "|"]
@@ -30,16 +32,31 @@ def markdown(report: Report) -> str:
                 text = f"**{text}**" if cell is not None and report.best(group, metric) == model else text
                 row.append(mark(cell, text, "†"))
             lines.append("| " + " | ".join(row) + " |")
-        partial = [f"{model}: {metric} n = {c.count} of {c.scored}" for model in report.models_in(group) for metric in report.metrics
-                   if (c := report.cells.get((group, model, metric))) is not None and c.partial]
+        partial = [
+            f"{model}: {metric} n = {c.count} of {c.scored}"
+            for model in report.models_in(group)
+            for metric in report.metrics
+            if (c := report.cells.get((group, model, metric))) is not None and c.partial
+        ]
         lines += ["", f"† {PARTIAL_NOTE} ({'; '.join(partial)})."] if partial else []
         lines.append("")
     return "\n".join(lines)
 
 
-LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "×": r"$\times$",
-                 "±": r"$\pm$"}
+LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "×": r"$\times$",
+    "±": r"$\pm$",
+}
 
 
 def latex_escape(text: str) -> str:
@@ -53,7 +70,10 @@ def latex(report: Report) -> str:
     spec = "l" + "".join("r" * len(metrics) for _ in groups)
     lines = [
         "% loss-service report: mean over images; best per column in bold. Needs \\usepackage{booktabs}.",
-        r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + spec + "}", r"\toprule",
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{" + spec + "}",
+        r"\toprule",
         " & ".join(["", *(rf"\multicolumn{{{len(metrics)}}}{{c}}{{{latex_escape(g)}}}" for g in groups)]) + r" \\",
         "".join(rf"\cmidrule(lr){{{2 + i * len(metrics)}-{1 + (i + 1) * len(metrics)}}}" for i in range(len(groups))),
         " & ".join(["Model", *(f"{latex_escape(m)} {arrows[m]}" for _ in groups for m in metrics)]) + r" \\",
@@ -70,7 +90,11 @@ def latex(report: Report) -> str:
         lines.append(" & ".join(row) + r" \\")
     partial = any(cell.partial for cell in report.cells.values())
     note = rf" $^\dagger${latex_escape(PARTIAL_NOTE)}." if partial else ""
-    lines += [r"\bottomrule", r"\end{tabular}",
-              r"\caption{Mean over images; best per column in bold; $\uparrow$/$\downarrow$: higher/lower is better." + note + "}",
-              r"\end{table}", ""]
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        r"\caption{Mean over images; best per column in bold; $\uparrow$/$\downarrow$: higher/lower is better." + note + "}",
+        r"\end{table}",
+        "",
+    ]
     return "\n".join(lines)

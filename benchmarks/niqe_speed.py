@@ -1,0 +1,46 @@
+"""NIQE on a 512² photo: the library's vectorised blocks against the block-by-block transcription of
+BasicSR's ``niqe.py`` in ``tests/test_niqe.py``, side by side in one process (median of 5 each).
+
+`uv run python benchmarks/niqe_speed.py` prints one JSON line.
+"""
+
+import json
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+from skimage import data
+
+import losses
+from tests.test_niqe import reference_calculate_niqe
+
+
+def cpu_model() -> str:
+    with open("/proc/cpuinfo") as handle:
+        return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), platform.processor())
+
+
+def median_seconds(call, repeats: int = 5) -> tuple[float, float]:
+    times, value = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        value = call()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), value
+
+
+def main() -> None:
+    photo = np.ascontiguousarray(data.astronaut()[:512, :512])
+    tensor = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255.0
+    losses.score(tensor, metrics=["niqe"])  # loads the pristine model once
+    ours, ours_value = median_seconds(lambda: losses.score(tensor, metrics=["niqe"])["niqe"].item())
+    looped, looped_value = median_seconds(lambda: reference_calculate_niqe(photo, 0))
+    print(json.dumps(dict(image="scikit-image astronaut 512²", cpu=cpu_model(), torch_threads=torch.get_num_threads(),
+                          vectorised_s=round(ours, 4), transcription_s=round(looped, 4), speedup=round(looped / ours, 1),
+                          niqe=ours_value, transcription_niqe=looped_value)))
+
+
+if __name__ == "__main__":
+    main()
