@@ -77,6 +77,7 @@ def conventions(
                 lower_is_better=m.lower_is_better,
                 convention=m.convention,
                 backbones=sorted(m.backbones(resolved[m.name])),
+                weights=sorted({*m.backbones(resolved[m.name]), *(spec.name for spec in m.weights)}),
             )
             for m in metrics
         },

@@ -8,6 +8,7 @@ Each dimension is one (out × in) matrix, so a resize is ``M_h @ x @ M_w.T``, co
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -24,8 +25,16 @@ def cubic(x: torch.Tensor) -> torch.Tensor:
     return near + far
 
 
+@functools.lru_cache(maxsize=64)
 def resize_matrix(in_length: int, out_length: int, scale: float, antialiasing: bool = True) -> torch.Tensor:
-    """The (out_length × in_length) float64 matrix of MATLAB's ``contributions`` for one dimension."""
+    """The (out_length × in_length) float64 matrix of MATLAB's ``contributions`` for one dimension,
+    built once per size and scale (a dataset's images share a few sizes; callers never write to
+    it), outside any caller's inference mode so that a later backward pass may use it."""
+    with torch.inference_mode(False):
+        return _contributions(in_length, out_length, scale, antialiasing)
+
+
+def _contributions(in_length: int, out_length: int, scale: float, antialiasing: bool) -> torch.Tensor:
     if scale < 1 and antialiasing:
         kernel = lambda t: scale * cubic(scale * t)  # noqa: E731
         width = KERNEL_WIDTH / scale

@@ -323,7 +323,11 @@ def _eval_parser(commands) -> None:
         default=None,
         help="JSON results path: per model, per-image scores and image paths, plus the conventions record (the input of `report`)",
     )
-    ev.add_argument("--resume", action="store_true", help="skip images already in --json (or --out)")
+    ev.add_argument("--resume", action="store_true", help="skip images already in --json (or --out), or with --store in the store")
+    ev.add_argument(
+        "--store", default=None, metavar="DB", help="also append every value to this SQLite results store (report --store reads it)"
+    )
+    ev.add_argument("--checkpoint", default=None, help="checkpoint name recorded with each value in --store")
     ev.add_argument("--api-key", default=None, help="bearer token")
     ev.add_argument("--timeout", type=number(float, 0, above=True), default=120.0, help="seconds per request")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -374,14 +378,17 @@ def _report_parser(commands) -> None:
     rep = commands.add_parser(
         "report", help="combine eval JSON files into an HTML report (plots, paired tests, worst images), Markdown and LaTeX tables"
     )
-    rep.add_argument("results", nargs="+", help="eval JSON files (models × datasets × scales)")
+    rep.add_argument("results", nargs="*", help="eval JSON files (models × datasets × scales)")
+    rep.add_argument("--store", default=None, metavar="DB", help="a results store (eval --store): adds the conventions-aware leaderboard")
     rep.add_argument("--html", default=None, help="self-contained HTML report path (opens offline)")
     rep.add_argument("--markdown", default=None, help="Markdown table path")
     rep.add_argument("--latex", default=None, help="LaTeX (booktabs) table path")
     rep.add_argument("--metrics", default=None, help="comma list of metrics to report (default: every metric in the results)")
     rep.add_argument("--x", default=None, help="x axis of the perception–distortion plot (default psnr)")
     rep.add_argument(
-        "--y", default=None, help="y axis of the perception–distortion plot (default lpips_alex, lpips_vgg, dists or perceptual)"
+        "--y",
+        default=None,
+        help="y axis of the perception–distortion plot (default niqe, lpips_alex, lpips_vgg, dists or perceptual: the first reported)",
     )
     rep.add_argument(
         "--worst",

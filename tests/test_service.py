@@ -76,7 +76,7 @@ def test_lr_psnr_of_an_sr_that_downscales_to_its_lr_is_null_only_with_uint8_roun
 
     sr = random_image(32, 40, 6)
     lr = imresize(torch.from_numpy(sr).permute(2, 0, 1), 0.5).permute(1, 2, 0).numpy()  # uint8, as MATLAB writes it
-    images = files(dict(sr=png_bytes(sr), gt=png_bytes(sr), lr=png_bytes(lr)))
+    images = files(dict(sr=png_bytes(sr), lr=png_bytes(lr)))  # lr_psnr reads no gt
     plain = httpx.post(f"{server.url}/v1/score", files=images, data=dict(metrics="lr_psnr")).json()
     rounded = httpx.post(
         f"{server.url}/v1/score", files=images, data=dict(metrics="lr_psnr", options=json.dumps({"uint8_rounding": True}))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..client import LossClient, LossServiceError, describe
 from ..common.errors import comma_list
+from .store import ResultsStore, Row, StoreError, conventions_hash
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".npy"}
 WORST_SHOWN = 5
@@ -259,6 +260,20 @@ def eval_json(args, models: dict[str, Path], pairings: dict[str, Pairing], score
     return report
 
 
+def store_results(store: ResultsStore, args, scored: Scored, previous: dict[str, list[dict]]) -> None:
+    """The run's new values, one transaction, under the conventions record the server returned."""
+    if scored.conventions is None:
+        return  # nothing was scored
+    digest = conventions_hash(scored.conventions)
+    rows = [
+        Row(model, args.dataset or "", args.scale or 0, result["image"], metric, value, digest, checkpoint=args.checkpoint or "")
+        for model, results in scored.results.items()
+        for result in results[len(previous[model]) :]
+        for metric, value in result["scores"].items()
+    ]
+    store.add(rows, scored.conventions)
+
+
 def run_eval(args) -> int:
     from rich.console import Console
 
@@ -277,6 +292,14 @@ def run_eval(args) -> int:
     single = next(iter(models)) if len(models) == 1 else None
     previous = {name: [r for (m, image), r in done.items() if (m or single) == name and image in pairings[name].pairs] for name in models}
     finished = {(name, r["image"]) for name, rows in previous.items() for r in rows}
+    try:
+        store = ResultsStore(args.store) if args.store else None
+    except StoreError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    if store is not None and args.resume:
+        wanted = comma_list(args.metrics)
+        finished |= {(name, image) for name in models for image in store.scored_images(name, args.dataset or "", args.scale or 0, wanted)}
     stems = sorted({stem for pairing in pairings.values() for stem in pairing.pairs})
     requests = [
         Request(stem, todo) for stem in stems if (todo := [m for m in models if stem in pairings[m].pairs and (m, stem) not in finished])
@@ -286,6 +309,9 @@ def run_eval(args) -> int:
     scored = Scored({name: list(rows) for name, rows in previous.items()}, {name: [] for name in models}, conventions)
     score_requests(args, requests, pairings, options, scored)
 
+    if store is not None:
+        with store:
+            store_results(store, args, scored, previous)
     summaries = {name: summarise(rows, scored.lower_is_better) for name, rows in scored.results.items()}
     write_csv(out_csv, scored.results)
     if out_json is not None:

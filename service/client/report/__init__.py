@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..store import ResultsStore, StoreError
+from . import leaderboard
 from .data import Report, decimals, load_runs, metric_names
 from .gallery import largest_error_crop, worst_images
-from .page import html_table, render_html
+from .page import html_page, html_table, render_html
 from .tables import latex, markdown
 
 __all__ = [
@@ -35,25 +37,42 @@ def run_report(args) -> int:
     if not (args.html or args.markdown or args.latex):
         console.print("[red]give at least one of --html, --markdown, --latex[/red]")
         return 2
+    if not (args.results or args.store):
+        console.print("[red]give eval JSON files, --store, or both[/red]")
+        return 2
     try:
-        runs = [run for path in args.results for run in load_runs(Path(path))]
-        report = Report.build(runs, metric_names(args.metrics) or None, seed=args.seed, resamples=args.resamples)
-    except (OSError, ValueError, KeyError) as exc:
+        report = None
+        if args.results:
+            runs = [run for path in args.results for run in load_runs(Path(path))]
+            report = Report.build(runs, metric_names(args.metrics) or None, seed=args.seed, resamples=args.resamples)
+        tables = []
+        if args.store:
+            with ResultsStore(args.store) as store:
+                tables = leaderboard.boards(store)
+    except (OSError, ValueError, KeyError, StoreError) as exc:
         console.print(f"[red]cannot build the report: {exc}[/red]")
         return 2
-    for metric in (args.x, args.y):
+    for metric in (args.x, args.y) if report is not None else ():
         if metric is not None and metric not in report.metrics:
             console.print(f"[red]--x/--y {metric!r} is not among the reported metrics {report.metrics}[/red]")
             return 2
+    outputs = {
+        args.markdown: lambda: "\n".join(text for text in (tables and leaderboard.markdown(tables), report and markdown(report)) if text),
+        args.latex: lambda: "\n".join(text for text in (tables and leaderboard.latex(tables), report and latex(report)) if text),
+        args.html: lambda: html_report(report, tables, args),
+    }
     written = []
-    if args.markdown:
-        Path(args.markdown).write_text(markdown(report))
-        written.append(args.markdown)
-    if args.latex:
-        Path(args.latex).write_text(latex(report))
-        written.append(args.latex)
-    if args.html:
-        Path(args.html).write_text(render_html(report, x=args.x, y=args.y, worst=args.worst, crop=args.crop, title=args.title))
-        written.append(args.html)
-    console.print(f"{len(report.runs)} run(s), {len(report.models)} model(s), {len(report.groups)} group(s) → {', '.join(written)}")
+    for path, render in outputs.items():
+        if path:
+            Path(path).write_text(render())
+            written.append(path)
+    described = f"{len(report.runs)} run(s), {len(report.models)} model(s), {len(report.groups)} group(s)" if report else ""
+    console.print(", ".join(filter(None, (described, tables and f"{len(tables)} leaderboard table(s)"))) + f" → {', '.join(written)}")
     return 0
+
+
+def html_report(report: Report | None, tables: list, args) -> str:
+    sections = [("leaderboard", "Leaderboard", leaderboard.html(tables))] if tables else []
+    if report is None:
+        return html_page(args.title, f"leaderboard of {args.store}", sections)
+    return render_html(report, x=args.x, y=args.y, worst=args.worst, crop=args.crop, title=args.title, leaderboard=sections)

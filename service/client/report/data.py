@@ -15,7 +15,7 @@ from ...common.errors import comma_list
 from ..stats import BOOTSTRAP_RESAMPLES, PairedComparison, bootstrap_mean_ci, compare_paired
 
 DISTORTION_METRICS = ("psnr", "ssim", "ms_ssim")
-PERCEPTION_METRICS = ("lpips_alex", "lpips_vgg", "dists", "perceptual")
+PERCEPTION_METRICS = ("niqe", "lpips_alex", "lpips_vgg", "dists", "perceptual")  # the y axis: the first present
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 

@@ -118,8 +118,16 @@ def conventions_block(report: Report) -> str:
 
 
 def render_html(
-    report: Report, *, x: str | None = None, y: str | None = None, worst: int = 3, crop: int = 128, title: str = "Model comparison"
+    report: Report,
+    *,
+    x: str | None = None,
+    y: str | None = None,
+    worst: int = 3,
+    crop: int = 128,
+    title: str = "Model comparison",
+    leaderboard: list[tuple[str, str, str]] = (),
 ) -> str:
+    """The page; ``leaderboard`` sections (from a results store) go first."""
     x = x or next((m for m in DISTORTION_METRICS if m in report.metrics), None)
     y = y or next((m for m in PERCEPTION_METRICS if m in report.metrics), None)
     notes = []
@@ -193,12 +201,15 @@ def render_html(
             f'<div class="banner">RANDOM BACKBONE WEIGHTS in {_e(", ".join(report.random_weights))}: their feature '
             "metrics (perceptual, LPIPS, DISTS, CLP) are not comparable with anything.</div>"
         )
+    summary = f"{len(report.models)} model(s) · {len(report.groups)} dataset/scale group(s) · metrics: {', '.join(report.metrics)}"
+    return html_page(title, summary, [*leaderboard, *sections], banner)
+
+
+def html_page(title: str, summary: str, sections: list[tuple[str, str, str]], banner: str = "") -> str:
+    """The self-contained page: title, summary line, navigation and (key, heading, HTML) sections."""
     nav = "".join(f'<a href="#{key}">{_e(name)}</a>' for key, name, _ in sections)
     body = "".join(f'<section id="{key}"><h2>{_e(name)}</h2>{content}</section>' for key, name, content in sections)
-    summary = (
-        f"{len(report.models)} model(s) · {len(report.groups)} dataset/scale group(s) · metrics: {', '.join(report.metrics)} · "
-        f"built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-    )
+    summary = f"{summary} · built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
         f'<meta name="viewport" content="width=device-width,initial-scale=1"><style>{STYLE}</style></head>'

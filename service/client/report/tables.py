@@ -25,7 +25,7 @@ def markdown(report: Report) -> str:
         header = ["Model", *(f"{m} {arrow(m, report.lower_is_better[m])}" for m in report.metrics)]
         lines += [f"### {group}", "", "| " + " | ".join(header) + " |", "|---" + "|---:" * len(report.metrics) + "|"]
         for model in report.models_in(group):
-            row = [model.replace("|", r"\|")]  # a bare | in a model's name would end its cell
+            row = [markdown_cell(model)]
             for metric in report.metrics:
                 cell = report.cells.get((group, model, metric))
                 text = "–" if cell is None else fmt(metric, cell.mean)
@@ -57,6 +57,11 @@ LATEX_SPECIAL = {
     "×": r"$\times$",
     "±": r"$\pm$",
 }
+
+
+def markdown_cell(text: str) -> str:
+    """``text`` as a Markdown table cell: a bare | would end the cell."""
+    return text.replace("|", r"\|")
 
 
 def latex_escape(text: str) -> str:

@@ -1,0 +1,176 @@
+"""The leaderboard of a results store: per dataset, scale and metric, models ranked only among
+numbers computed under the same conventions. Numbers computed otherwise (Y vs RGB, another crop,
+other weight files, another precision) stand in separate groups, and each group says exactly what
+differs from the first: no two unlike numbers share a ranking.
+
+A metric's conventions are those its number depends on: its resolved options, the sha256 of each
+weight file it reads, the precision, whether the weights were pretrained, and the pixel
+conventions, all from the conventions record stored with the value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+
+from ..store import ResultsStore, Row
+from .data import arrow, fmt
+from .tables import latex_escape, markdown_cell
+
+
+@dataclass(frozen=True)
+class Standing:
+    """One model (at one checkpoint or step) on one metric: its mean over the images it scored."""
+
+    label: str
+    mean: float
+    images: int
+
+
+@dataclass
+class Group:
+    """Numbers of one metric computed under one convention, best first."""
+
+    convention: dict
+    standings: list[Standing] = field(default_factory=list)
+    differs: list[str] = field(default_factory=list)  # from the first group of its metric
+
+
+@dataclass
+class Board:
+    dataset: str
+    scale: int
+    metric: str
+    lower_is_better: bool
+    groups: list[Group]
+
+    @property
+    def title(self) -> str:
+        return f"{self.dataset or 'unnamed'} ×{self.scale}" if self.scale else (self.dataset or "unnamed")
+
+
+def metric_convention(record: dict, metric: str) -> dict:
+    """What ``metric``'s number depends on, from a conventions record."""
+    entry = record["metrics"][metric.split(".")[0]]
+    reads = entry.get("weights", entry.get("backbones", []))
+    return dict(
+        options=entry["options"],
+        weights={name: (record["weights"].get(name) or {}).get("sha256") for name in reads},
+        precision=record.get("precision"),
+        pretrained=record.get("pretrained"),
+        pixels=record.get("pixels"),
+    )
+
+
+def describe_difference(first: dict, other: dict) -> list[str]:
+    """Each way ``other`` differs from ``first``, as a reader would say it: "Y vs RGB", "crop 4 vs 0"."""
+    said = []
+    for key in sorted(set(first["options"]) | set(other["options"])):
+        a, b = other["options"].get(key), first["options"].get(key)
+        if a == b:
+            continue
+        if key == "y_channel":
+            said.append(f"{'Y' if a else 'RGB'} vs {'Y' if b else 'RGB'}")
+        elif key == "crop_border":
+            said.append(f"crop {a} vs {b}")
+        else:
+            said.append(f"{key} {json.dumps(a)} vs {json.dumps(b)}")
+    for name in sorted(set(first["weights"]) | set(other["weights"])):
+        a, b = other["weights"].get(name), first["weights"].get(name)
+        if a != b:
+            said.append(f"{name} weights sha {_short(a)} vs {_short(b)}")
+    for key in ("precision", "pretrained", "pixels"):
+        if other.get(key) != first.get(key):
+            said.append(f"{key} {json.dumps(other.get(key))} vs {json.dumps(first.get(key))}")
+    return said
+
+
+def _short(sha: str | None) -> str:
+    return f"{sha[:8]}…" if sha else "none (random weights)"
+
+
+def boards(store: ResultsStore) -> list[Board]:
+    """Every (dataset, scale, metric) of the store, its values grouped by convention."""
+    records = store.conventions()
+    cells: dict[tuple, dict[str, list[float]]] = {}  # (dataset, scale, metric, convention json) → label → values
+    direction: dict[str, bool] = {}
+    for row in store.rows():
+        record = records[row.conventions_hash]
+        base = row.metric.split(".")[0]
+        direction.setdefault(row.metric, record["metrics"][base]["lower_is_better"])
+        convention = json.dumps(metric_convention(record, row.metric), sort_keys=True)
+        values = cells.setdefault((row.dataset, row.scale, row.metric, convention), {}).setdefault(_label(row), [])
+        if row.value is not None and math.isfinite(row.value):
+            values.append(row.value)
+    result: dict[tuple, Board] = {}
+    for (dataset, scale, metric, convention), by_label in sorted(cells.items(), key=lambda item: item[0][:3]):
+        board = result.setdefault((dataset, scale, metric), Board(dataset, scale, metric, direction[metric], []))
+        standings = [Standing(label, sum(v) / len(v), len(v)) for label, v in by_label.items() if v]
+        standings.sort(key=lambda s: s.mean, reverse=not board.lower_is_better)
+        board.groups.append(Group(json.loads(convention), standings))
+    for board in result.values():
+        board.groups.sort(key=lambda g: -len(g.standings))  # the largest group first: the others say how they differ
+        for group in board.groups[1:]:
+            group.differs = describe_difference(board.groups[0].convention, group.convention)
+    return list(result.values())
+
+
+def _label(row: Row) -> str:
+    return row.model + (f" @ {row.checkpoint}" if row.checkpoint else "") + (f" step {row.step}" if row.step >= 0 else "")
+
+
+def markdown(boards: list[Board]) -> str:
+    lines = ["# Leaderboard", "", "Models are ranked only among numbers computed under the same conventions."]
+    for board in boards:
+        lines += ["", f"## {board.title} · {board.metric} {arrow(board.metric, board.lower_is_better)}"]
+        for index, group in enumerate(board.groups):
+            if index:
+                lines += ["", f"Not comparable with the ranking above: {'; '.join(group.differs)}."]
+            lines += ["", "| rank | model | mean | images |", "|---|---|---|---|"]
+            lines += [
+                f"| {rank} | {markdown_cell(s.label)} | {fmt(board.metric, s.mean)} | {s.images} |"
+                for rank, s in enumerate(group.standings, 1)
+            ]
+    return "\n".join(lines) + "\n"
+
+
+def latex(boards: list[Board]) -> str:
+    parts = []
+    for board in boards:
+        for index, group in enumerate(board.groups):
+            caption = f"{board.title}, {board.metric}" + (f" (differs: {'; '.join(group.differs)})" if index else "")
+            rows = "\n".join(
+                f"{rank} & {latex_escape(s.label)} & {fmt(board.metric, s.mean)} & {s.images} \\\\"
+                for rank, s in enumerate(group.standings, 1)
+            )
+            parts.append(
+                f"\\begin{{table}}[t]\n\\centering\n\\caption{{{latex_escape(caption)}}}\n"
+                f"\\begin{{tabular}}{{rlrr}}\n\\toprule\nrank & model & mean & images \\\\\n\\midrule\n{rows}\n"
+                "\\bottomrule\n\\end{tabular}\n\\end{table}"
+            )
+    return "\n\n".join(parts) + "\n"
+
+
+def html(boards: list[Board]) -> str:
+    from html import escape
+
+    sections = []
+    for board in boards:
+        tables = []
+        for index, group in enumerate(board.groups):
+            note = f'<p class="warn">Not comparable with the ranking above: {escape("; ".join(group.differs))}.</p>' if index else ""
+            rows = "".join(
+                f"<tr><td>{rank}</td><td>{escape(s.label)}</td><td>{fmt(board.metric, s.mean)}</td><td>{s.images}</td></tr>"
+                for rank, s in enumerate(group.standings, 1)
+            )
+            tables.append(
+                f"{note}<table><thead><tr><th>rank</th><th>model</th><th>mean</th><th>images</th></tr></thead><tbody>{rows}</tbody></table>"
+            )
+        sections.append(
+            f"<h3>{escape(board.title)} · {escape(board.metric)} {arrow(board.metric, board.lower_is_better)}</h3>" + "".join(tables)
+        )
+    return (
+        '<p class="note">Models are ranked only among numbers computed under the same conventions; a number computed '
+        "otherwise stands in a group of its own, which says what differs.</p>" + "".join(sections)
+    )

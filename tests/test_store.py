@@ -1,0 +1,190 @@
+"""The results store and its leaderboard: concurrent writers lose nothing, a corrupt or foreign
+database is refused untouched, ``eval --store`` records what the server answered and resumes from
+it, and the leaderboard never ranks a Y-channel PSNR against an RGB one."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from service.cli import main as cli_main
+from service.client.report import leaderboard
+from service.client.store import ResultsStore, Row, StoreError, conventions_hash
+
+from .servers import SubprocessServer, png_bytes, random_image
+
+
+def record(y_channel: bool = False, crop_border: int = 0, sha: str = "a" * 64) -> dict:
+    """A conventions record in the server's shape, for psnr."""
+    return dict(
+        version="1",
+        precision="fp32",
+        pretrained=True,
+        pixels={"data_range": "[0, 1]"},
+        metrics={"psnr": dict(options=dict(crop_border=crop_border, y_channel=y_channel), lower_is_better=False, backbones=[], weights=[])},
+        weights={"vgg16": dict(file="vgg16.pth", sha256=sha)},
+        date="2026-12-02T00:00:00+00:00",
+    )
+
+
+def _write_many(path: str, writer: int, batches: int, per_batch: int) -> None:
+    conventions = record()
+    digest = conventions_hash(conventions)
+    with ResultsStore(path) as store:
+        for batch in range(batches):
+            rows = [Row(f"model{writer}", "set", 4, f"img{batch}-{k}", "psnr", 30.0 + k, digest) for k in range(per_batch)]
+            store.add(rows, conventions)
+
+
+def test_two_processes_writing_one_store_at_once_lose_nothing(tmp_path):
+    path = str(tmp_path / "results.db")
+    ResultsStore(path).close()
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_many, args=(path, writer, 40, 25)) for writer in range(2)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(120)
+        assert process.exitcode == 0
+    with ResultsStore(path) as store:
+        rows = store.rows()
+        assert len(rows) == 2 * 40 * 25
+        assert {(r.model, r.image) for r in rows} == {(f"model{w}", f"img{b}-{k}") for w in range(2) for b in range(40) for k in range(25)}
+        assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_corrupt_or_foreign_database_is_refused_and_left_as_it_was(tmp_path):
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"not sqlite at all " * 64)
+    with pytest.raises(StoreError, match="not a loss-service results store"):
+        ResultsStore(corrupt)
+    assert corrupt.read_bytes() == b"not sqlite at all " * 64
+    foreign = tmp_path / "foreign.db"
+    db = sqlite3.connect(foreign)
+    db.execute("CREATE TABLE notes (text TEXT)")
+    db.execute("INSERT INTO notes VALUES ('keep me')")
+    db.commit()
+    db.close()
+    before = foreign.read_bytes()
+    with pytest.raises(StoreError, match="another application"):
+        ResultsStore(foreign)
+    assert foreign.read_bytes() == before
+    assert sqlite3.connect(foreign).execute("SELECT text FROM notes").fetchall() == [("keep me",)]
+
+
+def test_the_leaderboard_separates_a_y_and_an_rgb_psnr_and_says_why(tmp_path):
+    with ResultsStore(tmp_path / "r.db") as store:
+        for conventions, values in (
+            (record(y_channel=True, crop_border=4), {"EDSR": 32.1, "SwinIR": 32.9}),
+            (record(y_channel=False, crop_border=4), {"EDSR": 30.4}),
+            (record(y_channel=True, crop_border=0), {"HAT": 33.5}),
+        ):
+            digest = conventions_hash(conventions)
+            store.add(
+                [Row(model, "Set5", 4, f"img{i}", "psnr", value + i / 10, digest) for model, value in values.items() for i in range(3)],
+                conventions,
+            )
+        (board,) = leaderboard.boards(store)
+    first, *others = board.groups
+    assert [s.label for s in first.standings] == ["SwinIR", "EDSR"]  # higher is better
+    assert first.standings[0].mean == pytest.approx(33.0) and first.standings[0].images == 3
+    differences = {tuple(group.differs) for group in others}
+    assert differences == {("RGB vs Y",), ("crop 0 vs 4",)}
+    text = leaderboard.markdown([board])
+    assert "Not comparable with the ranking above: RGB vs Y." in text and "crop 0 vs 4" in text
+    assert "\\caption{Set5 $\\times$4, psnr (differs: RGB vs Y)}" in leaderboard.latex([board])
+
+
+def test_weights_of_another_sha_are_another_group(tmp_path):
+    with ResultsStore(tmp_path / "r.db") as store:
+        for model, sha in (("A", "a" * 64), ("B", "b" * 64)):
+            conventions = record(sha=sha)
+            conventions["metrics"]["psnr"]["weights"] = ["vgg16"]  # as a feature metric's would
+            store.add([Row(model, "Set5", 4, "img0", "psnr", 30.0, conventions_hash(conventions))], conventions)
+        (board,) = leaderboard.boards(store)
+    assert len(board.groups) == 2 and board.groups[1].differs[0].startswith("vgg16 weights sha ")
+
+
+@pytest.fixture(scope="module")
+def server(weights_dir):
+    with SubprocessServer("--models", "vgg16") as srv:
+        yield srv
+
+
+def test_eval_store_records_what_the_server_answered_and_resumes_from_it(server, tmp_path, capsys):
+    folders = {role: tmp_path / role for role in ("sr", "gt")}
+    for folder in folders.values():
+        folder.mkdir()
+    for index in range(3):
+        gt = random_image(24, 32, index)
+        (folders["gt"] / f"img{index}.png").write_bytes(png_bytes(gt))
+        (folders["sr"] / f"img{index}.png").write_bytes(png_bytes(gt[:, ::-1].copy()))
+    db = tmp_path / "results.db"
+    args = [
+        "eval",
+        "--url",
+        server.url,
+        "--sr",
+        f"m={folders['sr']}",
+        "--gt",
+        str(folders["gt"]),
+        "--metrics",
+        "psnr,ssim",
+        "--dataset",
+        "tiny",
+        "--scale",
+        "2",
+        "--store",
+        str(db),
+        "--out",
+        str(tmp_path / "r.csv"),
+        "--json",
+        str(tmp_path / "r.json"),
+        "--quiet",
+    ]
+    assert cli_main(args) == 0
+    answered = {r["image"]: r["scores"] for r in json.loads((tmp_path / "r.json").read_text())["models"]["m"]["results"]}
+    with ResultsStore(db) as store:
+        stored = {(r.image, r.metric): r.value for r in store.rows()}
+        (record_stored,) = store.conventions().values()
+    assert stored == {(image, metric): value for image, scores in answered.items() for metric, value in scores.items()}
+    assert record_stored["metrics"]["psnr"]["options"] == {"crop_border": 0, "y_channel": False}
+    (folders["sr"] / "img3.png").write_bytes(png_bytes(random_image(24, 32, 9)))
+    (folders["gt"] / "img3.png").write_bytes(png_bytes(random_image(24, 32, 3)))
+    capsys.readouterr()
+    assert cli_main([*args, "--resume", "--json", str(tmp_path / "r2.json")]) == 0
+    assert "skipped (resume) 3" in capsys.readouterr().err
+    with ResultsStore(db) as store:
+        assert len(store.rows()) == 8
+    assert cli_main(["report", "--store", str(db), "--markdown", str(tmp_path / "board.md")]) == 0
+    assert "## tiny ×2 · psnr ↑" in (tmp_path / "board.md").read_text()
+
+
+def test_eval_with_a_foreign_store_is_one_line_and_exit_2(server, tmp_path, capsys):
+    foreign = tmp_path / "foreign.db"
+    sqlite3.connect(foreign).execute("CREATE TABLE x (a)").connection.commit()
+    (tmp_path / "sr").mkdir()
+    (tmp_path / "gt").mkdir()
+    assert (
+        cli_main(
+            [
+                "eval",
+                "--url",
+                server.url,
+                "--sr",
+                str(tmp_path / "sr"),
+                "--gt",
+                str(tmp_path / "gt"),
+                "--store",
+                str(foreign),
+                "--out",
+                str(tmp_path / "r.csv"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
+    assert "another application" in capsys.readouterr().err
