@@ -94,7 +94,7 @@ def test_the_leaderboard_separates_a_y_and_an_rgb_psnr_and_says_why(tmp_path):
     differences = {tuple(group.differs) for group in others}
     assert differences == {("RGB vs Y",), ("crop 0 vs 4",)}
     text = leaderboard.markdown([board])
-    assert "Not comparable with the ranking above: RGB vs Y." in text and "crop 0 vs 4" in text
+    assert "Not comparable with the ranking above (this group vs it): RGB vs Y." in text and "crop 0 vs 4" in text
     assert "\\caption{Set5 $\\times$4, psnr (differs: RGB vs Y)}" in leaderboard.latex([board])
 
 

@@ -126,7 +126,7 @@ def markdown(boards: list[Board]) -> str:
         lines += ["", f"## {board.title} · {board.metric} {arrow(board.metric, board.lower_is_better)}"]
         for index, group in enumerate(board.groups):
             if index:
-                lines += ["", f"Not comparable with the ranking above: {'; '.join(group.differs)}."]
+                lines += ["", f"Not comparable with the ranking above (this group vs it): {'; '.join(group.differs)}."]
             lines += ["", "| rank | model | mean | images |", "|---|---|---|---|"]
             lines += [
                 f"| {rank} | {markdown_cell(s.label)} | {fmt(board.metric, s.mean)} | {s.images} |"
@@ -152,6 +152,9 @@ def latex(boards: list[Board]) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+LEFT = "style='text-align:left'"  # the model column reads as text
+
+
 def html(boards: list[Board]) -> str:
     from html import escape
 
@@ -159,13 +162,18 @@ def html(boards: list[Board]) -> str:
     for board in boards:
         tables = []
         for index, group in enumerate(board.groups):
-            note = f'<p class="warn">Not comparable with the ranking above: {escape("; ".join(group.differs))}.</p>' if index else ""
+            note = (
+                f'<p class="warn">Not comparable with the ranking above (this group vs it): {escape("; ".join(group.differs))}.</p>'
+                if index
+                else ""
+            )
             rows = "".join(
-                f"<tr><td>{rank}</td><td>{escape(s.label)}</td><td>{fmt(board.metric, s.mean)}</td><td>{s.images}</td></tr>"
+                f"<tr><td>{rank}</td><td {LEFT}>{escape(s.label)}</td><td>{fmt(board.metric, s.mean)}</td><td>{s.images}</td></tr>"
                 for rank, s in enumerate(group.standings, 1)
             )
             tables.append(
-                f"{note}<table><thead><tr><th>rank</th><th>model</th><th>mean</th><th>images</th></tr></thead><tbody>{rows}</tbody></table>"
+                f"{note}<table><thead><tr><th>rank</th><th {LEFT}>model</th><th>mean</th><th>images</th></tr></thead>"
+                f"<tbody>{rows}</tbody></table>"
             )
         sections.append(
             f"<h3>{escape(board.title)} · {escape(board.metric)} {arrow(board.metric, board.lower_is_better)}</h3>" + "".join(tables)
