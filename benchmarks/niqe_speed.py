@@ -37,9 +37,20 @@ def main() -> None:
     losses.score(tensor, metrics=["niqe"])  # loads the pristine model once
     ours, ours_value = median_seconds(lambda: losses.score(tensor, metrics=["niqe"])["niqe"].item())
     looped, looped_value = median_seconds(lambda: reference_calculate_niqe(photo, 0))
-    print(json.dumps(dict(image="scikit-image astronaut 512²", cpu=cpu_model(), torch_threads=torch.get_num_threads(),
-                          vectorised_s=round(ours, 4), transcription_s=round(looped, 4), speedup=round(looped / ours, 1),
-                          niqe=ours_value, transcription_niqe=looped_value)))
+    print(
+        json.dumps(
+            dict(
+                image="scikit-image astronaut 512²",
+                cpu=cpu_model(),
+                torch_threads=torch.get_num_threads(),
+                vectorised_s=round(ours, 4),
+                transcription_s=round(looped, 4),
+                speedup=round(looped / ours, 1),
+                niqe=ours_value,
+                transcription_niqe=looped_value,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":
