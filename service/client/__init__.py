@@ -5,6 +5,7 @@ from .aio import AsyncLossClient
 from .encoding import encode_image
 from .errors import BadRequest, ConnectionFailed, LossServiceError, RequestTimeout, ServerBusy, ServerError, Unauthorized, describe
 from .sync import LossClient
+from .validator import Validator
 
 __all__ = [
     "AsyncLossClient",
@@ -16,6 +17,7 @@ __all__ = [
     "ServerBusy",
     "ServerError",
     "Unauthorized",
+    "Validator",
     "describe",
     "encode_image",
 ]
