@@ -100,3 +100,29 @@ def test_a_killed_server_is_logged_once_and_training_goes_on(weights_dir, caplog
             validator.result(step)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "training goes on" in errors[0].getMessage()
+
+
+def test_each_result_is_logged_to_tensorboard_and_weights_and_biases(server):
+    """Objects with TensorBoard's ``add_scalar`` and W&B's ``log`` get each step's means."""
+
+    class Writer:
+        def __init__(self):
+            self.scalars = []
+
+        def add_scalar(self, tag, value, step):
+            self.scalars.append((tag, value, step))
+
+    class Run:
+        def __init__(self):
+            self.logged = []
+
+        def log(self, values, step):
+            self.logged.append((values, step))
+
+    writer, run = Writer(), Run()
+    sr, gt = next(training_batches(4, 1))
+    with Validator(server.url, "psnr,ssim", writer=writer, wandb_run=run) as validator:
+        validator(7, sr, gt)
+        mean = validator.result(7, timeout=60)["mean"]
+    assert sorted(writer.scalars) == sorted((f"validation/{name}", value, 7) for name, value in mean.items())
+    assert run.logged == [({f"validation/{name}": value for name, value in mean.items()}, 7)]
