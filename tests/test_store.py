@@ -188,3 +188,25 @@ def test_eval_with_a_foreign_store_is_one_line_and_exit_2(server, tmp_path, caps
         == 2
     )
     assert "another application" in capsys.readouterr().err
+
+
+def test_a_training_run_stands_by_its_best_step_and_draws_its_curve(tmp_path):
+    conventions = record(y_channel=True)
+    digest = conventions_hash(conventions)
+    means = {0: 27.0, 1000: 29.5, 2000: 30.25, 3000: 30.0}  # the best step is not the last
+    with ResultsStore(tmp_path / "r.db") as store:
+        store.add(
+            [
+                Row("run", "val", 2, f"{i:05d}", "psnr", mean + (i - 1) * 0.5, digest, step=step)
+                for step, mean in means.items()
+                for i in range(3)
+            ],
+            conventions,
+        )
+        (board,) = leaderboard.boards(store)
+        (curve,) = leaderboard.curves(store)
+    (standing,) = board.groups[0].standings
+    assert standing.label == "run (step 2000, best of 4)" and standing.mean == pytest.approx(30.25)
+    assert curve.points == [(step, pytest.approx(mean)) for step, mean in means.items()] and curve.best[0] == 2000
+    page = leaderboard.curves_html([curve])
+    assert page.count("<svg") == 1 and "best: step 2000" in page

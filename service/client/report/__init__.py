@@ -45,10 +45,10 @@ def run_report(args) -> int:
         if args.results:
             runs = [run for path in args.results for run in load_runs(Path(path))]
             report = Report.build(runs, metric_names(args.metrics) or None, seed=args.seed, resamples=args.resamples)
-        tables = []
+        tables, curves = [], []
         if args.store:
             with ResultsStore(args.store) as store:
-                tables = leaderboard.boards(store)
+                tables, curves = leaderboard.boards(store), leaderboard.curves(store)
     except (OSError, ValueError, KeyError, StoreError) as exc:
         console.print(f"[red]cannot build the report: {exc}[/red]")
         return 2
@@ -59,7 +59,7 @@ def run_report(args) -> int:
     outputs = {
         args.markdown: lambda: "\n".join(text for text in (tables and leaderboard.markdown(tables), report and markdown(report)) if text),
         args.latex: lambda: "\n".join(text for text in (tables and leaderboard.latex(tables), report and latex(report)) if text),
-        args.html: lambda: html_report(report, tables, args),
+        args.html: lambda: html_report(report, tables, curves, args),
     }
     written = []
     for path, render in outputs.items():
@@ -71,8 +71,10 @@ def run_report(args) -> int:
     return 0
 
 
-def html_report(report: Report | None, tables: list, args) -> str:
+def html_report(report: Report | None, tables: list, curves: list, args) -> str:
     sections = [("leaderboard", "Leaderboard", leaderboard.html(tables))] if tables else []
+    if curves:
+        sections.append(("curves", "Training curves", leaderboard.curves_html(curves)))
     if report is None:
         return html_page(args.title, f"leaderboard of {args.store}", sections)
     return render_html(report, x=args.x, y=args.y, worst=args.worst, crop=args.crop, title=args.title, leaderboard=sections)

@@ -10,12 +10,13 @@ conventions, all from the conventions record stored with the value.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass, field
 
-from ..store import ResultsStore, Row
-from .data import arrow, fmt
+from ..store import ResultsStore
+from .data import PALETTE, arrow, fmt
 from .tables import latex_escape, markdown_cell
 
 
@@ -100,13 +101,15 @@ def boards(store: ResultsStore) -> list[Board]:
         base = row.metric.split(".")[0]
         direction.setdefault(row.metric, record["metrics"][base]["lower_is_better"])
         convention = json.dumps(metric_convention(record, row.metric), sort_keys=True)
-        values = cells.setdefault((row.dataset, row.scale, row.metric, convention), {}).setdefault(_label(row), [])
+        values = cells.setdefault((row.dataset, row.scale, row.metric, convention), {}).setdefault(
+            (row.model, row.checkpoint, row.step), []
+        )
         if row.value is not None and math.isfinite(row.value):
             values.append(row.value)
     result: dict[tuple, Board] = {}
     for (dataset, scale, metric, convention), by_label in sorted(cells.items(), key=lambda item: item[0][:3]):
         board = result.setdefault((dataset, scale, metric), Board(dataset, scale, metric, direction[metric], []))
-        standings = [Standing(label, sum(v) / len(v), len(v)) for label, v in by_label.items() if v]
+        standings = _best_step_only(board.lower_is_better, {key: v for key, v in by_label.items() if v})
         standings.sort(key=lambda s: s.mean, reverse=not board.lower_is_better)
         board.groups.append(Group(json.loads(convention), standings))
     for board in result.values():
@@ -116,8 +119,79 @@ def boards(store: ResultsStore) -> list[Board]:
     return list(result.values())
 
 
-def _label(row: Row) -> str:
-    return row.model + (f" @ {row.checkpoint}" if row.checkpoint else "") + (f" step {row.step}" if row.step >= 0 else "")
+@dataclass
+class Curve:
+    """One model's validation metric against the training step (the validator's runs)."""
+
+    model: str
+    dataset: str
+    metric: str
+    lower_is_better: bool
+    points: list[tuple[int, float]]  # (step, mean over the images), by step
+
+    @property
+    def best(self) -> tuple[int, float]:
+        pick = min if self.lower_is_better else max
+        return pick(self.points, key=lambda point: point[1])
+
+
+def curves(store: ResultsStore) -> list[Curve]:
+    """Every (model, dataset, metric) with values at two or more steps."""
+    records = store.conventions()
+    values: dict[tuple, dict[int, list[float]]] = {}
+    direction: dict[str, bool] = {}
+    for row in store.rows():
+        if row.step < 0 or row.value is None or not math.isfinite(row.value):
+            continue
+        direction.setdefault(row.metric, records[row.conventions_hash]["metrics"][row.metric.split(".")[0]]["lower_is_better"])
+        values.setdefault((row.model, row.dataset, row.metric), {}).setdefault(row.step, []).append(row.value)
+    return [
+        Curve(model, dataset, metric, direction[metric], sorted((step, sum(v) / len(v)) for step, v in by_step.items()))
+        for (model, dataset, metric), by_step in sorted(values.items())
+        if len(by_step) > 1
+    ]
+
+
+def curves_html(found: list[Curve]) -> str:
+    """One plot per dataset and metric, a line per model, its best step marked."""
+    from html import escape
+
+    from .plots import _pyplot, svg
+
+    plt = _pyplot()
+    figures = []
+    for (dataset, metric), group in itertools.groupby(found, key=lambda c: (c.dataset, c.metric)):
+        fig, ax = plt.subplots(figsize=(5.2, 3.2))
+        for index, curve in enumerate(group):
+            steps, means = zip(*curve.points)
+            color = PALETTE[index % len(PALETTE)]
+            ax.plot(steps, means, color=color, marker="o", markersize=3, label=curve.model)
+            best_step, best_value = curve.best
+            ax.plot([best_step], [best_value], marker="*", markersize=14, color=color, linestyle="none")
+            ax.annotate(f"best: step {best_step}", (best_step, best_value), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.set_xlabel("step")
+        ax.set_ylabel(f"{metric} {arrow(metric, found[0].lower_is_better)}")
+        ax.legend(fontsize=8, frameon=False)
+        figures.append(f'<figure class="plot">{svg(fig)}<figcaption>{escape(dataset)} · {escape(metric)}</figcaption></figure>')
+    note = "Mean over the validation images at each step; ★ marks each model's best step."
+    return f'<div class="plots">{"".join(figures)}</div><p class="note">{note}</p>'
+
+
+def _best_step_only(lower_is_better: bool, values: dict[tuple[str, str, int], list[float]]) -> list[Standing]:
+    """One standing per model and checkpoint: a training run (values at several steps) stands by
+    its best step, named in its label; its other steps are its training curve."""
+    pick = min if lower_is_better else max
+    runs: dict[tuple[str, str], list[tuple[float, int, int]]] = {}
+    for (model, checkpoint, step), found in values.items():
+        runs.setdefault((model, checkpoint), []).append((sum(found) / len(found), step, len(found)))
+    standings = []
+    for (model, checkpoint), points in runs.items():
+        mean, step, count = pick(points)
+        label = model + (f" @ {checkpoint}" if checkpoint else "")
+        if step >= 0:
+            label += f" (step {step}, best of {len(points)})" if len(points) > 1 else f" (step {step})"
+        standings.append(Standing(label, mean, count))
+    return standings
 
 
 def markdown(boards: list[Board]) -> str:
