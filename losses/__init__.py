@@ -27,6 +27,7 @@ from .perceptual import PERCEPTUAL_PRESETS, PerceptualLoss, VGGPerceptualLoss
 from .psnr_ssim import SSIMLoss, lr_psnr, ms_ssim, psnr, ssim
 from .registry import REGISTRY, Metric, MetricError, compute
 from .resize import imresize
+from .temporal import dataset_means, score_clip
 from .weights import ChecksumError, WeightsError, WeightsNotFoundError
 
 __all__ = [
@@ -62,6 +63,8 @@ __all__ = [
     "ms_ssim",
     "lr_psnr",
     "imresize",
+    "score_clip",
+    "dataset_means",
     "REGISTRY",
     "Metric",
     "MetricError",

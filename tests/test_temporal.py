@@ -1,0 +1,154 @@
+"""Clips: tOF and tLP against a transcription of TecoGAN's ``metrics.py`` loop (written out here:
+frames cutfr..T−cutfr, flows of consecutive grey frames cropped by crop_8x8, LPIPS-Alex of
+consecutive crop_8x8 frames), and BasicSR's averaging (each clip's mean, then the mean over
+clips), on clips made from scikit-image photos moving by known amounts."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+
+import losses
+from losses.temporal import crop_8x8
+
+# --- the transcription ------------------------------------------------------------------------
+
+
+def tecogan_crop_8x8(img):
+    ori_h, ori_w = img.shape[0], img.shape[1]
+    h, w = (ori_h // 32) * 32, (ori_w // 32) * 32
+    while h > ori_h - 16:
+        h = h - 32
+    while w > ori_w - 16:
+        w = w - 32
+    y, x = (ori_h - h) // 2, (ori_w - w) // 2
+    return img[y : y + h, x : x + w], y, x
+
+
+def tecogan_metrics(result: list[np.ndarray], target: list[np.ndarray], lpips_pair) -> tuple[list[float], list[float]]:
+    """TecoGAN's per-clip loop: the lists of tOF and tLP values (uint8 RGB frames)."""
+    cutfr = 2
+    tof_list, tlp_list = [], []
+    for i in range(cutfr, len(target) - cutfr):
+        output_img, target_img = result[i], target[i]
+        output_grey = cv2.cvtColor(output_img, cv2.COLOR_RGB2GRAY)
+        target_grey = cv2.cvtColor(target_img, cv2.COLOR_RGB2GRAY)
+        if i > cutfr:
+            target_of = cv2.calcOpticalFlowFarneback(pre_tar_grey, target_grey, None, 0.5, 3, 15, 3, 5, 1.2, 0)  # noqa: F821
+            output_of = cv2.calcOpticalFlowFarneback(pre_out_grey, output_grey, None, 0.5, 3, 15, 3, 5, 1.2, 0)  # noqa: F821
+            target_of, _, _ = tecogan_crop_8x8(target_of)
+            output_of, _, _ = tecogan_crop_8x8(output_of)
+            of_diff = np.absolute(target_of - output_of)
+            of_diff = np.sqrt(np.sum(of_diff * of_diff, axis=-1))
+            tof_list.append(of_diff.mean())
+        pre_out_grey, pre_tar_grey = output_grey, target_grey  # noqa: F841 - read in the next iteration
+        target_img, _, _ = tecogan_crop_8x8(target_img)
+        output_img, _, _ = tecogan_crop_8x8(output_img)
+        img0, img1 = target_img, output_img
+        if i > cutfr:
+            dist0t = lpips_pair(pre_img0, img0)  # noqa: F821
+            dist1t = lpips_pair(pre_img1, img1)  # noqa: F821
+            tlp_list.append(abs(dist0t - dist1t) * 100.0)
+        pre_img0, pre_img1 = img0, img1  # noqa: F841 - read in the next iteration
+    return tof_list, tlp_list
+
+
+def lpips_of_uint8(a: np.ndarray, b: np.ndarray) -> float:
+    """LPIPS-Alex of two uint8 RGB frames, as TecoGAN's ``im2tensor`` feeds them ([−1, 1])."""
+    to = lambda x: torch.from_numpy(x).permute(2, 0, 1)[None].double() / 255.0  # noqa: E731
+    with torch.no_grad():
+        return losses.score(to(a).float(), to(b).float(), metrics=["lpips_alex"])["lpips_alex"].item()
+
+
+# --- clips with known motion --------------------------------------------------------------------
+
+
+def moving_clip(photo: np.ndarray, frames: int, step: tuple[int, int], size: tuple[int, int]) -> list[np.ndarray]:
+    """A window of ``size`` sliding over ``photo`` by ``step`` pixels per frame (a camera pan)."""
+    dy, dx = step
+    return [np.ascontiguousarray(photo[t * dy : t * dy + size[0], t * dx : t * dx + size[1]]) for t in range(frames)]
+
+
+def restored(clip: list[np.ndarray], seed: int, flicker: float) -> list[np.ndarray]:
+    """An 'SR output': blurred, noisy, with a per-frame brightness flicker."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for frame in clip:
+        blurred = gaussian_filter(frame.astype(np.float64), sigma=(1.2, 1.2, 0))
+        out.append(np.clip(blurred + rng.normal(0, 3, frame.shape) + rng.normal(0, flicker), 0, 255).round().astype(np.uint8))
+    return out
+
+
+def as_tensor(clip: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(clip)).permute(0, 3, 1, 2).float() / 255.0
+
+
+@pytest.fixture(scope="module")
+def clips(photos):
+    astronaut, chelsea, coffee = photos
+    made = {
+        "pan_right": moving_clip(chelsea, 9, (0, 3), (120, 200)),
+        "pan_down": moving_clip(astronaut, 8, (4, 1), (112, 144)),
+        "still": moving_clip(coffee, 7, (0, 0), (100, 130)),
+    }
+    return {
+        name: (restored(gt, seed, flicker), gt) for seed, (name, gt) in enumerate(made.items()) for flicker in ((4.0 if seed else 0.0),)
+    }
+
+
+def test_crop_8x8_equals_tecogans(clips):
+    for sr, _ in clips.values():
+        rows, cols = crop_8x8(*sr[0].shape[:2])
+        expected, _, _ = tecogan_crop_8x8(sr[0])
+        assert np.array_equal(sr[0][rows, cols], expected)
+
+
+def test_tof_and_tlp_equal_tecogans_metrics_py(weights_dir, clips):
+    for name, (sr, gt) in clips.items():
+        tof_list, tlp_list = tecogan_metrics(sr, gt, lpips_of_uint8)
+        got = losses.score_clip(as_tensor(sr), as_tensor(gt), metrics=["tof", "tlp"], chunk=3)
+        assert got["frames"]["tof"] == list(range(3, len(gt) - 2))
+        assert got["temporal"]["tof"] == pytest.approx(tof_list, rel=1e-5), name
+        # tLP is 100 × a difference of two float32 LPIPS values: its resolution is ~1e-6 absolute
+        assert got["temporal"]["tlp"] == pytest.approx(tlp_list, rel=1e-5, abs=1e-6), name
+        assert got["per_clip"]["tof"] == pytest.approx(np.mean(tof_list), rel=1e-5)
+        assert got["per_clip"]["tlp"] == pytest.approx(np.mean(tlp_list), rel=1e-5, abs=1e-6)
+
+
+def test_the_flow_follows_the_known_motion(clips):
+    """A sanity check of the inputs: a pan of 3 px per frame gives GT flows of about (3, 0) px,
+    and an SR that moves with the GT has a small tOF next to the pan itself."""
+    _, gt = clips["pan_right"]
+    grey = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY) for frame in gt]
+    flow = cv2.calcOpticalFlowFarneback(grey[0], grey[1], None, 0.5, 3, 15, 3, 5, 1.2, 0)
+    rows, cols = crop_8x8(*grey[0].shape)
+    assert np.median(flow[rows, cols, 0]) == pytest.approx(-3.0, abs=0.3) and abs(np.median(flow[rows, cols, 1])) < 0.3
+    got = losses.score_clip(as_tensor(clips["pan_right"][0]), as_tensor(gt), metrics=["tof"])
+    assert 0 < got["per_clip"]["tof"] < 1.0
+
+
+def test_frame_metrics_average_as_basicsr(clips):
+    """Per frame: the library's value of each frame; per clip: their mean; per dataset: the mean
+    of the clip means, with the frame-weighted mean beside it (clips of 9, 8 and 7 frames)."""
+    results = {}
+    for name, (sr, gt) in clips.items():
+        results[name] = losses.score_clip(as_tensor(sr), as_tensor(gt), metrics=["psnr", "ssim"], chunk=4, crop_border=4, y_channel=True)
+        expected = losses.score(as_tensor(sr), as_tensor(gt), metrics=["psnr", "ssim"], crop_border=4, y_channel=True)
+        for metric in ("psnr", "ssim"):
+            assert results[name]["per_frame"][metric] == pytest.approx(expected[metric].tolist(), abs=1e-12)
+            assert results[name]["per_clip"][metric] == pytest.approx(expected[metric].mean().item(), abs=1e-12)
+    means = losses.dataset_means(results)
+    for metric in ("psnr", "ssim"):
+        per_clip = [results[name]["per_frame"][metric].mean() for name in clips]
+        every_frame = np.concatenate([results[name]["per_frame"][metric] for name in clips])
+        assert means[metric]["clip_mean"] == pytest.approx(sum(per_clip) / 3, abs=1e-12)
+        assert means[metric]["frame_weighted_mean"] == pytest.approx(every_frame.mean(), abs=1e-12)
+        assert means[metric]["clip_mean"] != pytest.approx(means[metric]["frame_weighted_mean"], abs=1e-9)
+
+
+def test_a_clip_must_be_two_frame_tensors_of_one_shape():
+    with pytest.raises(ValueError, match="one shape"):
+        losses.score_clip(torch.rand(5, 3, 64, 64), torch.rand(4, 3, 64, 64), metrics=["psnr"])
