@@ -28,6 +28,7 @@ from .psnr_ssim import SSIMLoss, lr_psnr, ms_ssim, psnr, ssim
 from .registry import REGISTRY, Metric, MetricError, compute
 from .resize import imresize
 from .temporal import dataset_means, score_clip
+from .video import read_clip
 from .weights import ChecksumError, WeightsError, WeightsNotFoundError
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "lr_psnr",
     "imresize",
     "score_clip",
+    "read_clip",
     "dataset_means",
     "REGISTRY",
     "Metric",
