@@ -39,8 +39,15 @@ def crop_8x8(height: int, width: int) -> tuple[slice, slice]:
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """(T, 3, H, W) in [0, 1] → (T, H, W, 3) uint8, the 8-bit frames TecoGAN reads from PNGs."""
-    return (frames.detach().to("cpu", torch.float64).clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    """(T, 3, H, W) in [0, 1] (or uint8) → (T, H, W, 3) uint8, the 8-bit frames TecoGAN reads from PNGs."""
+    if frames.dtype != torch.uint8:
+        frames = (frames.detach().to("cpu", torch.float64).clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return frames.cpu().permute(0, 2, 3, 1).numpy()
+
+
+def as_unit(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 frames (as a video decodes) as float32 in [0, 1]; float frames as they are."""
+    return frames.float() / 255.0 if frames.dtype == torch.uint8 else frames
 
 
 def flow_differences(sr: np.ndarray, gt: np.ndarray) -> np.ndarray:
@@ -84,7 +91,8 @@ def score_clip(
     weights_dir=None,
     **options: Any,
 ) -> dict:
-    """Score one clip, (T, C, H, W) frames in [0, 1] (``lr`` frames may be smaller).
+    """Score one clip, (T, C, H, W) frames in [0, 1] or uint8 (``lr`` frames may be smaller); uint8
+    frames become float32 a chunk at a time, so a long clip never sits in memory as float32.
 
     Returns ``per_frame`` ({metric: (T,) array} for the frame metrics, computed on every frame),
     ``temporal`` ({metric: array} for tof/tlp, one value per pair (t−1, t) with skip < t < T − skip),
@@ -101,7 +109,7 @@ def score_clip(
     per_frame: dict[str, list[float]] = {}
     setup = dict(device=device, pretrained=pretrained, weights_dir=weights_dir)
     for part in chunks(frames, chunk) if framewise else ():
-        images = dict(sr=sr[part], gt=gt[part], lr=None if lr is None else lr[part])
+        images = dict(sr=as_unit(sr[part]), gt=as_unit(gt[part]), lr=None if lr is None else as_unit(lr[part]))
         with torch.inference_mode():
             values = score(**images, metrics=framewise, **setup, **options)
         for name, value in values.items():
@@ -116,7 +124,10 @@ def score_clip(
         )
     if "tlp" in temporal:
         results["tlp"] = np.concatenate(
-            [lpips_differences(sr[p.start - 1 : p.stop], gt[p.start - 1 : p.stop], _lpips_alex(setup)) for p in _pairs(first, last, chunk)]
+            [
+                lpips_differences(as_unit(sr[p.start - 1 : p.stop]), as_unit(gt[p.start - 1 : p.stop]), _lpips_alex(setup))
+                for p in _pairs(first, last, chunk)
+            ]
             or [np.empty(0)]
         )
     clip = {name: float(np.mean(values)) for name, values in per_frame.items()}

@@ -29,15 +29,22 @@ def frame_paths(folder: str | Path) -> list[Path]:
     return sorted(paths, key=lambda p: frame_number(p.name))
 
 
-def read_video(path: str | Path) -> tuple[np.ndarray, dict]:
+class ClipTooLarge(ValueError):
+    """A clip of more frames × pixels than the caller allows; raised before decoding the rest."""
+
+
+def read_video(path, max_pixels: int | None = None) -> tuple[np.ndarray, dict]:
     """A video's frames, (T, H, W, 3) uint8 RGB, and how they were converted: the colour matrix,
-    the range, and whether each came from the stream or is the default."""
+    the range, and whether each came from the stream or is the default. ``path`` may be a file
+    object. Decoding stops with ``ClipTooLarge`` once frames × H × W would exceed ``max_pixels``."""
     import av
 
     frames, conversion = [], None
-    with av.open(str(path)) as container:
+    with av.open(path if hasattr(path, "read") else str(path)) as container:
         stream = container.streams.video[0]
         for frame in container.decode(stream):
+            if max_pixels is not None and (len(frames) + 1) * frame.width * frame.height > max_pixels:
+                raise ClipTooLarge(f"more than {max_pixels} frames × pixels at frame {len(frames)} ({frame.width}×{frame.height})")
             if conversion is None:
                 conversion = _conversion(frame)
             if conversion["rgb_source"]:

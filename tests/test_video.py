@@ -97,3 +97,92 @@ def test_a_clip_read_from_ffv1_scores_as_its_frames(weights_dir, photos, tmp_pat
     from_disk = losses.score_clip(to(read_clip(tmp_path / "sr.mkv")[0]), to(read_clip(tmp_path / "gt.mkv")[0]), metrics=["psnr", "tof"])
     direct = losses.score_clip(to(sr), to(gt), metrics=["psnr", "tof"])
     assert from_disk["per_clip"] == direct["per_clip"]
+
+
+# --- POST /v1/score/clip ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(weights_dir):
+    from .servers import SubprocessServer
+
+    with SubprocessServer("--models", "alexnet", "--max-clip-pixels", str(8 * 96 * 128)) as srv:
+        yield srv
+
+
+def clip_pair(photos) -> tuple[np.ndarray, np.ndarray]:
+    gt = photo_clip(photos[0], frames=7)
+    sr = np.clip(gt.astype(int) + np.random.default_rng(5).integers(-10, 11, gt.shape), 0, 255).astype(np.uint8)
+    return sr, gt
+
+
+def test_a_clip_scores_as_the_library_from_videos_and_from_frames(server, photos, tmp_path):
+    import httpx
+
+    from .servers import png_bytes
+
+    sr, gt = clip_pair(photos)
+    write_video(tmp_path / "sr.mkv", sr, "ffv1", "bgr0")
+    write_video(tmp_path / "gt.mkv", gt, "ffv1", "bgr0")
+    to = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
+    expected = losses.score_clip(to(sr), to(gt), metrics=["psnr", "lpips_alex", "tof", "tlp"], crop_border=2)
+    videos = [("sr", (tmp_path / "sr.mkv").read_bytes()), ("gt", (tmp_path / "gt.mkv").read_bytes())]
+    frames = [("sr", png_bytes(f)) for f in sr] + [("gt", png_bytes(f)) for f in gt]
+    for files in (videos, frames):
+        response = httpx.post(
+            f"{server.url}/v1/score/clip",
+            files=files,
+            timeout=120,
+            data=dict(metrics="psnr,lpips_alex,tof,tlp", options='{"crop_border": 2}'),
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        for name, value in expected["per_clip"].items():
+            assert body["per_clip"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
+        assert body["per_frame"]["psnr"] == pytest.approx(expected["per_frame"]["psnr"].tolist(), rel=1e-9)
+        assert body["frames"]["tof"] == [3, 4] and body["conventions"]["clip"]["skip"] == 2
+        assert body["conventions"]["metrics"]["psnr"]["options"]["crop_border"] == 2
+
+
+def test_clip_refusals(server, photos, tmp_path):
+    import httpx
+
+    from .servers import png_bytes
+
+    sr, gt = clip_pair(photos)
+    post = lambda files, **data: httpx.post(f"{server.url}/v1/score/clip", files=files, data=data, timeout=60)  # noqa: E731
+    short = post([("sr", png_bytes(f)) for f in sr] + [("gt", png_bytes(f)) for f in gt[:5]], metrics="psnr")
+    assert short.status_code == 422 and "sr has 7 frames but gt has 5" in short.json()["detail"][0]["msg"]
+    corrupt = post([("sr", b"\x1aE\xdf\xa3" + b"\x00" * 200), ("gt", b"\x1aE\xdf\xa3" + b"\x00" * 200)], metrics="psnr")
+    assert corrupt.status_code == 415 and corrupt.json()["detail"][0]["loc"] == ["body", "sr"]
+    long = np.concatenate([sr, sr])  # 14 frames of 96×128: over --max-clip-pixels (8 frames)
+    write_video(tmp_path / "long.mkv", long, "ffv1", "bgr0")
+    too_big = post([("sr", (tmp_path / "long.mkv").read_bytes()), ("gt", (tmp_path / "long.mkv").read_bytes())], metrics="psnr")
+    assert too_big.status_code == 413 and "--max-clip-pixels" in too_big.json()["detail"][0]["msg"]
+    unknown = post([("sr", png_bytes(sr[0])), ("gt", png_bytes(gt[0]))], metrics="psnr,tofu")
+    assert unknown.status_code == 422 and "tofu" in unknown.json()["detail"][0]["msg"]
+    bad_skip = post([("sr", png_bytes(sr[0])), ("gt", png_bytes(gt[0]))], metrics="tof", options='{"skip": -1}')
+    assert bad_skip.status_code == 422 and "skip" in bad_skip.json()["detail"][0]["msg"]
+    schema = httpx.get(f"{server.url}/openapi.json").json()
+    assert "/v1/score/clip" in schema["paths"]
+
+
+def test_both_clients_score_a_clip(server, photos, tmp_path):
+    import asyncio
+
+    from service.client import AsyncLossClient, LossClient
+
+    sr, gt = clip_pair(photos)
+    write_video(tmp_path / "sr.mkv", sr, "ffv1", "bgr0")
+    write_video(tmp_path / "gt.mkv", gt, "ffv1", "bgr0")
+    with LossClient(server.url) as client:
+        from_videos = client.score_clip(str(tmp_path / "sr.mkv"), tmp_path / "gt.mkv", metrics="psnr,tof")
+        from_frames = client.score_clip(list(sr), list(gt), metrics="psnr,tof")
+
+    async def scored():
+        async with AsyncLossClient(server.url) as client:
+            return await client.score_clip((tmp_path / "sr.mkv").read_bytes(), (tmp_path / "gt.mkv").read_bytes(), metrics="psnr,tof")
+
+    for other in (from_frames, asyncio.run(scored())):
+        assert other["per_clip"] == pytest.approx(from_videos["per_clip"], rel=1e-9)
+    assert len(from_videos["per_frame"]["psnr"]) == 7 and len(from_videos["temporal"]["tof"]) == 2

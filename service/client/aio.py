@@ -81,6 +81,11 @@ class AsyncLossClient(ClientBase):
             while window:
                 yield in_order.counted(await in_order.async_outcome(window.popleft(), return_exceptions), advance)
 
+    async def score_clip(self, sr, gt, metrics=None, **options) -> dict:
+        """Score one clip: ``sr`` and ``gt`` each a video (path or bytes) or its frames in order;
+        per-frame, per-pair (tof, tlp) and per-clip values (``POST /v1/score/clip``)."""
+        return await self._send(self.core.clip_request(sr, gt, metrics, options))
+
     async def metrics(self) -> list[dict]:
         return await self._send(RequestSpec("GET", CATALOGUE_PATH))
 

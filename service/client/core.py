@@ -10,12 +10,22 @@ import random
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from ..common.protocol import DISTILL_CONFIG_PARAM, DISTILL_PATH, IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD, SCORE_BATCH_PATH, SCORE_PATH
+from ..common.protocol import (
+    DISTILL_CONFIG_PARAM,
+    DISTILL_PATH,
+    IMAGE_ROLES,
+    METRICS_FIELD,
+    OPTIONS_FIELD,
+    SCORE_BATCH_PATH,
+    SCORE_CLIP_PATH,
+    SCORE_PATH,
+)
 from .encoding import _to_numpy, encode_image
 from .errors import BadRequest, ConnectionFailed, RequestTimeout, ServerBusy, ServerError, Unauthorized, describe
 
@@ -105,6 +115,14 @@ class ClientCore:
         files = [("sr", encode_image(candidate, "sr")) for candidate in candidates]
         files += [(role, encode_image(image, role)) for role, image in (("gt", gt), ("lr", lr), ("teacher", teacher)) if image is not None]
         return RequestSpec.form(SCORE_BATCH_PATH, files, self._form(metrics, options or {}))
+
+    def clip_request(self, sr: Any, gt: Any, metrics=None, options=None) -> RequestSpec:
+        """One clip per role: a video (a path or bytes, sent as one upload) or its frames in order."""
+        files = []
+        for role, clip in (("sr", sr), ("gt", gt)):
+            frames = [clip] if isinstance(clip, str | Path | bytes | bytearray) else list(clip)
+            files += [(role, encode_image(frame, role)) for frame in frames]
+        return RequestSpec.form(SCORE_CLIP_PATH, files, self._form(metrics, options or {}))
 
     def distill_request(self, tensors: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> RequestSpec:
         from safetensors.numpy import save

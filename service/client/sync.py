@@ -96,6 +96,11 @@ class LossClient(ClientBase):
 
         return self.imap(one, triplets, concurrency=concurrency, progress=progress, return_exceptions=return_exceptions, total=total)
 
+    def score_clip(self, sr, gt, metrics=None, **options) -> dict:
+        """Score one clip: ``sr`` and ``gt`` each a video (path or bytes) or its frames in order;
+        per-frame, per-pair (tof, tlp) and per-clip values (``POST /v1/score/clip``)."""
+        return self._send(self.core.clip_request(sr, gt, metrics, options))
+
     def metrics(self) -> list[dict]:
         return self._send(RequestSpec("GET", CATALOGUE_PATH))
 

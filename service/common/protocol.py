@@ -21,6 +21,9 @@ RANDOM_WEIGHTS_WARNING = "random backbone weights (--random-weights): scores are
 API_PREFIX = "/v1"
 SCORE_PATH = f"{API_PREFIX}/score"
 SCORE_BATCH_PATH = f"{API_PREFIX}/score/batch"
+SCORE_CLIP_PATH = f"{API_PREFIX}/score/clip"
+# Options of /v1/score/clip beside the metrics' own: the frames left out at each end for tof/tlp.
+CLIP_OPTIONS = ("skip",)
 DISTILL_PATH = f"{API_PREFIX}/distill"
 CATALOGUE_PATH = f"{API_PREFIX}/metrics"
 HEALTHZ_PATH = "/healthz"

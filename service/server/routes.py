@@ -18,10 +18,11 @@ from ..common.protocol import (
     METRICS_FIELD,
     OPTIONS_FIELD,
     SCORE_BATCH_PATH,
+    SCORE_CLIP_PATH,
     SCORE_PATH,
 )
-from . import distill
-from .schemas import BatchResponse, DistillResponse, MetricInfo, ScoreResponse
+from . import clips, distill
+from .schemas import BatchResponse, ClipResponse, DistillResponse, MetricInfo, ScoreResponse
 
 DEFAULT_METRICS_FIELD = ",".join(DEFAULT_METRICS)
 METRICS_HELP = f"comma list of metric names (GET {CATALOGUE_PATH}); default {DEFAULT_METRICS_FIELD}"
@@ -101,6 +102,18 @@ def build_router(service) -> APIRouter:
         await check_fields(request, once=False)
         plan = service.scorer.plan(metrics, options)
         return await service.score_batch(dict(sr=sr, gt=gt or [], lr=lr or [], teacher=teacher or []), plan)
+
+    @router.post(SCORE_CLIP_PATH, response_model=ClipResponse, tags=["scoring"])
+    async def score_clip(
+        request: Request,
+        sr: list[UploadFile] = File(..., description=clips.FIELDS_HELP["sr"]),
+        gt: list[UploadFile] = File(..., description=clips.FIELDS_HELP["gt"]),
+        metrics: str = Form("psnr,ssim,tof,tlp", alias=METRICS_FIELD, description=clips.FIELDS_HELP[METRICS_FIELD]),
+        options: str = Form("{}", alias=OPTIONS_FIELD, description=OPTIONS_HELP + '; "skip": frames left out at each end for tof/tlp'),
+    ) -> ClipResponse:
+        await check_fields(request, once=False)
+        plan = clips.plan_clip(service.scorer, metrics, options)
+        return await service.score_clip(dict(sr=sr, gt=gt), plan)
 
     @router.post(
         DISTILL_PATH,

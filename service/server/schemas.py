@@ -57,6 +57,18 @@ class BatchResponse(BaseModel):
     conventions: dict = Field(description=CONVENTIONS_HELP)
 
 
+class ClipResponse(BaseModel):
+    per_frame: dict[str, list[float | None]] = Field(description="each frame metric's value per frame, in frame order")
+    temporal: dict[str, list[float | None]] = Field(description="tof/tlp per pair of frames (t−1, t); see frames")
+    frames: dict[str, list[int]] = Field(description="the frame index t of each value")
+    per_clip: dict[str, float | None] = Field(description="each metric's mean over the clip")
+    pretrained: bool
+    device: str
+    precision: str
+    timing_ms: Timing
+    conventions: dict = Field(description=CONVENTIONS_HELP + "; clip: the temporal metrics, skip and averaging")
+
+
 class MetricInfo(BaseModel):
     name: str
     lower_is_better: bool

@@ -18,9 +18,10 @@ from losses import registry
 from ..common.decode import decode
 from ..common.errors import ServiceError, invalid, unavailable
 from ..common.protocol import IMAGE_ROLES
+from . import clips
 from .batcher import Batcher, BatchTooLarge, QueueFull, ShuttingDown
 from .memory import MemoryGuard
-from .schemas import BatchItemError, BatchResponse, ScoreResponse, ScoreResult
+from .schemas import BatchItemError, BatchResponse, ClipResponse, ScoreResponse, ScoreResult
 from .scoring import Job, Plan, Scorer, too_large_for_device
 from .settings import Settings
 from .telemetry import Telemetry
@@ -162,6 +163,34 @@ class ScoringService:
         except BatchTooLarge as exc:
             self.telemetry.rejected.labels(reason="out_of_memory").inc()
             raise too_large_for_device(self.settings.max_image_pixels, exc) from None
+
+    async def score_clip(self, fields: dict[str, list[UploadFile]], plan: clips.ClipPlan) -> ClipResponse:
+        """One clip: both roles decoded on the CPU pool (sizes checked first), scored on the device thread."""
+        received = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        names = plan.frames.names if plan.frames else ("lpips_alex",)
+        max_pixels = self.settings.max_image_pixels
+
+        def decode_frame(data: bytes, field: str):
+            return decode(data, field, max_pixels, lambda height, width: self.memory.check(names, height, width, field))
+
+        async def read(role: str):
+            contents = [await upload.read() for upload in fields[role]]
+            return await loop.run_in_executor(self.cpu_pool, clips.frames_of, contents, role, decode_frame, self.settings.max_clip_pixels)
+
+        decoded = {role: await read(role) for role in ("sr", "gt")}
+        clips.check_clips(decoded)
+        started = time.perf_counter()
+        result = await self.on_device_thread(lambda: clips.run(self.scorer, plan, decoded))
+        timing = dict(queue=0.0, compute=(time.perf_counter() - started) * 1e3, total=(time.perf_counter() - received) * 1e3)
+        return ClipResponse(
+            **result,
+            pretrained=self.scorer.pretrained,
+            device=str(self.scorer.device),
+            precision=self.scorer.precision,
+            timing_ms=timing,
+            conventions=plan.conventions(self.scorer),
+        )
 
     async def score_batch(self, fields: dict[str, list[UploadFile]], plan: Plan) -> BatchResponse:
         """Triplets paired by order; a reference role (gt, lr, teacher) given once serves every sr

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         description="largest H×W accepted per image (413 above); 0/none "
         "lifts the limit (4096²: larger than any SR benchmark image, checked before decoding)",
     )
+    max_clip_pixels: int | None = Field(
+        2**28,
+        ge=1,
+        description="largest frames × H × W of one clip on /v1/score/clip (413 above, from the headers); 0/none lifts the limit "
+        "(2^28: 100 frames of 1920×1080 in 0.8 GB of 8-bit RGB)",
+    )
     max_body_mb: float | None = Field(
         256.0,
         gt=0,
@@ -89,7 +95,14 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(1, ge=0, description="Retry-After sent with 503 on overload")
 
     @field_validator(
-        "max_queue", "max_image_pixels", "max_body_mb", "max_batch_pixels", "max_batch_memory_gb", "max_memory_gb", mode="before"
+        "max_queue",
+        "max_image_pixels",
+        "max_clip_pixels",
+        "max_body_mb",
+        "max_batch_pixels",
+        "max_batch_memory_gb",
+        "max_memory_gb",
+        mode="before",
     )
     @classmethod
     def _zero_lifts_the_limit(cls, value):
