@@ -285,7 +285,10 @@ def _weights_parser(commands) -> None:
 
 def _eval_parser(commands) -> None:
     """``eval``: folders of SR/GT(/LR) images scored through a server."""
-    ev = commands.add_parser("eval", help="score folders of SR/GT(/LR) images through a server; CSV + JSON + summary")
+    ev = commands.add_parser(
+        "eval",
+        help="score folders of SR/GT(/LR) images, or of clips (sub-folders of frames, or videos), through a server; CSV + JSON + summary",
+    )
     ev.add_argument("--url", action="append", required=True, help="server base URL; repeat to spread over replicas")
     ev.add_argument(
         "--sr",

@@ -186,3 +186,58 @@ def test_both_clients_score_a_clip(server, photos, tmp_path):
     for other in (from_frames, asyncio.run(scored())):
         assert other["per_clip"] == pytest.approx(from_videos["per_clip"], rel=1e-9)
     assert len(from_videos["per_frame"]["psnr"]) == 7 and len(from_videos["temporal"]["tof"]) == 2
+
+
+def test_eval_scores_a_dataset_of_clips_as_basicsr_averages(server, photos, tmp_path):
+    """A REDS-like layout (GT/<clip>/<frame>.png) for one model and a folder of FFV1 videos for
+    another: per-clip values equal the library's, the dataset value is the mean over clips."""
+    import csv
+    import json
+
+    from service.cli import main as cli_main
+
+    clips = {"000": clip_pair(photos), "011": tuple(c[:6] for c in clip_pair(photos[1:]))}
+    for role in ("GT", "SR"):
+        for name, (sr, gt) in clips.items():
+            (tmp_path / role / name).mkdir(parents=True)
+            for index, frame in enumerate(gt if role == "GT" else sr):
+                Image.fromarray(frame).save(tmp_path / role / name / f"{index}.png")  # 10 frames would sort after 1
+    (tmp_path / "videos").mkdir()
+    for name, (sr, _) in clips.items():
+        write_video(tmp_path / "videos" / f"{name}.mkv", sr, "ffv1", "bgr0")
+    out = tmp_path / "clips.json"
+    code = cli_main(
+        [
+            "eval",
+            "--url",
+            server.url,
+            "--sr",
+            f"frames={tmp_path / 'SR'}",
+            "--sr",
+            f"video={tmp_path / 'videos'}",
+            "--gt",
+            str(tmp_path / "GT"),
+            "--metrics",
+            "psnr,tof",
+            "--json",
+            str(out),
+            "--out",
+            str(tmp_path / "f.csv"),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    data = json.loads(out.read_text())
+    to = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
+    expected = {name: losses.score_clip(to(sr), to(gt), metrics=["psnr", "tof"]) for name, (sr, gt) in clips.items()}
+    for model in ("frames", "video"):
+        got = data["models"][model]
+        for name in clips:
+            assert got["clips"][name]["per_clip"]["psnr"] == pytest.approx(expected[name]["per_clip"]["psnr"], rel=1e-9)
+            assert got["clips"][name]["per_clip"]["tof"] == pytest.approx(expected[name]["per_clip"]["tof"], rel=1e-5)
+        psnr = got["dataset"]["psnr"]
+        assert psnr["clip_mean"] == pytest.approx(np.mean([e["per_clip"]["psnr"] for e in expected.values()]), rel=1e-9)
+        every = np.concatenate([e["per_frame"]["psnr"] for e in expected.values()])
+        assert psnr["frame_weighted_mean"] == pytest.approx(every.mean(), rel=1e-9) and psnr["clips"] == 2
+    rows = list(csv.DictReader(open(tmp_path / "f.csv")))
+    assert len(rows) == 2 * (7 + 6) and {r["clip"] for r in rows} == {"000", "011"}

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..client import LossClient, LossServiceError, describe
 from ..common.errors import comma_list
+from .evaluate_clips import is_clip_dataset, run_clip_eval
 from .store import ResultsStore, Row, StoreError, conventions_hash
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".npy"}
@@ -285,6 +286,8 @@ def run_eval(args) -> int:
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
+    if "gt" in references and is_clip_dataset(references["gt"]):
+        return run_clip_eval(args, models, eval_options(args), console)
     suffixes = {"sr": args.sr_suffix, "lr": args.lr_suffix, "teacher": args.teacher_suffix}
     pairings = {name: pair_folders({"sr": directory, **references}, suffixes) for name, directory in models.items()}
     out_csv, out_json = Path(args.out), Path(args.json) if args.json else None

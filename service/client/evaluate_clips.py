@@ -1,0 +1,137 @@
+"""``loss-service eval`` on a dataset of clips: ``GT/<clip>/<frame>.png`` beside ``SR/<clip>/...``
+(REDS4, Vid4, UDM10, SPMCS), or folders of videos paired by stem. Each clip goes to
+``POST /v1/score/clip``; the JSON holds per-frame, per-pair (tof, tlp) and per-clip values, and per
+dataset BasicSR's mean over clips with the frame-weighted mean beside it; the CSV one row per frame.
+
+Torch-free: it runs on the client-only install.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+from .errors import LossServiceError
+from .sync import LossClient
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".y4m")
+FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
+
+
+def frame_number(name: str) -> int:
+    """The number in a frame's name, as BasicSR and TecoGAN order frames (``9.png`` before ``10.png``)."""
+    return int("".join(filter(str.isdigit, name)) or -1)
+
+
+def clips_in(folder: Path) -> dict[str, Path | list[Path]]:
+    """A dataset folder's clips by name: a sub-folder's frames in frame order, or a video file."""
+    found: dict[str, Path | list[Path]] = {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            frames = sorted(p for p in entry.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith("."))
+            if frames:
+                found[entry.name] = sorted(frames, key=lambda p: frame_number(p.name))
+        elif entry.suffix.lower() in VIDEO_SUFFIXES:
+            found[entry.stem] = entry
+    return found
+
+
+def is_clip_dataset(folder: Path) -> bool:
+    """A folder of clips: sub-folders of frames or video files, and no images of its own."""
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
+    if any(entry.is_file() and entry.suffix.lower() in FRAME_SUFFIXES for entry in entries):
+        return False
+    return bool(clips_in(folder))
+
+
+def dataset_means(clips: dict[str, dict]) -> dict[str, dict]:
+    """BasicSR's video averaging over the clips' answers: each clip's mean, then the mean over
+    clips; the frame-weighted mean (every frame or pair counted once) beside it."""
+    means = {}
+    for name in sorted({metric for clip in clips.values() for metric in clip["per_clip"]}):
+        per_clip = [clip["per_clip"][name] for clip in clips.values() if clip["per_clip"].get(name) is not None]
+        values = [v for clip in clips.values() for v in {**clip["per_frame"], **clip["temporal"]}.get(name, []) if v is not None]
+        means[name] = dict(
+            clip_mean=statistics.fmean(per_clip) if per_clip else None,
+            frame_weighted_mean=statistics.fmean(values) if values else None,
+            clips=len(per_clip),
+        )
+    return means
+
+
+def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:
+    gt_clips = clips_in(Path(args.gt))
+    results, failures, unpaired, conventions = {}, {}, {}, None
+    with LossClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+        for model, folder in models.items():
+            sr_clips = clips_in(folder)
+            unpaired[model] = dict(gt=sorted(set(gt_clips) - set(sr_clips)), sr=sorted(set(sr_clips) - set(gt_clips)))
+            results[model], failures[model] = {}, []
+            for name in sorted(set(gt_clips) & set(sr_clips)):
+                try:
+                    answer = client.score_clip(sr_clips[name], gt_clips[name], args.metrics, **options)
+                except (LossServiceError, OSError) as exc:
+                    failures[model].append(dict(clip=name, status=getattr(exc, "status", None), message=str(exc)))
+                    console.print(f"[red]{model} / {name}: {exc}[/red]")
+                    continue
+                conventions = conventions or answer["conventions"]
+                results[model][name] = {key: answer[key] for key in ("per_frame", "temporal", "frames", "per_clip")}
+                if not args.quiet:
+                    console.print(f"{model} / {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in answer["per_clip"].items() if v is not None))
+    report = dict(
+        format="loss-service-eval-clips",
+        version=1,
+        dataset=args.dataset,
+        scale=args.scale,
+        metrics=args.metrics,
+        options=options,
+        conventions=conventions,
+        models={
+            model: dict(
+                sr_dir=str(models[model].resolve()),
+                clips=results[model],
+                dataset=dataset_means(results[model]),
+                failures=failures[model],
+                unpaired=unpaired[model],
+            )
+            for model in models
+        },
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+    write_frames_csv(Path(args.out), results)
+    for model in models:
+        means = report["models"][model]["dataset"]
+        console.print(
+            f"[bold]{model}[/bold]: {len(results[model])} clip(s); "
+            + "; ".join(
+                f"{name} {m['clip_mean']:.4f} (frame-weighted {m['frame_weighted_mean']:.4f})"
+                for name, m in means.items()
+                if m["clip_mean"] is not None
+            )
+        )
+        for role, names in unpaired[model].items():
+            if names:
+                console.print(f"[yellow]{model}: {role} clips without a partner: {', '.join(names)}[/yellow]")
+    missing = any(unpaired[model]["gt"] for model in models)
+    return 1 if missing or any(failures.values()) else 0
+
+
+def write_frames_csv(path: Path, results: dict[str, dict[str, dict]]) -> None:
+    """One row per model, clip and frame; a temporal value sits on the frame t of its pair (t−1, t)."""
+    metrics = sorted({m for clips in results.values() for clip in clips.values() for m in (*clip["per_frame"], *clip["temporal"])})
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["model", "clip", "frame", *metrics])
+        for model, clips in results.items():
+            for name, clip in clips.items():
+                by_frame: dict[int, dict[str, float | None]] = {}
+                for metric, values in {**clip["per_frame"], **clip["temporal"]}.items():
+                    for frame, value in zip(clip["frames"][metric], values):
+                        by_frame.setdefault(frame, {})[metric] = value
+                for frame in sorted(by_frame):
+                    writer.writerow([model, name, frame, *(by_frame[frame].get(m, "") for m in metrics)])
