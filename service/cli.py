@@ -319,6 +319,13 @@ def _eval_parser(commands) -> None:
         default=None,
         help='further metric options as a JSON object, e.g. {"uint8_rounding": true} for lr_psnr',
     )
+    ev.add_argument(
+        "--preset",
+        choices=("REDS4", "Vid4", "UDM10", "Vimeo90K-T"),
+        default=None,
+        help="clips: a test set's published conventions (REDS4: RGB, crop 0, clips 000/011/015/020; Vid4, UDM10: Y, crop 0; "
+        "Vimeo90K-T: Y, crop 0, the centre frame of each 7-frame clip); recorded in the JSON",
+    )
     ev.add_argument("--concurrency", type=number(int, 1), default=8, help="requests in flight (default 8)")
     ev.add_argument("--out", default="results.csv", help="CSV path (default results.csv)")
     ev.add_argument(

@@ -241,3 +241,46 @@ def test_eval_scores_a_dataset_of_clips_as_basicsr_averages(server, photos, tmp_
         assert psnr["frame_weighted_mean"] == pytest.approx(every.mean(), rel=1e-9) and psnr["clips"] == 2
     rows = list(csv.DictReader(open(tmp_path / "f.csv")))
     assert len(rows) == 2 * (7 + 6) and {r["clip"] for r in rows} == {"000", "011"}
+
+
+def test_presets_set_the_published_conventions_and_record_them(server, photos, tmp_path, capsys):
+    """REDS4: RGB, crop 0, only clips 000/011/015/020 (BasicSR's test_BasicVSR_REDS.yml);
+    Vimeo90K-T: Y, crop 0, the centre frame of each 7-frame clip (test_BasicVSR_Vimeo90K_BIx4.yml,
+    center_frame_only)."""
+    import json
+
+    from service.cli import main as cli_main
+
+    sr, gt = clip_pair(photos)  # 7 frames
+    names = ("000", "011", "015", "020", "001")
+    for role, frames in (("GT", gt), ("SR", sr)):
+        for name in names:
+            (tmp_path / role / name).mkdir(parents=True)
+            for index, frame in enumerate(frames):
+                Image.fromarray(frame).save(tmp_path / role / name / f"im{index + 1}.png")
+    common = [
+        "eval",
+        "--url",
+        server.url,
+        "--sr",
+        f"m={tmp_path / 'SR'}",
+        "--gt",
+        str(tmp_path / "GT"),
+        "--out",
+        str(tmp_path / "f.csv"),
+        "--quiet",
+    ]
+    assert cli_main([*common, "--preset", "REDS4", "--metrics", "psnr", "--json", str(tmp_path / "reds.json")]) == 0
+    reds = json.loads((tmp_path / "reds.json").read_text())
+    assert sorted(reds["models"]["m"]["clips"]) == ["000", "011", "015", "020"] and reds["preset"]["name"] == "REDS4"
+    assert reds["conventions"]["metrics"]["psnr"]["options"] == {"crop_border": 0, "y_channel": False}
+    assert cli_main([*common, "--preset", "Vimeo90K-T", "--metrics", "psnr,ssim", "--json", str(tmp_path / "vimeo.json")]) == 0
+    vimeo = json.loads((tmp_path / "vimeo.json").read_text())
+    to = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
+    centre = losses.score(to(sr[3:4]), to(gt[3:4]), metrics=["psnr", "ssim"], y_channel=True)
+    got = vimeo["models"]["m"]["clips"]["001"]
+    assert got["frames"]["psnr"] == [0] and got["per_clip"]["psnr"] == pytest.approx(centre["psnr"].item(), rel=1e-12)
+    assert vimeo["conventions"]["metrics"]["ssim"]["options"]["y_channel"] is True and vimeo["preset"]["centre_frame"] is True
+    capsys.readouterr()
+    assert cli_main([*common, "--preset", "Vimeo90K-T", "--metrics", "psnr,tof"]) == 2
+    assert "centre frame" in capsys.readouterr().err

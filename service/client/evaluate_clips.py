@@ -20,6 +20,32 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".y4m")
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
 
 
+# The published conventions of the VSR test sets (docs/metrics.md cites each source).
+PRESETS = {
+    "REDS4": dict(options=dict(y_channel=False, crop_border=0), clips=("000", "011", "015", "020"), centre_frame=False),
+    "Vid4": dict(options=dict(y_channel=True, crop_border=0), clips=None, centre_frame=False),
+    "UDM10": dict(options=dict(y_channel=True, crop_border=0), clips=None, centre_frame=False),
+    "Vimeo90K-T": dict(options=dict(y_channel=True, crop_border=0), clips=None, centre_frame=True),
+}
+
+
+def preset_setup(name: str | None, metrics: str, options: dict) -> tuple[dict, dict | None]:
+    """The options a preset sets (the user's own win, and are recorded beside it), and the preset."""
+    if name is None:
+        return options, None
+    preset = PRESETS[name]
+    if preset["centre_frame"] and any(m in ("tof", "tlp") for m in metrics.split(",")):
+        raise ValueError(f"--preset {name} scores the centre frame of each clip only: tof and tlp need consecutive frames")
+    return {**preset["options"], **options}, dict(name=name, **preset)
+
+
+def centre_frame(clip: Path | list[Path]) -> list[Path]:
+    """Vimeo90K-T's convention: the centre frame of a 7-frame clip (index 3)."""
+    if not isinstance(clip, list):
+        raise ValueError("the centre-frame convention needs clips given as folders of frames")
+    return [clip[len(clip) // 2]]
+
+
 def frame_number(name: str) -> int:
     """The number in a frame's name, as BasicSR and TecoGAN order frames (``9.png`` before ``10.png``)."""
     return int("".join(filter(str.isdigit, name)) or -1)
@@ -48,6 +74,12 @@ def is_clip_dataset(folder: Path) -> bool:
     return bool(clips_in(folder))
 
 
+def select(clips: dict, preset: dict | None) -> dict:
+    """The preset's clips (REDS4's four), or every clip."""
+    wanted = preset and preset["clips"]
+    return {name: clip for name, clip in clips.items() if not wanted or name in wanted}
+
+
 def dataset_means(clips: dict[str, dict]) -> dict[str, dict]:
     """BasicSR's video averaging over the clips' answers: each clip's mean, then the mean over
     clips; the frame-weighted mean (every frame or pair counted once) beside it."""
@@ -64,17 +96,25 @@ def dataset_means(clips: dict[str, dict]) -> dict[str, dict]:
 
 
 def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:
-    gt_clips = clips_in(Path(args.gt))
+    try:
+        options, preset = preset_setup(args.preset, args.metrics, options)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    gt_clips = select(clips_in(Path(args.gt)), preset)
     results, failures, unpaired, conventions = {}, {}, {}, None
     with LossClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
         for model, folder in models.items():
-            sr_clips = clips_in(folder)
+            sr_clips = select(clips_in(folder), preset)
             unpaired[model] = dict(gt=sorted(set(gt_clips) - set(sr_clips)), sr=sorted(set(sr_clips) - set(gt_clips)))
             results[model], failures[model] = {}, []
             for name in sorted(set(gt_clips) & set(sr_clips)):
                 try:
-                    answer = client.score_clip(sr_clips[name], gt_clips[name], args.metrics, **options)
-                except (LossServiceError, OSError) as exc:
+                    sr, gt = sr_clips[name], gt_clips[name]
+                    if preset and preset["centre_frame"]:
+                        sr, gt = centre_frame(sr), centre_frame(gt)
+                    answer = client.score_clip(sr, gt, args.metrics, **options)
+                except (LossServiceError, OSError, ValueError) as exc:
                     failures[model].append(dict(clip=name, status=getattr(exc, "status", None), message=str(exc)))
                     console.print(f"[red]{model} / {name}: {exc}[/red]")
                     continue
@@ -85,10 +125,11 @@ def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:
     report = dict(
         format="loss-service-eval-clips",
         version=1,
-        dataset=args.dataset,
+        dataset=args.dataset or args.preset,
         scale=args.scale,
         metrics=args.metrics,
         options=options,
+        preset=preset and dict(preset, clips=list(preset["clips"] or [])),
         conventions=conventions,
         models={
             model: dict(
