@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 TEMPORAL_METRICS = ("tof", "tlp")
+# Metrics of a whole clip that are not in the per-image registry: the temporal ones, and VMAF.
+CLIP_METRICS = (*TEMPORAL_METRICS, "vmaf", "vmaf_neg")
 TECOGAN_SKIP = 2
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
 
@@ -96,13 +98,15 @@ def score_clip(
 
     Returns ``per_frame`` ({metric: (T,) array} for the frame metrics, computed on every frame),
     ``temporal`` ({metric: array} for tof/tlp, one value per pair (t−1, t) with skip < t < T − skip),
-    ``frames`` ({metric: the frame index t of each value}) and ``per_clip`` (each metric's mean).
+    ``frames`` ({metric: the frame index t of each value}), ``per_clip`` (each metric's mean) and
+    ``details`` (how VMAF was computed: model, libvmaf version, YUV conversion). ``vmaf`` and
+    ``vmaf_neg`` run FFmpeg's libvmaf on the whole clip's 8-bit frames.
     """
     from .api import score
 
     names = [metrics] if isinstance(metrics, str) else list(metrics)
     temporal = [name for name in names if name in TEMPORAL_METRICS]
-    framewise = [name for name in names if name not in TEMPORAL_METRICS]
+    framewise = [name for name in names if name not in CLIP_METRICS]
     if sr.shape != gt.shape or sr.ndim != 4:
         raise ValueError(f"sr and gt must be (T, C, H, W) clips of one shape, got {tuple(sr.shape)} and {tuple(gt.shape)}")
     frames = sr.shape[0]
@@ -114,6 +118,12 @@ def score_clip(
             values = score(**images, metrics=framewise, **setup, **options)
         for name, value in values.items():
             per_frame.setdefault(name, []).extend(value.double().cpu().tolist())
+    details = {}
+    for name in (name for name in names if name in ("vmaf", "vmaf_neg")):
+        from .vmaf import vmaf
+
+        values, details[name] = vmaf(to_uint8(sr), to_uint8(gt), name)
+        per_frame[name] = values.tolist()
     first, last = skip + 1, frames - skip  # pairs (t−1, t) for first ≤ t < last
     indices = list(range(first, last))
     results: dict[str, np.ndarray] = {}
@@ -137,6 +147,7 @@ def score_clip(
         temporal=results,
         frames={**{name: list(range(frames)) for name in per_frame}, **{name: indices for name in results}},
         per_clip=clip,
+        details=details,
     )
 
 

@@ -284,3 +284,60 @@ def test_presets_set_the_published_conventions_and_record_them(server, photos, t
     capsys.readouterr()
     assert cli_main([*common, "--preset", "Vimeo90K-T", "--metrics", "psnr,tof"]) == 2
     assert "centre frame" in capsys.readouterr().err
+
+
+# --- VMAF ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric, model", [("vmaf", "vmaf_v0.6.1"), ("vmaf_neg", "vmaf_v0.6.1neg")])
+def test_vmaf_equals_ffmpegs_libvmaf_run_as_a_user_types_it(photos, tmp_path, metric, model):
+    """The user's command: the frames as PNG sequences, ``ffmpeg -i sr/%d.png -i gt/%d.png -lavfi
+    "[0:v]format=yuv420p[d];[1:v]format=yuv420p[r];[d][r]libvmaf=model=version=...:log_fmt=json..."``."""
+    import json
+
+    from losses.vmaf import ffmpeg_with_libvmaf
+
+    sr, gt = clip_pair(photos)
+    for role, frames in (("sr", sr), ("gt", gt)):
+        (tmp_path / role).mkdir()
+        for index, frame in enumerate(frames):
+            Image.fromarray(frame).save(tmp_path / role / f"{index}.png")
+    log = tmp_path / "vmaf.json"
+    graph = f"[0:v]format=yuv420p[d];[1:v]format=yuv420p[r];[d][r]libvmaf=model=version={model}:log_fmt=json:log_path={log}"
+    subprocess.run(
+        [
+            ffmpeg_with_libvmaf(),
+            "-v",
+            "error",
+            "-i",
+            str(tmp_path / "sr" / "%d.png"),
+            "-i",
+            str(tmp_path / "gt" / "%d.png"),
+            "-lavfi",
+            graph,
+            "-f",
+            "null",
+            "-",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    expected = [frame["metrics"]["vmaf"] for frame in json.loads(log.read_text())["frames"]]
+    to = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
+    got = losses.score_clip(to(sr), to(gt), metrics=[metric])
+    assert got["per_frame"][metric].tolist() == pytest.approx(expected, abs=1e-4)
+    assert got["per_clip"][metric] == pytest.approx(np.mean(expected), abs=1e-4)
+    assert got["details"][metric]["model"] == model and got["details"][metric]["libvmaf"]
+    assert 0 < got["per_clip"][metric] <= 100
+
+
+def test_vmaf_through_the_server(server, photos):
+    from service.client import LossClient
+
+    sr, gt = clip_pair(photos)
+    with LossClient(server.url) as client:
+        answer = client.score_clip(list(sr), list(gt), metrics="psnr,vmaf")
+    to = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
+    expected = losses.score_clip(to(sr), to(gt), metrics=["vmaf"])
+    assert answer["per_frame"]["vmaf"] == pytest.approx(expected["per_frame"]["vmaf"].tolist(), abs=1e-4)
+    assert answer["vmaf"]["vmaf"]["model"] == "vmaf_v0.6.1" and "yuv420p" in answer["vmaf"]["vmaf"]["yuv"]

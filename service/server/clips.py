@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 from losses import registry
-from losses.temporal import TECOGAN_SKIP, TEMPORAL_METRICS, score_clip
+from losses.temporal import CLIP_METRICS, TECOGAN_SKIP, score_clip
+from losses.vmaf import INSTALL_HINT, ffmpeg_with_libvmaf
 
-from ..common.errors import comma_list, invalid, json_object, too_large, unsupported
+from ..common.errors import comma_list, invalid, json_object, too_large, unavailable, unsupported
 from ..common.protocol import CLIP_OPTIONS, METRICS_FIELD, OPTIONS_FIELD
 from .scoring import Plan, Scorer
 
@@ -29,8 +30,8 @@ VIDEO_MAGICS = (b"\x1aE\xdf\xa3", b"RIFF", b"YUV4MPEG2")  # Matroska/WebM, AVI, 
 
 @dataclass(frozen=True)
 class ClipPlan:
-    """A clip request parsed once: the frame metrics' plan (None for temporal metrics alone), the
-    temporal metrics, and the frames left out at each end for them."""
+    """A clip request parsed once: the frame metrics' plan (None for clip metrics alone), the clip
+    metrics (tof, tlp, vmaf, vmaf_neg), and the frames left out at each end for tof and tlp."""
 
     frames: Plan | None
     temporal: tuple[str, ...]
@@ -54,13 +55,15 @@ def plan_clip(scorer: Scorer, metrics_field: str | None, options_field: str | No
     skip = options.pop("skip", TECOGAN_SKIP)
     if not isinstance(skip, int) or isinstance(skip, bool) or skip < 0:
         raise invalid(OPTIONS_FIELD, f"options: skip must be a whole number of frames ≥ 0, got {skip!r}")
-    temporal = tuple(name for name in dict.fromkeys(names) if name in TEMPORAL_METRICS)
-    framewise = [name for name in names if name not in TEMPORAL_METRICS]
+    temporal = tuple(name for name in dict.fromkeys(names) if name in CLIP_METRICS)
+    framewise = [name for name in names if name not in CLIP_METRICS]
+    if {"vmaf", "vmaf_neg"} & set(temporal) and ffmpeg_with_libvmaf() is None:
+        raise unavailable(METRICS_FIELD, f"vmaf needs FFmpeg with libvmaf on the server: {INSTALL_HINT}")
     if "tlp" in temporal:
         scorer.plan("lpips_alex", None)  # refuses the request (503) where LPIPS-Alex's model is not loaded
     frames = scorer.plan(",".join(framewise), json.dumps(options)) if framewise else None
     if frames is None and options:
-        raise invalid(OPTIONS_FIELD, f"options {sorted(options)} given, but tof and tlp take only {list(CLIP_OPTIONS)}")
+        raise invalid(OPTIONS_FIELD, f"options {sorted(options)} given, but {', '.join(temporal)} take only {list(CLIP_OPTIONS)}")
     return ClipPlan(frames, temporal, skip)
 
 
@@ -130,11 +133,14 @@ def run(scorer: Scorer, plan: ClipPlan, clips: dict[str, np.ndarray]) -> dict:
         result = score_clip(sr, gt, metrics=metrics, skip=plan.skip, **setup, **options)
     except registry.MetricError as exc:
         raise invalid(exc.field, str(exc)) from None
+    except RuntimeError as exc:  # FFmpeg's libvmaf failed
+        raise unavailable(METRICS_FIELD, str(exc)) from None
     return dict(
         per_frame=finite_lists(result["per_frame"]),
         temporal=finite_lists(result["temporal"]),
         frames=result["frames"],
         per_clip={name: value if math.isfinite(value) else None for name, value in result["per_clip"].items()},
+        vmaf=result["details"],
     )
 
 

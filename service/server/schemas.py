@@ -62,6 +62,7 @@ class ClipResponse(BaseModel):
     temporal: dict[str, list[float | None]] = Field(description="tof/tlp per pair of frames (t−1, t); see frames")
     frames: dict[str, list[int]] = Field(description="the frame index t of each value")
     per_clip: dict[str, float | None] = Field(description="each metric's mean over the clip")
+    vmaf: dict[str, dict] = Field({}, description="for vmaf/vmaf_neg: the model, libvmaf version and YUV 4:2:0 conversion")
     pretrained: bool
     device: str
     precision: str
