@@ -25,6 +25,7 @@ from ..common.errors import comma_list, invalid, json_object, too_large, unavail
 from ..common.protocol import CLIP_OPTIONS, METRICS_FIELD, OPTIONS_FIELD
 from .scoring import Plan, Scorer
 
+DEFAULT_CLIP_METRICS = "psnr,ssim,tof"  # what any server can score (tlp needs alexnet, vmaf libvmaf)
 VIDEO_MAGICS = (b"\x1aE\xdf\xa3", b"RIFF", b"YUV4MPEG2")  # Matroska/WebM, AVI, y4m; MP4/MOV: 'ftyp' at byte 4
 
 
@@ -50,7 +51,7 @@ class ClipPlan:
 
 
 def plan_clip(scorer: Scorer, metrics_field: str | None, options_field: str | None) -> ClipPlan:
-    names = comma_list(metrics_field or "psnr,ssim,tof,tlp")
+    names = comma_list(metrics_field or DEFAULT_CLIP_METRICS)
     options = json_object(options_field or "{}", OPTIONS_FIELD, '{"skip": 2, "crop_border": 4}')
     skip = options.pop("skip", TECOGAN_SKIP)
     if not isinstance(skip, int) or isinstance(skip, bool) or skip < 0:
@@ -147,5 +148,5 @@ def run(scorer: Scorer, plan: ClipPlan, clips: dict[str, np.ndarray]) -> dict:
 FIELDS_HELP = {
     "sr": "the SR clip: one video file (mp4, mkv, avi, mov, y4m) or its frames in order (repeat the field)",
     "gt": "the GT clip, as sr",
-    METRICS_FIELD: "comma list: frame metrics of GET /v1/metrics and tof, tlp; default psnr,ssim,tof,tlp",
+    METRICS_FIELD: f"comma list: frame metrics of GET /v1/metrics and tof, tlp, vmaf, vmaf_neg; default {DEFAULT_CLIP_METRICS}",
 }

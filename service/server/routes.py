@@ -108,7 +108,7 @@ def build_router(service) -> APIRouter:
         request: Request,
         sr: list[UploadFile] = File(..., description=clips.FIELDS_HELP["sr"]),
         gt: list[UploadFile] = File(..., description=clips.FIELDS_HELP["gt"]),
-        metrics: str = Form("psnr,ssim,tof,tlp", alias=METRICS_FIELD, description=clips.FIELDS_HELP[METRICS_FIELD]),
+        metrics: str = Form(clips.DEFAULT_CLIP_METRICS, alias=METRICS_FIELD, description=clips.FIELDS_HELP[METRICS_FIELD]),
         options: str = Form("{}", alias=OPTIONS_FIELD, description=OPTIONS_HELP + '; "skip": frames left out at each end for tof/tlp'),
     ) -> ClipResponse:
         await check_fields(request, once=False)
