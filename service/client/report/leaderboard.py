@@ -202,28 +202,33 @@ def markdown(boards: list[Board]) -> str:
             if index:
                 lines += ["", f"Not comparable with the ranking above (this group vs it): {'; '.join(group.differs)}."]
             lines += ["", "| rank | model | mean | images |", "|---|---|---|---|"]
-            lines += [
-                f"| {rank} | {markdown_cell(s.label)} | {fmt(board.metric, s.mean)} | {s.images} |"
-                for rank, s in enumerate(group.standings, 1)
-            ]
+            lines += [f"| {rank} | {markdown_cell(label)} | {mean} | {images} |" for rank, label, mean, images in _rows(board, group)]
     return "\n".join(lines) + "\n"
 
 
 def latex(boards: list[Board]) -> str:
     parts = []
+    for board, index, group in _groups(boards):
+        caption = f"{board.title}, {board.metric}" + (f" (differs: {'; '.join(group.differs)})" if index else "")
+        rows = "\n".join(f"{rank} & {latex_escape(label)} & {mean} & {images} \\\\" for rank, label, mean, images in _rows(board, group))
+        parts.append(
+            f"\\begin{{table}}[t]\n\\centering\n\\caption{{{latex_escape(caption)}}}\n"
+            f"\\begin{{tabular}}{{rlrr}}\n\\toprule\nrank & model & mean & images \\\\\n\\midrule\n{rows}\n"
+            "\\bottomrule\n\\end{tabular}\n\\end{table}"
+        )
+    return "\n\n".join(parts) + "\n"
+
+
+def _groups(boards: list[Board]):
+    """Every group of every board, with its index in its board (0: the ranking the others differ from)."""
     for board in boards:
         for index, group in enumerate(board.groups):
-            caption = f"{board.title}, {board.metric}" + (f" (differs: {'; '.join(group.differs)})" if index else "")
-            rows = "\n".join(
-                f"{rank} & {latex_escape(s.label)} & {fmt(board.metric, s.mean)} & {s.images} \\\\"
-                for rank, s in enumerate(group.standings, 1)
-            )
-            parts.append(
-                f"\\begin{{table}}[t]\n\\centering\n\\caption{{{latex_escape(caption)}}}\n"
-                f"\\begin{{tabular}}{{rlrr}}\n\\toprule\nrank & model & mean & images \\\\\n\\midrule\n{rows}\n"
-                "\\bottomrule\n\\end{tabular}\n\\end{table}"
-            )
-    return "\n\n".join(parts) + "\n"
+            yield board, index, group
+
+
+def _rows(board: Board, group: Group) -> list[tuple[int, str, str, int]]:
+    """A group's table rows: rank, label, the formatted mean, images."""
+    return [(rank, s.label, fmt(board.metric, s.mean), s.images) for rank, s in enumerate(group.standings, 1)]
 
 
 LEFT = "style='text-align:left'"  # the model column reads as text
@@ -242,8 +247,8 @@ def html(boards: list[Board]) -> str:
                 else ""
             )
             rows = "".join(
-                f"<tr><td>{rank}</td><td {LEFT}>{escape(s.label)}</td><td>{fmt(board.metric, s.mean)}</td><td>{s.images}</td></tr>"
-                for rank, s in enumerate(group.standings, 1)
+                f"<tr><td>{rank}</td><td {LEFT}>{escape(label)}</td><td>{mean}</td><td>{images}</td></tr>"
+                for rank, label, mean, images in _rows(board, group)
             )
             tables.append(
                 f"{note}<table><thead><tr><th>rank</th><th {LEFT}>model</th><th>mean</th><th>images</th></tr></thead>"
