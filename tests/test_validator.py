@@ -69,13 +69,17 @@ def test_a_training_loop_validates_without_waiting_and_gets_the_library_values(s
 def test_when_full_the_oldest_batch_is_dropped_with_a_warning(server, caplog):
     caplog.set_level(logging.WARNING, logger="loss_service.validator")
     sr = torch.rand(2, 3, 64, 64)
-    with Validator(server.url, "perceptual", max_in_flight=1, when_full="drop_oldest") as validator:
+    with Validator(server.url, "perceptual", max_in_flight=2, when_full="drop_oldest") as validator:
+        started = time.perf_counter()
         futures = [validator(step, sr, sr.flip(-1)) for step in range(6)]
+        assert time.perf_counter() - started < 0.05  # never waits: one batch is sent, the rest queue or drop
         validator.result(5, timeout=120)
     assert futures[-1].result()["per_image"][0]["perceptual"] > 0
     dropped = [f for f in futures if f.cancelled()]
     assert dropped and all("dropped" in r.message for r in caplog.records if r.levelno == logging.WARNING)
     assert len([r for r in caplog.records if "dropped" in r.message]) == len(dropped)
+    with pytest.raises(ValueError, match="at least 2"):
+        Validator(server.url, "psnr", max_in_flight=1, when_full="drop_oldest")
 
 
 def test_a_killed_server_is_logged_once_and_training_goes_on(weights_dir, caplog):

@@ -5,7 +5,8 @@ with the client's retries. ``validator.result(step)`` waits for that step's scor
 
 Bounded: at most ``max_in_flight`` batches wait or are being scored. When that many are pending,
 ``when_full="block"`` makes the call wait for room; ``"drop_oldest"`` drops the oldest batch not
-yet sent, with a warning. A server that cannot be reached is logged once, as an error, and
+yet sent, with a warning, and never blocks (it needs ``max_in_flight`` ≥ 2: the batch being sent
+is never dropped). A server that cannot be reached is logged once, as an error, and
 training goes on; each affected step's ``result`` raises the client's error.
 
 Each result can go to TensorBoard (any object with ``add_scalar``, e.g. a ``SummaryWriter``), to
@@ -62,8 +63,11 @@ class Validator:
     ):
         if when_full not in WHEN_FULL:
             raise ValueError(f"when_full must be one of {WHEN_FULL}, got {when_full!r}")
-        if max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        if max_in_flight < (2 if when_full == "drop_oldest" else 1):
+            raise ValueError(
+                f"max_in_flight must be at least {2 if when_full == 'drop_oldest' else 1} with when_full={when_full!r} "
+                f"(the batch being sent is never dropped), got {max_in_flight}"
+            )
         self.metrics, self.options, self.eight_bit = metrics, options, eight_bit
         self.max_in_flight, self.when_full = max_in_flight, when_full
         self.writer, self.wandb_run = writer, wandb_run
