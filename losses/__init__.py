@@ -1,77 +1,66 @@
 """Exact SR/restoration losses and metrics as a PyTorch library (docs/metrics.md).
 
-Start with ``list_metrics()``, ``create_metric(name, **options)``, ``score(sr, gt, ...)`` and
-``conventions(metrics, ...)``;
+Start with ``list_metrics()``, ``create_metric(name, **options)``, ``score(sr, gt, ...)``,
+``dataset_score(sr_images, gt_images, metrics=("fid", "kid"))`` and ``conventions(metrics, ...)``;
 the loss classes below are the same formulas as training losses.
+
+Names load on first use (PEP 562), so ``losses.dataset_metrics``, which is NumPy only, imports
+without torch: the torch-free client reduces FID/KID features with it.
 """
 
-from .api import DEFAULT_METRICS, MetricModule, conventions, create_metric, list_metrics, score
-from .backbones import (
-    BACKBONES,
-    Backbone,
-    BackboneSpec,
-    DINOv2Features,
-    SequentialFeatures,
-    build_backbone,
-    clear_shared_backbones,
-    get_backbone,
-)
-from .clp import CLPLoss
-from .distillation import DistillationLoss
-from .dists import DISTSLoss
-from .features import FeatureView, ImageBatch
-from .hybrid import HybridLoss
-from .kd import FeatureKDLoss, KDImageLoss
-from .lpips_loss import LPIPS
-from .perceptual import PERCEPTUAL_PRESETS, PerceptualLoss, VGGPerceptualLoss
-from .psnr_ssim import SSIMLoss, lr_psnr, ms_ssim, psnr, ssim
-from .registry import REGISTRY, Metric, MetricError, compute
-from .resize import imresize
-from .temporal import dataset_means, score_clip
-from .video import read_clip
-from .weights import ChecksumError, WeightsError, WeightsNotFoundError
+from __future__ import annotations
 
-__all__ = [
-    "DEFAULT_METRICS",
-    "MetricModule",
-    "conventions",
-    "create_metric",
-    "list_metrics",
-    "score",
-    "BACKBONES",
-    "Backbone",
-    "BackboneSpec",
-    "DINOv2Features",
-    "SequentialFeatures",
-    "build_backbone",
-    "clear_shared_backbones",
-    "get_backbone",
-    "CLPLoss",
-    "DistillationLoss",
-    "DISTSLoss",
-    "FeatureView",
-    "ImageBatch",
-    "HybridLoss",
-    "FeatureKDLoss",
-    "KDImageLoss",
-    "LPIPS",
-    "PERCEPTUAL_PRESETS",
-    "PerceptualLoss",
-    "VGGPerceptualLoss",
-    "SSIMLoss",
-    "psnr",
-    "ssim",
-    "ms_ssim",
-    "lr_psnr",
-    "imresize",
-    "score_clip",
-    "read_clip",
-    "dataset_means",
-    "REGISTRY",
-    "Metric",
-    "MetricError",
-    "compute",
-    "ChecksumError",
-    "WeightsError",
-    "WeightsNotFoundError",
-]
+import importlib
+import importlib.util
+from typing import Any
+
+# Public name → the module defining it.
+_EXPORTS = {
+    **dict.fromkeys(("DEFAULT_METRICS", "MetricModule", "conventions", "create_metric", "list_metrics", "score"), "api"),
+    **dict.fromkeys(("dataset_features", "dataset_score"), "api"),
+    **dict.fromkeys(
+        (
+            "BACKBONES",
+            "Backbone",
+            "BackboneSpec",
+            "DINOv2Features",
+            "SequentialFeatures",
+            "build_backbone",
+            "clear_shared_backbones",
+            "get_backbone",
+        ),
+        "backbones",
+    ),
+    "CLPLoss": "clp",
+    "DistillationLoss": "distillation",
+    "DISTSLoss": "dists",
+    **dict.fromkeys(("DATASET_METRICS", "FeatureStats", "SetFeatures", "frechet_distance"), "dataset_metrics"),
+    **dict.fromkeys(("FeatureView", "ImageBatch"), "features"),
+    "HybridLoss": "hybrid",
+    **dict.fromkeys(("FeatureKDLoss", "KDImageLoss"), "kd"),
+    "LPIPS": "lpips_loss",
+    **dict.fromkeys(("PERCEPTUAL_PRESETS", "PerceptualLoss", "VGGPerceptualLoss"), "perceptual"),
+    **dict.fromkeys(("SSIMLoss", "lr_psnr", "ms_ssim", "psnr", "ssim"), "psnr_ssim"),
+    **dict.fromkeys(("REGISTRY", "Metric", "MetricError", "compute"), "registry"),
+    "imresize": "resize",
+    **dict.fromkeys(("dataset_means", "score_clip"), "temporal"),
+    "read_clip": "video",
+    **dict.fromkeys(("ChecksumError", "WeightsError", "WeightsNotFoundError"), "weights"),
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """A public name from its module, or a submodule (``losses.registry``), imported on first use."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

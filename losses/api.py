@@ -6,13 +6,14 @@ a number printed by any of them is the number the library gives.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 
 from .backbones import get_backbone
 from .conventions import conventions as conventions_record
+from .dataset_metrics import SetFeatures
 from .features import FeatureLoss
 from .registry import REGISTRY, compute, get_metrics, resolve_options
 from .weights import weights_dir_scope
@@ -100,3 +101,61 @@ class MetricModule(FeatureLoss):
 def create_metric(name: str, pretrained: bool = True, weights_dir=None, **options: Any) -> MetricModule:
     """``create_metric("ssim", crop_border=4)`` → an ``nn.Module``; see ``MetricModule``."""
     return MetricModule(name, pretrained, weights_dir, **options)
+
+
+def _dataset_metrics(metrics: Sequence[str] | str, options: dict) -> tuple[list, dict[str, dict]]:
+    chosen = get_metrics([metrics] if isinstance(metrics, str) else list(metrics), dataset=True)
+    return chosen, resolve_options(chosen, options)
+
+
+def dataset_features(
+    images: Iterable[torch.Tensor],
+    metrics: Sequence[str] | str = ("fid", "kid"),
+    device=None,
+    pretrained: bool = True,
+    weights_dir=None,
+) -> SetFeatures:
+    """One image set through the dataset metrics' extractor, batch by batch: ``images`` yields
+    (B, C, H, W) tensors in [0, 1] (any B, any size per batch). Only FID's sums are kept in memory;
+    KID's features, when asked for, go to a memory-mapped temporary file."""
+    chosen, per_metric = _dataset_metrics(metrics, {})
+    extractors = {metric.dataset.features for metric in chosen}
+    if len(extractors) > 1:
+        raise ValueError(f"metrics {[m.name for m in chosen]} read different features {sorted(extractors)}; score them separately")
+    collected: SetFeatures | None = None
+    with torch.inference_mode(), weights_dir_scope(weights_dir):
+        for batch in images:
+            where = torch.device(device) if device is not None else batch.device
+            rows = compute(chosen[:1], {"sr": batch.to(where)}, per_metric, lambda name: get_backbone(name, where, pretrained, weights_dir))
+            features = rows[chosen[0].name].double().cpu().numpy()
+            if collected is None:
+                keep = any(metric.dataset.keeps_features for metric in chosen)
+                collected = SetFeatures.empty(features.shape[1], keep, extractor=":".join(next(iter(extractors))))
+            collected.add(features)
+    if collected is None:
+        raise ValueError("the image set is empty")
+    return collected
+
+
+def dataset_score(
+    sr: Iterable[torch.Tensor] | SetFeatures,
+    gt: Iterable[torch.Tensor] | SetFeatures,
+    metrics: Sequence[str] | str = ("fid", "kid"),
+    device=None,
+    pretrained: bool = True,
+    weights_dir=None,
+    **options: Any,
+) -> dict[str, float]:
+    """FID/KID of a set of SR outputs against a set of GT images (not paired; sizes may differ).
+
+    Each side is an iterable of (B, C, H, W) batches in [0, 1], or the ``SetFeatures`` an earlier
+    ``dataset_features`` call returned (compute a GT set once, compare several models with it).
+    Returns ``{"fid": …, "kid": …, "kid.std": …}``; ``options`` are KID's (``subset_size`` …).
+    """
+    chosen, per_metric = _dataset_metrics(metrics, options)
+    names = [metric.name for metric in chosen]
+    sides = [side if isinstance(side, SetFeatures) else dataset_features(side, names, device, pretrained, weights_dir) for side in (sr, gt)]
+    values: dict[str, float] = {}
+    for metric in chosen:
+        values.update(metric.dataset.reduce(*sides, per_metric[metric.name]))
+    return values

@@ -17,9 +17,11 @@ import torch
 
 from .backbones import Backbone, backbone_spec, get_backbone
 from .clp import CLP_TERMS, clp_per_sample
+from .dataset_metrics import DATASET_METRICS, DatasetMetric
 from .dists import DISTS_ALPHA_BETA, DISTS_TERM, dists_per_sample
 from .features import FeatureView, ImageBatch, LayerTerm
 from .hybrid import HYBRID_PRESETS, PERCEPTUAL_TERM, hybrid_terms
+from .inception import FID_INCEPTION  # noqa: F401 - the backbone the dataset metrics read
 from .kd import KD_DEFAULTS, KD_VGG_TERM, kd_terms
 from .lpips_loss import LPIPS_HEADS, LPIPS_TERMS, lpips_per_sample
 from .niqe import NIQE_PRISTINE, check_blocks, niqe
@@ -60,6 +62,9 @@ class Metric:
     uses_backbone: Callable[[dict], bool] = lambda options: True
     # Weight files read besides the backbones' (LPIPS heads, DISTS α/β): verified and recorded like theirs.
     weights: tuple[WeightSpec, ...] = ()
+    # A metric of two image sets (FID, KID): ``fn`` gives each image's feature vector (B, D), and
+    # the entry reduces two sets' features to the value (losses/dataset_metrics.py).
+    dataset: DatasetMetric | None = None
 
     @property
     def views(self) -> tuple[FeatureView, ...]:
@@ -81,6 +86,7 @@ class Metric:
             backbone=self.backbone,
             description=self.description,
             convention=self.convention,
+            dataset=self.dataset is not None,
         )
 
 
@@ -292,15 +298,47 @@ register(
 )
 
 
+def _feature_term(backbone: str, layer: str) -> LayerTerm:
+    """Each image's ``layer`` features flattened to a vector: (B, D)."""
+    return LayerTerm(FeatureView.of(backbone, [layer]), ("sr",), lambda name, weight, features: features[0].flatten(1))
+
+
+DATASET_TERMS = {spec.features: _feature_term(*spec.features) for spec in DATASET_METRICS.values()}
+for _dataset in DATASET_METRICS.values():
+    register(
+        Metric(
+            _dataset.name,
+            lambda b, o, term=DATASET_TERMS[_dataset.features]: b.reduced(term)[term.view.layers[0]],
+            ("sr",),
+            _dataset.lower_is_better,
+            terms=(DATASET_TERMS[_dataset.features],),
+            options=_dataset.options,
+            description=_dataset.description,
+            convention=_dataset.convention,
+            dataset=_dataset,
+        )
+    )
+
 # --- validation and batched scoring --------------------------------------------------------------
 
 
-def get_metrics(names: Sequence[str]) -> list[Metric]:
+DATASET_ADVICE = "score a set with `loss-service eval --metrics fid,kid`, POST /v1/features, or losses.dataset_score(sr_images, gt_images)"
+
+
+def get_metrics(names: Sequence[str], dataset: bool = False) -> list[Metric]:
+    """The entries of ``names``: per-image metrics, or with ``dataset`` the set metrics (FID, KID)."""
     unknown = [name for name in names if name not in REGISTRY]
     if unknown:
         raise MetricError("metrics", f"unknown metric(s) {unknown}{_suggestions(unknown)}; valid: {sorted(REGISTRY)}")
     if not names:
         raise MetricError("metrics", f"no metric requested; valid: {sorted(REGISTRY)}")
+    wrong = [name for name in names if (REGISTRY[name].dataset is not None) != dataset]
+    if wrong and dataset:
+        raise MetricError("metrics", f"{wrong} score single images, not sets; the dataset metrics are {sorted(DATASET_METRICS)}")
+    if wrong:
+        raise MetricError(
+            "metrics", f"{wrong}: dataset metric(s) comparing a set of sr images with a set of gt images, not one image; {DATASET_ADVICE}"
+        )
     return [REGISTRY[name] for name in dict.fromkeys(names)]
 
 

@@ -125,7 +125,7 @@ def serve(args: argparse.Namespace) -> int:
 
 def _chosen_files(models: str | None) -> list:
     """The weight files of the named backbones or weight files (``--models vgg16,lpips_vgg_heads``); all by default."""
-    import losses  # noqa: F401 - declares every weight file
+    import losses.registry  # noqa: F401 - declares every weight file
     from losses.backbones import BACKBONES
     from losses.weights import WEIGHT_FILES
 

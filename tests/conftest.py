@@ -55,12 +55,34 @@ def generated_dinov2_official_state() -> dict[str, torch.Tensor]:
     return state
 
 
+def generated_inception_state() -> dict[str, torch.Tensor]:
+    """``pt_inception-2015-12-05-6726825d.pth``'s layout (torchvision ``Inception3`` key names, 1008
+    classes), random weights scaled so features neither vanish nor explode: He-normal
+    convolutions and batch-norm statistics drawn near identity, so every block changes the features."""
+    from losses.inception import fid_inception_v3
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(GENERATED_SEED)
+        state = dict(fid_inception_v3().state_dict())
+        for key, value in state.items():
+            if key.endswith("conv.weight"):
+                state[key] = torch.randn_like(value) * (2.0 / value[0].numel()) ** 0.5
+            elif key.endswith("bn.weight") or key.endswith("bn.running_var"):
+                state[key] = torch.empty_like(value).uniform_(0.7, 1.3)
+            elif key.endswith(("bn.bias", "bn.running_mean")):
+                state[key] = torch.empty_like(value).uniform_(-0.1, 0.1)
+            elif key.startswith("fc."):
+                state[key] = torch.randn_like(value) * 0.02
+    return state
+
+
 def write_weights(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(generated_vgg_state("vgg16"), directory / "vgg16-397923af.pth")
     torch.save(generated_vgg_state("vgg19"), directory / "vgg19-dcbb9e9d.pth")
     torch.save(generated_vgg_state("alexnet"), directory / "alexnet-owt-7be5be79.pth")
     torch.save(generated_dinov2_official_state(), directory / "dinov2_vitb14_pretrain.pth")
+    torch.save(generated_inception_state(), directory / "pt_inception-2015-12-05-6726825d.pth")
     return directory
 
 

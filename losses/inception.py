@@ -1,0 +1,180 @@
+"""InceptionV3 as FID and KID use it: the 2015-12-05 TensorFlow graph ported to PyTorch.
+
+The network is torchvision's ``Inception3`` with the four block types the TensorFlow graph
+computes differently (the port pytorch-fid and torch-fidelity both load):
+
+- average pooling inside the A, C and E blocks leaves the zero padding out of the mean
+  (``count_include_pad=False``), as TensorFlow's average pool does;
+- the last E block (``Mixed_7c``) pools its fourth branch with a 3×3 max pool, not an average.
+
+Input handling, as torch-fidelity's ``FeatureExtractorInceptionV3``:
+
+1. images in [0, 1] are taken to the 0–255 scale (torch-fidelity reads 8-bit images as they are);
+2. resized to 299×299 with TensorFlow 1.x bilinear sampling (``tf1_bilinear_resize``), in float32;
+3. mapped to [−1, 1] by ``(x − 128) / 128``;
+4. run to ``Mixed_7c`` and averaged over space: ``pool3``, 2048 values per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import weights as W
+from .backbones import Backbone, BackboneSpec, StateDict, _seeded_init, register_backbone, to_rgb
+
+INPUT_SIDE = 299
+POOL3_DIM = 2048
+
+
+def tf1_bilinear_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """TensorFlow 1.x ``resize_bilinear`` with ``align_corners=False``: output pixel i samples the
+    input at i · (in / out), with no half-pixel offset (PyTorch's bilinear samples at
+    (i + ½) · in / out − ½), clamping the upper neighbour at the last row or column."""
+
+    def taps(length_in: int, length_out: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        position = torch.arange(length_out, dtype=x.dtype, device=x.device) * torch.tensor(length_in / length_out, dtype=torch.float32)
+        low = position.long()
+        return low, (low + 1).clamp_max(length_in - 1), position - low.to(x.dtype)
+
+    rows_low, rows_high, row_weight = taps(x.shape[-2], size[0])
+    cols_low, cols_high, col_weight = taps(x.shape[-1], size[1])
+    top, bottom = x[..., rows_low, :], x[..., rows_high, :]
+
+    def along_columns(h: torch.Tensor) -> torch.Tensor:
+        left, right = h[..., cols_low], h[..., cols_high]
+        return left + (right - left) * col_weight
+
+    upper, lower = along_columns(top), along_columns(bottom)
+    return upper + (lower - upper) * row_weight[:, None]
+
+
+def _tf_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+
+def _fid_blocks():
+    """torchvision's Inception blocks with the TensorFlow graph's pooling (module docstring)."""
+    from torchvision.models.inception import InceptionA, InceptionC, InceptionE
+
+    class FIDInceptionA(InceptionA):
+        def forward(self, x):
+            branches = [self.branch1x1(x), self.branch5x5_2(self.branch5x5_1(x))]
+            branches.append(self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))))
+            branches.append(self.branch_pool(_tf_avg_pool(x)))
+            return torch.cat(branches, 1)
+
+    class FIDInceptionC(InceptionC):
+        def forward(self, x):
+            seven = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+            double = self.branch7x7dbl_1(x)
+            for layer in (self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4, self.branch7x7dbl_5):
+                double = layer(double)
+            return torch.cat([self.branch1x1(x), seven, double, self.branch_pool(_tf_avg_pool(x))], 1)
+
+    class FIDInceptionE(InceptionE):
+        pool = staticmethod(_tf_avg_pool)
+
+        def forward(self, x):
+            three = self.branch3x3_1(x)
+            three = torch.cat([self.branch3x3_2a(three), self.branch3x3_2b(three)], 1)
+            double = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+            double = torch.cat([self.branch3x3dbl_3a(double), self.branch3x3dbl_3b(double)], 1)
+            return torch.cat([self.branch1x1(x), three, double, self.branch_pool(self.pool(x))], 1)
+
+    class FIDInceptionEMaxPool(FIDInceptionE):
+        pool = staticmethod(lambda x: F.max_pool2d(x, kernel_size=3, stride=1, padding=1))
+
+    return FIDInceptionA, FIDInceptionC, FIDInceptionE, FIDInceptionEMaxPool
+
+
+def fid_inception_v3() -> nn.Module:
+    """The FID network: torchvision ``Inception3`` (1008 classes as in the TensorFlow graph, no
+    auxiliary head, no input transform) with the TensorFlow-compatible blocks swapped in."""
+    from torchvision.models.inception import Inception3
+
+    block_a, block_c, block_e, block_e_max = _fid_blocks()
+    model = Inception3(num_classes=1008, aux_logits=False, transform_input=False, init_weights=False)
+    model.Mixed_5b = block_a(192, pool_features=32)
+    model.Mixed_5c = block_a(256, pool_features=64)
+    model.Mixed_5d = block_a(288, pool_features=64)
+    model.Mixed_6b = block_c(768, channels_7x7=128)
+    model.Mixed_6c = block_c(768, channels_7x7=160)
+    model.Mixed_6d = block_c(768, channels_7x7=160)
+    model.Mixed_6e = block_c(768, channels_7x7=192)
+    model.Mixed_7b = block_e(1280)
+    model.Mixed_7c = block_e_max(2048)
+    return model
+
+
+# The stages up to pool3 in forward order (``Inception3.forward`` also runs dropout and fc).
+STAGES = (
+    "Conv2d_1a_3x3",
+    "Conv2d_2a_3x3",
+    "Conv2d_2b_3x3",
+    "maxpool1",
+    "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3",
+    "maxpool2",
+    "Mixed_5b",
+    "Mixed_5c",
+    "Mixed_5d",
+    "Mixed_6a",
+    "Mixed_6b",
+    "Mixed_6c",
+    "Mixed_6d",
+    "Mixed_6e",
+    "Mixed_7a",
+    "Mixed_7b",
+    "Mixed_7c",
+    "avgpool",
+)
+
+
+class InceptionFeatures(Backbone):
+    """The FID InceptionV3's ``pool3`` features of images in [0, 1], as (B, 2048, 1, 1) maps."""
+
+    def __init__(self, spec: BackboneSpec, model: nn.Module):
+        super().__init__(spec)
+        self.model = model
+        self.freeze()
+
+    def stream(self, x: torch.Tensor, layers: Iterable[str], normalize: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        """Input handling as the module docstring lists it (``normalize`` does not apply: the
+        network's own (x − 128) / 128 is part of it)."""
+        self.check_layers(layers)
+        h = tf1_bilinear_resize(to_rgb(x).float() * 255.0, (INPUT_SIDE, INPUT_SIDE))
+        h = (h - 128) / 128
+        for stage in STAGES:
+            h = getattr(self.model, stage)(h)
+        yield "pool3", h
+
+
+def build_fid_inception(spec: BackboneSpec, state: StateDict | None) -> InceptionFeatures:
+    """The FID network with ``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid's and
+    torch-fidelity's file; its ``fc`` is loaded too, so a checkpoint must be the whole network)."""
+    model = _seeded_init(fid_inception_v3)
+    if state is not None:
+        model.load_state_dict(dict(state))
+    return InceptionFeatures(spec, model)
+
+
+FID_INCEPTION = register_backbone(
+    BackboneSpec(
+        "inception_v3_fid",
+        build_fid_inception,
+        ("pool3",),
+        W.register_weights(
+            W.WeightSpec(
+                "inception_v3_fid",
+                ("pt_inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth"),
+                "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+                description="InceptionV3 2015-12-05 (TensorFlow FID graph) as pytorch-fid and torch-fidelity load it",
+            )
+        ),
+        description="InceptionV3 2015-12-05 pool3 (FID/KID), TensorFlow 1.x input handling",
+    )
+)
