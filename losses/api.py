@@ -126,7 +126,9 @@ def dataset_features(
     with torch.inference_mode(), weights_dir_scope(weights_dir):
         for batch in images:
             where = torch.device(device) if device is not None else batch.device
-            rows = compute(chosen[:1], {"sr": batch.to(where)}, per_metric, lambda name: get_backbone(name, where, pretrained, weights_dir))
+            rows = compute(
+                chosen[:1], {"sr": batch.to(where)}, per_metric, lambda name, at=where: get_backbone(name, at, pretrained, weights_dir)
+            )
             features = rows[chosen[0].name].double().cpu().numpy()
             if collected is None:
                 keep = any(metric.dataset.keeps_features for metric in chosen)
