@@ -297,7 +297,7 @@ def _eval_parser(commands) -> None:
         metavar="[NAME=]DIR",
         help="folder of a model's SR outputs; repeat as --sr NAME=DIR to compare models (one pass, each GT sent once)",
     )
-    ev.add_argument("--gt", help="folder of ground truths (every metric but niqe needs it)")
+    ev.add_argument("--gt", help="folder of ground truths (every metric but niqe needs it; for fid/kid the reference set)")
     ev.add_argument("--lr", help="folder of LR inputs (for lr_psnr, clp_*)")
     ev.add_argument("--teacher", help="folder of teacher outputs (for kd)")
     ev.add_argument("--dataset", default=None, help="dataset name recorded in the JSON (e.g. Set5), used by `report`")
@@ -305,7 +305,17 @@ def _eval_parser(commands) -> None:
     ev.add_argument("--sr-suffix", default="", help="suffix stripped from SR stems, e.g. _x4 or _SR")
     ev.add_argument("--lr-suffix", default="", help="suffix stripped from LR stems, e.g. x4")
     ev.add_argument("--teacher-suffix", default="", help="suffix stripped from teacher stems")
-    ev.add_argument("--metrics", default=DEFAULT_METRICS_ARG, help=f"comma list (default {DEFAULT_METRICS_ARG})")
+    ev.add_argument(
+        "--metrics",
+        default=DEFAULT_METRICS_ARG,
+        help=f"comma list (default {DEFAULT_METRICS_ARG}); fid and kid compare the whole --sr set with the whole --gt set",
+    )
+    ev.add_argument(
+        "--feature-cache",
+        default=None,
+        metavar="DIR",
+        help="where fid/kid keep GT-set features by content hash (default ~/.cache/loss-service/features); 'none' disables it",
+    )
     ev.add_argument(
         "--crop-border",
         type=number(int, 0),
@@ -317,7 +327,7 @@ def _eval_parser(commands) -> None:
         "--options",
         type=json_object,
         default=None,
-        help='further metric options as a JSON object, e.g. {"uint8_rounding": true} for lr_psnr',
+        help='further metric options as a JSON object, e.g. {"uint8_rounding": true} for lr_psnr, {"subset_size": 100} for kid',
     )
     ev.add_argument(
         "--preset",

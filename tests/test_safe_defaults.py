@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from service.server.memory import MemoryGuard, load_costs
+from service.server.memory import MemoryGuard, load_costs, load_image_costs
 from service.server.settings import Settings
 
 from .servers import SubprocessServer, png_bytes, random_image
@@ -44,8 +44,9 @@ def test_default_limits_and_zero_lifts_them():
 def test_every_metric_has_a_measured_cost():
     from losses import REGISTRY
 
-    costs = load_costs()
-    assert set(costs) == set(REGISTRY) and all(value > 0 for value in costs.values())
+    costs, image_costs = load_costs(), load_image_costs()
+    assert set(costs) | set(image_costs) == set(REGISTRY) and all(value > 0 for value in [*costs.values(), *image_costs.values()])
+    assert set(image_costs) == {name for name, metric in REGISTRY.items() if metric.dataset is not None}
 
 
 def test_memory_guard_names_metric_size_estimate_budget_and_largest_fit():

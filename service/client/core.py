@@ -16,9 +16,12 @@ from typing import Any
 import httpx
 import numpy as np
 
+from ..common.features_wire import decode_features
 from ..common.protocol import (
     DISTILL_CONFIG_PARAM,
     DISTILL_PATH,
+    FEATURES_IMAGE_FIELD,
+    FEATURES_PATH,
     IMAGE_ROLES,
     METRICS_FIELD,
     OPTIONS_FIELD,
@@ -123,6 +126,16 @@ class ClientCore:
             frames = [clip] if isinstance(clip, str | Path | bytes | bytearray) else list(clip)
             files += [(role, encode_image(frame, role)) for frame in frames]
         return RequestSpec.form(SCORE_CLIP_PATH, files, self._form(metrics, options or {}))
+
+    def features_request(self, images: Sequence[Any], metrics=None) -> RequestSpec:
+        """One set's images (paths, bytes or arrays) for dataset-metric features, in order."""
+        files = [(FEATURES_IMAGE_FIELD, encode_image(image, FEATURES_IMAGE_FIELD)) for image in images]
+        return RequestSpec.form(FEATURES_PATH, files, self._form(metrics, {}))
+
+    @staticmethod
+    def features_result(payload: dict) -> dict:
+        """The /v1/features answer with ``features`` decoded to a (count, dim) float32 array."""
+        return {**payload, "features": decode_features(payload)}
 
     def distill_request(self, tensors: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> RequestSpec:
         from safetensors.numpy import save

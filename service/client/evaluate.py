@@ -12,8 +12,11 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from losses.dataset_metrics import DATASET_METRICS, DatasetMetricError
+
 from ..client import LossClient, LossServiceError, describe
 from ..common.errors import comma_list
+from .datasets import FeatureCache, default_cache_dir, score_sets
 from .evaluate_clips import is_clip_dataset, run_clip_eval
 from .store import ResultsStore, Row, StoreError, conventions_hash
 
@@ -136,9 +139,11 @@ def print_report(model: str, summary: dict, failures: list[dict], pairing: Pairi
     worst = Table(Column("metric", no_wrap=True), Column("worst images (up to 5)", overflow="fold"), title=f"{model}: worst images")
     for name, s in summary.items():
         table.add_row(name, str(s["count"]), f"{s['mean']:.6g}", f"{s['std']:.4g}", f"{s['min']:.6g}", f"{s['max']:.6g}")
-        worst.add_row(name, ", ".join(f"{w['image']}={w['value']:.4g}" for w in s["worst"]))
+        if not s.get("dataset"):  # a dataset metric has one value for the set: no worst images
+            worst.add_row(name, ", ".join(f"{w['image']}={w['value']:.4g}" for w in s["worst"]))
     console.print(table)
-    console.print(worst)
+    if worst.row_count:
+        console.print(worst)
     for role, names in pairing.unpaired.items():
         console.print(f"[yellow]{model}: unpaired {role}[/yellow] ({len(names)}): {', '.join(names)}")
     for line in pairing.ambiguous:
@@ -177,6 +182,7 @@ class Scored:
     conventions: dict | None
     lower_is_better: dict[str, bool] = field(default_factory=dict)
     server: dict = field(default_factory=dict)
+    sets: dict[str, dict] = field(default_factory=dict)  # model → dataset metrics (fid, kid) of its whole set
 
 
 def check_folders(models: dict[str, Path], references: dict[str, Path]) -> None:
@@ -195,17 +201,19 @@ def eval_options(args) -> dict:
     return {**options, **(args.options or {})}
 
 
-def score_requests(args, requests: list[Request], pairings: dict[str, Pairing], options: dict, scored: Scored) -> None:
+def score_requests(args, metrics: list[str], requests: list[Request], pairings: dict[str, Pairing], options: dict, scored: Scored) -> None:
     """Score every request (each model's candidate against one reference), adding to ``scored``."""
 
     def score(request: Request) -> dict:
         first = pairings[request.models[0]].pairs[request.image]
         candidates = [pairings[m].pairs[request.image]["sr"] for m in request.models]
-        return client.score_candidates(candidates, first.get("gt"), first.get("lr"), first.get("teacher"), args.metrics, **options)
+        return client.score_candidates(candidates, first.get("gt"), first.get("lr"), first.get("teacher"), metrics, **options)
 
     with LossClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
         scored.lower_is_better = {m["name"]: m["lower_is_better"] for m in client.metrics()}
         scored.server = client.ready()
+        if not metrics:
+            return
         outcomes = client.imap(
             score, requests, concurrency=args.concurrency, progress=not args.quiet, return_exceptions=True, total=len(requests)
         )
@@ -228,6 +236,60 @@ def score_requests(args, requests: list[Request], pairings: dict[str, Pairing], 
                     scored.results[model].append(dict(image=request.image, scores=item["scores"], warnings=item["warnings"], paths=paths))
 
 
+def set_paths(directory: Path, suffix: str) -> list[Path]:
+    """A folder's images as one set (fid, kid), in file-name order: no pairing needed."""
+    return sorted(_by_stem(directory, suffix)[0].values())
+
+
+def score_dataset_metrics(args, models: dict[str, Path], metrics: list[str], options: dict, console) -> dict[str, dict]:
+    """fid/kid of every model's SR folder against the GT folder (features cached by content)."""
+    cache_arg = args.feature_cache
+    cache = None if cache_arg == "none" else FeatureCache(Path(cache_arg) if cache_arg else default_cache_dir())
+    sets = {name: set_paths(directory, args.sr_suffix) for name, directory in models.items()}
+    with LossClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
+        return score_sets(
+            client,
+            sets,
+            set_paths(Path(args.gt), ""),
+            metrics,
+            options,
+            cache,
+            log=lambda line: console.print(line) if not args.quiet else None,
+            concurrency=min(args.concurrency, 4),
+            progress=not args.quiet,
+        )
+
+
+def merge_conventions(images: dict | None, sets: dict) -> dict:
+    """One record for the run: the per-image request's, with the dataset metrics and their weights added."""
+    if images is None:
+        return sets
+    return {
+        **images,
+        "metrics": {**images.get("metrics", {}), **sets.get("metrics", {})},
+        "weights": {**images.get("weights", {}), **sets.get("weights", {})},
+    }
+
+
+def set_summary(result: dict, lower_is_better: dict[str, bool]) -> dict[str, dict]:
+    """A dataset metric's summary entry: one value for the set (``kid`` carries its std over subsets)."""
+    values = result["values"]
+    return {
+        name: dict(
+            count=result["sr_count"],
+            mean=value,
+            std=values.get(f"{name}.std", 0.0),
+            min=value,
+            max=value,
+            lower_is_better=lower_is_better.get(name, True),
+            worst=[],
+            dataset=True,
+        )
+        for name, value in values.items()
+        if "." not in name
+    }
+
+
 def eval_json(args, models: dict[str, Path], pairings: dict[str, Pairing], scored: Scored, summaries: dict, options: dict) -> dict:
     """The JSON results file: per model its results, summary, failures and what did not pair."""
     metric_names = comma_list(args.metrics)
@@ -239,6 +301,7 @@ def eval_json(args, models: dict[str, Path], pairings: dict[str, Pairing], score
             failures=scored.failures[name],
             unpaired=pairings[name].unpaired,
             ambiguous=pairings[name].ambiguous,
+            **({"dataset_metrics": scored.sets[name]} if name in scored.sets else {}),
         )
         for name in models
     }
@@ -288,8 +351,17 @@ def run_eval(args) -> int:
         return 2
     if "gt" in references and is_clip_dataset(references["gt"]):
         return run_clip_eval(args, models, eval_options(args), console)
+    names = comma_list(args.metrics)
+    set_metrics = [name for name in names if name in DATASET_METRICS]
+    image_metrics = [name for name in names if name not in DATASET_METRICS]
+    if set_metrics and "gt" not in references:
+        console.print(f"[red]{', '.join(set_metrics)} compare the --sr set with a reference set: give --gt DIR[/red]")
+        return 2
     suffixes = {"sr": args.sr_suffix, "lr": args.lr_suffix, "teacher": args.teacher_suffix}
-    pairings = {name: pair_folders({"sr": directory, **references}, suffixes) for name, directory in models.items()}
+    # Dataset metrics alone compare whole folders: nothing is paired (or unpaired).
+    pairings = {
+        name: pair_folders({"sr": directory, **references}, suffixes) if image_metrics else Pairing() for name, directory in models.items()
+    }
     out_csv, out_json = Path(args.out), Path(args.json) if args.json else None
     done = read_done(out_csv, out_json) if args.resume else {}
     single = next(iter(models)) if len(models) == 1 else None
@@ -308,14 +380,27 @@ def run_eval(args) -> int:
         Request(stem, todo) for stem in stems if (todo := [m for m in models if stem in pairings[m].pairs and (m, stem) not in finished])
     ]
     options = eval_options(args)
+    set_options = {key: value for key, value in options.items() if any(key in DATASET_METRICS[m].options for m in set_metrics)}
+    options = {key: value for key, value in options.items() if key not in set_options}
     conventions = json.loads(out_json.read_text()).get("conventions") if args.resume and out_json and out_json.exists() else None
     scored = Scored({name: list(rows) for name, rows in previous.items()}, {name: [] for name in models}, conventions)
-    score_requests(args, requests, pairings, options, scored)
+    requests = requests if image_metrics else []
+    score_requests(args, image_metrics, requests, pairings, options, scored)
+    if set_metrics:
+        try:
+            scored.sets = score_dataset_metrics(args, models, set_metrics, set_options, console)
+        except (DatasetMetricError, LossServiceError, ValueError) as exc:
+            console.print(f"[red]{', '.join(set_metrics)}: {exc}[/red]")
+            return 1
+        scored.conventions = merge_conventions(scored.conventions, [entry.pop("conventions") for entry in scored.sets.values()][0])
 
     if store is not None:
         with store:
             store_results(store, args, scored, previous)
-    summaries = {name: summarise(rows, scored.lower_is_better) for name, rows in scored.results.items()}
+    summaries = {
+        name: {**summarise(rows, scored.lower_is_better), **set_summary(scored.sets.get(name, {"values": {}}), scored.lower_is_better)}
+        for name, rows in scored.results.items()
+    }
     write_csv(out_csv, scored.results)
     if out_json is not None:
         out_json.write_text(json.dumps(eval_json(args, models, pairings, scored, summaries, options), indent=2, allow_nan=False))
@@ -323,7 +408,11 @@ def run_eval(args) -> int:
         print_report(name, summaries[name], scored.failures[name], pairings[name], console)
     failed = sum(len(f) for f in scored.failures.values())
     scored_count = sum(len(r.models) for r in requests) - failed
+    sets = "".join(
+        f"; {', '.join(set_metrics)} of {name}: {entry['sr_count']} sr vs {entry['gt_count']} gt images" for name, entry in scored.sets.items()
+    )
     console.print(
-        f"scored {scored_count}, skipped (resume) {len(finished)}, failed {failed} → {out_csv}" + (f", {out_json}" if out_json else "")
+        f"scored {scored_count}, skipped (resume) {len(finished)}, failed {failed}{sets} → {out_csv}"
+        + (f", {out_json}" if out_json else "")
     )
     return 1 if failed else 0

@@ -24,6 +24,10 @@ SCORE_BATCH_PATH = f"{API_PREFIX}/score/batch"
 SCORE_CLIP_PATH = f"{API_PREFIX}/score/clip"
 # Options of /v1/score/clip beside the metrics' own: the frames left out at each end for tof/tlp.
 CLIP_OPTIONS = ("skip",)
+# Dataset metrics (fid, kid): per-image features for the client to accumulate over a set.
+FEATURES_PATH = f"{API_PREFIX}/features"
+FEATURES_IMAGE_FIELD = "image"
+DEFAULT_DATASET_METRICS = ("fid", "kid")
 DISTILL_PATH = f"{API_PREFIX}/distill"
 CATALOGUE_PATH = f"{API_PREFIX}/metrics"
 HEALTHZ_PATH = "/healthz"

@@ -30,6 +30,11 @@ def load_costs(path: Path = COSTS_PATH) -> dict[str, float]:
     return json.loads(path.read_text())["bytes_per_pixel"]
 
 
+def load_image_costs(path: Path = COSTS_PATH) -> dict[str, float]:
+    """Bytes per image whatever its size: the dataset metrics' InceptionV3 resizes every image to 299²."""
+    return json.loads(path.read_text()).get("bytes_per_image", {})
+
+
 def available_ram_bytes() -> int:
     with open("/proc/meminfo") as handle:
         for line in handle:
@@ -44,6 +49,7 @@ class MemoryGuard:
     def __init__(self, device: torch.device, max_memory_gb: float | None, costs: dict[str, float] | None = None):
         self.device, self.max_memory_gb = device, max_memory_gb
         self.costs = load_costs() if costs is None else costs
+        self.image_costs = load_image_costs()
         self._reading: tuple[float, tuple[int, str]] | None = None  # (when, budget())
 
     def budget(self) -> tuple[int, str]:
@@ -55,11 +61,11 @@ class MemoryGuard:
 
     def bytes_per_pixel(self, metrics: Sequence[str]) -> float:
         # Metrics in one request run one after another, but share cached features: the sum is an upper bound.
-        return DECODED_BYTES_PER_PIXEL * 4 + sum(self.costs[name] for name in metrics)
+        return DECODED_BYTES_PER_PIXEL * 4 + sum(self.costs.get(name, 0.0) for name in metrics)
 
     def estimate(self, metrics: Sequence[str], pixels: int) -> float:
         """Estimated peak bytes of one image of ``pixels`` scored with ``metrics``."""
-        return self.bytes_per_pixel(metrics) * pixels
+        return self.bytes_per_pixel(metrics) * pixels + max((self.image_costs.get(name, 0.0) for name in metrics), default=0.0)
 
     def recent_budget(self, fresh: bool = False) -> tuple[int, str]:
         """``budget()``, read again when the last reading is older than ``BUDGET_FRESH_S`` or when
@@ -77,7 +83,7 @@ class MemoryGuard:
         budget, source = self.recent_budget(fresh=True)  # refuse only on what is free now
         if estimate <= budget:
             return
-        costliest = max(metrics, key=lambda name: self.costs[name])
+        costliest = max(metrics, key=lambda name: self.costs.get(name, 0.0) + self.image_costs.get(name, 0.0))
         side = math.isqrt(int(budget / per_pixel))
         raise too_large(
             field,

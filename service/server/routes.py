@@ -11,9 +11,12 @@ from losses.registry import REGISTRY
 from ..common.errors import invalid
 from ..common.protocol import (
     CATALOGUE_PATH,
+    DEFAULT_DATASET_METRICS,
     DEFAULT_METRICS,
     DISTILL_CONFIG_PARAM,
     DISTILL_PATH,
+    FEATURES_IMAGE_FIELD,
+    FEATURES_PATH,
     IMAGE_ROLES,
     METRICS_FIELD,
     OPTIONS_FIELD,
@@ -22,7 +25,7 @@ from ..common.protocol import (
     SCORE_PATH,
 )
 from . import clips, distill
-from .schemas import BatchResponse, ClipResponse, DistillResponse, MetricInfo, ScoreResponse
+from .schemas import BatchResponse, ClipResponse, DistillResponse, FeaturesResponse, MetricInfo, ScoreResponse
 
 DEFAULT_METRICS_FIELD = ",".join(DEFAULT_METRICS)
 METRICS_HELP = f"comma list of metric names (GET {CATALOGUE_PATH}); default {DEFAULT_METRICS_FIELD}"
@@ -39,25 +42,27 @@ ERRORS = {
 
 
 FORM_FIELDS = (*IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD)
+FEATURES_FIELDS = (FEATURES_IMAGE_FIELD, METRICS_FIELD)
+DEFAULT_DATASET_FIELD = ",".join(DEFAULT_DATASET_METRICS)
 # Fields a request gives once on every endpoint (FastAPI would keep the last of several, silently).
 SINGLE_FIELDS = {METRICS_FIELD: "one comma-separated list, e.g. psnr,ssim", OPTIONS_FIELD: "one JSON object holding every option"}
 OPTION_NAMES = frozenset(key for metric in REGISTRY.values() for key in metric.options)
 
 
-async def check_fields(request: Request, once: bool) -> None:
+async def check_fields(request: Request, once: bool, fields: tuple[str, ...] = FORM_FIELDS) -> None:
     """Refuse what would otherwise be ignored in silence: a query parameter or an unknown form
     field (``crop_border=4`` as a field of its own would give the uncropped PSNR, ``metric=psnr``
     the default metrics), a repeated ``metrics`` or ``options`` (all but the last would be
     dropped), and with ``once`` a repeated image (/v1/score takes one triplet)."""
     for name in request.query_params:
         advice = (
-            f"send {name!r} as a multipart form field" if name in FORM_FIELDS else f"the form fields are {list(FORM_FIELDS)}{_hint(name)}"
+            f"send {name!r} as a multipart form field" if name in fields else f"the form fields are {list(fields)}{_hint(name, fields)}"
         )
         raise invalid(name, f"{request.url.path} takes no query parameters, got {name!r}; {advice}", location="query")
     form = await request.form()  # parsed once by FastAPI already; cached on the request
     for name in form:
-        if name not in FORM_FIELDS:
-            raise invalid(name, f"unknown form field {name!r}; the fields are {list(FORM_FIELDS)}{_hint(name)}")
+        if name not in fields:
+            raise invalid(name, f"unknown form field {name!r}; the fields are {list(fields)}{_hint(name, fields)}")
         count = len(form.getlist(name))
         if count > 1 and name in SINGLE_FIELDS:
             raise invalid(name, f"{name} given {count} times; give it once, as {SINGLE_FIELDS[name]}")
@@ -65,10 +70,10 @@ async def check_fields(request: Request, once: bool) -> None:
             raise invalid(name, f"{name} given {count} times; {SCORE_PATH} takes one triplet (use {SCORE_BATCH_PATH})")
 
 
-def _hint(name: str) -> str:
-    if name in OPTION_NAMES:
+def _hint(name: str, fields: tuple[str, ...]) -> str:
+    if name in OPTION_NAMES and OPTIONS_FIELD in fields:
         return f'; options go in the {OPTIONS_FIELD} field as JSON, e.g. {OPTIONS_FIELD}={{"{name}": ...}}'
-    close = difflib.get_close_matches(name.lower(), FORM_FIELDS, n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name.lower(), fields, n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -114,6 +119,18 @@ def build_router(service) -> APIRouter:
         await check_fields(request, once=False)
         plan = clips.plan_clip(service.scorer, metrics, options)
         return await service.score_clip(dict(sr=sr, gt=gt), plan)
+
+    @router.post(FEATURES_PATH, response_model=FeaturesResponse, tags=["datasets"])
+    async def features(
+        request: Request,
+        image: list[UploadFile] = File(..., alias=FEATURES_IMAGE_FIELD, description="images of one set (SR outputs or GT), any sizes"),
+        metrics: str = Form(DEFAULT_DATASET_FIELD, alias=METRICS_FIELD, description="dataset metrics the features are for"),
+    ) -> FeaturesResponse:
+        """Per-image features for dataset metrics (fid, kid): the client accumulates them over
+        each set and computes the metric (`loss-service eval --metrics fid,kid`)."""
+        await check_fields(request, once=False, fields=FEATURES_FIELDS)
+        plan = service.scorer.plan(metrics, None, dataset=True)
+        return await service.features(image, plan)
 
     @router.post(
         DISTILL_PATH,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from ..common.errors import ServiceError
+from ..common.protocol import FEATURES_PATH
 from .http_errors import status_of
 from .scoring import ModelState
 
@@ -70,6 +71,23 @@ class ClipResponse(BaseModel):
     conventions: dict = Field(description=CONVENTIONS_HELP + "; clip: the temporal metrics, skip and averaging")
 
 
+class FeaturesResponse(BaseModel):
+    format: str = Field(description="'loss-service.features': the payload's format name")
+    version: int = Field(description="the format's version (1); a reader refuses others")
+    count: int = Field(description="rows: one per uploaded image, in upload order")
+    dim: int = Field(description="values per row (2048 for InceptionV3 pool3)")
+    dtype: str = Field(description="'<f4': little-endian float32")
+    features: str = Field(description="base64 of the count×dim values, row-major")
+    extractor: str = Field(description="backbone:layer the rows come from, e.g. inception_v3_fid:pool3")
+    metrics: list[str] = Field(description="the dataset metrics the rows serve")
+    pretrained: bool
+    device: str
+    precision: str
+    warnings: list[str] = []
+    timing_ms: Timing
+    conventions: dict = Field(description=CONVENTIONS_HELP)
+
+
 class MetricInfo(BaseModel):
     name: str
     lower_is_better: bool
@@ -78,6 +96,7 @@ class MetricInfo(BaseModel):
     backbone: str | None
     description: str
     convention: str = Field("", description="the paper or package convention followed, and how it differs from others")
+    dataset: bool = Field(False, description=f"a metric of two image sets (fid, kid): features from POST {FEATURES_PATH}")
     available: bool
 
 

@@ -28,7 +28,15 @@ from losses.weights import WeightsError
 
 from ..common.decode import Decoded
 from ..common.errors import ServiceError, comma_list, invalid, json_object, too_large, unavailable
-from ..common.protocol import DEFAULT_METRICS, IMAGE_ROLES, METRICS_FIELD, OPTIONAL_ROLES, OPTIONS_FIELD, RANDOM_WEIGHTS_WARNING
+from ..common.protocol import (
+    DEFAULT_DATASET_METRICS,
+    DEFAULT_METRICS,
+    IMAGE_ROLES,
+    METRICS_FIELD,
+    OPTIONAL_ROLES,
+    OPTIONS_FIELD,
+    RANDOM_WEIGHTS_WARNING,
+)
 from .batcher import BatchTooLarge
 from .device import check_device, select_device
 from .settings import EngineConfig
@@ -130,7 +138,7 @@ class Scorer:
     def warmup(self) -> None:
         """One small forward pass through every metric whose models loaded, each at the smallest
         of WARMUP_SIDES it accepts (MS-SSIM needs 176²; most metrics run at 32²)."""
-        usable = [m for m in registry.REGISTRY.values() if self.missing_reason(m, dict(m.options)) is None]
+        usable = [m for m in registry.REGISTRY.values() if m.dataset is None and self.missing_reason(m, dict(m.options)) is None]
         by_side: dict[int, list[str]] = {}
         for metric in usable:
             by_side.setdefault(next(side for side in WARMUP_SIDES if registry.size_problem(metric, side) is None), []).append(metric.name)
@@ -155,9 +163,10 @@ class Scorer:
 
     # --- plan: once per request ----------------------------------------------------------
 
-    def plan(self, metrics_field: str | None, options_field: str | None, check_models: bool = True) -> Plan:
-        """Parse the ``metrics`` and ``options`` fields into a plan; the metrics are looked up here only."""
-        metrics_field = metrics_field or ",".join(DEFAULT_METRICS)
+    def plan(self, metrics_field: str | None, options_field: str | None, check_models: bool = True, dataset: bool = False) -> Plan:
+        """Parse the ``metrics`` and ``options`` fields into a plan; the metrics are looked up here only.
+        With ``dataset`` the plan is of dataset metrics (fid, kid), whose batches give features."""
+        metrics_field = metrics_field or ",".join(DEFAULT_DATASET_METRICS if dataset else DEFAULT_METRICS)
         if len(metrics_field) > MAX_METRICS_CHARS:
             raise invalid(METRICS_FIELD, f"metrics: {len(metrics_field)} characters; at most {MAX_METRICS_CHARS}")
         names = comma_list(metrics_field)
@@ -165,10 +174,13 @@ class Scorer:
             raise invalid(METRICS_FIELD, f"metrics: {len(names)} names; at most {MAX_METRIC_NAMES}")
         options = json_object(options_field or "{}", OPTIONS_FIELD, '{"crop_border": 4}', MAX_OPTIONS_CHARS)
         try:
-            metrics = tuple(registry.get_metrics(names))
+            metrics = tuple(registry.get_metrics(names, dataset=dataset))
             resolved = registry.resolve_options(metrics, options)
         except registry.MetricError as exc:
             raise invalid(exc.field, str(exc)) from None
+        extractors = {metric.dataset.features for metric in metrics if metric.dataset is not None}
+        if len(extractors) > 1:
+            raise invalid(METRICS_FIELD, f"metrics {names} read different features {sorted(extractors)}; request them separately")
         for metric in metrics if check_models else ():
             if (reason := self.missing_reason(metric, resolved[metric.name])) is not None:
                 raise unavailable(METRICS_FIELD, reason)
@@ -257,7 +269,10 @@ class Scorer:
             raise invalid(exc.field, str(exc)) from None
         except ValueError as exc:
             raise invalid("sr", str(exc)) from None
-        columns = {name: values.double().cpu().tolist() for name, values in scores.items()}
+        # A dataset metric's values are feature rows (B, D), kept as float32 arrays; the others are floats.
+        columns = {
+            name: values.double().cpu().tolist() if values.dim() == 1 else values.float().cpu().numpy() for name, values in scores.items()
+        }
         return [{name: values[i] for name, values in columns.items()} for i in range(len(jobs))]
 
     # --- encode: once per triplet's answer -----------------------------------------------

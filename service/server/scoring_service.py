@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 from PIL import Image
 from starlette.datastructures import UploadFile
 
@@ -17,11 +18,12 @@ from losses import registry
 
 from ..common.decode import decode
 from ..common.errors import ServiceError, invalid, unavailable
-from ..common.protocol import IMAGE_ROLES
+from ..common.features_wire import encode_features
+from ..common.protocol import FEATURES_IMAGE_FIELD, IMAGE_ROLES, RANDOM_WEIGHTS_WARNING
 from . import clips
 from .batcher import Batcher, BatchTooLarge, QueueFull, ShuttingDown
 from .memory import MemoryGuard
-from .schemas import BatchItemError, BatchResponse, ClipResponse, ScoreResponse, ScoreResult
+from .schemas import BatchItemError, BatchResponse, ClipResponse, FeaturesResponse, ScoreResponse, ScoreResult
 from .scoring import Job, Plan, Scorer, too_large_for_device
 from .settings import Settings
 from .telemetry import Telemetry
@@ -163,6 +165,38 @@ class ScoringService:
         except BatchTooLarge as exc:
             self.telemetry.rejected.labels(reason="out_of_memory").inc()
             raise too_large_for_device(self.settings.max_image_pixels, exc) from None
+
+    async def features(self, uploads: list[UploadFile], plan: Plan) -> FeaturesResponse:
+        """Each image's dataset-metric features (one row per upload, in order), its jobs batched on
+        the device with every other request's. One refused image refuses the request, naming it."""
+        received = time.perf_counter()
+        fields = [f"{FEATURES_IMAGE_FIELD}[{i}]" for i in range(len(uploads))]
+        decoded = await self._decode_all(dict(zip(fields, uploads)), plan)
+
+        def job(field: str, upload: UploadFile) -> Job:
+            try:
+                return self.scorer.job(plan, {"sr": decoded[field]})
+            except ServiceError as exc:
+                raise ServiceError(exc.kind, field, f"{field} ({upload.filename}): {exc.message}") from None
+
+        jobs = [job(field, upload) for field, upload in zip(fields, uploads)]
+        outcomes = await asyncio.gather(*(self._submit(job) for job in jobs))
+        name = plan.names[0]  # the plan's metrics read one extractor (``Scorer.plan``)
+        rows = np.stack([outcome.value[name] for outcome in outcomes])
+        compute = sum(outcome.compute_s for outcome in outcomes) / len(outcomes)
+        timing = dict(queue=max(o.queue_s for o in outcomes) * 1e3, compute=compute * 1e3, total=(time.perf_counter() - received) * 1e3)
+        metric = plan.metrics[0]
+        return FeaturesResponse(
+            **encode_features(rows),
+            extractor=":".join(metric.dataset.features),
+            metrics=list(plan.names),
+            pretrained=self.scorer.pretrained,
+            device=str(self.scorer.device),
+            precision=self.scorer.precision,
+            warnings=[w for job in jobs for w in job.warnings] + ([] if self.scorer.pretrained else [RANDOM_WEIGHTS_WARNING]),
+            timing_ms=timing,
+            conventions=self.scorer.conventions(plan),
+        )
 
     async def score_clip(self, fields: dict[str, list[UploadFile]], plan: clips.ClipPlan) -> ClipResponse:
         """One clip: both roles decoded on the CPU pool (sizes checked first), scored on the device thread."""

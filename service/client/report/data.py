@@ -15,7 +15,7 @@ from ...common.errors import comma_list
 from ..stats import BOOTSTRAP_RESAMPLES, PairedComparison, bootstrap_mean_ci, compare_paired
 
 DISTORTION_METRICS = ("psnr", "ssim", "ms_ssim")
-PERCEPTION_METRICS = ("niqe", "lpips_alex", "lpips_vgg", "dists", "perceptual")  # the y axis: the first present
+PERCEPTION_METRICS = ("niqe", "fid", "lpips_alex", "lpips_vgg", "dists", "perceptual")  # the y axis: the first present
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
@@ -35,6 +35,8 @@ class Run:
     pretrained: bool | None
     conventions: dict
     warnings: list[str] = field(default_factory=list)
+    set_values: dict[str, float] = field(default_factory=dict)  # dataset metrics (fid, kid): one value for the set
+    set_size: int = 0
 
     @property
     def group(self) -> str:
@@ -67,6 +69,8 @@ def load_runs(path: Path) -> list[Run]:
                 pretrained=(data.get("conventions") or {}).get("pretrained", server.get("pretrained")),
                 conventions=data.get("conventions") or {},
                 warnings=[*data.get("warnings", []), *(f"{name}: {f['image']} failed: {f['message']}" for f in entry.get("failures", []))],
+                set_values=(entry.get("dataset_metrics") or {}).get("values", {}),
+                set_size=(entry.get("dataset_metrics") or {}).get("sr_count", 0),
             )
         )
     return runs
@@ -87,6 +91,7 @@ class Cell:
     high: float
     count: int  # images with a finite value: the mean is over these
     scored: int  # images the run scored for this metric (a value of null, ±inf or NaN included)
+    whole_set: bool = False  # a dataset metric (fid, kid): one value of the whole set, no interval
 
     @property
     def partial(self) -> bool:
@@ -112,7 +117,7 @@ class Report:
             raise ValueError("two result files hold the same model on the same dataset and scale")
         lower = {k: v for r in runs for k, v in r.lower_is_better.items()}
         wanted = metrics or list(dict.fromkeys(m for r in runs for m in r.metrics))
-        present = [m for m in wanted if any(r.values(m).size for r in runs)]
+        present = [m for m in wanted if any(r.values(m).size or m in r.set_values for r in runs)]
         unknown = [m for m in present if m not in lower]
         if unknown:
             raise ValueError(f"the results do not say which direction is better for {unknown}")
@@ -120,7 +125,10 @@ class Report:
         for run in runs:
             for metric in present:
                 values = run.values(metric)
-                if values.size:
+                if metric in run.set_values and finite(run.set_values[metric]):
+                    value = run.set_values[metric]
+                    report.cells[run.group, run.model, metric] = Cell(value, value, value, run.set_size, run.set_size, whole_set=True)
+                elif values.size:
                     low, high = bootstrap_mean_ci(values, seed, resamples)
                     scored = sum(1 for image in run.scores.values() if metric in image)
                     report.cells[run.group, run.model, metric] = Cell(float(values.mean()), low, high, int(values.size), scored)

@@ -50,8 +50,10 @@ def html_table(report: Report, group: str) -> str:
                 f" of {cell.scored}: {PARTIAL_NOTE}" if cell.partial else ""
             )
             best = ' class="best"' if report.best(group, metric) == model else ""
-            half = fmt(metric, (cell.high - cell.low) / 2)
-            cells.append(f'<td{best} title="{_e(tip)}">{mark(cell, fmt(metric, cell.mean), "†")}<span class="ci">±{half}</span></td>')
+            if cell.whole_set:
+                tip = f"{metric}: one value for the set of {cell.count} images (a dataset metric: no per-image interval)"
+            interval = "" if cell.whole_set else f'<span class="ci">±{fmt(metric, (cell.high - cell.low) / 2)}</span>'
+            cells.append(f'<td{best} title="{_e(tip)}">{mark(cell, fmt(metric, cell.mean), "†")}{interval}</td>')
         swatch = f'<span style="color:{color_of(report, model)}">■</span> '
         rows.append(f"<tr><td>{swatch}{_e(model)}</td>{''.join(cells)}</tr>")
     return f'<table class="results"><thead><tr><th>model</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'

@@ -1,0 +1,248 @@
+"""FID and KID against torch-fidelity, with the same generated Inception weights file.
+
+The sets are 64×64 crops of scikit-image's photos: a GT set of 30 crops and an SR set of 24
+other crops with noise added (the sets are neither paired nor the same size). torch-fidelity's
+``calculate_metrics`` reads the folders with its own loader and its own InceptionV3.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import losses
+from losses.dataset_metrics import DatasetMetricError, FeatureFile, FeatureStats, frechet_distance, trace_sqrt_product
+
+from .conftest import to_tensor
+
+SUBSET = 20  # KID subset size: at most the smaller set
+FID_REL = 1e-4
+KID_ABS = 1e-6
+
+
+def photo_crops(count: int, seed: int, noise: float) -> list[np.ndarray]:
+    from skimage import data
+
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket(), data.cat(), data.immunohistochemistry()]
+    rng = np.random.default_rng(seed)
+    crops = []
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        y, x = rng.integers(0, photo.shape[0] - 64), rng.integers(0, photo.shape[1] - 64)
+        crop = photo[y : y + 64, x : x + 64].astype(np.float64) + rng.normal(0, noise, (64, 64, 3))
+        crops.append(np.clip(crop, 0, 255).round().astype(np.uint8))
+    return crops
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory, weights_dir):
+    root = tmp_path_factory.mktemp("sets")
+    folders = {}
+    for name, count, seed, noise in (("sr", 24, 1, 12.0), ("gt", 30, 2, 0.0)):
+        folders[name] = root / name
+        folders[name].mkdir()
+        for index, crop in enumerate(photo_crops(count, seed, noise)):
+            Image.fromarray(crop).save(folders[name] / f"{index:03d}.png")
+    return folders
+
+
+@pytest.fixture(scope="module")
+def reference(sets, weights_dir):
+    """torch-fidelity's FID and KID of the two folders with the generated weights file."""
+    import torch_fidelity
+
+    return torch_fidelity.calculate_metrics(
+        input1=str(sets["sr"]),
+        input2=str(sets["gt"]),
+        fid=True,
+        kid=True,
+        kid_subset_size=SUBSET,
+        feature_extractor_weights_path=str(weights_dir / "pt_inception-2015-12-05-6726825d.pth"),
+        cuda=False,
+        cache=False,
+        verbose=False,
+        save_cpu_ram=True,
+    )
+
+
+def folder_batches(folder, every: int = 1, offset: int = 0):
+    for path in sorted(folder.iterdir())[offset::every]:
+        yield to_tensor(np.asarray(Image.open(path).convert("RGB")))
+
+
+def test_inception_features_equal_torch_fidelity_extractor(photos, weights_dir):
+    """The network and input handling alone, on whole photos of three sizes (one non-square)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    theirs = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048"], feature_extractor_weights_path=str(weights_dir / "pt_inception-2015-12-05-6726825d.pth")
+    )
+    ours = losses.get_backbone("inception_v3_fid")
+    for photo in photos:
+        with torch.inference_mode():
+            expected = theirs(torch.from_numpy(photo).permute(2, 0, 1)[None].contiguous())[0]
+            got = ours(to_tensor(photo), ["pool3"])["pool3"].flatten(1)
+        assert expected.std() > 0.1  # the generated weights give features that vary
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fid_and_kid_equal_torch_fidelity(sets, reference):
+    values = losses.dataset_score(folder_batches(sets["sr"]), folder_batches(sets["gt"]), subset_size=SUBSET)
+    assert values["fid"] == pytest.approx(reference["frechet_inception_distance"], rel=FID_REL)
+    assert values["kid"] == pytest.approx(reference["kernel_inception_distance_mean"], abs=KID_ABS)
+    assert values["kid.std"] == pytest.approx(reference["kernel_inception_distance_std"], abs=KID_ABS)
+    assert values["fid"] > 1.0  # the noisy set is measurably apart
+
+
+def test_partial_sums_merge_to_one_pass(sets, reference, tmp_path):
+    """Two replicas each see half of the GT set (interleaved); their saved sums merge to the
+    statistics of one pass, and to torch-fidelity's FID."""
+    sr = losses.dataset_features(folder_batches(sets["sr"]), "fid")
+    whole = losses.dataset_features(folder_batches(sets["gt"]), "fid")
+    halves = [losses.dataset_features(folder_batches(sets["gt"], 2, offset), "fid") for offset in (0, 1)]
+    for index, half in enumerate(halves):
+        half.stats.save(tmp_path / f"replica{index}.npz")
+    merged = FeatureStats.load(tmp_path / "replica0.npz").merge(FeatureStats.load(tmp_path / "replica1.npz"))
+    assert merged.count == whole.count == 30
+    np.testing.assert_allclose(merged.covariance(), whole.stats.covariance(), rtol=0, atol=1e-12)
+    assert frechet_distance(sr.stats, merged) == pytest.approx(frechet_distance(sr.stats, whole.stats), rel=1e-10)
+    assert frechet_distance(sr.stats, merged) == pytest.approx(reference["frechet_inception_distance"], rel=FID_REL)
+
+
+def test_trace_sqrt_equals_scipy_sqrtm_on_full_rank_covariances():
+    from scipy.linalg import sqrtm
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(600, 64)), rng.normal(size=(500, 64)) @ rng.normal(size=(64, 64)) * 0.3
+    sigma_a, sigma_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    expected = np.trace(sqrtm(sigma_a @ sigma_b)).real
+    assert trace_sqrt_product(sigma_a, sigma_b) == pytest.approx(expected, rel=1e-9)
+
+
+def test_covariance_equals_numpy_cov():
+    rng = np.random.default_rng(1)
+    features = rng.normal(3.0, 2.0, size=(40, 16)).astype(np.float32)
+    stats = FeatureStats.empty(16)
+    stats.add(features[:15])
+    stats.add(features[15:])
+    np.testing.assert_allclose(stats.covariance(), np.cov(features.astype(np.float64), rowvar=False), rtol=1e-10, atol=1e-12)
+
+
+def test_bad_sets_get_clear_errors(tmp_path):
+    one = FeatureStats.empty(8)
+    one.add(np.ones((1, 8)))
+    with pytest.raises(DatasetMetricError, match="a set of 1 image has no covariance"):
+        frechet_distance(one, one)
+    stats = FeatureStats.empty(8)
+    rows = np.ones((3, 8))
+    rows[2, 5] = np.nan
+    with pytest.raises(DatasetMetricError, match=r"not finite \(first: row 2\)"):
+        stats.add(rows)
+    assert stats.count == 0  # nothing of the refused batch was added
+    stored = FeatureFile(8)
+    stored.append(np.zeros((4, 8)))
+    sides = losses.SetFeatures(stats, stored)
+    with pytest.raises(DatasetMetricError, match="fewer than KID's subset_size 1000"):
+        losses.DATASET_METRICS["kid"].reduce(sides, sides, losses.DATASET_METRICS["kid"].options)
+    with pytest.raises(losses.MetricError, match="dataset metric"):
+        losses.score(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32), metrics=["psnr", "fid"])
+
+
+def test_wire_format_round_trips_and_refuses_other_versions():
+    from service.common.features_wire import FeaturesFormatError, decode_features, encode_features
+
+    rows = np.random.default_rng(2).normal(size=(3, 2048)).astype(np.float32)
+    payload = encode_features(rows)
+    np.testing.assert_array_equal(decode_features(payload), rows)
+    with pytest.raises(FeaturesFormatError, match="version 2"):
+        decode_features({**payload, "version": 2})
+    with pytest.raises(FeaturesFormatError, match="need"):
+        decode_features({**payload, "count": 4})
+
+
+@pytest.fixture(scope="module")
+def server(weights_dir):
+    from .servers import SubprocessServer
+
+    with SubprocessServer("--models", "inception_v3_fid") as srv:
+        yield srv
+
+
+def test_service_features_and_refusals(server, sets):
+    import httpx
+
+    from service.client import LossClient
+
+    paths = sorted(sets["gt"].iterdir())[:5]
+    with LossClient(server.url) as client:
+        answer = client.features(paths)
+        catalogue = {m["name"]: m for m in client.metrics()}
+    assert answer["features"].shape == (5, 2048) and answer["extractor"] == "inception_v3_fid:pool3"
+    assert answer["format"] == "loss-service.features" and answer["version"] == 1
+    expected = losses.dataset_features(folder_batches(sets["gt"]), "kid").stored.array()[:5]
+    np.testing.assert_allclose(answer["features"], expected, rtol=1e-5, atol=1e-6)
+    assert catalogue["fid"]["dataset"] and not catalogue["psnr"]["dataset"] and catalogue["fid"]["available"]
+    image = paths[0].read_bytes()
+    per_image = httpx.post(f"{server.url}/v1/score", files=[("sr", image), ("gt", image)], data={"metrics": "fid"})
+    assert per_image.status_code == 422 and "dataset metric" in per_image.json()["detail"][0]["msg"]
+    assert "/v1/features" in per_image.json()["detail"][0]["msg"]
+    wrong = httpx.post(f"{server.url}/v1/features", files=[("image", image)], data={"metrics": "psnr"})
+    assert wrong.status_code == 422 and "score single images" in wrong.json()["detail"][0]["msg"]
+    broken = httpx.post(f"{server.url}/v1/features", files=[("image", image), ("image", b"not an image")])
+    assert broken.status_code == 415 and broken.json()["detail"][0]["loc"] == ["body", "image[1]"]
+    field = httpx.post(f"{server.url}/v1/features", files=[("image", image), ("sr", image)])
+    assert field.status_code == 422 and "unknown form field 'sr'" in field.json()["detail"][0]["msg"]
+    missing = httpx.post(f"{server.url}/v1/features", files=[("sr", image)])
+    assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "image"]
+
+
+def test_eval_reports_fid_kid_per_model_and_caches_the_gt_set(server, sets, reference, tmp_path, capsys):
+    from service.cli import main as cli_main
+
+    noisy_copy = tmp_path / "copy"
+    shutil.copytree(sets["sr"], noisy_copy)
+    out = tmp_path / "fid.json"
+    cache = tmp_path / "cache"
+    models = ["--url", server.url, "--sr", f"a={sets['sr']}", "--sr", f"b={noisy_copy}"]
+    args = ["eval", *models, "--gt", str(sets["gt"]), "--metrics", "fid,kid", "--options", json.dumps({"subset_size": SUBSET}), "--feature-cache", str(cache)]
+    rest = ["--out", str(tmp_path / "fid.csv"), "--json", str(out), "--dataset", "crops", "--quiet"]
+    args += rest
+    assert cli_main(args) == 0
+    first = json.loads(out.read_text())
+    for model in ("a", "b"):
+        entry = first["models"][model]["dataset_metrics"]
+        assert entry["values"]["fid"] == pytest.approx(reference["frechet_inception_distance"], rel=FID_REL)
+        assert entry["values"]["kid"] == pytest.approx(reference["kernel_inception_distance_mean"], abs=KID_ABS)
+        assert (entry["sr_count"], entry["gt_count"]) == (24, 30)
+        assert first["models"][model]["summary"]["fid"]["mean"] == entry["values"]["fid"]
+    assert first["lower_is_better"]["fid"] is True and "fid" in first["conventions"]["metrics"]
+    assert first["models"]["a"]["dataset_metrics"]["gt_cached"] is False
+    assert len(list(cache.glob("*.stats.npz"))) == 1 and len(list(cache.glob("*.f32"))) == 1
+
+    assert cli_main(args) == 0  # the GT features come from the cache now
+    again = json.loads(out.read_text())["models"]["a"]["dataset_metrics"]
+    assert again["gt_cached"] is True and again["values"] == first["models"]["a"]["dataset_metrics"]["values"]
+
+    changed = tmp_path / "gt"
+    shutil.copytree(sets["gt"], changed)
+    Image.fromarray(photo_crops(1, 9, 0.0)[0]).save(changed / "000.png")  # one file's content differs
+    assert cli_main(["eval", *models, "--gt", str(changed), *args[len(models) + 3 :]]) == 0
+    assert json.loads(out.read_text())["models"]["a"]["dataset_metrics"]["gt_cached"] is False
+
+    html = tmp_path / "report.html"
+    assert cli_main(["report", str(out), "--html", str(html), "--markdown", str(tmp_path / "r.md")]) == 0
+    markdown = (tmp_path / "r.md").read_text()
+    last = json.loads(out.read_text())["models"]["b"]["dataset_metrics"]["values"]
+    assert f"| b | {last['fid']:.4f} | {last['kid']:.4f} |" in markdown.replace("**", "")
+
+
+def test_eval_refuses_fid_without_a_reference_set(sets, capsys):
+    from service.cli import main as cli_main
+
+    assert cli_main(["eval", "--url", "http://127.0.0.1:9", "--sr", str(sets["sr"]), "--metrics", "fid", "--quiet"]) == 2
+    assert "give --gt DIR" in capsys.readouterr().err
