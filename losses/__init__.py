@@ -5,7 +5,8 @@ Start with ``list_metrics()``, ``create_metric(name, **options)``, ``score(sr, g
 the loss classes below are the same formulas as training losses.
 
 Names load on first use (PEP 562), so ``losses.dataset_metrics``, which is NumPy only, imports
-without torch: the torch-free client reduces FID/KID features with it.
+without torch: the torch-free client reduces FID/KID features with it. (No module is named like
+a public name, or importing it would bind the module over the name.)
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from .backbones import get_backbone
-from .conventions import conventions as conventions_record
+from .record import conventions as conventions_record
 from .dataset_metrics import SetFeatures
 from .features import FeatureLoss
 from .registry import REGISTRY, compute, get_metrics, resolve_options

@@ -66,7 +66,7 @@ def test_score_refuses_unknown_metric_and_option(images):
         (["lpips"], "did you mean 'lpips_vgg', 'lpips_alex'?"),
         (["psnr ssim"], "separate names with commas, e.g. psnr,ssim"),  # not 'ms_ssim', the closest spelling
         (['["psnr"', '"ssim"]'], "did you mean 'psnr', 'ssim'?"),  # a JSON list split at its comma
-        (["fid"], "unknown metric(s) ['fid']; valid: "),  # nothing close: no guess
+        (["brisque"], "unknown metric(s) ['brisque']; valid: "),  # nothing close: no guess
     ],
 )
 def test_unknown_metric_names_as_papers_write_them_get_a_guess(images, names, hint):
@@ -178,7 +178,7 @@ def test_one_reference_for_many_candidates_is_computed_once(weights_dir):
     g = torch.Generator().manual_seed(8)
     sr, gt = torch.rand(3, 3, 48, 48, generator=g), torch.rand(1, 3, 48, 48, generator=g)
     lr, teacher = torch.rand(1, 3, 12, 12, generator=g), torch.rand(1, 3, 48, 48, generator=g)
-    names = [m for m in losses.REGISTRY if m not in ("ms_ssim", "niqe")]  # MS-SSIM needs 176², NIQE 96×192 (their own tests)
+    names = [m for m, e in losses.REGISTRY.items() if m not in ("ms_ssim", "niqe") and e.dataset is None]  # MS-SSIM needs 176², NIQE 96×192
     seen: dict[str, list[tuple[str, int]]] = {"shared": [], "copies": []}
 
     class Counting:
@@ -243,3 +243,18 @@ def test_slicing_a_batch_into_passes_changes_no_value(weights_dir, monkeypatch):
     for name in whole:
         assert close(sliced[name], whole[name], rel=1e-5), name  # float32 convolutions over other batch shapes
         assert close(sliced_shared[name], whole_shared[name], rel=1e-5), name
+
+
+def test_public_names_load_lazily_and_no_module_shadows_one():
+    """``losses`` binds its names on first use: a module named like one (``losses/conventions.py``
+    once) would be bound over it by any import of that module; the FID/KID reductions load
+    without torch, as the torch-free client needs."""
+    import pkgutil
+    import subprocess
+    import sys
+
+    assert not {module.name for module in pkgutil.iter_modules(losses.__path__)} & set(losses.__all__)
+    check = "import sys, losses.dataset_metrics, losses.api; assert callable(losses.conventions)"
+    assert subprocess.run([sys.executable, "-c", check], capture_output=True).returncode == 0
+    torch_free = "import sys, losses.dataset_metrics; assert 'torch' not in sys.modules, 'torch imported'"
+    assert subprocess.run([sys.executable, "-c", torch_free], capture_output=True, text=True).returncode == 0

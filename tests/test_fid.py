@@ -209,7 +209,18 @@ def test_eval_reports_fid_kid_per_model_and_caches_the_gt_set(server, sets, refe
     out = tmp_path / "fid.json"
     cache = tmp_path / "cache"
     models = ["--url", server.url, "--sr", f"a={sets['sr']}", "--sr", f"b={noisy_copy}"]
-    args = ["eval", *models, "--gt", str(sets["gt"]), "--metrics", "fid,kid", "--options", json.dumps({"subset_size": SUBSET}), "--feature-cache", str(cache)]
+    args = [
+        "eval",
+        *models,
+        "--gt",
+        str(sets["gt"]),
+        "--metrics",
+        "fid,kid",
+        "--options",
+        json.dumps({"subset_size": SUBSET}),
+        "--feature-cache",
+        str(cache),
+    ]
     rest = ["--out", str(tmp_path / "fid.csv"), "--json", str(out), "--dataset", "crops", "--quiet"]
     args += rest
     assert cli_main(args) == 0

@@ -147,7 +147,7 @@ CORPUS = {
     "duplicate_sr": (dict(files=pair() + [part("sr", GOOD_SR)]), 422, "sr"),
     "oversized_options": (dict(files=pair(), data=dict(options=json.dumps({"crop_border": 0, "pad": "x" * 5000}))), 422, "options"),
     "options_not_object": (dict(files=pair(), data=dict(options="[1, 2]")), 422, "options"),
-    "unknown_metric": (dict(files=pair(), data=dict(metrics="psnr,fid")), 422, "metrics"),
+    "unknown_metric": (dict(files=pair(), data=dict(metrics="psnr,brisque")), 422, "metrics"),
     "metric_needs_missing_image": (dict(files=pair(), data=dict(metrics="kd")), 422, "teacher"),
     "wrong_content_type_json": (dict(json={"sr": "x", "gt": "y"}), 422, "sr"),
     # Every decoder × every special value: NaN/Inf refused, out-of-range clamped with a warning.

@@ -23,6 +23,8 @@ from losses.niqe import niqe
 from losses.registry import get_metrics, resolve_options
 
 REL = 1e-5
+# fid and kid score sets (tests/test_fid.py); every other metric scores images.
+PER_IMAGE = {name for name, metric in REGISTRY.items() if metric.dataset is None}
 
 
 @pytest.fixture()
@@ -62,7 +64,7 @@ def library_values(images, options):
 
 def test_every_metric_matches_library(weights_dir, images):
     # ms_ssim needs 176 px (test_ms_ssim_batched), niqe two 96² blocks (tests/test_niqe.py, test_service.py)
-    metrics = get_metrics(sorted(set(REGISTRY) - {"ms_ssim", "niqe"}))
+    metrics = get_metrics(sorted(PER_IMAGE - {"ms_ssim", "niqe"}))
     options = resolve_options(metrics, dict(crop_border=2, y_channel=True, perceptual_weight=0.3, lambda_kd=0.5, loss_weight=2.0))
     with torch.no_grad():
         scores = compute(metrics, images, options)
@@ -77,7 +79,7 @@ def test_no_metric_writes_to_its_inputs(weights_dir, images):
     """The service hands a decoded upload to the library as a view, not a copy (a batch of one)."""
     views = {role: image.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) for role, image in images.items()}  # HWC memory
     before = {role: view.clone() for role, view in views.items()}
-    metrics = get_metrics(sorted(set(REGISTRY) - {"ms_ssim", "niqe"}))
+    metrics = get_metrics(sorted(PER_IMAGE - {"ms_ssim", "niqe"}))
     with torch.inference_mode():
         compute(metrics, views, resolve_options(metrics, dict(crop_border=2, y_channel=True)))
     for role, view in views.items():
@@ -205,6 +207,8 @@ def test_catalogue_entries():
         backbone="dinov2",
         description=entry["description"],
         convention=entry["convention"],
+        dataset=False,
     )
+    assert REGISTRY["fid"].catalogue_entry()["dataset"] is True and REGISTRY["fid"].catalogue_entry()["needs"] == ["sr"]
     assert REGISTRY["psnr"].catalogue_entry()["lower_is_better"] is False
     assert REGISTRY["hybrid"].backbones(dict(perceptual_weight=0.0)) == set()

@@ -26,7 +26,7 @@ EXAMPLES_PER_OPERATION = 25
 
 def test_api_conforms_to_its_schema(weights_dir):
     tried = {}
-    with SubprocessServer("--models", "vgg16", "--max-image-pixels", "1000000", "--body-timeout-s", "5") as srv:
+    with SubprocessServer("--models", "vgg16,inception_v3_fid", "--max-image-pixels", "1000000", "--body-timeout-s", "5") as srv:
         schema = schemathesis.openapi.from_url(f"{srv.url}/openapi.json")
         for result in schema.get_all_operations():
             operation = result.ok()

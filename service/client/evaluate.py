@@ -409,7 +409,8 @@ def run_eval(args) -> int:
     failed = sum(len(f) for f in scored.failures.values())
     scored_count = sum(len(r.models) for r in requests) - failed
     sets = "".join(
-        f"; {', '.join(set_metrics)} of {name}: {entry['sr_count']} sr vs {entry['gt_count']} gt images" for name, entry in scored.sets.items()
+        f"; {', '.join(set_metrics)} of {name}: {entry['sr_count']} sr vs {entry['gt_count']} gt images"
+        for name, entry in scored.sets.items()
     )
     console.print(
         f"scored {scored_count}, skipped (resume) {len(finished)}, failed {failed}{sets} → {out_csv}"

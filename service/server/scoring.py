@@ -23,7 +23,7 @@ import torch
 
 from losses import registry, weights
 from losses.backbones import backbone_spec, get_backbone
-from losses.conventions import conventions as conventions_record
+from losses.record import conventions as conventions_record
 from losses.weights import WeightsError
 
 from ..common.decode import Decoded
