@@ -12,9 +12,9 @@ from typing import Any
 import torch
 
 from .backbones import get_backbone
-from .record import conventions as conventions_record
 from .dataset_metrics import SetFeatures
 from .features import FeatureLoss
+from .record import conventions as conventions_record
 from .registry import REGISTRY, compute, get_metrics, resolve_options
 from .weights import weights_dir_scope
 
