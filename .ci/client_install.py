@@ -73,7 +73,7 @@ def write_dataset(root: Path) -> dict[str, Path]:
 
 
 def start_server(port: int, log: Path) -> subprocess.Popen:
-    command = ["uv", "run", "loss-service", "serve", "--host", "127.0.0.1", "--port", str(port), "--models", "vgg16", "--random-weights"]
+    command = ["uv", "run", "loss-service", "serve", "--host", "127.0.0.1", "--port", str(port), "--models", "vgg16,inception_v3_fid", "--random-weights"]
     server = subprocess.Popen(command, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -124,7 +124,11 @@ def check_install(extra: str, wheel: Path, url: str, data: dict[str, Path], work
         "--gt",
         str(data["gt"]),
         "--metrics",
-        "psnr,ssim",
+        "psnr,ssim,fid,kid",
+        "--options",
+        '{"subset_size": 4}',
+        "--feature-cache",
+        str(work / "features"),
         "--dataset",
         "tiny",
         "--scale",
@@ -137,6 +141,8 @@ def check_install(extra: str, wheel: Path, url: str, data: dict[str, Path], work
     )
     check(result)
     assert not imported & forbidden, f"eval imported {sorted(imported & forbidden)}"
+    sets = json.loads(results.read_text())["models"]["noisy"]["dataset_metrics"]
+    assert set(sets["values"]) == {"fid", "kid", "kid.std"}, sets
     report = [
         "report",
         str(results),
