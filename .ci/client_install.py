@@ -73,7 +73,19 @@ def write_dataset(root: Path) -> dict[str, Path]:
 
 
 def start_server(port: int, log: Path) -> subprocess.Popen:
-    command = ["uv", "run", "loss-service", "serve", "--host", "127.0.0.1", "--port", str(port), "--models", "vgg16,inception_v3_fid", "--random-weights"]
+    command = [
+        "uv",
+        "run",
+        "loss-service",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--models",
+        "vgg16,inception_v3_fid",
+        "--random-weights",
+    ]
     server = subprocess.Popen(command, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

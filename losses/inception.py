@@ -172,6 +172,7 @@ FID_INCEPTION = register_backbone(
                 "inception_v3_fid",
                 ("pt_inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth"),
                 "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
+                sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
                 description="InceptionV3 2015-12-05 (TensorFlow FID graph) as pytorch-fid and torch-fidelity load it",
             )
         ),

@@ -223,7 +223,7 @@ def test_eval_reports_fid_kid_per_model_and_caches_the_gt_set(server, sets, refe
     ]
     rest = ["--out", str(tmp_path / "fid.csv"), "--json", str(out), "--dataset", "crops", "--quiet"]
     args += rest
-    assert cli_main(args) == 0
+    assert cli_main([*args, "--store", str(tmp_path / "results.db")]) == 0
     first = json.loads(out.read_text())
     for model in ("a", "b"):
         entry = first["models"][model]["dataset_metrics"]
@@ -234,6 +234,12 @@ def test_eval_reports_fid_kid_per_model_and_caches_the_gt_set(server, sets, refe
     assert first["lower_is_better"]["fid"] is True and "fid" in first["conventions"]["metrics"]
     assert first["models"]["a"]["dataset_metrics"]["gt_cached"] is False
     assert len(list(cache.glob("*.stats.npz"))) == 1 and len(list(cache.glob("*.f32"))) == 1
+    from service.client.store import ResultsStore
+
+    with ResultsStore(tmp_path / "results.db") as store:
+        stored = {(r.model, r.image, r.metric): r.value for r in store.rows()}
+    assert stored[("a", "(set)", "fid")] == first["models"]["a"]["dataset_metrics"]["values"]["fid"]
+    assert {key[2] for key in stored} == {"fid", "kid", "kid.std"}
 
     assert cli_main(args) == 0  # the GT features come from the cache now
     again = json.loads(out.read_text())["models"]["a"]["dataset_metrics"]

@@ -324,17 +324,27 @@ def eval_json(args, models: dict[str, Path], pairings: dict[str, Pairing], score
     return report
 
 
+# The image name under which a dataset metric's (fid, kid) one value per set is stored.
+SET_ROW_IMAGE = "(set)"
+
+
 def store_results(store: ResultsStore, args, scored: Scored, previous: dict[str, list[dict]]) -> None:
-    """The run's new values, one transaction, under the conventions record the server returned."""
+    """The run's new values, one transaction, under the conventions record the server returned;
+    a dataset metric's value is one row per model, image ``(set)``."""
     if scored.conventions is None:
         return  # nothing was scored
     digest = conventions_hash(scored.conventions)
+
+    def row(model: str, image: str, metric: str, value: float | None) -> Row:
+        return Row(model, args.dataset or "", args.scale or 0, image, metric, value, digest, checkpoint=args.checkpoint or "")
+
     rows = [
-        Row(model, args.dataset or "", args.scale or 0, result["image"], metric, value, digest, checkpoint=args.checkpoint or "")
+        row(model, result["image"], metric, value)
         for model, results in scored.results.items()
         for result in results[len(previous[model]) :]
         for metric, value in result["scores"].items()
     ]
+    rows += [row(model, SET_ROW_IMAGE, metric, value) for model, entry in scored.sets.items() for metric, value in entry["values"].items()]
     store.add(rows, scored.conventions)
 
 
@@ -372,8 +382,8 @@ def run_eval(args) -> int:
     except StoreError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
-    if store is not None and args.resume:
-        wanted = comma_list(args.metrics)
+    if store is not None and args.resume and image_metrics:
+        wanted = image_metrics
         finished |= {(name, image) for name in models for image in store.scored_images(name, args.dataset or "", args.scale or 0, wanted)}
     stems = sorted({stem for pairing in pairings.values() for stem in pairing.pairs})
     requests = [
