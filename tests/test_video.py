@@ -242,6 +242,21 @@ def test_eval_scores_a_dataset_of_clips_as_basicsr_averages(server, photos, tmp_
     rows = list(csv.DictReader(open(tmp_path / "f.csv")))
     assert len(rows) == 2 * (7 + 6) and {r["clip"] for r in rows} == {"000", "011"}
 
+    # The report: per-clip tables equal to the JSON, a plot over time per clip, the worst clip's frames.
+    html, md = tmp_path / "clips.html", tmp_path / "clips.md"
+    assert cli_main(["report", str(out), "--html", str(html), "--markdown", str(md)]) == 0
+    page, table = html.read_text(), md.read_text()
+    for name in clips:
+        psnr = {model: data["models"][model]["clips"][name]["per_clip"]["psnr"] for model in ("frames", "video")}
+        assert any(line.startswith(f"| {name} |") and f"{psnr['frames']:.2f}" in line for line in table.splitlines())
+        assert f"{name}: per frame" in page  # the clip's time plot (an inline SVG's title)
+    time_section = page[page.index('<section id="time">') : page.index('<section id="strip">')]
+    assert time_section.count("<svg") == 2
+    worst = min(clips, key=lambda n: np.mean([data["models"][m]["clips"][n]["per_clip"]["psnr"] for m in ("frames", "video")]))
+    strip = page[page.index('<section id="strip">') :]
+    assert f"Worst clip: {worst}" in strip and strip.count("data:image/png;base64,") == 2 * 5  # GT and frames, 5 frames each
+    assert "Not shown (video clips): video" in strip
+
 
 def test_presets_set_the_published_conventions_and_record_them(server, photos, tmp_path, capsys):
     """REDS4: RGB, crop 0, only clips 000/011/015/020 (BasicSR's test_BasicVSR_REDS.yml);

@@ -120,6 +120,7 @@ def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:
                     continue
                 conventions = conventions or answer["conventions"]
                 results[model][name] = {key: answer[key] for key in ("per_frame", "temporal", "frames", "per_clip")}
+                results[model][name]["sources"] = source_record(sr)
                 if not args.quiet:
                     console.print(f"{model} / {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in answer["per_clip"].items() if v is not None))
     report = dict(
@@ -131,6 +132,9 @@ def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:
         options=options,
         preset=preset and dict(preset, clips=list(preset["clips"] or [])),
         conventions=conventions,
+        gt_sources={
+            name: source_record(centre_frame(clip) if preset and preset["centre_frame"] else clip) for name, clip in gt_clips.items()
+        },
         models={
             model: dict(
                 sr_dir=str(models[model].resolve()),
@@ -160,6 +164,11 @@ def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:
                 console.print(f"[yellow]{model}: {role} clips without a partner: {', '.join(names)}[/yellow]")
     missing = any(unpaired[model]["gt"] for model in models)
     return 1 if missing or any(failures.values()) else 0
+
+
+def source_record(clip: Path | list[Path]) -> str | list[str]:
+    """What a clip was read from, for the report's frame strip: its frame files in order, or the video."""
+    return [str(path.resolve()) for path in clip] if isinstance(clip, list) else str(clip.resolve())
 
 
 def write_frames_csv(path: Path, results: dict[str, dict[str, dict]]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..store import ResultsStore, StoreError
-from . import leaderboard
+from . import clips, leaderboard
 from .data import Report, decimals, load_runs, metric_names
 from .gallery import largest_error_crop, worst_images
 from .page import html_page, html_table, render_html
@@ -42,8 +42,11 @@ def run_report(args) -> int:
         return 2
     try:
         report = None
-        if args.results:
-            runs = [run for path in args.results for run in load_runs(Path(path))]
+        clip_files = [path for path in args.results if clips.is_clip_results(Path(path))]
+        image_files = [path for path in args.results if path not in clip_files]
+        clip_runs = [run for path in clip_files for run in clips.load_clip_runs(Path(path))]
+        if image_files:
+            runs = [run for path in image_files for run in load_runs(Path(path))]
             report = Report.build(runs, metric_names(args.metrics) or None, seed=args.seed, resamples=args.resamples)
         tables, curves = [], []
         if args.store:
@@ -57,9 +60,13 @@ def run_report(args) -> int:
             console.print(f"[red]--x/--y {metric!r} is not among the reported metrics {report.metrics}[/red]")
             return 2
     outputs = {
-        args.markdown: lambda: "\n".join(text for text in (tables and leaderboard.markdown(tables), report and markdown(report)) if text),
+        args.markdown: lambda: "\n".join(
+            text
+            for text in (tables and leaderboard.markdown(tables), report and markdown(report), clip_runs and clips.markdown(clip_runs))
+            if text
+        ),
         args.latex: lambda: "\n".join(text for text in (tables and leaderboard.latex(tables), report and latex(report)) if text),
-        args.html: lambda: html_report(report, tables, curves, args),
+        args.html: lambda: html_report(report, tables, curves, args, clips.html_sections(clip_runs) if clip_runs else []),
     }
     written = []
     for path, render in outputs.items():
@@ -67,14 +74,18 @@ def run_report(args) -> int:
             Path(path).write_text(render())
             written.append(path)
     described = f"{len(report.runs)} run(s), {len(report.models)} model(s), {len(report.groups)} group(s)" if report else ""
-    console.print(", ".join(filter(None, (described, tables and f"{len(tables)} leaderboard table(s)"))) + f" → {', '.join(written)}")
+    clip_line = clip_runs and f"{len(clip_runs)} clip run(s), {len(clips.clip_names(clip_runs))} clip(s)"
+    parts = (described, clip_line, tables and f"{len(tables)} leaderboard table(s)")
+    console.print(", ".join(filter(None, parts)) + f" → {', '.join(written)}")
     return 0
 
 
-def html_report(report: Report | None, tables: list, curves: list, args) -> str:
+def html_report(report: Report | None, tables: list, curves: list, args, clip_sections: list) -> str:
     sections = [("leaderboard", "Leaderboard", leaderboard.html(tables))] if tables else []
     if curves:
         sections.append(("curves", "Training curves", leaderboard.curves_html(curves)))
+    sections += clip_sections
     if report is None:
-        return html_page(args.title, f"leaderboard of {args.store}", sections)
+        summary = f"leaderboard of {args.store}" if args.store else f"clips: {', '.join(args.results)}"
+        return html_page(args.title, summary, sections)
     return render_html(report, x=args.x, y=args.y, worst=args.worst, crop=args.crop, title=args.title, leaderboard=sections)

@@ -28,7 +28,8 @@ td.sig{color:#0a6b2f;font-weight:600}td.sigbad{color:#a3261b;font-weight:600}
 .plots{display:flex;flex-wrap:wrap;gap:14px}.plots figure{margin:0}figcaption{font-size:12px;color:#5a6373}
 .gallery{display:flex;flex-wrap:wrap;gap:12px}.entry{background:#fff;padding:8px;box-shadow:0 1px 2px #0001}
 .entry img{width:128px;height:auto;image-rendering:pixelated;display:block}.tiles{display:flex;gap:4px}
-.tiles figure{margin:0}details pre{background:#fff;padding:10px;overflow:auto;max-height:420px;font-size:12px}
+.tiles figure{margin:0}.strip td{text-align:center;font-size:11px;color:#5a6373}.strip img{width:192px;display:block}
+details pre{background:#fff;padding:10px;overflow:auto;max-height:420px;font-size:12px}
 """
 
 
