@@ -22,8 +22,12 @@ DEFAULT_METRICS = ("psnr", "ssim", "perceptual")
 
 
 def list_metrics() -> list[dict]:
-    """The catalogue: one entry per metric (name, lower_is_better, needs, options, backbone)."""
-    return [metric.catalogue_entry() for metric in REGISTRY.values()]
+    """The catalogue: one entry per metric (name, lower_is_better, needs, options, backbone,
+    dataset), then the clip metrics of ``score_clip`` (``clip``, and whether they can run here:
+    ``available``, ``unavailable_reason``; VMAF needs FFmpeg with libvmaf)."""
+    from .temporal import CLIP_CATALOGUE
+
+    return [metric.catalogue_entry() for metric in REGISTRY.values()] + [metric.catalogue_entry() for metric in CLIP_CATALOGUE.values()]
 
 
 def score(

@@ -16,15 +16,81 @@ chunks, so a long clip never sits in memory as float32 all at once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 TEMPORAL_METRICS = ("tof", "tlp")
+
+
+def _libvmaf_missing() -> str | None:
+    from .vmaf import INSTALL_HINT, ffmpeg_with_libvmaf
+
+    return None if ffmpeg_with_libvmaf() is not None else f"needs FFmpeg with libvmaf: {INSTALL_HINT}"
+
+
+@dataclass(frozen=True)
+class ClipMetric:
+    """A metric of a whole clip, outside the per-image registry: its catalogue entry and what it
+    needs beyond the library (``missing()``: why it cannot run here, or None)."""
+
+    name: str
+    lower_is_better: bool
+    description: str
+    convention: str
+    backbone: str | None = None
+    missing: Callable[[], str | None] = lambda: None
+
+    def catalogue_entry(self) -> dict:
+        reason = self.missing()
+        return dict(
+            name=self.name,
+            lower_is_better=self.lower_is_better,
+            needs=["sr", "gt"],
+            options={"skip": TECOGAN_SKIP} if self.name in TEMPORAL_METRICS else {},
+            backbone=self.backbone,
+            description=self.description,
+            convention=self.convention,
+            dataset=False,
+            clip=True,
+            available=reason is None,
+            unavailable_reason=reason,
+        )
+
+
+CLIP_CATALOGUE = {
+    metric.name: metric
+    for metric in (
+        ClipMetric(
+            "tof",
+            True,
+            "temporal: mean L2 norm of GT's minus SR's Farnebäck flow between consecutive frames",
+            "TecoGAN metrics.py: OpenCV calcOpticalFlowFarneback on RGB2GRAY frames, crop_8x8, 2 frames skipped at each end",
+        ),
+        ClipMetric(
+            "tlp",
+            True,
+            "temporal: 100·|LPIPS-Alex(gt[t−1], gt[t]) − LPIPS-Alex(sr[t−1], sr[t])|",
+            "TecoGAN metrics.py on crop_8x8 frames, LPIPS v0.1 AlexNet, 2 frames skipped at each end",
+            backbone="alexnet",
+        ),
+        *(
+            ClipMetric(
+                name,
+                False,
+                f"VMAF ({model}) per frame and per clip, Netflix's libvmaf through FFmpeg",
+                "FFmpeg libvmaf filter on yuv420p frames (FFmpeg's default BT.601 limited conversion)",
+                missing=_libvmaf_missing,
+            )
+            for name, model in (("vmaf", "vmaf_v0.6.1"), ("vmaf_neg", "vmaf_v0.6.1neg"))
+        ),
+    )
+}
 # Metrics of a whole clip that are not in the per-image registry: the temporal ones, and VMAF.
-CLIP_METRICS = (*TEMPORAL_METRICS, "vmaf", "vmaf_neg")
+CLIP_METRICS = tuple(CLIP_CATALOGUE)
 TECOGAN_SKIP = 2
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
 

@@ -30,7 +30,11 @@ def images():
 
 def test_list_metrics_is_the_registry():
     entries = list_metrics()
-    assert [e["name"] for e in entries] == list(losses.REGISTRY)
+    from losses.temporal import CLIP_CATALOGUE
+
+    assert [e["name"] for e in entries] == [*losses.REGISTRY, *CLIP_CATALOGUE]
+    clip = {e["name"]: e for e in entries if e.get("clip")}
+    assert set(clip) == {"tof", "tlp", "vmaf", "vmaf_neg"} and clip["tof"]["available"] is True
     assert {"name", "lower_is_better", "needs", "options", "backbone"} <= set(entries[0])
 
 
@@ -258,3 +262,13 @@ def test_public_names_load_lazily_and_no_module_shadows_one():
     assert subprocess.run([sys.executable, "-c", check], capture_output=True).returncode == 0
     torch_free = "import sys, losses.dataset_metrics; assert 'torch' not in sys.modules, 'torch imported'"
     assert subprocess.run([sys.executable, "-c", torch_free], capture_output=True, text=True).returncode == 0
+
+
+def test_list_metrics_says_when_vmaf_cannot_run(monkeypatch):
+    """Without an FFmpeg built with libvmaf, the catalogue says so and names what to install."""
+    from losses import vmaf
+
+    monkeypatch.setattr(vmaf, "ffmpeg_with_libvmaf", lambda: None)
+    entries = {e["name"]: e for e in list_metrics()}
+    assert entries["vmaf"]["available"] is False and "imageio-ffmpeg" in entries["vmaf"]["unavailable_reason"]
+    assert entries["tof"]["available"] is True

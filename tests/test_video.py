@@ -352,6 +352,8 @@ def test_vmaf_through_the_server(server, photos):
     sr, gt = clip_pair(photos)
     with LossClient(server.url) as client:
         answer = client.score_clip(list(sr), list(gt), metrics="psnr,vmaf")
+        catalogue = {entry["name"]: entry for entry in client.metrics()}
+    assert catalogue["vmaf"]["clip"] and catalogue["vmaf"]["available"] and catalogue["tlp"]["available"]  # this server loads alexnet
     to = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
     expected = losses.score_clip(to(sr), to(gt), metrics=["vmaf"])
     assert answer["per_frame"]["vmaf"] == pytest.approx(expected["per_frame"]["vmaf"].tolist(), abs=1e-4)

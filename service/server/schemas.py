@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from ..common.errors import ServiceError
-from ..common.protocol import FEATURES_PATH
+from ..common.protocol import FEATURES_PATH, SCORE_CLIP_PATH
 from .http_errors import status_of
 from .scoring import ModelState
 
@@ -97,7 +97,9 @@ class MetricInfo(BaseModel):
     description: str
     convention: str = Field("", description="the paper or package convention followed, and how it differs from others")
     dataset: bool = Field(False, description=f"a metric of two image sets (fid, kid): features from POST {FEATURES_PATH}")
+    clip: bool = Field(False, description=f"a metric of whole clips (tof, tlp, vmaf, vmaf_neg): POST {SCORE_CLIP_PATH}")
     available: bool
+    unavailable_reason: str | None = Field(None, description="why this server cannot score it (a model not loaded, no libvmaf)")
 
 
 class ReadyResponse(BaseModel):

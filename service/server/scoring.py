@@ -153,12 +153,16 @@ class Scorer:
         return all(state.loaded for state in self.models.values())
 
     def missing_reason(self, metric: registry.Metric, options: dict) -> str | None:
-        for name in sorted(metric.backbones(options)):
+        return self.models_missing(metric.name, metric.backbones(options))
+
+    def models_missing(self, metric: str, backbones: Iterable[str]) -> str | None:
+        """Why ``metric`` cannot run on this server (a backbone not loaded), or None."""
+        for name in sorted(backbones):
             state = self.models.get(name)
             if state is None:
-                return f"metric {metric.name!r} needs model {name!r}, which this server does not load (see --models)"
+                return f"metric {metric!r} needs model {name!r}, which this server does not load (see --models)"
             if not state.loaded:
-                return f"metric {metric.name!r} needs model {name!r}: {state.error}"
+                return f"metric {metric!r} needs model {name!r}: {state.error}"
         return None
 
     # --- plan: once per request ----------------------------------------------------------

@@ -15,6 +15,7 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 
 from losses import registry
+from losses.temporal import CLIP_CATALOGUE
 
 from ..common.decode import decode
 from ..common.errors import ServiceError, invalid, unavailable
@@ -108,10 +109,19 @@ class ScoringService:
         )
 
     def catalogue(self) -> list[dict]:
-        return [
-            {**metric.catalogue_entry(), "available": self.scorer.missing_reason(metric, dict(metric.options)) is None}
-            for metric in registry.REGISTRY.values()
-        ]
+        """The registry's metrics, then the clip metrics of ``/v1/score/clip``, each saying whether
+        this server can score it (its models loaded; for vmaf, FFmpeg with libvmaf)."""
+        entries = []
+        for metric in registry.REGISTRY.values():
+            reason = self.scorer.missing_reason(metric, dict(metric.options))
+            entries.append({**metric.catalogue_entry(), "available": reason is None, "unavailable_reason": reason})
+        for clip_metric in CLIP_CATALOGUE.values():
+            entry = clip_metric.catalogue_entry()
+            if entry["available"] and clip_metric.backbone is not None:
+                reason = self.scorer.models_missing(clip_metric.name, [clip_metric.backbone])
+                entry.update(available=reason is None, unavailable_reason=reason)
+            entries.append(entry)
+        return entries
 
     # --- scoring ---------------------------------------------------------------------------
 
