@@ -343,7 +343,7 @@ def _eval_parser(commands) -> None:
         default=None,
         help="JSON results path: per model, per-image scores and image paths, plus the conventions record (the input of `report`)",
     )
-    ev.add_argument("--resume", action="store_true", help="skip images already in --json (or --out), or with --store in the store")
+    ev.add_argument("--resume", action="store_true", help="skip images (clips) already in --json (or --out), or with --store in the store")
     ev.add_argument(
         "--store", default=None, metavar="DB", help="also append every value to this SQLite results store (report --store reads it)"
     )

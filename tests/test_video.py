@@ -242,6 +242,13 @@ def test_eval_scores_a_dataset_of_clips_as_basicsr_averages(server, photos, tmp_
     rows = list(csv.DictReader(open(tmp_path / "f.csv")))
     assert len(rows) == 2 * (7 + 6) and {r["clip"] for r in rows} == {"000", "011"}
 
+    # --resume: every clip is in the JSON already, so no request is sent (nothing listens on port 9).
+    first = out.read_text()
+    args = ["eval", "--url", "http://127.0.0.1:9", "--sr", f"frames={tmp_path / 'SR'}", "--sr", f"video={tmp_path / 'videos'}"]
+    args += ["--gt", str(tmp_path / "GT"), "--metrics", "psnr,tof", "--json", str(out), "--out", str(tmp_path / "f.csv"), "--quiet"]
+    assert cli_main([*args, "--resume"]) == 0
+    assert json.loads(out.read_text())["models"] == json.loads(first)["models"]
+
     # The report: per-clip tables equal to the JSON, a plot over time per clip, the worst clip's frames.
     html, md = tmp_path / "clips.html", tmp_path / "clips.md"
     assert cli_main(["report", str(out), "--html", str(html), "--markdown", str(md)]) == 0

@@ -102,13 +102,18 @@ def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:
         console.print(f"[red]{exc}[/red]")
         return 2
     gt_clips = select(clips_in(Path(args.gt)), preset)
-    results, failures, unpaired, conventions = {}, {}, {}, None
+    done, conventions = resumed(args) if args.resume else ({}, None)
+    results, failures, unpaired = {}, {}, {}
     with LossClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
         for model, folder in models.items():
             sr_clips = select(clips_in(folder), preset)
             unpaired[model] = dict(gt=sorted(set(gt_clips) - set(sr_clips)), sr=sorted(set(sr_clips) - set(gt_clips)))
-            results[model], failures[model] = {}, []
-            for name in sorted(set(gt_clips) & set(sr_clips)):
+            paired = sorted(set(gt_clips) & set(sr_clips))
+            results[model] = {name: clip for name, clip in done.get(model, {}).items() if name in paired}
+            failures[model] = []
+            if results[model] and not args.quiet:
+                console.print(f"{model}: {len(results[model])} clip(s) already in {args.json} (--resume)")
+            for name in [name for name in paired if name not in results[model]]:
                 try:
                     sr, gt = sr_clips[name], gt_clips[name]
                     if preset and preset["centre_frame"]:
@@ -164,6 +169,16 @@ def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:
                 console.print(f"[yellow]{model}: {role} clips without a partner: {', '.join(names)}[/yellow]")
     missing = any(unpaired[model]["gt"] for model in models)
     return 1 if missing or any(failures.values()) else 0
+
+
+def resumed(args) -> tuple[dict[str, dict], dict | None]:
+    """The clips an earlier run wrote to ``--json`` (model → clip → values) and its conventions."""
+    if not args.json or not Path(args.json).exists():
+        return {}, None
+    data = json.loads(Path(args.json).read_text())
+    if data.get("format") != "loss-service-eval-clips" or data.get("metrics") != args.metrics:
+        return {}, None  # another kind of run: score everything again
+    return {model: entry.get("clips", {}) for model, entry in data.get("models", {}).items()}, data.get("conventions")
 
 
 def source_record(clip: Path | list[Path]) -> str | list[str]:
