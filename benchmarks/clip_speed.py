@@ -3,7 +3,8 @@
 here (``POST /v1/score/clip`` with the frames as PNGs), with the peak RSS of each process.
 
 `uv run python benchmarks/clip_speed.py [FRAMES] [WIDTH] [HEIGHT]` prints one JSON line.
-Backbones use deterministic random weights (speed does not depend on the values).
+Backbones use deterministic random weights (speed does not depend on the values). In-process,
+tOF's flows on a worker thread (the default) and inline alternate, twice each.
 """
 
 import json
@@ -45,9 +46,12 @@ def main() -> None:
     sr, gt = clip(frames, width, height)
     to = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2)  # uint8: converted chunk by chunk  # noqa: E731
     losses.score_clip(to(sr[:6]), to(gt[:6]), metrics=METRICS, pretrained=False)  # warm-up: models built
-    started = time.perf_counter()
-    losses.score_clip(to(sr), to(gt), metrics=METRICS, pretrained=False)
-    inprocess = time.perf_counter() - started
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    for overlap in (True, False, True, False):
+        started = time.perf_counter()
+        losses.score_clip(to(sr), to(gt), metrics=METRICS, pretrained=False, overlap_flow=overlap)
+        seconds[overlap].append(time.perf_counter() - started)
+    inprocess, inline = min(seconds[True]), min(seconds[False])
     inprocess_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     with SubprocessServer("--models", "alexnet", "--random-weights") as server, LossClient(server.url, timeout=1800) as client:
         sr_png, gt_png = [png_bytes(f) for f in sr], [png_bytes(f) for f in gt]
@@ -65,6 +69,8 @@ def main() -> None:
                 size=f"{width}x{height}",
                 metrics=METRICS,
                 inprocess_fps=round(frames / inprocess, 2),
+                inprocess_fps_flows_inline=round(frames / inline, 2),
+                overlap_speedup=round(inline / inprocess, 3),
                 server_fps=round(frames / served, 2),
                 inprocess_peak_rss_mib=round(inprocess_rss),
                 server_peak_rss_mib=round(server_rss),

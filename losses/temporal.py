@@ -17,6 +17,7 @@ chunks, so a long clip never sits in memory as float32 all at once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,6 +158,7 @@ def score_clip(
     device=None,
     pretrained: bool = True,
     weights_dir=None,
+    overlap_flow: bool = True,
     **options: Any,
 ) -> dict:
     """Score one clip, (T, C, H, W) frames in [0, 1] or uint8 (``lr`` frames may be smaller); uint8
@@ -167,6 +169,9 @@ def score_clip(
     ``frames`` ({metric: the frame index t of each value}), ``per_clip`` (each metric's mean) and
     ``details`` (how VMAF was computed: model, libvmaf version, YUV conversion). ``vmaf`` and
     ``vmaf_neg`` run FFmpeg's libvmaf on the whole clip's 8-bit frames.
+
+    With ``overlap_flow`` tOF's optical flows (OpenCV, which releases the GIL) run on a worker
+    thread while the backbones score the frames; the values are the same either way.
     """
     from .api import score
 
@@ -176,6 +181,16 @@ def score_clip(
     if sr.shape != gt.shape or sr.ndim != 4:
         raise ValueError(f"sr and gt must be (T, C, H, W) clips of one shape, got {tuple(sr.shape)} and {tuple(gt.shape)}")
     frames = sr.shape[0]
+    first, last = skip + 1, frames - skip  # pairs (t−1, t) for first ≤ t < last
+    flows = None
+    if "tof" in temporal:
+
+        def tof_parts() -> list[np.ndarray]:
+            return [
+                flow_differences(to_uint8(sr[p.start - 1 : p.stop]), to_uint8(gt[p.start - 1 : p.stop])) for p in _pairs(first, last, chunk)
+            ]
+
+        flows = _started(tof_parts, overlap_flow)
     per_frame: dict[str, list[float]] = {}
     setup = dict(device=device, pretrained=pretrained, weights_dir=weights_dir)
     for part in chunks(frames, chunk) if framewise else ():
@@ -190,14 +205,8 @@ def score_clip(
 
         values, details[name] = vmaf(to_uint8(sr), to_uint8(gt), name)
         per_frame[name] = values.tolist()
-    first, last = skip + 1, frames - skip  # pairs (t−1, t) for first ≤ t < last
     indices = list(range(first, last))
     results: dict[str, np.ndarray] = {}
-    if "tof" in temporal:
-        results["tof"] = np.concatenate(
-            [flow_differences(to_uint8(sr[p.start - 1 : p.stop]), to_uint8(gt[p.start - 1 : p.stop])) for p in _pairs(first, last, chunk)]
-            or [np.empty(0)]
-        )
     if "tlp" in temporal:
         results["tlp"] = np.concatenate(
             [
@@ -206,6 +215,8 @@ def score_clip(
             ]
             or [np.empty(0)]
         )
+    if flows is not None:
+        results = {"tof": np.concatenate(flows.result() or [np.empty(0)]), **results}
     clip = {name: float(np.mean(values)) for name, values in per_frame.items()}
     clip.update({name: float(np.mean(values)) if len(values) else float("nan") for name, values in results.items()})
     return dict(
@@ -215,6 +226,18 @@ def score_clip(
         per_clip=clip,
         details=details,
     )
+
+
+def _started(compute: Callable[[], list[np.ndarray]], in_background: bool) -> Future:
+    """``compute()`` as a future: on a thread of its own, started now, or computed at once."""
+    if not in_background:
+        done: Future = Future()
+        done.set_result(compute())
+        return done
+    pool = ThreadPoolExecutor(1, thread_name_prefix="tof-flow")
+    future = pool.submit(compute)
+    pool.shutdown(wait=False)
+    return future
 
 
 def _pairs(first: int, last: int, chunk: int) -> list[slice]:

@@ -178,3 +178,11 @@ def test_tof_and_tlp_equal_tecogans_on_real_video(weights_dir):
     assert got["temporal"]["tof"] == pytest.approx(tof_list, rel=1e-5)
     assert got["temporal"]["tlp"] == pytest.approx(tlp_list, rel=1e-5, abs=1e-6)
     assert min(tof_list) > 0.01  # the distortion changes the motion the flow sees
+
+
+def test_flows_on_a_worker_thread_give_the_same_values(clips):
+    sr, gt = clips["pan_down"]
+    together = losses.score_clip(as_tensor(sr), as_tensor(gt), metrics=["psnr", "tof"], chunk=3)
+    alone = losses.score_clip(as_tensor(sr), as_tensor(gt), metrics=["psnr", "tof"], chunk=3, overlap_flow=False)
+    assert np.array_equal(together["temporal"]["tof"], alone["temporal"]["tof"])
+    assert np.array_equal(together["per_frame"]["psnr"], alone["per_frame"]["psnr"])
