@@ -15,6 +15,9 @@ the shape parameter is one (blocks × 9801) comparison, not a Python loop over b
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import torch
 from scipy.ndimage import convolve
@@ -116,17 +119,31 @@ def gaussian_filter(image: np.ndarray, window: np.ndarray) -> np.ndarray:
     return convolve(image, window, mode="nearest")
 
 
+@functools.lru_cache(maxsize=1)
+def _filter_pool() -> ThreadPoolExecutor:
+    """Two threads for the Gaussian filters: SciPy's ``correlate`` releases the GIL, so the four
+    filters of an image (μ and E[x²] at two scales) run two at a time, the second scale's beside
+    the first scale's block features. Their values do not depend on where they run."""
+    return ThreadPoolExecutor(2, thread_name_prefix="niqe-filter")
+
+
 def niqe_of_luma(luma: np.ndarray, pristine: dict[str, np.ndarray]) -> float:
     """NIQE of one H×W image on the [0, 255] scale (at least 96×96)."""
     height, width = (side // BLOCK * BLOCK for side in luma.shape)
     image = luma[:height, :width].astype(np.float64)
+    pool = _filter_pool()
+
+    def filters(scaled: np.ndarray) -> tuple[Future, Future]:
+        return pool.submit(gaussian_filter, scaled, pristine["window"]), pool.submit(gaussian_filter, scaled**2, pristine["window"])
+
+    filtered = [filters(image)]  # running while the image is resized for the second scale
+    half = imresize(torch.from_numpy(image / 255.0), scale=0.5).numpy() * 255.0
+    filtered.append(filters(half))
     per_scale = []
-    for scale in (1, 2):
-        mu = gaussian_filter(image, pristine["window"])
-        sigma = np.sqrt(np.abs(gaussian_filter(image**2, pristine["window"]) - mu**2))
-        per_scale.append(block_features((image - mu) / (sigma + 1), BLOCK // scale))
-        if scale == 1:
-            image = imresize(torch.from_numpy(image / 255.0), scale=0.5).numpy() * 255.0
+    for scaled, (mean, mean_square), block in zip((image, half), filtered, (BLOCK, BLOCK // 2)):
+        mu = mean.result()
+        sigma = np.sqrt(np.abs(mean_square.result() - mu**2))
+        per_scale.append(block_features((scaled - mu) / (sigma + 1), block))
     features = np.concatenate(per_scale, axis=1)
     mu = np.nanmean(features, axis=0)
     cov = np.cov(features[~np.isnan(features).any(axis=1)], rowvar=False)
@@ -145,7 +162,7 @@ def luma_255(x: torch.Tensor, gray: bool = False) -> np.ndarray:
     the uint8 image could round the other way."""
     values = x.detach().to(device="cpu", dtype=torch.float64).numpy() * 255.0
     nearest = np.rint(values)
-    values = np.where(np.abs(values - nearest) < EIGHT_BIT_SNAP, nearest, values)
+    np.copyto(values, nearest, where=np.abs(values - nearest) < EIGHT_BIT_SNAP)
     if values.shape[1] == 1:
         luma = values[:, 0]
     else:  # imlincomb's order, as rgb2gray and rgb2ycbcr call it: K1·R + K2·G + K3·B (+ offset)
