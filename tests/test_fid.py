@@ -174,14 +174,22 @@ def server(weights_dir):
 
 
 def test_service_features_and_refusals(server, sets):
+    import asyncio
+
     import httpx
 
-    from service.client import LossClient
+    from service.client import AsyncLossClient, LossClient
 
     paths = sorted(sets["gt"].iterdir())[:5]
     with LossClient(server.url) as client:
         answer = client.features(paths)
         catalogue = {m["name"]: m for m in client.metrics()}
+
+    async def features_async():
+        async with AsyncLossClient(server.url) as client:
+            return await client.features(paths, "fid")
+
+    np.testing.assert_array_equal(asyncio.run(features_async())["features"], answer["features"])
     assert answer["features"].shape == (5, 2048) and answer["extractor"] == "inception_v3_fid:pool3"
     assert answer["format"] == "loss-service.features" and answer["version"] == 1
     expected = losses.dataset_features(folder_batches(sets["gt"]), "kid").stored.array()[:5]
@@ -258,8 +266,17 @@ def test_eval_reports_fid_kid_per_model_and_caches_the_gt_set(server, sets, refe
     assert f"| b | {last['fid']:.4f} | {last['kid']:.4f} |" in markdown.replace("**", "")
 
 
-def test_eval_refuses_fid_without_a_reference_set(sets, capsys):
+def test_eval_refuses_sets_it_cannot_reduce_before_sending_anything(sets, tmp_path, capsys):
+    """No server listens on port 9: each refusal comes before the first request."""
     from service.cli import main as cli_main
 
-    assert cli_main(["eval", "--url", "http://127.0.0.1:9", "--sr", str(sets["sr"]), "--metrics", "fid", "--quiet"]) == 2
+    base = ["eval", "--url", "http://127.0.0.1:9", "--sr", str(sets["sr"]), "--quiet", "--out", str(tmp_path / "o.csv")]
+    assert cli_main([*base, "--metrics", "fid"]) == 2
     assert "give --gt DIR" in capsys.readouterr().err
+    assert cli_main([*base, "--gt", str(sets["gt"]), "--metrics", "kid"]) == 2  # 24 SR images, subset_size 1000
+    assert "fewer than KID's subset_size 1000" in capsys.readouterr().err
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(sorted(sets["gt"].iterdir())[0], one / "a.png")
+    assert cli_main([*base, "--gt", str(one), "--metrics", "fid"]) == 2
+    assert "--gt holds 1 image(s)" in capsys.readouterr().err

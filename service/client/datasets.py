@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from losses.dataset_metrics import DATASET_METRICS, FeatureFile, FeatureStats, SetFeatures
+from losses.dataset_metrics import DATASET_METRICS, DatasetMetricError, FeatureFile, FeatureStats, SetFeatures
 
 FEATURES_PER_REQUEST = 16  # images per /v1/features request: ~0.2–0.8 MB of PNG at 128²
 
@@ -136,6 +136,22 @@ def resolve_options(metrics: Sequence[str], given: dict) -> dict[str, dict]:
     return resolved
 
 
+def check_set_sizes(models: dict[str, list[Path]], gt_paths: list[Path], options: dict[str, dict]) -> None:
+    """Refuse before any feature is extracted what the reduction would refuse after: an empty or
+    one-image set, or a set smaller than KID's ``subset_size``."""
+    for label, paths in [*((f"--sr {model}", p) for model, p in models.items()), ("--gt", gt_paths)]:
+        if len(paths) < 2:
+            raise DatasetMetricError(
+                f"{label} holds {len(paths)} image(s); fid and kid compare sets of at least 2 (thousands for a stable value)"
+            )
+        size = options.get("kid", {}).get("subset_size")
+        if size is not None and len(paths) < size:
+            raise DatasetMetricError(
+                f"{label} holds {len(paths)} images, fewer than KID's subset_size {size}: "
+                f"lower it (--options '{{\"subset_size\": {len(paths)}}}') or score more images"
+            )
+
+
 def score_sets(
     client,
     models: dict[str, list[Path]],
@@ -148,6 +164,7 @@ def score_sets(
 ) -> dict[str, dict]:
     """Per model: ``values`` (fid, kid, kid.std), the set sizes and whether the GT set came from the cache."""
     resolved = resolve_options(metrics, options)
+    check_set_sizes(models, gt_paths, resolved)
     out: dict[str, dict] = {}
     gt: SetResult | None = None
     for model, paths in models.items():

@@ -16,7 +16,8 @@ from losses.dataset_metrics import DATASET_METRICS, DatasetMetricError
 
 from ..client import LossClient, LossServiceError, describe
 from ..common.errors import comma_list
-from .datasets import FeatureCache, default_cache_dir, score_sets
+from .datasets import FeatureCache, check_set_sizes, default_cache_dir, score_sets
+from .datasets import resolve_options as resolve_set_options
 from .evaluate_clips import is_clip_dataset, run_clip_eval
 from .store import ResultsStore, Row, StoreError, conventions_hash
 
@@ -392,6 +393,16 @@ def run_eval(args) -> int:
     options = eval_options(args)
     set_options = {key: value for key, value in options.items() if any(key in DATASET_METRICS[m].options for m in set_metrics)}
     options = {key: value for key, value in options.items() if key not in set_options}
+    if set_metrics:  # refused before any request: sets the reduction could not use
+        try:
+            check_set_sizes(
+                {name: set_paths(directory, args.sr_suffix) for name, directory in models.items()},
+                set_paths(references["gt"], ""),
+                resolve_set_options(set_metrics, set_options),
+            )
+        except (DatasetMetricError, ValueError) as exc:
+            console.print(f"[red]{', '.join(set_metrics)}: {exc}[/red]")
+            return 2
     conventions = json.loads(out_json.read_text()).get("conventions") if args.resume and out_json and out_json.exists() else None
     scored = Scored({name: list(rows) for name, rows in previous.items()}, {name: [] for name in models}, conventions)
     requests = requests if image_metrics else []
