@@ -144,12 +144,15 @@ class InceptionFeatures(Backbone):
 
     def stream(self, x: torch.Tensor, layers: Iterable[str], normalize: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
         """Input handling as the module docstring lists it (``normalize`` does not apply: the
-        network's own (x − 128) / 128 is part of it)."""
+        network's own (x − 128) / 128 is part of it), in float32 even under autocast."""
         self.check_layers(layers)
-        h = tf1_bilinear_resize(to_rgb(x).float() * 255.0, (INPUT_SIDE, INPUT_SIDE))
-        h = (h - 128) / 128
-        for stage in STAGES:
-            h = getattr(self.model, stage)(h)
+        # float32 whatever the caller's autocast (the server's --precision): FID and KID are
+        # defined on the float32 features torch-fidelity computes, and 16-bit ones shift them.
+        with torch.autocast(x.device.type, enabled=False):
+            h = tf1_bilinear_resize(to_rgb(x).float() * 255.0, (INPUT_SIDE, INPUT_SIDE))
+            h = (h - 128) / 128
+            for stage in STAGES:
+                h = getattr(self.model, stage)(h)
         yield "pool3", h
 
 

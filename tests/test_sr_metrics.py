@@ -105,7 +105,8 @@ def test_scores_under_autocast_stay_those_of_fp32(weights_dir, photos, dtype):
     float64 and unchanged; the feature distances move by the 16-bit features alone (≤ 2%)."""
     sr, gt = photo_pairs(photos)[0]
     sr, gt = sr[..., :128, :128], gt[..., :128, :128]
-    names = [name for name in losses.REGISTRY if name not in ("ms_ssim", "niqe")]  # 176², 96×192; both float64 anyway
+    # ms_ssim needs 176², niqe 96×192 (both float64 anyway); fid and kid score sets (below)
+    names = [name for name, metric in losses.REGISTRY.items() if name not in ("ms_ssim", "niqe") and metric.dataset is None]
     inputs = dict(lr=F.avg_pool2d(gt, 4), teacher=gt, metrics=names)
     with torch.inference_mode():
         full = losses.score(sr, gt, **inputs)
@@ -118,6 +119,11 @@ def test_scores_under_autocast_stay_those_of_fp32(weights_dir, photos, dtype):
             assert (half[name] - value).abs().max() <= 1e-4, (half[name], value)
         else:
             assert ((half[name] - value).abs() <= 2e-2 * value.abs()).all(), (name, half[name], value)
+    # FID/KID features stay float32 under autocast: the same rows as without it.
+    full_rows = losses.dataset_features([sr, gt], "fid").stats
+    with torch.autocast("cpu", dtype=dtype):
+        half_rows = losses.dataset_features([sr, gt], "fid").stats
+    assert np.array_equal(full_rows.total, half_rows.total) and np.array_equal(full_rows.outer, half_rows.outer)
 
 
 def test_ssim_loss_under_autocast_is_its_fp32_value(photos):
