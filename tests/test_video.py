@@ -251,8 +251,10 @@ def test_eval_scores_a_dataset_of_clips_as_basicsr_averages(server, photos, tmp_
 
     # The report: per-clip tables equal to the JSON, a plot over time per clip, the worst clip's frames.
     html, md = tmp_path / "clips.html", tmp_path / "clips.md"
-    assert cli_main(["report", str(out), "--html", str(html), "--markdown", str(md)]) == 0
+    tex = tmp_path / "clips.tex"
+    assert cli_main(["report", str(out), "--html", str(html), "--markdown", str(md), "--latex", str(tex)]) == 0
     page, table = html.read_text(), md.read_text()
+    assert "psnr $\\uparrow$ & 000 & 011 & Average" in tex.read_text()
     for name in clips:
         psnr = {model: data["models"][model]["clips"][name]["per_clip"]["psnr"] for model in ("frames", "video")}
         assert any(line.startswith(f"| {name} |") and f"{psnr['frames']:.2f}" in line for line in table.splitlines())

@@ -65,7 +65,9 @@ def run_report(args) -> int:
             for text in (tables and leaderboard.markdown(tables), report and markdown(report), clip_runs and clips.markdown(clip_runs))
             if text
         ),
-        args.latex: lambda: "\n".join(text for text in (tables and leaderboard.latex(tables), report and latex(report)) if text),
+        args.latex: lambda: "\n".join(
+            text for text in (tables and leaderboard.latex(tables), report and latex(report), clip_runs and clips.latex(clip_runs)) if text
+        ),
         args.html: lambda: html_report(report, tables, curves, args, clips.html_sections(clip_runs) if clip_runs else []),
     }
     written = []

@@ -15,7 +15,7 @@ import numpy as np
 from .data import PALETTE, arrow, fmt
 from .gallery import png_data_uri, read_image, to_uint8
 from .plots import _pyplot, svg
-from .tables import markdown_cell
+from .tables import latex_escape, markdown_cell
 
 CLIPS_FORMAT = "loss-service-eval-clips"
 # Metrics whose direction eval's clip JSON does not carry (tof, tlp and vmaf are temporal or clip metrics).
@@ -218,3 +218,31 @@ def markdown(runs: list[ClipRun]) -> str:
             ]
             lines.append(f"| {markdown_cell(label)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def latex(runs: list[ClipRun]) -> str:
+    """A booktabs table per metric as VSR papers print them: a row per model, a column per clip,
+    then the mean over clips (BasicSR's dataset value); best per column bold."""
+    clips = clip_names(runs)
+    lines = ["% loss-service clip report: per-clip means and the mean over clips; best per column in bold. Needs booktabs."]
+    for metric in metrics_of(runs):
+        rows = per_clip_rows(runs, metric)[: len(clips) + 1]  # the clips, then the mean over clips
+        best = {label: _best(values, metric) for label, values in rows}
+        direction = r"$\downarrow$" if lower_is_better(metric) else r"$\uparrow$"
+        lines += [
+            r"\begin{table}[t]",
+            r"\centering",
+            r"\begin{tabular}{l" + "r" * len(rows) + "}",
+            r"\toprule",
+            " & ".join([f"{latex_escape(metric)} {direction}", *(latex_escape(c) for c in clips), "Average"]) + r" \\",
+            r"\midrule",
+        ]
+        for run in runs:
+            cells = []
+            for label, values in rows:
+                value = values[run.model]
+                text = "--" if value is None else fmt(metric, value)
+                cells.append(rf"\textbf{{{text}}}" if value is not None and best[label] == run.model else text)
+            lines.append(" & ".join([latex_escape(run.model), *cells]) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
