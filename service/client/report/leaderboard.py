@@ -195,13 +195,18 @@ def _best_step_only(lower_is_better: bool, values: dict[tuple[str, str, int], li
 
 
 def markdown(boards: list[Board]) -> str:
-    lines = ["# Leaderboard", "", "Models are ranked only among numbers computed under the same conventions."]
+    lines = [
+        "# Leaderboard",
+        "",
+        "Models are ranked only among numbers computed under the same conventions. "
+        "values: the values averaged, one per image (fid and kid: one for the whole set).",
+    ]
     for board in boards:
         lines += ["", f"## {board.title} · {board.metric} {arrow(board.metric, board.lower_is_better)}"]
         for index, group in enumerate(board.groups):
             if index:
                 lines += ["", f"Not comparable with the ranking above (this group vs it): {'; '.join(group.differs)}."]
-            lines += ["", "| rank | model | mean | images |", "|---|---|---|---|"]
+            lines += ["", "| rank | model | mean | values |", "|---|---|---|---|"]
             lines += [f"| {rank} | {markdown_cell(label)} | {mean} | {images} |" for rank, label, mean, images in _rows(board, group)]
     return "\n".join(lines) + "\n"
 
@@ -213,7 +218,7 @@ def latex(boards: list[Board]) -> str:
         rows = "\n".join(f"{rank} & {latex_escape(label)} & {mean} & {images} \\\\" for rank, label, mean, images in _rows(board, group))
         parts.append(
             f"\\begin{{table}}[t]\n\\centering\n\\caption{{{latex_escape(caption)}}}\n"
-            f"\\begin{{tabular}}{{rlrr}}\n\\toprule\nrank & model & mean & images \\\\\n\\midrule\n{rows}\n"
+            f"\\begin{{tabular}}{{rlrr}}\n\\toprule\nrank & model & mean & values \\\\\n\\midrule\n{rows}\n"
             "\\bottomrule\n\\end{tabular}\n\\end{table}"
         )
     return "\n\n".join(parts) + "\n"
@@ -251,7 +256,7 @@ def html(boards: list[Board]) -> str:
                 for rank, label, mean, images in _rows(board, group)
             )
             tables.append(
-                f"{note}<table><thead><tr><th>rank</th><th {LEFT}>model</th><th>mean</th><th>images</th></tr></thead>"
+                f"{note}<table><thead><tr><th>rank</th><th {LEFT}>model</th><th>mean</th><th>values</th></tr></thead>"
                 f"<tbody>{rows}</tbody></table>"
             )
         sections.append(
@@ -259,5 +264,6 @@ def html(boards: list[Board]) -> str:
         )
     return (
         '<p class="note">Models are ranked only among numbers computed under the same conventions; a number computed '
-        "otherwise stands in a group of its own, which says what differs.</p>" + "".join(sections)
+        "otherwise stands in a group of its own, which says what differs. values: the values averaged, one per image "
+        "(fid and kid: one for the whole set).</p>" + "".join(sections)
     )
