@@ -246,8 +246,14 @@ def test_eval_scores_a_dataset_of_clips_as_basicsr_averages(server, photos, tmp_
     first = out.read_text()
     args = ["eval", "--url", "http://127.0.0.1:9", "--sr", f"frames={tmp_path / 'SR'}", "--sr", f"video={tmp_path / 'videos'}"]
     args += ["--gt", str(tmp_path / "GT"), "--metrics", "psnr,tof", "--json", str(out), "--out", str(tmp_path / "f.csv"), "--quiet"]
-    assert cli_main([*args, "--resume"]) == 0
+    assert cli_main([*args, "--resume", "--store", str(tmp_path / "results.db"), "--dataset", "tiny"]) == 0
     assert json.loads(out.read_text())["models"] == json.loads(first)["models"]
+    from service.client.store import ResultsStore
+
+    with ResultsStore(tmp_path / "results.db") as store:  # each clip's mean is a row: the board's mean is BasicSR's
+        stored = {(r.model, r.dataset, r.image, r.metric): r.value for r in store.rows()}
+    assert stored[("frames", "tiny", "011", "psnr")] == data["models"]["frames"]["clips"]["011"]["per_clip"]["psnr"]
+    assert len(stored) == 2 * 2 * 2  # models × clips × metrics
 
     # The report: per-clip tables equal to the JSON, a plot over time per clip, the worst clip's frames.
     html, md = tmp_path / "clips.html", tmp_path / "clips.md"

@@ -2,6 +2,8 @@
 (REDS4, Vid4, UDM10, SPMCS), or folders of videos paired by stem. Each clip goes to
 ``POST /v1/score/clip``; the JSON holds per-frame, per-pair (tof, tlp) and per-clip values, and per
 dataset BasicSR's mean over clips with the frame-weighted mean beside it; the CSV one row per frame.
+With ``--store`` each clip's mean is one row (image = the clip's name), so the leaderboard's mean
+of a clip dataset is BasicSR's mean over clips.
 
 Torch-free: it runs on the client-only install.
 """
@@ -14,6 +16,7 @@ import statistics
 from pathlib import Path
 
 from .errors import LossServiceError
+from .store import ResultsStore, Row, StoreError, conventions_hash
 from .sync import LossClient
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".y4m")
@@ -153,6 +156,13 @@ def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:
     )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
+    if args.store and conventions is not None:
+        try:
+            with ResultsStore(args.store) as store:
+                store.add(clip_rows(args, results, conventions), conventions)
+        except StoreError as exc:
+            console.print(f"[red]{exc}[/red]")
+            return 2
     write_frames_csv(Path(args.out), results)
     for model in models:
         means = report["models"][model]["dataset"]
@@ -169,6 +179,17 @@ def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:
                 console.print(f"[yellow]{model}: {role} clips without a partner: {', '.join(names)}[/yellow]")
     missing = any(unpaired[model]["gt"] for model in models)
     return 1 if missing or any(failures.values()) else 0
+
+
+def clip_rows(args, results: dict[str, dict[str, dict]], conventions: dict) -> list[Row]:
+    """One results-store row per model, clip and metric: the clip's mean (image = the clip's name)."""
+    digest = conventions_hash(conventions)
+    return [
+        Row(model, args.dataset or args.preset or "", args.scale or 0, name, metric, value, digest, checkpoint=args.checkpoint or "")
+        for model, clips in results.items()
+        for name, clip in clips.items()
+        for metric, value in clip["per_clip"].items()
+    ]
 
 
 def resumed(args) -> tuple[dict[str, dict], dict | None]:
