@@ -240,6 +240,8 @@ def test_eval_reports_fid_kid_per_model_and_caches_the_gt_set(server, sets, refe
         assert (entry["sr_count"], entry["gt_count"]) == (24, 30)
         assert first["models"][model]["summary"]["fid"]["mean"] == entry["values"]["fid"]
     assert first["lower_is_better"]["fid"] is True and "fid" in first["conventions"]["metrics"]
+    # the record holds the KID options the values were reduced with, not the server's defaults
+    assert first["conventions"]["metrics"]["kid"]["options"]["subset_size"] == SUBSET
     assert first["models"]["a"]["dataset_metrics"]["gt_cached"] is False
     assert len(list(cache.glob("*.stats.npz"))) == 1 and len(list(cache.glob("*.f32"))) == 1
     from service.client.store import ResultsStore

@@ -261,15 +261,16 @@ def score_dataset_metrics(args, models: dict[str, Path], metrics: list[str], opt
         )
 
 
-def merge_conventions(images: dict | None, sets: dict) -> dict:
-    """One record for the run: the per-image request's, with the dataset metrics and their weights added."""
+def merge_conventions(images: dict | None, sets: dict, set_options: dict[str, dict]) -> dict:
+    """One record for the run: the per-image request's, with the dataset metrics and their weights
+    added. The dataset metrics' options are the ones this client reduced with (KID's subset size,
+    count, seed): the server that extracted the features recorded only their defaults."""
+    metrics = {**(images or {}).get("metrics", {}), **sets.get("metrics", {})}
+    for name, options in set_options.items():
+        metrics[name] = {**metrics.get(name, {}), "options": dict(options)}
     if images is None:
-        return sets
-    return {
-        **images,
-        "metrics": {**images.get("metrics", {}), **sets.get("metrics", {})},
-        "weights": {**images.get("weights", {}), **sets.get("weights", {})},
-    }
+        return {**sets, "metrics": metrics}
+    return {**images, "metrics": metrics, "weights": {**images.get("weights", {}), **sets.get("weights", {})}}
 
 
 def set_summary(result: dict, lower_is_better: dict[str, bool]) -> dict[str, dict]:
@@ -413,7 +414,10 @@ def run_eval(args) -> int:
         except (DatasetMetricError, LossServiceError, ValueError) as exc:
             console.print(f"[red]{', '.join(set_metrics)}: {exc}[/red]")
             return 1
-        scored.conventions = merge_conventions(scored.conventions, [entry.pop("conventions") for entry in scored.sets.values()][0])
+        first = next(iter(scored.sets.values()))
+        scored.conventions = merge_conventions(scored.conventions, first["conventions"], first["options"])
+        for entry in scored.sets.values():
+            del entry["conventions"]
 
     if store is not None:
         with store:
