@@ -44,7 +44,9 @@ _EXPORTS = {
     **dict.fromkeys(("SSIMLoss", "lr_psnr", "ms_ssim", "psnr", "ssim"), "psnr_ssim"),
     **dict.fromkeys(("REGISTRY", "Metric", "MetricError", "compute"), "registry"),
     "imresize": "resize",
-    **dict.fromkeys(("dataset_means", "score_clip"), "temporal"),
+    "score_clip": "clip_scoring",
+    "dataset_means": "clip_means",
+    **dict.fromkeys(("Plan", "make_plan"), "plan"),
     "read_clip": "video",
     **dict.fromkeys(("ChecksumError", "WeightsError", "WeightsNotFoundError"), "weights"),
 }

@@ -14,20 +14,22 @@ import torch
 from .backbones import get_backbone
 from .dataset_metrics import SetFeatures
 from .features import FeatureLoss
+from .plan import Plan, make_plan
 from .record import conventions as conventions_record
-from .registry import REGISTRY, compute, get_metrics, resolve_options
+from .registry import KINDS, REGISTRY, compute
 from .weights import weights_dir_scope
 
 DEFAULT_METRICS = ("psnr", "ssim", "perceptual")
 
 
-def list_metrics() -> list[dict]:
-    """The catalogue: one entry per metric (name, lower_is_better, needs, options, backbone,
-    dataset), then the clip metrics of ``score_clip`` (``clip``, and whether they can run here:
-    ``available``, ``unavailable_reason``; VMAF needs FFmpeg with libvmaf)."""
-    from .temporal import CLIP_CATALOGUE
-
-    return [metric.catalogue_entry() for metric in REGISTRY.values()] + [metric.catalogue_entry() for metric in CLIP_CATALOGUE.values()]
+def list_metrics(kind: str | None = None) -> list[dict]:
+    """The catalogue: one entry per metric (name, kind, lower_is_better, needs, options, backbone,
+    and whether it can run here: ``available``, ``unavailable_reason``; VMAF needs FFmpeg with
+    libvmaf). ``kind`` keeps one kind: ``image`` (``score``), ``clip`` (``score_clip``) or ``set``
+    (``dataset_score``)."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"unknown metric kind {kind!r}; kinds are {KINDS}")
+    return [metric.catalogue_entry() for metric in REGISTRY.values() if kind in (None, metric.kind)]
 
 
 def score(
@@ -39,6 +41,7 @@ def score(
     device=None,
     pretrained: bool = True,
     weights_dir=None,
+    plan: Plan | None = None,
     **options: Any,
 ) -> dict[str, torch.Tensor]:
     """Score (B, C, H, W) images in [0, 1]: ``{metric: (B,)}``, plus ``{metric.component: (B,)}``
@@ -49,15 +52,17 @@ def score(
     ``teacher`` may hold one image for B candidates in ``sr`` (ranking
     candidates against one reference): its backbone features are computed once.
 
+    ``plan`` (``losses.plan.make_plan``) replaces ``metrics`` and ``options``: a training loop that
+    scores every step plans once.
+
     Gradients flow wherever the metric is differentiable; wrap the call in
     ``torch.inference_mode()`` when scoring only.
     """
-    chosen = get_metrics([metrics] if isinstance(metrics, str) else list(metrics))
-    per_metric = resolve_options(chosen, options)
+    plan = plan or make_plan(metrics, options)
     device = torch.device(device) if device is not None else sr.device
     images = {role: image.to(device) for role, image in dict(sr=sr, gt=gt, lr=lr, teacher=teacher).items() if image is not None}
     with weights_dir_scope(weights_dir):
-        return compute(chosen, images, per_metric, lambda name: get_backbone(name, device, pretrained, weights_dir))
+        return compute(plan.metrics, images, plan.resolved, lambda name: get_backbone(name, device, pretrained, weights_dir))
 
 
 def conventions(
@@ -70,9 +75,9 @@ def conventions(
 ) -> dict:
     """The conventions record of ``score(..., metrics, **options)``: resolved options, pixel
     conventions, weight files with sha256, device, precision, versions and date."""
-    chosen = get_metrics([metrics] if isinstance(metrics, str) else list(metrics))
+    plan = make_plan(metrics, options, kinds=KINDS)
     return conventions_record(
-        chosen, resolve_options(chosen, options), device=device, precision=precision, pretrained=pretrained, weights_dir=weights_dir
+        plan.metrics, plan.resolved, device=device, precision=precision, pretrained=pretrained, weights_dir=weights_dir
     )
 
 
@@ -85,8 +90,9 @@ class MetricModule(FeatureLoss):
 
     def __init__(self, name: str, pretrained: bool = True, weights_dir=None, **options: Any):
         super().__init__(pretrained, weights_dir)
-        (self.metric,) = get_metrics([name])
-        self.options = resolve_options([self.metric], options)
+        plan = make_plan([name], options)
+        (self.metric,) = plan.metrics
+        self.options = plan.resolved
         for backbone in sorted(self.metric.backbones(self.options[name])):
             self.require(backbone)
 
@@ -107,9 +113,13 @@ def create_metric(name: str, pretrained: bool = True, weights_dir=None, **option
     return MetricModule(name, pretrained, weights_dir, **options)
 
 
-def _dataset_metrics(metrics: Sequence[str] | str, options: dict) -> tuple[list, dict[str, dict]]:
-    chosen = get_metrics([metrics] if isinstance(metrics, str) else list(metrics), dataset=True)
-    return chosen, resolve_options(chosen, options)
+def set_plan(metrics: Sequence[str] | str, options: dict | None = None) -> Plan:
+    """The plan of set metrics (fid, kid); they must read one extractor's features."""
+    plan = make_plan(metrics, options, kinds=("set",))
+    extractors = {metric.dataset.features for metric in plan.metrics}
+    if len(extractors) > 1:
+        raise ValueError(f"metrics {list(plan.names)} read different features {sorted(extractors)}; score them separately")
+    return plan
 
 
 def dataset_features(
@@ -122,10 +132,9 @@ def dataset_features(
     """One image set through the dataset metrics' extractor, batch by batch: ``images`` yields
     (B, C, H, W) tensors in [0, 1] (any B, any size per batch). Only FID's sums are kept in memory;
     KID's features, when asked for, go to a memory-mapped temporary file."""
-    chosen, per_metric = _dataset_metrics(metrics, {})
-    extractors = {metric.dataset.features for metric in chosen}
-    if len(extractors) > 1:
-        raise ValueError(f"metrics {[m.name for m in chosen]} read different features {sorted(extractors)}; score them separately")
+    plan = set_plan(metrics)
+    chosen, per_metric = plan.metrics, plan.resolved
+    extractor = chosen[0].dataset.features
     collected: SetFeatures | None = None
     with torch.inference_mode(), weights_dir_scope(weights_dir):
         for batch in images:
@@ -136,7 +145,7 @@ def dataset_features(
             features = rows[chosen[0].name].double().cpu().numpy()
             if collected is None:
                 keep = any(metric.dataset.keeps_features for metric in chosen)
-                collected = SetFeatures.empty(features.shape[1], keep, extractor=":".join(next(iter(extractors))))
+                collected = SetFeatures.empty(features.shape[1], keep, extractor=":".join(extractor))
             collected.add(features)
     if collected is None:
         raise ValueError("the image set is empty")
@@ -158,10 +167,11 @@ def dataset_score(
     ``dataset_features`` call returned (compute a GT set once, compare several models with it).
     Returns ``{"fid": …, "kid": …, "kid.std": …}``; ``options`` are KID's (``subset_size`` …).
     """
-    chosen, per_metric = _dataset_metrics(metrics, options)
-    names = [metric.name for metric in chosen]
-    sides = [side if isinstance(side, SetFeatures) else dataset_features(side, names, device, pretrained, weights_dir) for side in (sr, gt)]
+    plan = set_plan(metrics, options)
+    sides = [
+        side if isinstance(side, SetFeatures) else dataset_features(side, plan.names, device, pretrained, weights_dir) for side in (sr, gt)
+    ]
     values: dict[str, float] = {}
-    for metric in chosen:
-        values.update(metric.dataset.reduce(*sides, per_metric[metric.name]))
+    for metric in plan.metrics:
+        values.update(metric.dataset.reduce(*sides, plan.resolved[metric.name]))
     return values

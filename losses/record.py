@@ -53,6 +53,14 @@ def weight_files(metrics: Sequence[Metric], resolved: Mapping[str, dict], pretra
     return record
 
 
+AVERAGING = {
+    "image": "one value per image",
+    "clip": "per clip: the mean over its frames (frame metrics, vmaf) or over its pairs of frames (tof, tlp, after skip); "
+    "over clips: BasicSR's mean of the clips' means (losses.dataset_means)",
+    "set": "one value per pair of sets, from each set's features",
+}
+
+
 def conventions(
     metrics: Sequence[Metric],
     resolved: Mapping[str, dict],
@@ -61,8 +69,11 @@ def conventions(
     precision: str = "fp32",
     pretrained: bool = True,
     weights_dir=None,
+    clip: bool = False,
 ) -> dict[str, Any]:
-    """The record for scoring ``metrics`` with ``resolved`` options (see ``registry.resolve_options``)."""
+    """The record for scoring ``metrics`` with ``resolved`` options (see ``registry.resolve_options``);
+    ``clip``: the metrics score the frames of a clip. The one writer of the record: the library, the
+    server and ``eval`` all take theirs from here."""
     return dict(
         package="loss-service",
         version=package_version(),
@@ -81,6 +92,7 @@ def conventions(
             )
             for m in metrics
         },
+        averaging={kind: AVERAGING[kind] for kind in AVERAGING if kind in {m.kind for m in metrics} | ({"clip"} if clip else set())},
         pixels=PIXEL_CONVENTION,
         weights=weight_files(metrics, resolved, pretrained, weights_dir),
     )

@@ -4,6 +4,10 @@ A metric function takes an ``ImageBatch`` (the batch's images and its feature ca
 metric's resolved options, and returns per-image values of shape (B,), or a mapping with
 ``total`` and named components. The formulas live in their loss modules; this file only
 lists metrics. Adding a metric means one ``register`` call (docs/architecture.md).
+
+One catalogue holds every kind: ``image`` metrics score each image (``score``), ``clip`` metrics
+a whole clip (``score_clip``; declared in losses/temporal.py), ``set`` metrics two image sets
+(``dataset_score``; declared in losses/dataset_metrics.py).
 """
 
 from __future__ import annotations
@@ -28,12 +32,14 @@ from .niqe import NIQE_PRISTINE, check_blocks, niqe
 from .perceptual import distance_term, feature_distance, preset_view
 from .psnr_ssim import MS_SSIM_MIN_SIDE, SSIM_WINDOW, check_crop, check_image, lr_psnr, lr_scale, ms_ssim, psnr, ssim
 from .tables import add_named
+from .temporal import CLIP_SPECS, ClipSpec
 from .weights import WeightSpec
 
 MetricFn = Callable[[ImageBatch, dict], "torch.Tensor | dict[str, torch.Tensor]"]
 # Checks image sizes (role → (H, W)) against resolved options before any work; raises MetricError.
 SizeCheck = Callable[[Mapping[str, tuple[int, int]], dict], None]
 PAIR = ("sr", "gt")
+KINDS = ("image", "clip", "set")
 
 
 class MetricError(ValueError):
@@ -65,6 +71,17 @@ class Metric:
     # A metric of two image sets (FID, KID): ``fn`` gives each image's feature vector (B, D), and
     # the entry reduces two sets' features to the value (losses/dataset_metrics.py).
     dataset: DatasetMetric | None = None
+    # A metric of a whole clip (tof, tlp, vmaf): ``clip.run`` scores it (losses/temporal.py).
+    clip: ClipSpec | None = None
+
+    @property
+    def kind(self) -> str:
+        return "set" if self.dataset is not None else "clip" if self.clip is not None else "image"
+
+    def missing(self) -> str | None:
+        """Why this metric cannot run in this process (no FFmpeg with libvmaf), or None."""
+        reason = self.clip.missing() if self.clip is not None else None
+        return f"metric {self.name!r} {reason}" if reason else None
 
     @property
     def views(self) -> tuple[FeatureView, ...]:
@@ -78,15 +95,20 @@ class Metric:
         return {view.backbone for view in self.views} if self.uses_backbone(options) else set()
 
     def catalogue_entry(self) -> dict:
+        reason = self.missing()
         return dict(
             name=self.name,
+            kind=self.kind,
             lower_is_better=self.lower_is_better,
             needs=list(self.needs),
             options=dict(self.options),
             backbone=self.backbone,
             description=self.description,
             convention=self.convention,
-            dataset=self.dataset is not None,
+            dataset=self.kind == "set",
+            clip=self.kind == "clip",
+            available=reason is None,
+            unavailable_reason=reason,
         )
 
 
@@ -319,26 +341,56 @@ for _dataset in DATASET_METRICS.values():
         )
     )
 
+
+def _whole_clip_only(name: str) -> MetricFn:
+    def refuse(batch: ImageBatch, options: dict):
+        raise MetricError("metrics", f"{name!r} scores a whole clip: use losses.score_clip or POST /v1/score/clip")
+
+    return refuse
+
+
+for _clip in CLIP_SPECS.values():
+    register(
+        Metric(
+            _clip.name,
+            _whole_clip_only(_clip.name),
+            PAIR,
+            _clip.lower_is_better,
+            terms=_clip.terms,
+            options=_clip.options,
+            description=_clip.description,
+            convention=_clip.convention,
+            weights=_clip.weights,
+            clip=_clip,
+        )
+    )
+
 # --- validation and batched scoring --------------------------------------------------------------
 
 
 DATASET_ADVICE = "score a set with `loss-service eval --metrics fid,kid`, POST /v1/features, or losses.dataset_score(sr_images, gt_images)"
 
 
-def get_metrics(names: Sequence[str], dataset: bool = False) -> list[Metric]:
-    """The entries of ``names``: per-image metrics, or with ``dataset`` the set metrics (FID, KID)."""
+KIND_ADVICE = {
+    "set": f"dataset metric(s) comparing a set of sr images with a set of gt images, not one image; {DATASET_ADVICE}",
+    "clip": "clip metric(s) of a whole clip, not one image: score a clip with losses.score_clip, POST /v1/score/clip or "
+    "`loss-service eval` on clip folders",
+    "image": "per-image metric(s)",
+}
+
+
+def get_metrics(names: Sequence[str], kinds: Sequence[str] = ("image",)) -> list[Metric]:
+    """The entries of ``names``, each of one of ``kinds`` (image, clip, set); a clear error otherwise."""
     unknown = [name for name in names if name not in REGISTRY]
     if unknown:
         raise MetricError("metrics", f"unknown metric(s) {unknown}{_suggestions(unknown)}; valid: {sorted(REGISTRY)}")
     if not names:
         raise MetricError("metrics", f"no metric requested; valid: {sorted(REGISTRY)}")
-    wrong = [name for name in names if (REGISTRY[name].dataset is not None) != dataset]
-    if wrong and dataset:
-        raise MetricError("metrics", f"{wrong} score single images, not sets; the dataset metrics are {sorted(DATASET_METRICS)}")
-    if wrong:
-        raise MetricError(
-            "metrics", f"{wrong}: dataset metric(s) comparing a set of sr images with a set of gt images, not one image; {DATASET_ADVICE}"
-        )
+    for kind in KINDS:
+        wrong = [name for name in names if REGISTRY[name].kind == kind and kind not in kinds]
+        if wrong:
+            allowed = sorted(name for name, metric in REGISTRY.items() if metric.kind in kinds)
+            raise MetricError("metrics", f"{wrong}: {KIND_ADVICE[kind]}; here the metrics are {allowed}")
     return [REGISTRY[name] for name in dict.fromkeys(names)]
 
 

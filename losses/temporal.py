@@ -10,88 +10,27 @@ Video Generation", 2020), exact to its ``metrics.py``.
   Lower is better.
 
 TecoGAN leaves out ``skip`` = 2 frames at each end of a clip (its ``cutfr``): the temporal
-metrics are over the pairs (t−1, t) with skip < t < T − skip. Frames run through the library in
-chunks, so a long clip never sits in memory as float32 all at once.
+metrics are over the pairs (t−1, t) with skip < t < T − skip. ``skip`` is an option of these two
+entries, and ``ClipFrames.pairs`` is the one place it is applied.
+
+This module declares the clip metrics (``CLIP_SPECS``); the registry turns each into a catalogue
+entry of kind ``clip``, and ``losses.clip_scoring.score_clip`` runs them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-TEMPORAL_METRICS = ("tof", "tlp")
+from . import vmaf as libvmaf
+from .features import ImageBatch, LayerTerm
+from .lpips_loss import LPIPS_HEADS, LPIPS_TERMS, lpips_per_sample
+from .weights import WeightSpec
 
-
-def _libvmaf_missing() -> str | None:
-    from .vmaf import INSTALL_HINT, ffmpeg_with_libvmaf
-
-    return None if ffmpeg_with_libvmaf() is not None else f"needs FFmpeg with libvmaf: {INSTALL_HINT}"
-
-
-@dataclass(frozen=True)
-class ClipMetric:
-    """A metric of a whole clip, outside the per-image registry: its catalogue entry and what it
-    needs beyond the library (``missing()``: why it cannot run here, or None)."""
-
-    name: str
-    lower_is_better: bool
-    description: str
-    convention: str
-    backbone: str | None = None
-    missing: Callable[[], str | None] = lambda: None
-
-    def catalogue_entry(self) -> dict:
-        reason = self.missing()
-        return dict(
-            name=self.name,
-            lower_is_better=self.lower_is_better,
-            needs=["sr", "gt"],
-            options={"skip": TECOGAN_SKIP} if self.name in TEMPORAL_METRICS else {},
-            backbone=self.backbone,
-            description=self.description,
-            convention=self.convention,
-            dataset=False,
-            clip=True,
-            available=reason is None,
-            unavailable_reason=reason,
-        )
-
-
-CLIP_CATALOGUE = {
-    metric.name: metric
-    for metric in (
-        ClipMetric(
-            "tof",
-            True,
-            "temporal: mean L2 norm of GT's minus SR's Farnebäck flow between consecutive frames",
-            "TecoGAN metrics.py: OpenCV calcOpticalFlowFarneback on RGB2GRAY frames, crop_8x8, 2 frames skipped at each end",
-        ),
-        ClipMetric(
-            "tlp",
-            True,
-            "temporal: 100·|LPIPS-Alex(gt[t−1], gt[t]) − LPIPS-Alex(sr[t−1], sr[t])|",
-            "TecoGAN metrics.py on crop_8x8 frames, LPIPS v0.1 AlexNet, 2 frames skipped at each end",
-            backbone="alexnet",
-        ),
-        *(
-            ClipMetric(
-                name,
-                False,
-                f"VMAF ({model}) per frame and per clip, Netflix's libvmaf through FFmpeg",
-                "FFmpeg libvmaf filter on yuv420p frames (FFmpeg's default BT.601 limited conversion)",
-                missing=_libvmaf_missing,
-            )
-            for name, model in (("vmaf", "vmaf_v0.6.1"), ("vmaf_neg", "vmaf_v0.6.1neg"))
-        ),
-    )
-}
-# Metrics of a whole clip that are not in the per-image registry: the temporal ones, and VMAF.
-CLIP_METRICS = tuple(CLIP_CATALOGUE)
 TECOGAN_SKIP = 2
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)
 
@@ -143,126 +82,117 @@ def lpips_differences(sr: torch.Tensor, gt: torch.Tensor, lpips_alex) -> np.ndar
     return ((target - output).abs() * 100.0).double().cpu().numpy()
 
 
-def chunks(length: int, size: int) -> Iterable[slice]:
-    for start in range(0, length, size):
-        yield slice(start, min(start + size, length))
+@dataclass(frozen=True)
+class ClipFrames:
+    """One clip as the clip metrics read it: (T, C, H, W) frames in [0, 1] or uint8, the chunk size
+    that bounds what is float32 at once, and the backbones of the scoring call."""
+
+    sr: torch.Tensor
+    gt: torch.Tensor
+    chunk: int
+    backbone: Callable[[str], Any]
+
+    def pairs(self, skip: int) -> list[slice]:
+        """The frame indices t of the pairs (t−1, t) with skip < t < T − skip, in chunks."""
+        first, last = skip + 1, len(self.sr) - skip
+        return [slice(start, min(start + self.chunk, last)) for start in range(first, last, self.chunk)]
 
 
-def score_clip(
-    sr: torch.Tensor,
-    gt: torch.Tensor,
-    lr: torch.Tensor | None = None,
-    metrics: Sequence[str] = ("psnr", "ssim", "tof", "tlp"),
-    skip: int = TECOGAN_SKIP,
-    chunk: int = 16,
-    device=None,
-    pretrained: bool = True,
-    weights_dir=None,
-    overlap_flow: bool = True,
-    **options: Any,
-) -> dict:
-    """Score one clip, (T, C, H, W) frames in [0, 1] or uint8 (``lr`` frames may be smaller); uint8
-    frames become float32 a chunk at a time, so a long clip never sits in memory as float32.
+@dataclass(frozen=True)
+class ClipValues:
+    """A clip metric's values: one per frame (``pairs`` False) or per pair (t−1, t), with each value's frame t."""
 
-    Returns ``per_frame`` ({metric: (T,) array} for the frame metrics, computed on every frame),
-    ``temporal`` ({metric: array} for tof/tlp, one value per pair (t−1, t) with skip < t < T − skip),
-    ``frames`` ({metric: the frame index t of each value}), ``per_clip`` (each metric's mean) and
-    ``details`` (how VMAF was computed: model, libvmaf version, YUV conversion). ``vmaf`` and
-    ``vmaf_neg`` run FFmpeg's libvmaf on the whole clip's 8-bit frames.
-
-    With ``overlap_flow`` tOF's optical flows (OpenCV, which releases the GIL) run on a worker
-    thread while the backbones score the frames; the values are the same either way.
-    """
-    from .api import score
-
-    names = [metrics] if isinstance(metrics, str) else list(metrics)
-    temporal = [name for name in names if name in TEMPORAL_METRICS]
-    framewise = [name for name in names if name not in CLIP_METRICS]
-    if sr.shape != gt.shape or sr.ndim != 4:
-        raise ValueError(f"sr and gt must be (T, C, H, W) clips of one shape, got {tuple(sr.shape)} and {tuple(gt.shape)}")
-    frames = sr.shape[0]
-    first, last = skip + 1, frames - skip  # pairs (t−1, t) for first ≤ t < last
-    flows = None
-    if "tof" in temporal:
-
-        def tof_parts() -> list[np.ndarray]:
-            return [
-                flow_differences(to_uint8(sr[p.start - 1 : p.stop]), to_uint8(gt[p.start - 1 : p.stop])) for p in _pairs(first, last, chunk)
-            ]
-
-        flows = _started(tof_parts, overlap_flow)
-    per_frame: dict[str, list[float]] = {}
-    setup = dict(device=device, pretrained=pretrained, weights_dir=weights_dir)
-    for part in chunks(frames, chunk) if framewise else ():
-        images = dict(sr=as_unit(sr[part]), gt=as_unit(gt[part]), lr=None if lr is None else as_unit(lr[part]))
-        with torch.inference_mode():
-            values = score(**images, metrics=framewise, **setup, **options)
-        for name, value in values.items():
-            per_frame.setdefault(name, []).extend(value.double().cpu().tolist())
-    details = {}
-    for name in (name for name in names if name in ("vmaf", "vmaf_neg")):
-        from .vmaf import vmaf
-
-        values, details[name] = vmaf(to_uint8(sr), to_uint8(gt), name)
-        per_frame[name] = values.tolist()
-    indices = list(range(first, last))
-    results: dict[str, np.ndarray] = {}
-    if "tlp" in temporal:
-        results["tlp"] = np.concatenate(
-            [
-                lpips_differences(as_unit(sr[p.start - 1 : p.stop]), as_unit(gt[p.start - 1 : p.stop]), _lpips_alex(setup))
-                for p in _pairs(first, last, chunk)
-            ]
-            or [np.empty(0)]
-        )
-    if flows is not None:
-        results = {"tof": np.concatenate(flows.result() or [np.empty(0)]), **results}
-    clip = {name: float(np.mean(values)) for name, values in per_frame.items()}
-    clip.update({name: float(np.mean(values)) if len(values) else float("nan") for name, values in results.items()})
-    return dict(
-        per_frame={name: np.array(values) for name, values in per_frame.items()},
-        temporal=results,
-        frames={**{name: list(range(frames)) for name in per_frame}, **{name: indices for name in results}},
-        per_clip=clip,
-        details=details,
-    )
+    values: np.ndarray
+    frames: list[int]
+    pairs: bool
+    details: dict | None = None
 
 
-def _started(compute: Callable[[], list[np.ndarray]], in_background: bool) -> Future:
-    """``compute()`` as a future: on a thread of its own, started now, or computed at once."""
-    if not in_background:
-        done: Future = Future()
-        done.set_result(compute())
-        return done
-    pool = ThreadPoolExecutor(1, thread_name_prefix="tof-flow")
-    future = pool.submit(compute)
-    pool.shutdown(wait=False)
-    return future
+@dataclass(frozen=True)
+class ClipSpec:
+    """A metric of a whole clip: its catalogue fields, its options, what it reads besides pixels
+    (``terms``: backbone layers; ``weights``), why it cannot run here (``missing``), and whether it
+    may run on a worker thread beside the backbones (``background``: it releases the GIL)."""
+
+    name: str
+    lower_is_better: bool
+    description: str
+    convention: str
+    run: Callable[[ClipFrames, Mapping[str, Any]], ClipValues]
+    options: Mapping[str, Any] = field(default_factory=dict)
+    terms: tuple[LayerTerm, ...] = ()
+    weights: tuple[WeightSpec, ...] = ()
+    missing: Callable[[], str | None] = lambda: None
+    background: bool = False
 
 
-def _pairs(first: int, last: int, chunk: int) -> list[slice]:
-    """The frame indices t of the pairs (t−1, t), in chunks."""
-    return [slice(start, min(start + chunk, last)) for start in range(first, last, chunk)]
+def _pair_indices(parts: list[slice]) -> list[int]:
+    return [t for part in parts for t in range(part.start, part.stop)]
 
 
-def _lpips_alex(setup: dict):
-    from .api import score
+def tof_values(clip: ClipFrames, options: Mapping[str, Any]) -> ClipValues:
+    parts = clip.pairs(options["skip"])
+    values = [flow_differences(to_uint8(clip.sr[p.start - 1 : p.stop]), to_uint8(clip.gt[p.start - 1 : p.stop])) for p in parts]
+    return ClipValues(np.concatenate(values or [np.empty(0)]), _pair_indices(parts), pairs=True)
+
+
+def tlp_values(clip: ClipFrames, options: Mapping[str, Any]) -> ClipValues:
+    term = LPIPS_TERMS["alex"]
 
     def lpips_alex(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return score(x, y, metrics=["lpips_alex"], **setup)["lpips_alex"]
+            return lpips_per_sample(ImageBatch({"sr": x, "gt": y}, clip.backbone, [term]), term)
 
-    return lpips_alex
+    parts = clip.pairs(options["skip"])
+    values = [lpips_differences(as_unit(clip.sr[p.start - 1 : p.stop]), as_unit(clip.gt[p.start - 1 : p.stop]), lpips_alex) for p in parts]
+    return ClipValues(np.concatenate(values or [np.empty(0)]), _pair_indices(parts), pairs=True)
 
 
-def dataset_means(clips: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """BasicSR's video averaging: each clip's mean first, then the mean over clips; the
-    frame-weighted mean (every frame or pair of every clip counted once) beside it."""
-    names = sorted({name for clip in clips.values() for name in clip["per_clip"]})
-    out = {}
-    for name in names:
-        per_clip = [clip["per_clip"][name] for clip in clips.values() if name in clip["per_clip"]]
-        values = [clip["per_frame"].get(name, clip["temporal"].get(name)) for clip in clips.values() if name in clip["per_clip"]]
-        counted = np.concatenate([np.asarray(v, dtype=np.float64) for v in values])
-        out[name] = dict(clip_mean=float(np.mean(per_clip)), frame_weighted_mean=float(counted.mean()), clips=len(per_clip))
-    return out
+def _vmaf_values(name: str) -> Callable[[ClipFrames, Mapping[str, Any]], ClipValues]:
+    def run(clip: ClipFrames, options: Mapping[str, Any]) -> ClipValues:
+        values, details = libvmaf.vmaf(to_uint8(clip.sr), to_uint8(clip.gt), name)
+        return ClipValues(values, list(range(len(values))), pairs=False, details=details)
+
+    return run
+
+
+def _libvmaf_missing() -> str | None:
+    return None if libvmaf.ffmpeg_with_libvmaf() is not None else f"needs FFmpeg with libvmaf: {libvmaf.INSTALL_HINT}"
+
+
+CLIP_SPECS = {
+    spec.name: spec
+    for spec in (
+        ClipSpec(
+            "tof",
+            True,
+            "temporal: mean L2 norm of GT's minus SR's Farnebäck flow between consecutive frames",
+            "TecoGAN metrics.py: OpenCV calcOpticalFlowFarneback (0.5, 3, 15, 3, 5, 1.2, 0) of COLOR_RGB2GRAY 8-bit frames, "
+            "crop_8x8, skip frames left out at each end",
+            tof_values,
+            options=dict(skip=TECOGAN_SKIP),
+            background=True,
+        ),
+        ClipSpec(
+            "tlp",
+            True,
+            "temporal: 100·|LPIPS-Alex(gt[t−1], gt[t]) − LPIPS-Alex(sr[t−1], sr[t])|",
+            "TecoGAN metrics.py on crop_8x8 frames, LPIPS v0.1 AlexNet, skip frames left out at each end",
+            tlp_values,
+            options=dict(skip=TECOGAN_SKIP),
+            terms=(LPIPS_TERMS["alex"],),
+            weights=(LPIPS_HEADS["alex"],),
+        ),
+        *(
+            ClipSpec(
+                name,
+                False,
+                f"VMAF ({model}) per frame and per clip, Netflix's libvmaf through FFmpeg",
+                "FFmpeg libvmaf filter on yuv420p frames (FFmpeg's default BT.601 limited conversion)",
+                _vmaf_values(name),
+                missing=_libvmaf_missing,
+            )
+            for name, model in libvmaf.VMAF_MODELS.items()
+        ),
+    )
+}

@@ -576,7 +576,7 @@ def run(args) -> int:
         from losses import REGISTRY
 
         # Per-image metrics: fid and kid cost per image, not per pixel (bytes_per_image in memory_costs.json).
-        per_image = tuple(name for name, metric in REGISTRY.items() if metric.dataset is None)
+        per_image = tuple(name for name, metric in REGISTRY.items() if metric.kind == "image")
         memory_metrics = ("perceptual",) if quick else tuple(comma_list(args.memory_metrics)) if args.memory_metrics else per_image
         configs = [(m, s, b) for m in memory_metrics for s in sizes for b in batches[:2] if unsupported_size(m, s) is None]
         report["memory"], report["budget"] = bench_memory(device, configs, log)

@@ -30,12 +30,29 @@ def images():
 
 def test_list_metrics_is_the_registry():
     entries = list_metrics()
-    from losses.temporal import CLIP_CATALOGUE
-
-    assert [e["name"] for e in entries] == [*losses.REGISTRY, *CLIP_CATALOGUE]
+    assert [e["name"] for e in entries] == [*losses.REGISTRY]
     clip = {e["name"]: e for e in entries if e.get("clip")}
     assert set(clip) == {"tof", "tlp", "vmaf", "vmaf_neg"} and clip["tof"]["available"] is True
-    assert {"name", "lower_is_better", "needs", "options", "backbone"} <= set(entries[0])
+    assert clip["tof"]["options"] == {"skip": 2} and clip["tlp"]["backbone"] == "alexnet"
+    assert {"name", "kind", "lower_is_better", "needs", "options", "backbone"} <= set(entries[0])
+
+
+def test_list_metrics_filters_by_kind():
+    by_kind = {kind: [e["name"] for e in list_metrics(kind)] for kind in ("image", "clip", "set")}
+    assert by_kind["clip"] == ["tof", "tlp", "vmaf", "vmaf_neg"] and by_kind["set"] == ["fid", "kid"]
+    assert "psnr" in by_kind["image"] and not {"tof", "fid"} & set(by_kind["image"])
+    assert sorted(sum(by_kind.values(), [])) == sorted(losses.REGISTRY)
+    with pytest.raises(ValueError, match="kinds are"):
+        list_metrics("video")
+
+
+def test_each_kind_is_refused_where_another_is_scored(images):
+    with pytest.raises(losses.MetricError, match="whole clip"):
+        losses.score(images["sr"], images["gt"], metrics=["psnr", "tof"])
+    with pytest.raises(losses.MetricError, match="dataset metric"):
+        losses.score(images["sr"], images["gt"], metrics=["fid"])
+    with pytest.raises(losses.MetricError, match="here the metrics are"):
+        losses.dataset_score([images["sr"]], [images["gt"]], metrics=["psnr"])
 
 
 def test_score_equals_the_loss_functions(weights_dir, images):
@@ -182,7 +199,7 @@ def test_one_reference_for_many_candidates_is_computed_once(weights_dir):
     g = torch.Generator().manual_seed(8)
     sr, gt = torch.rand(3, 3, 48, 48, generator=g), torch.rand(1, 3, 48, 48, generator=g)
     lr, teacher = torch.rand(1, 3, 12, 12, generator=g), torch.rand(1, 3, 48, 48, generator=g)
-    names = [m for m, e in losses.REGISTRY.items() if m not in ("ms_ssim", "niqe") and e.dataset is None]  # MS-SSIM needs 176², NIQE 96×192
+    names = [m for m, e in losses.REGISTRY.items() if m not in ("ms_ssim", "niqe") and e.kind == "image"]  # MS-SSIM needs 176², NIQE 96×192
     seen: dict[str, list[tuple[str, int]]] = {"shared": [], "copies": []}
 
     class Counting:

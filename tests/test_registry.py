@@ -24,7 +24,7 @@ from losses.registry import get_metrics, resolve_options
 
 REL = 1e-5
 # fid and kid score sets (tests/test_fid.py); every other metric scores images.
-PER_IMAGE = {name for name, metric in REGISTRY.items() if metric.dataset is None}
+PER_IMAGE = {name for name, metric in REGISTRY.items() if metric.kind == "image"}
 
 
 @pytest.fixture()
@@ -207,7 +207,11 @@ def test_catalogue_entries():
         backbone="dinov2",
         description=entry["description"],
         convention=entry["convention"],
+        kind="image",
         dataset=False,
+        clip=False,
+        available=True,
+        unavailable_reason=None,
     )
     assert REGISTRY["fid"].catalogue_entry()["dataset"] is True and REGISTRY["fid"].catalogue_entry()["needs"] == ["sr"]
     assert REGISTRY["psnr"].catalogue_entry()["lower_is_better"] is False

@@ -42,7 +42,8 @@ def test_every_catalogue_metric_equals_library(server):
     images = triplet(seed=1, size=(180, 200))  # after crop_border=2: ms_ssim needs a short side of 176, niqe two 96² blocks
     options = dict(crop_border=2, y_channel=True, perceptual_weight=0.3, lambda_kd=0.5, loss_weight=2.0)
     catalogue = httpx.get(f"{server.url}/v1/metrics").json()
-    assert sorted(entry["name"] for entry in catalogue if not entry["clip"]) == sorted(REGISTRY)
+    assert [entry["name"] for entry in catalogue] == list(REGISTRY)  # one catalogue: image, clip and set metrics
+    assert {entry["kind"] for entry in catalogue} == {"image", "clip", "set"}
     # fid, kid: tests/test_fid.py; tof, tlp, vmaf: tests/test_temporal.py, tests/test_video.py
     names = [entry["name"] for entry in catalogue if not entry["dataset"] and not entry["clip"]]
     response = httpx.post(
@@ -369,6 +370,8 @@ def test_readyz_catalogue_and_prometheus_names(server):
     assert all(m["loaded"] and m["device"] == "cpu" for m in ready["models"].values())
     entry = {e["name"]: e for e in httpx.get(f"{server.url}/v1/metrics").json()}["psnr"]
     assert entry["options"] == {"crop_border": 0, "y_channel": False} and entry["lower_is_better"] is False
+    scored = httpx.post(f"{server.url}/v1/score", files=files(triplet(seed=2, size=(32, 32))), data=dict(metrics="psnr"))
+    assert scored.status_code == 200  # this test's own request, so it passes alone and in any order
     text = httpx.get(f"{server.url}/metrics").text
     for name in (
         "loss_service_requests_total",

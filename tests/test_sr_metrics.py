@@ -106,7 +106,7 @@ def test_scores_under_autocast_stay_those_of_fp32(weights_dir, photos, dtype):
     sr, gt = photo_pairs(photos)[0]
     sr, gt = sr[..., :128, :128], gt[..., :128, :128]
     # ms_ssim needs 176², niqe 96×192 (both float64 anyway); fid and kid score sets (below)
-    names = [name for name, metric in losses.REGISTRY.items() if name not in ("ms_ssim", "niqe") and metric.dataset is None]
+    names = [name for name, metric in losses.REGISTRY.items() if name not in ("ms_ssim", "niqe") and metric.kind == "image"]
     inputs = dict(lr=F.avg_pool2d(gt, 4), teacher=gt, metrics=names)
     with torch.inference_mode():
         full = losses.score(sr, gt, **inputs)

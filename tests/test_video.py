@@ -140,7 +140,8 @@ def test_a_clip_scores_as_the_library_from_videos_and_from_frames(server, photos
         for name, value in expected["per_clip"].items():
             assert body["per_clip"][name] == pytest.approx(value, rel=1e-5, abs=1e-6), name
         assert body["per_frame"]["psnr"] == pytest.approx(expected["per_frame"]["psnr"].tolist(), rel=1e-9)
-        assert body["frames"]["tof"] == [3, 4] and body["conventions"]["clip"]["skip"] == 2
+        assert body["frames"]["tof"] == [3, 4] and body["conventions"]["metrics"]["tof"]["options"] == {"skip": 2}
+        assert "mean over its frames" in body["conventions"]["averaging"]["clip"]
         assert body["conventions"]["metrics"]["psnr"]["options"]["crop_border"] == 2
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import csv
 import json
-import statistics
 from pathlib import Path
+
+from losses.clip_means import dataset_means
 
 from .errors import LossServiceError
 from .store import ResultsStore, Row, StoreError, conventions_hash
@@ -81,21 +82,6 @@ def select(clips: dict, preset: dict | None) -> dict:
     """The preset's clips (REDS4's four), or every clip."""
     wanted = preset and preset["clips"]
     return {name: clip for name, clip in clips.items() if not wanted or name in wanted}
-
-
-def dataset_means(clips: dict[str, dict]) -> dict[str, dict]:
-    """BasicSR's video averaging over the clips' answers: each clip's mean, then the mean over
-    clips; the frame-weighted mean (every frame or pair counted once) beside it."""
-    means = {}
-    for name in sorted({metric for clip in clips.values() for metric in clip["per_clip"]}):
-        per_clip = [clip["per_clip"][name] for clip in clips.values() if clip["per_clip"].get(name) is not None]
-        values = [v for clip in clips.values() for v in {**clip["per_frame"], **clip["temporal"]}.get(name, []) if v is not None]
-        means[name] = dict(
-            clip_mean=statistics.fmean(per_clip) if per_clip else None,
-            frame_weighted_mean=statistics.fmean(values) if values else None,
-            clips=len(per_clip),
-        )
-    return means
 
 
 def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:

@@ -1,4 +1,4 @@
-"""The feature wire format of ``POST /v1/features`` (docs/api.md, "Dataset features").
+"""The feature wire format of ``POST /v1/features`` (README.md, the endpoint table).
 
 A response carries one float32 row per uploaded image, in upload order, as base64 of the
 little-endian bytes: 2048 floats are 8 KiB raw, 10.7 KiB in base64, next to the ~10–50 KiB an

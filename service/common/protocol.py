@@ -22,8 +22,6 @@ API_PREFIX = "/v1"
 SCORE_PATH = f"{API_PREFIX}/score"
 SCORE_BATCH_PATH = f"{API_PREFIX}/score/batch"
 SCORE_CLIP_PATH = f"{API_PREFIX}/score/clip"
-# Options of /v1/score/clip beside the metrics' own: the frames left out at each end for tof/tlp.
-CLIP_OPTIONS = ("skip",)
 # Dataset metrics (fid, kid): per-image features for the client to accumulate over a set.
 FEATURES_PATH = f"{API_PREFIX}/features"
 FEATURES_IMAGE_FIELD = "image"

@@ -10,62 +10,25 @@ and the memory estimate, a video's from its stream header, and the clip's frames
 from __future__ import annotations
 
 import io
-import json
 import math
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from losses import registry
-from losses.temporal import CLIP_METRICS, TECOGAN_SKIP, score_clip
-from losses.vmaf import INSTALL_HINT, ffmpeg_with_libvmaf
+from losses.clip_scoring import CLIP_KINDS, score_clip
 
-from ..common.errors import comma_list, invalid, json_object, too_large, unavailable, unsupported
-from ..common.protocol import CLIP_OPTIONS, METRICS_FIELD, OPTIONS_FIELD
+from ..common.errors import invalid, too_large, unavailable, unsupported
+from ..common.protocol import METRICS_FIELD
 from .scoring import Plan, Scorer
 
 DEFAULT_CLIP_METRICS = "psnr,ssim,tof"  # what any server can score (tlp needs alexnet, vmaf libvmaf)
 VIDEO_MAGICS = (b"\x1aE\xdf\xa3", b"RIFF", b"YUV4MPEG2")  # Matroska/WebM, AVI, y4m; MP4/MOV: 'ftyp' at byte 4
 
 
-@dataclass(frozen=True)
-class ClipPlan:
-    """A clip request parsed once: the frame metrics' plan (None for clip metrics alone), the clip
-    metrics (tof, tlp, vmaf, vmaf_neg), and the frames left out at each end for tof and tlp."""
-
-    frames: Plan | None
-    temporal: tuple[str, ...]
-    skip: int
-
-    def conventions(self, scorer: Scorer) -> dict:
-        record = scorer.conventions(self.frames) if self.frames else {}
-        record["clip"] = dict(
-            temporal=list(self.temporal),
-            skip=self.skip,
-            averaging="per clip: the mean over its frames (frame metrics) or its pairs of frames (tof, tlp)",
-            tof="TecoGAN metrics.py: Farnebäck flow (0.5, 3, 15, 3, 5, 1.2, 0) of COLOR_RGB2GRAY 8-bit frames, crop_8x8",
-            tlp="TecoGAN metrics.py: 100·|LPIPS-Alex v0.1(gt[t−1], gt[t]) − LPIPS-Alex(sr[t−1], sr[t])| on crop_8x8 frames",
-        )
-        return record
-
-
-def plan_clip(scorer: Scorer, metrics_field: str | None, options_field: str | None) -> ClipPlan:
-    names = comma_list(metrics_field or DEFAULT_CLIP_METRICS)
-    options = json_object(options_field or "{}", OPTIONS_FIELD, '{"skip": 2, "crop_border": 4}')
-    skip = options.pop("skip", TECOGAN_SKIP)
-    if not isinstance(skip, int) or isinstance(skip, bool) or skip < 0:
-        raise invalid(OPTIONS_FIELD, f"options: skip must be a whole number of frames ≥ 0, got {skip!r}")
-    temporal = tuple(name for name in dict.fromkeys(names) if name in CLIP_METRICS)
-    framewise = [name for name in names if name not in CLIP_METRICS]
-    if {"vmaf", "vmaf_neg"} & set(temporal) and ffmpeg_with_libvmaf() is None:
-        raise unavailable(METRICS_FIELD, f"vmaf needs FFmpeg with libvmaf on the server: {INSTALL_HINT}")
-    if "tlp" in temporal:
-        scorer.plan("lpips_alex", None)  # refuses the request (503) where LPIPS-Alex's model is not loaded
-    frames = scorer.plan(",".join(framewise), json.dumps(options)) if framewise else None
-    if frames is None and options:
-        raise invalid(OPTIONS_FIELD, f"options {sorted(options)} given, but {', '.join(temporal)} take only {list(CLIP_OPTIONS)}")
-    return ClipPlan(frames, temporal, skip)
+def plan_clip(scorer: Scorer, metrics_field: str | None, options_field: str | None) -> Plan:
+    """One plan of frame (image) and clip metrics; ``skip`` is an option of tof and tlp."""
+    return scorer.plan(metrics_field or DEFAULT_CLIP_METRICS, options_field, kinds=CLIP_KINDS)
 
 
 def is_video(data: bytes) -> bool:
@@ -124,14 +87,11 @@ def finite_lists(values: dict[str, np.ndarray]) -> dict[str, list[float | None]]
     return {name: [v if math.isfinite(v) else None for v in map(float, array)] for name, array in values.items()}
 
 
-def run(scorer: Scorer, plan: ClipPlan, clips: dict[str, np.ndarray]) -> dict:
-    """Score on the device thread; the answer in JSON's terms (non-finite values as null)."""
+def run(scorer: Scorer, plan: Plan, clips: dict[str, np.ndarray]) -> dict:
+    """Score on the device thread with the request's plan; the answer in JSON's terms (non-finite values as null)."""
     sr, gt = (torch.from_numpy(clips[role]).permute(0, 3, 1, 2) for role in ("sr", "gt"))  # converted chunk by chunk
-    metrics = [*(plan.frames.names if plan.frames else ()), *plan.temporal]
-    options = dict(plan.frames.options) if plan.frames else {}
-    setup = dict(device=scorer.device, pretrained=scorer.pretrained, weights_dir=scorer.config.weights_dir)
     try:
-        result = score_clip(sr, gt, metrics=metrics, skip=plan.skip, **setup, **options)
+        result = score_clip(sr, gt, plan=plan, device=scorer.device, pretrained=scorer.pretrained, weights_dir=scorer.config.weights_dir)
     except registry.MetricError as exc:
         raise invalid(exc.field, str(exc)) from None
     except RuntimeError as exc:  # FFmpeg's libvmaf failed

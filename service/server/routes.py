@@ -129,7 +129,7 @@ def build_router(service) -> APIRouter:
         """Per-image features for dataset metrics (fid, kid): the client accumulates them over
         each set and computes the metric (`loss-service eval --metrics fid,kid`)."""
         await check_fields(request, once=False, fields=FEATURES_FIELDS)
-        plan = service.scorer.plan(metrics, None, dataset=True)
+        plan = service.scorer.plan(metrics, None, kinds=("set",))
         return await service.features(image, plan)
 
     @router.post(

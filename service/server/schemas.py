@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from ..common.errors import ServiceError
-from ..common.protocol import FEATURES_PATH, SCORE_CLIP_PATH
+from ..common.protocol import FEATURES_PATH, SCORE_CLIP_PATH, SCORE_PATH
 from .http_errors import status_of
 from .scoring import ModelState
 
@@ -90,6 +92,9 @@ class FeaturesResponse(BaseModel):
 
 class MetricInfo(BaseModel):
     name: str
+    kind: Literal["image", "clip", "set"] = Field(
+        description=f"image: scored per image ({SCORE_PATH}); clip: per whole clip ({SCORE_CLIP_PATH}); set: per pair of image sets"
+    )
     lower_is_better: bool
     needs: list[str]
     options: dict

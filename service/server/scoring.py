@@ -9,7 +9,6 @@ triplet), ``run_batch`` (per device batch) and ``encode`` (per triplet's answer)
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable, Sequence
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from losses import registry, weights
+from losses import plan, registry, weights
 from losses.backbones import backbone_spec, get_backbone
 from losses.record import conventions as conventions_record
 from losses.weights import WeightsError
@@ -53,27 +52,13 @@ CPU_ALLOCATION_FAILURES = ("can't allocate memory", "not enough memory", "std::b
 
 
 @dataclass(frozen=True, eq=False)
-class Plan:
-    """A request parsed once: the metrics' registry entries, the request's options, each metric's
-    resolved options, the batch key, the backbones it runs and its conventions record (undated).
-    Everything downstream reads it; nothing looks a metric up again."""
+class Plan(plan.Plan):
+    """A request parsed once (``losses.plan.Plan``: the metrics' registry entries, the request's
+    options, each metric's resolved options, the batch key), with the backbones it runs and its
+    conventions record (undated). Everything downstream reads it; nothing looks a metric up again."""
 
-    metrics: tuple[registry.Metric, ...]
-    options: dict[str, Any]
-    resolved: dict[str, dict]
-    key: tuple  # (metric names, resolved options as canonical JSON): plans with equal keys batch together
-    backbone_label: str  # e.g. ``vgg16+dinov2``; ``none`` for pixel metrics
-    conventions: dict = field(compare=False)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(metric.name for metric in self.metrics)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Plan) and other.key == self.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
+    backbone_label: str = "none"  # e.g. ``vgg16+dinov2``; ``none`` for pixel metrics
+    conventions: dict = field(default_factory=dict, compare=False)
 
 
 @dataclass
@@ -138,7 +123,7 @@ class Scorer:
     def warmup(self) -> None:
         """One small forward pass through every metric whose models loaded, each at the smallest
         of WARMUP_SIDES it accepts (MS-SSIM needs 176²; most metrics run at 32²)."""
-        usable = [m for m in registry.REGISTRY.values() if m.dataset is None and self.missing_reason(m, dict(m.options)) is None]
+        usable = [m for m in registry.REGISTRY.values() if m.kind == "image" and self.missing_reason(m, dict(m.options)) is None]
         by_side: dict[int, list[str]] = {}
         for metric in usable:
             by_side.setdefault(next(side for side in WARMUP_SIDES if registry.size_problem(metric, side) is None), []).append(metric.name)
@@ -153,7 +138,8 @@ class Scorer:
         return all(state.loaded for state in self.models.values())
 
     def missing_reason(self, metric: registry.Metric, options: dict) -> str | None:
-        return self.models_missing(metric.name, metric.backbones(options))
+        """Why ``metric`` cannot run on this server (a model not loaded, no libvmaf), or None."""
+        return metric.missing() or self.models_missing(metric.name, metric.backbones(options))
 
     def models_missing(self, metric: str, backbones: Iterable[str]) -> str | None:
         """Why ``metric`` cannot run on this server (a backbone not loaded), or None."""
@@ -167,10 +153,12 @@ class Scorer:
 
     # --- plan: once per request ----------------------------------------------------------
 
-    def plan(self, metrics_field: str | None, options_field: str | None, check_models: bool = True, dataset: bool = False) -> Plan:
-        """Parse the ``metrics`` and ``options`` fields into a plan; the metrics are looked up here only.
-        With ``dataset`` the plan is of dataset metrics (fid, kid), whose batches give features."""
-        metrics_field = metrics_field or ",".join(DEFAULT_DATASET_METRICS if dataset else DEFAULT_METRICS)
+    def plan(
+        self, metrics_field: str | None, options_field: str | None, check_models: bool = True, kinds: tuple[str, ...] = ("image",)
+    ) -> Plan:
+        """Parse the ``metrics`` and ``options`` fields into a plan of metrics of ``kinds``; the metrics
+        are looked up here only. A plan of set metrics (fid, kid) gives features per image."""
+        metrics_field = metrics_field or ",".join(DEFAULT_DATASET_METRICS if kinds == ("set",) else DEFAULT_METRICS)
         if len(metrics_field) > MAX_METRICS_CHARS:
             raise invalid(METRICS_FIELD, f"metrics: {len(metrics_field)} characters; at most {MAX_METRICS_CHARS}")
         names = comma_list(metrics_field)
@@ -178,26 +166,31 @@ class Scorer:
             raise invalid(METRICS_FIELD, f"metrics: {len(names)} names; at most {MAX_METRIC_NAMES}")
         options = json_object(options_field or "{}", OPTIONS_FIELD, '{"crop_border": 4}', MAX_OPTIONS_CHARS)
         try:
-            metrics = tuple(registry.get_metrics(names, dataset=dataset))
-            resolved = registry.resolve_options(metrics, options)
+            planned = plan.make_plan(names, options, kinds)
         except registry.MetricError as exc:
             raise invalid(exc.field, str(exc)) from None
-        extractors = {metric.dataset.features for metric in metrics if metric.dataset is not None}
+        extractors = {metric.dataset.features for metric in planned.of_kind("set")}
         if len(extractors) > 1:
             raise invalid(METRICS_FIELD, f"metrics {names} read different features {sorted(extractors)}; request them separately")
-        for metric in metrics if check_models else ():
-            if (reason := self.missing_reason(metric, resolved[metric.name])) is not None:
+        for metric in planned.metrics if check_models else ():
+            if (reason := self.missing_reason(metric, planned.resolved[metric.name])) is not None:
                 raise unavailable(METRICS_FIELD, reason)
-        key = (tuple(metric.name for metric in metrics), json.dumps(resolved, sort_keys=True))
-        backbones = {name for metric in metrics for name in metric.backbones(resolved[metric.name])}
-        return Plan(metrics, options, resolved, key, "+".join(sorted(backbones)) or "none", self._conventions_of(key, metrics, resolved))
+        return Plan(
+            planned.metrics,
+            planned.options,
+            planned.resolved,
+            "+".join(sorted(planned.backbones())) or "none",
+            self._conventions_of(planned, clip="clip" in kinds),
+        )
 
-    def _conventions_of(self, key: tuple, metrics: Sequence[registry.Metric], resolved: dict) -> dict:
+    def _conventions_of(self, planned: plan.Plan, clip: bool) -> dict:
         """The conventions record, built once per distinct plan (it hashes the weight files)."""
+        key = (planned.key, clip)
         if key not in self._conventions:
             self._conventions[key] = conventions_record(
-                metrics,
-                resolved,
+                planned.metrics,
+                planned.resolved,
+                clip=clip,
                 device=self.device,
                 precision=self.precision,
                 pretrained=self.pretrained,

@@ -15,7 +15,6 @@ from PIL import Image
 from starlette.datastructures import UploadFile
 
 from losses import registry
-from losses.temporal import CLIP_CATALOGUE
 
 from ..common.decode import decode
 from ..common.errors import ServiceError, invalid, unavailable
@@ -109,18 +108,12 @@ class ScoringService:
         )
 
     def catalogue(self) -> list[dict]:
-        """The registry's metrics, then the clip metrics of ``/v1/score/clip``, each saying whether
-        this server can score it (its models loaded; for vmaf, FFmpeg with libvmaf)."""
+        """The registry's metrics of every kind, each saying whether this server can score it (its
+        models loaded; for vmaf, FFmpeg with libvmaf)."""
         entries = []
         for metric in registry.REGISTRY.values():
             reason = self.scorer.missing_reason(metric, dict(metric.options))
             entries.append({**metric.catalogue_entry(), "available": reason is None, "unavailable_reason": reason})
-        for clip_metric in CLIP_CATALOGUE.values():
-            entry = clip_metric.catalogue_entry()
-            if entry["available"] and clip_metric.backbone is not None:
-                reason = self.scorer.models_missing(clip_metric.name, [clip_metric.backbone])
-                entry.update(available=reason is None, unavailable_reason=reason)
-            entries.append(entry)
         return entries
 
     # --- scoring ---------------------------------------------------------------------------
@@ -208,11 +201,11 @@ class ScoringService:
             conventions=self.scorer.conventions(plan),
         )
 
-    async def score_clip(self, fields: dict[str, list[UploadFile]], plan: clips.ClipPlan) -> ClipResponse:
+    async def score_clip(self, fields: dict[str, list[UploadFile]], plan: Plan) -> ClipResponse:
         """One clip: both roles decoded on the CPU pool (sizes checked first), scored on the device thread."""
         received = time.perf_counter()
         loop = asyncio.get_running_loop()
-        names = plan.frames.names if plan.frames else ("lpips_alex",)
+        names = plan.names
         max_pixels = self.settings.max_image_pixels
 
         def decode_frame(data: bytes, field: str):
@@ -233,7 +226,7 @@ class ScoringService:
             device=str(self.scorer.device),
             precision=self.scorer.precision,
             timing_ms=timing,
-            conventions=plan.conventions(self.scorer),
+            conventions=self.scorer.conventions(plan),
         )
 
     async def score_batch(self, fields: dict[str, list[UploadFile]], plan: Plan) -> BatchResponse:
