@@ -11,7 +11,8 @@ from typing import Any
 
 import torch
 
-from .backbones import get_backbone
+from . import weights as W
+from .backbones import backbone_spec, get_backbone
 from .dataset_metrics import SetFeatures
 from .features import FeatureLoss
 from .plan import Plan, make_plan
@@ -135,6 +136,8 @@ def dataset_features(
     plan = set_plan(metrics)
     chosen, per_metric = plan.metrics, plan.resolved
     extractor = chosen[0].dataset.features
+    # Sums of features from other weights must never merge (``FeatureStats.merge`` compares this).
+    weights_sha = W.file_sha256(W.resolve(backbone_spec(extractor[0]).weights, weights_dir)) if pretrained else "random"
     collected: SetFeatures | None = None
     with torch.inference_mode(), weights_dir_scope(weights_dir):
         for batch in images:
@@ -145,7 +148,7 @@ def dataset_features(
             features = rows[chosen[0].name].double().cpu().numpy()
             if collected is None:
                 keep = any(metric.dataset.keeps_features for metric in chosen)
-                collected = SetFeatures.empty(features.shape[1], keep, extractor=":".join(extractor))
+                collected = SetFeatures.empty(features.shape[1], keep, extractor=":".join(extractor), weights_sha256=weights_sha)
             collected.add(features)
     if collected is None:
         raise ValueError("the image set is empty")

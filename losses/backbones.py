@@ -23,6 +23,7 @@ from torch import nn
 from . import weights as W
 from .models import MODELS
 from .tables import add_named
+from .weight_files import ALEXNET_FILE, DINOV2_FILE, VGG16_FILE, VGG19_FILE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -277,14 +278,6 @@ def build_dinov2(spec: BackboneSpec, state: StateDict | None) -> DINOv2Features:
 
 # --- the backbones ------------------------------------------------------------------------------
 
-VGG16_FILE = W.register_weights(
-    W.WeightSpec(
-        "vgg16",
-        ("vgg16-397923af.pth",),
-        "https://download.pytorch.org/models/vgg16-397923af.pth",
-        description="torchvision VGG16 IMAGENET1K_V1",
-    )
-)
 register_backbone(
     BackboneSpec(
         "vgg16",
@@ -300,14 +293,7 @@ register_backbone(
         "vgg19",
         build_torchvision_features,
         vgg_layer_names((2, 2, 4, 4, 4)),
-        W.register_weights(
-            W.WeightSpec(
-                "vgg19",
-                ("vgg19-dcbb9e9d.pth",),
-                "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-                description="torchvision VGG19 IMAGENET1K_V1",
-            )
-        ),
+        VGG19_FILE,
         min_side=16,
         description="torchvision VGG19 IMAGENET1K_V1 features",
     )
@@ -326,14 +312,7 @@ register_backbone(
         "alexnet",
         build_torchvision_features,
         ("conv1", "relu1", "pool1", "conv2", "relu2", "pool2", "conv3", "relu3", "conv4", "relu4", "conv5", "relu5", "pool5"),
-        W.register_weights(
-            W.WeightSpec(
-                "alexnet",
-                ("alexnet-owt-7be5be79.pth",),
-                "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-                description="torchvision AlexNet IMAGENET1K_V1",
-            )
-        ),
+        ALEXNET_FILE,
         min_side=31,
         description="torchvision AlexNet IMAGENET1K_V1 features (LPIPS-Alex)",
     )
@@ -343,15 +322,7 @@ register_backbone(
         "dinov2",
         build_dinov2,
         tuple(f"block{i}" for i in range(DINO_BLOCKS)),
-        W.register_weights(
-            W.WeightSpec(
-                "dinov2",
-                ("dinov2_vitb14_pretrain.pth", "vit_base_patch14_dinov2.lvd142m.safetensors"),
-                "https://dl.fbaipublicfiles.com/dinov2/dinov2_vitb14/dinov2_vitb14_pretrain.pth",
-                hf_repo="timm/vit_base_patch14_dinov2.lvd142m",
-                description="DINOv2 ViT-B/14 (LVD-142M)",
-            )
-        ),
+        DINOV2_FILE,
         min_side=8,
         description="DINOv2 ViT-B/14 (LVD-142M), first 8 blocks",
     )

@@ -18,22 +18,11 @@ from . import weights as W
 from .backbones import to_rgb
 from .features import FeatureLoss, FeatureView, ImageBatch, LayerTerm
 from .models import MODELS
+from .weight_files import DISTS_ALPHA_BETA
 
 DISTS_VIEW = FeatureView.of("vgg16_l2pool", ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"))
 DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
 C1 = C2 = 1e-6
-
-
-DISTS_ALPHA_BETA = W.register_weights(
-    W.WeightSpec(
-        "dists_alpha_beta",
-        ("dists_weights.pt",),
-        "https://github.com/dingkeyan93/DISTS/raw/master/DISTS_pytorch/weights.pt",
-        sha256="f5e65c96230b7f6ca995691647d482237e4cab8a50c5c4a5784f219ef0748218",
-        bundled=("DISTS_pytorch", "weights.pt"),
-        description="DISTS α and β (dists-pytorch's weights.pt)",
-    )
-)
 
 
 def dists_weights_path(weights_dir=None) -> Path:

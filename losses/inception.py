@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import weights as W
 from .backbones import Backbone, BackboneSpec, StateDict, _seeded_init, register_backbone, to_rgb
+from .weight_files import FID_INCEPTION_FILE
 
 INPUT_SIDE = 299
 POOL3_DIM = 2048
@@ -170,15 +170,7 @@ FID_INCEPTION = register_backbone(
         "inception_v3_fid",
         build_fid_inception,
         ("pool3",),
-        W.register_weights(
-            W.WeightSpec(
-                "inception_v3_fid",
-                ("pt_inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth"),
-                "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
-                sha256="6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2",
-                description="InceptionV3 2015-12-05 (TensorFlow FID graph) as pytorch-fid and torch-fidelity load it",
-            )
-        ),
+        FID_INCEPTION_FILE,
         description="InceptionV3 2015-12-05 pool3 (FID/KID), TensorFlow 1.x input handling",
     )
 )

@@ -21,6 +21,7 @@ from torch import nn
 from . import weights as W
 from .features import FeatureLoss, FeatureView, ImageBatch, LayerTerm
 from .models import MODELS
+from .weight_files import LPIPS_HEADS
 
 
 @dataclass(frozen=True)
@@ -33,24 +34,6 @@ LPIPS_NETS = {
     "vgg": LPIPSNet(FeatureView.of("vgg16", ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")), (64, 128, 256, 512, 512)),
     # lpips' alexnet slices end at features[2], [5], [8], [10], [12]: after each ReLU.
     "alex": LPIPSNet(FeatureView.of("alexnet", ("relu1", "relu2", "relu3", "relu4", "relu5")), (64, 192, 384, 256, 256)),
-}
-
-
-LPIPS_HEADS = {
-    net: W.register_weights(
-        W.WeightSpec(
-            f"lpips_{net}_heads",
-            (f"lpips_v0.1_{net}.pth",),
-            f"https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/{net}.pth",
-            sha256=sha256,
-            bundled=("lpips", f"weights/v0.1/{net}.pth"),
-            description=f"LPIPS v0.1 linear heads, {net}",
-        )
-    )
-    for net, sha256 in (
-        ("vgg", "a78928a0af1e5f0fcb1f3b9e8f8c3a2a5a3de244d830ad5c1feddc79b8432868"),
-        ("alex", "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0"),
-    )
 }
 
 

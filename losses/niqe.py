@@ -9,24 +9,49 @@ its coefficients and of their products with the 4 neighbours. The 36 features of
 fitted with a Gaussian, and NIQE is the distance between it and the pristine model:
 √((μp − μ)ᵀ pinv((Σp + Σ)/2) (μp − μ)).
 
-Every block's AGGD fit runs at once, as array operations over all blocks: the grid search for
-the shape parameter is one (blocks × 9801) comparison, not a Python loop over blocks.
+Two conventions (``convention`` option), because the tools papers use disagree:
+
+- ``matlab`` (the default): LIVE's ``niqe_release`` as MATLAB runs it. Float64 throughout; the
+  local statistics by ``imfilter``, which filters a separable window of 49 or more taps as two
+  1-D passes (rows, then columns), 'replicate' edges; MATLAB's bicubic ``imresize``. The colour
+  conversion is MATLAB's Y (``rgb2ycbcr``, as BasicSR's MATLAB check and PIRM's scripts) or, with
+  ``gray``, ``rgb2gray`` as LIVE's ``computequality.m``. On BasicSR's baboon.png with Y it gives
+  5.7295739, MATLAB's printed value being 5.72957338.
+- ``basicsr``: BasicSR's ``calculate_niqe`` (basicsr/metrics/niqe.py) as its Python runs, float32
+  almost throughout: the Y of ``bgr2ycbcr`` (or OpenCV's gray) cast to float32 and rounded half to
+  even, SciPy's 2-D ``convolve`` on float32, per-block moments in float32, and BasicSR's float32
+  ``imresize`` (a matrix-vector product per output row). Its numbers differ from MATLAB's by up
+  to ~4e-3 relative on real photos, more on flat areas.
+
+In the ``matlab`` convention every block's AGGD fit runs at once, as array operations over all
+blocks: the grid search for the shape parameter is one (blocks × 9801) comparison, not a Python
+loop over blocks. The ``basicsr`` convention loops over blocks as BasicSR does (its float32 sums
+depend on the order).
+
+**Flat areas.** Where a block is flat, ``I − μ`` is rounding noise (~1e-13) whose signs decide that
+block's AGGD fit, so two correct implementations can differ by tenths. Coefficients below
+``FLAT_NOISE`` are counted as noise; each image's ``flat_blocks`` (blocks where they are at
+least ``FLAT_FRACTION``) and
+``flat_spread`` (how far NIQE moves when those coefficients are taken as exact zeros instead)
+come with the value, and a spread over ``FLAT_SPREAD_WARNING`` earns a warning.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
-from scipy.ndimage import convolve
+from scipy.ndimage import convolve, correlate1d
 from scipy.special import gamma
 
 from . import weights as W
 from .models import MODELS
 from .psnr_ssim import Y_OFFSET, Y_WEIGHTS
 from .resize import imresize
+from .weight_files import NIQE_PRISTINE
 
 BLOCK = 96
 # The shape parameters the AGGD fit searches, and the ratio each implies (niqe_release's estimateaggdparam).
@@ -37,17 +62,13 @@ SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))
 # MATLAB's rgb2gray weights; rgb2ycbcr's Y is ``psnr_ssim``'s Y_OFFSET + Y_WEIGHTS · RGB.
 GRAY_WEIGHTS = (0.298936021293775, 0.587043074451121, 0.114020904255103)
 EIGHT_BIT_SNAP = 1e-4  # at the 255 scale: float32's error on k/255 is below 2e-5
-
-NIQE_PRISTINE = W.register_weights(
-    W.WeightSpec(
-        "niqe_pristine",
-        ("niqe_pris_params.npz",),
-        "https://github.com/XPixelGroup/BasicSR/raw/master/basicsr/metrics/niqe_pris_params.npz",
-        sha256="2a7c182a68c9e7f1b2e2e5ec723279d6f65d912b6fcaf37eb2bf03d7367c4296",
-        bundled=("losses", "data/niqe_pris_params.npz"),
-        description="NIQE pristine model (μ 1×36, Σ 36×36) and its 7×7 window, LIVE niqe_release via BasicSR",
-    )
-)
+CONVENTIONS = ("matlab", "basicsr")
+# |(I − μ)/(σ + 1)| below this is rounding noise: a textured block's coefficients are ~0.1–3, a
+# flat one's ~1e-13 (float64) or ~1e-6 (float32, where μ of integers is off by a few ulps of 255).
+FLAT_NOISE = {"matlab": 1e-9, "basicsr": 1e-4}
+FLAT_SPREAD_WARNING = 1e-3
+# A block is flat when at least this share of its coefficients is noise (a textured block has a few in 10⁴ near zero).
+FLAT_FRACTION = 0.01
 
 
 def load_pristine(weights_dir=None) -> dict[str, np.ndarray]:
@@ -112,23 +133,57 @@ def block_features(normalized: np.ndarray, block: int) -> np.ndarray:
 
 
 def gaussian_filter(image: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """MATLAB's ``imfilter(image, window, 'replicate')``, as one 2-D pass (as BasicSR runs it). Not
-    as two 1-D passes of the separable window: in a flat region ``I − μ`` is rounding noise
-    (~1e-13) whose signs decide that block's AGGD fit, so the summation order shows in NIQE
-    (4e-4 on a 248² crop of scikit-image's astronaut)."""
-    return convolve(image, window, mode="nearest")
+    """MATLAB's ``imfilter(image, window, 'replicate')`` of the separable Gaussian window: two 1-D
+    passes, down the columns then along the rows, in float64, as MATLAB runs it."""
+    taps = window.sum(axis=1)  # the window is outer(taps, taps), taps summing to 1
+    return correlate1d(correlate1d(image, taps, axis=0, mode="nearest"), taps, axis=1, mode="nearest")
 
 
 @functools.lru_cache(maxsize=1)
 def _filter_pool() -> ThreadPoolExecutor:
-    """Two threads for the Gaussian filters: SciPy's ``correlate`` releases the GIL, so the four
+    """Two threads for the Gaussian filters: SciPy's ``correlate1d`` releases the GIL, so the four
     filters of an image (μ and E[x²] at two scales) run two at a time, the second scale's beside
     the first scale's block features. Their values do not depend on where they run."""
     return ThreadPoolExecutor(2, thread_name_prefix="niqe-filter")
 
 
-def niqe_of_luma(luma: np.ndarray, pristine: dict[str, np.ndarray]) -> float:
-    """NIQE of one H×W image on the [0, 255] scale (at least 96×96)."""
+def quality(features: np.ndarray, pristine: dict[str, np.ndarray]) -> float:
+    """The distance between the blocks' feature Gaussian and the pristine one (NaN rows left out)."""
+    mu = np.nanmean(features, axis=0)
+    cov = np.cov(features[~np.isnan(features).any(axis=1)], rowvar=False)
+    difference = pristine["mu"] - mu
+    return float(np.sqrt(difference @ np.linalg.pinv((pristine["cov"] + cov) / 2) @ difference))
+
+
+def with_flat_spread(per_scale: list[np.ndarray], features_of, blocks: tuple[int, int], noise: float, pristine) -> tuple[float, int, float]:
+    """NIQE of normalised coefficients at two scales, the count of flat blocks (at least
+    FLAT_FRACTION of their coefficients rounding noise), and how far NIQE moves when the noise in
+    those blocks is taken as exact zeros (0.0 where no block is flat)."""
+    features = np.concatenate([features_of(coefficients, block) for coefficients, block in zip(per_scale, blocks)], axis=1)
+    value = quality(features, pristine)
+    noisy = [np.abs(coefficients) < noise for coefficients in per_scale]
+    flat = [_flat_blocks(mask, block) for mask, block in zip(noisy, blocks)]
+    if not any(found.any() for found in flat):
+        return value, 0, 0.0
+    zeroed = [
+        np.where(mask & np.kron(found, np.ones((block, block), dtype=bool)), 0, coefficients).astype(coefficients.dtype)
+        for mask, found, coefficients, block in zip(noisy, flat, per_scale, blocks)
+    ]
+    other = quality(np.concatenate([features_of(c, block) for c, block in zip(zeroed, blocks)], axis=1), pristine)
+    # A block is counted once: flat at the first scale, or at the second (the same area, halved).
+    count = int(sum(found.sum() for found in flat) - (flat[0] & flat[1][: flat[0].shape[0], : flat[0].shape[1]]).sum())
+    return value, count, abs(other - value) if np.isfinite(other) else float("inf")
+
+
+def _flat_blocks(noise: np.ndarray, block: int) -> np.ndarray:
+    """(rows, cols) of blocks: whether at least FLAT_FRACTION of the block's coefficients are noise."""
+    height, width = noise.shape
+    return noise.reshape(height // block, block, width // block, block).mean(axis=(1, 3)) >= FLAT_FRACTION
+
+
+def niqe_of_luma(luma: np.ndarray, pristine: dict[str, np.ndarray]) -> tuple[float, int, float]:
+    """NIQE of one H×W image on the [0, 255] scale (at least 96×96), MATLAB's convention, with its
+    flat-block count and spread (``with_flat_spread``)."""
     height, width = (side // BLOCK * BLOCK for side in luma.shape)
     image = luma[:height, :width].astype(np.float64)
     pool = _filter_pool()
@@ -140,15 +195,120 @@ def niqe_of_luma(luma: np.ndarray, pristine: dict[str, np.ndarray]) -> float:
     half = imresize(torch.from_numpy(image / 255.0), scale=0.5).numpy() * 255.0
     filtered.append(filters(half))
     per_scale = []
-    for scaled, (mean, mean_square), block in zip((image, half), filtered, (BLOCK, BLOCK // 2)):
+    for scaled, (mean, mean_square) in zip((image, half), filtered):
         mu = mean.result()
         sigma = np.sqrt(np.abs(mean_square.result() - mu**2))
-        per_scale.append(block_features((scaled - mu) / (sigma + 1), block))
-    features = np.concatenate(per_scale, axis=1)
-    mu = np.nanmean(features, axis=0)
-    cov = np.cov(features[~np.isnan(features).any(axis=1)], rowvar=False)
-    difference = pristine["mu"] - mu
-    return float(np.sqrt(difference @ np.linalg.pinv((pristine["cov"] + cov) / 2) @ difference))
+        per_scale.append((scaled - mu) / (sigma + 1))
+    return with_flat_spread(per_scale, block_features, (BLOCK, BLOCK // 2), FLAT_NOISE["matlab"], pristine)
+
+
+# --- BasicSR's float32 convention ----------------------------------------------------------------
+
+
+def aggd_fit_float32(block: np.ndarray) -> tuple[float, float, float]:
+    """BasicSR's ``estimate_aggd_param`` on one block: its moments in the block's dtype (float32),
+    each over the selected coefficients only, as NumPy sums them."""
+    block = block.reshape(-1)
+    left_std = np.sqrt(np.mean(block[block < 0] ** 2))
+    right_std = np.sqrt(np.mean(block[block > 0] ** 2))
+    gamma_hat = left_std / right_std
+    r_hat = (np.mean(np.abs(block))) ** 2 / np.mean(block**2)
+    r_hat_norm = (r_hat * (gamma_hat**3 + 1) * (gamma_hat + 1)) / ((gamma_hat**2 + 1) ** 2)
+    alpha = GAMMA_GRID[np.argmin((GAMMA_RATIO - r_hat_norm) ** 2)]
+    spread = np.sqrt(gamma(1 / alpha) / gamma(3 / alpha))
+    return alpha, left_std * spread, right_std * spread
+
+
+def block_features_float32(normalized: np.ndarray, block: int) -> np.ndarray:
+    """BasicSR's ``compute_feature`` of every block, blocks taken column by column as its loop does."""
+    rows, cols = normalized.shape[0] // block, normalized.shape[1] // block
+    out = []
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for col in range(cols):
+            for row in range(rows):
+                patch = normalized[row * block : (row + 1) * block, col * block : (col + 1) * block]
+                alpha, beta_left, beta_right = aggd_fit_float32(patch)
+                features = [alpha, (beta_left + beta_right) / 2]
+                for shift in SHIFTS:
+                    alpha, beta_left, beta_right = aggd_fit_float32(patch * np.roll(patch, shift, axis=(0, 1)))
+                    features += [alpha, (beta_right - beta_left) * (gamma(2 / alpha) / gamma(1 / alpha)), beta_left, beta_right]
+                out.append(features)
+    return np.array(out)
+
+
+def imresize_half_float32(image: np.ndarray) -> np.ndarray:
+    """BasicSR's ``imresize(img, 0.5)`` of an H×W float32 image: its float32 contributions (torch
+    ``linspace`` coordinates, the antialiased cubic, rows normalised, edge columns dropped as it
+    drops them), symmetric padding, then one float32 matrix-vector product per output row, then per
+    output column, as its loops compute them."""
+    x = torch.from_numpy(np.ascontiguousarray(image))
+    for axis in (0, 1):
+        weights, starts, before, after = _contributions_float32(x.shape[axis], math.ceil(x.shape[axis] * 0.5), 0.5)
+        padded = torch.cat([x.narrow(axis, 0, before).flip(axis), x, x.narrow(axis, x.shape[axis] - after, after).flip(axis)], dim=axis)
+        taps = weights.shape[1]
+        if axis == 0:
+            x = torch.stack([padded[i : i + taps, :].transpose(0, 1).mv(w) for i, w in zip(starts, weights)])
+        else:
+            x = torch.stack([padded[:, j : j + taps].mv(w) for j, w in zip(starts, weights)], dim=1)
+    return x.numpy()
+
+
+def _contributions_float32(in_length: int, out_length: int, scale: float) -> tuple[torch.Tensor, list[int], int, int]:
+    """BasicSR's ``calculate_weights_indices`` (antialiased cubic) in float32: the weights, each
+    output's first index into the padded input, and the padding before and after."""
+    width = 4 / scale
+    taps = math.ceil(width) + 2
+    u = torch.linspace(1, out_length, out_length) / scale + 0.5 * (1 - 1 / scale)
+    left = torch.floor(u - width / 2)
+    indices = left.view(out_length, 1).expand(out_length, taps) + torch.linspace(0, taps - 1, taps).view(1, taps).expand(out_length, taps)
+    ax = ((u.view(out_length, 1).expand(out_length, taps) - indices) * scale).abs()
+    ax2, ax3 = ax**2, ax**3
+    cubic = (1.5 * ax3 - 2.5 * ax2 + 1) * (ax <= 1).type_as(ax) + (-0.5 * ax3 + 2.5 * ax2 - 4 * ax + 2) * ((ax > 1) * (ax <= 2)).type_as(ax)
+    weights = scale * cubic
+    weights = weights / torch.sum(weights, 1).view(out_length, 1).expand(out_length, taps)
+    zeros = torch.sum(weights == 0, 0)
+    if zeros[0] != 0:  # as BasicSR: drops the first and the last column
+        indices, weights = indices.narrow(1, 1, taps - 2), weights.narrow(1, 1, taps - 2)
+    if zeros[-1] != 0:
+        indices, weights = indices.narrow(1, 0, taps - 2), weights.narrow(1, 0, taps - 2)
+    before, after = int(-indices.min() + 1), int(indices.max() - in_length)
+    return weights.contiguous(), [int(i) for i in indices[:, 0] + before - 1], before, after
+
+
+def luma_basicsr(x: torch.Tensor, gray: bool = False) -> np.ndarray:
+    """(B, C, H, W) in [0, 1] → (B, H, W) float32 on [0, 255] as BasicSR's ``calculate_niqe``
+    converts an 8-bit image: ``to_y_channel`` (``bgr2ycbcr``, float32) or OpenCV's gray, then
+    ``round()`` (half to even)."""
+    import cv2
+
+    values = x.detach().to(device="cpu", dtype=torch.float64).numpy() * 255.0
+    nearest = np.rint(values)
+    np.copyto(values, nearest, where=np.abs(values - nearest) < EIGHT_BIT_SNAP)
+    out = []
+    for image in values.astype(np.float32).transpose(0, 2, 3, 1):
+        bgr = np.ascontiguousarray(image[..., ::-1])  # as cv2.imread gives it: OpenCV's sums run in that order
+        if image.shape[-1] == 1:
+            luma = image[..., 0]
+        elif gray:
+            luma = cv2.cvtColor(bgr / 255.0, cv2.COLOR_BGR2GRAY) * 255.0
+        else:
+            luma = ((np.dot(bgr / 255.0, [24.966, 128.553, 65.481]) + 16.0) / 255.0).astype(np.float32) * 255.0
+        out.append(np.asarray(luma, dtype=np.float32).round())
+    return np.stack(out)
+
+
+def niqe_of_luma_basicsr(luma: np.ndarray, pristine: dict[str, np.ndarray]) -> tuple[float, int, float]:
+    """NIQE of one float32 H×W image on [0, 255] as BasicSR's ``niqe`` computes it, with the flat-block count and spread."""
+    height, width = (side // BLOCK * BLOCK for side in luma.shape)
+    image = luma[:height, :width]
+    per_scale = []
+    for scale in (1, 2):
+        mu = convolve(image, pristine["window"], mode="nearest")
+        sigma = np.sqrt(np.abs(convolve(np.square(image), pristine["window"], mode="nearest") - np.square(mu)))
+        per_scale.append((image - mu) / (sigma + 1))
+        if scale == 1:
+            image = imresize_half_float32(image / 255.0) * 255.0
+    return with_flat_spread(per_scale, block_features_float32, (BLOCK, BLOCK // 2), FLAT_NOISE["basicsr"], pristine)
 
 
 def luma_255(x: torch.Tensor, gray: bool = False) -> np.ndarray:
@@ -171,12 +331,34 @@ def luma_255(x: torch.Tensor, gray: bool = False) -> np.ndarray:
     return np.sign(luma) * np.floor(np.abs(luma) + 0.5)
 
 
-def niqe(x: torch.Tensor, crop_border: int = 0, gray: bool = False, weights_dir=None) -> torch.Tensor:
+def niqe(
+    x: torch.Tensor, crop_border: int = 0, gray: bool = False, convention: str = "matlab", weights_dir=None
+) -> dict[str, torch.Tensor]:
     """Per-image NIQE (float64, shape (B,)) of (B, C, H, W) images in [0, 1]; lower is better.
-    ``crop_border`` pixels are cropped from each edge first (BasicSR's ``calculate_niqe``)."""
+    ``crop_border`` pixels are cropped from each edge first (BasicSR's ``calculate_niqe``).
+    Returns ``total`` (NIQE), ``flat_blocks`` and ``flat_spread`` (see the module's docstring)."""
+    if convention not in CONVENTIONS:
+        raise ValueError(f"NIQE convention must be one of {CONVENTIONS}, got {convention!r}")
     check_blocks(tuple(x.shape[-2:]), crop_border)
     pristine = load_pristine(weights_dir)
-    lumas = luma_255(x, gray)
+    lumas = (luma_basicsr if convention == "basicsr" else luma_255)(x, gray)
     if crop_border:
         lumas = lumas[:, crop_border:-crop_border, crop_border:-crop_border]
-    return torch.tensor([niqe_of_luma(luma, pristine) for luma in lumas], dtype=torch.float64)
+    score = niqe_of_luma_basicsr if convention == "basicsr" else niqe_of_luma
+    values = np.array([score(luma, pristine) for luma in lumas], dtype=np.float64).reshape(-1, 3)
+    return dict(
+        total=torch.from_numpy(values[:, 0].copy()),
+        flat_blocks=torch.from_numpy(values[:, 1].copy()),
+        flat_spread=torch.from_numpy(values[:, 2].copy()),
+    )
+
+
+def flat_warning(values: dict[str, float]) -> str | None:
+    """The warning for one image's NIQE whose flat blocks can move it by more than FLAT_SPREAD_WARNING."""
+    spread = values.get("niqe.flat_spread") or 0.0
+    if spread <= FLAT_SPREAD_WARNING:
+        return None
+    return (
+        f"niqe: {int(values['niqe.flat_blocks'])} flat block(s), where the normalised coefficients are rounding noise, "
+        f"can move NIQE by {spread:.3g}: implementations that differ only in rounding may disagree by that much"
+    )

@@ -28,7 +28,8 @@ from .hybrid import HYBRID_PRESETS, PERCEPTUAL_TERM, hybrid_terms
 from .inception import FID_INCEPTION  # noqa: F401 - the backbone the dataset metrics read
 from .kd import KD_DEFAULTS, KD_VGG_TERM, kd_terms
 from .lpips_loss import LPIPS_HEADS, LPIPS_TERMS, lpips_per_sample
-from .niqe import NIQE_PRISTINE, check_blocks, niqe
+from .niqe import CONVENTIONS as NIQE_CONVENTIONS
+from .niqe import NIQE_PRISTINE, check_blocks, flat_warning, niqe
 from .perceptual import distance_term, feature_distance, preset_view
 from .psnr_ssim import MS_SSIM_MIN_SIDE, SSIM_WINDOW, check_crop, check_image, lr_psnr, lr_scale, ms_ssim, psnr, ssim
 from .tables import add_named
@@ -73,6 +74,10 @@ class Metric:
     dataset: DatasetMetric | None = None
     # A metric of a whole clip (tof, tlp, vmaf): ``clip.run`` scores it (losses/temporal.py).
     clip: ClipSpec | None = None
+    # The values a text option may take (e.g. NIQE's convention: ``matlab`` or ``basicsr``).
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # A warning for one image's values ({name and name.component: float}), or None (NIQE's flat blocks).
+    warn: Callable[[Mapping[str, float]], str | None] | None = None
 
     @property
     def kind(self) -> str:
@@ -102,6 +107,7 @@ class Metric:
             lower_is_better=self.lower_is_better,
             needs=list(self.needs),
             options=dict(self.options),
+            choices={key: list(values) for key, values in self.choices.items()},
             backbone=self.backbone,
             description=self.description,
             convention=self.convention,
@@ -274,12 +280,17 @@ register(
         lambda b, o: niqe(b["sr"], **o),
         ("sr",),
         True,
-        options=dict(crop_border=0, gray=False),
-        description="NIQE: no-reference naturalness, 96×96 blocks at two scales against the pristine model",
+        options=dict(crop_border=0, gray=False, convention="matlab"),
+        choices=dict(convention=NIQE_CONVENTIONS),
+        description="NIQE: no-reference naturalness, 96×96 blocks at two scales against the pristine model; "
+        "components niqe.flat_blocks and niqe.flat_spread (blocks of rounding noise, and how far they can move the value)",
         check_sizes=_niqe_blocks,
         weights=(NIQE_PRISTINE,),
-        convention="LIVE niqe_release (MATLAB niqe.m) as BasicSR calculate_niqe: MATLAB's Y (rgb2ycbcr, rounded) or "
-        "rgb2gray with gray=true, float64 MATLAB imresize between scales, BasicSR's niqe_pris_params.npz",
+        warn=flat_warning,
+        convention="matlab (default): LIVE niqe_release as MATLAB runs it, float64, imfilter's two 1-D passes, MATLAB's Y "
+        "(rgb2ycbcr) or rgb2gray with gray=true, MATLAB imresize; basicsr: BasicSR calculate_niqe's float32 arithmetic, "
+        "bgr2ycbcr Y rounded half to even (gray: OpenCV), SciPy 2-D convolve, BasicSR's float32 imresize; "
+        "both read BasicSR's niqe_pris_params.npz",
     )
 )
 register(
@@ -411,7 +422,11 @@ def _suggestions(unknown: Sequence[str]) -> str:
     return f"; did you mean {', '.join(repr(g) for g in dict.fromkeys(guesses))}?" if guesses else ""
 
 
-def _coerce(name: str, value: Any, default: Any) -> Any:
+def _coerce(name: str, value: Any, default: Any, choices: tuple[str, ...] = ()) -> Any:
+    if isinstance(default, str):
+        if value in choices:
+            return value
+        raise MetricError("options", f"option {name!r} must be one of {list(choices)}, got {value!r}")
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -432,7 +447,9 @@ def resolve_options(metrics: Sequence[Metric], options: Mapping[str, Any]) -> di
     if unknown:
         raise MetricError("options", f"unknown option(s) {unknown} for metrics {[m.name for m in metrics]}; valid: {sorted(known)}")
     return {
-        metric.name: {key: _coerce(key, options.get(key, default), default) for key, default in metric.options.items()}
+        metric.name: {
+            key: _coerce(key, options.get(key, default), default, metric.choices.get(key, ())) for key, default in metric.options.items()
+        }
         for metric in metrics
     }
 

@@ -1,8 +1,8 @@
 """Pretrained weights: where they are looked for, how they are verified and loaded.
 
-Every file any metric reads is one ``WeightSpec`` in ``WEIGHT_FILES``: the backbones' checkpoints
-(losses/backbones.py), LPIPS's linear heads and DISTS's α/β (losses/lpips_loss.py, losses/dists.py).
-``weights list`` and ``weights fetch`` read that table.
+Every file any metric reads is one ``WeightSpec`` in ``WEIGHT_FILES``, all declared in
+losses/weight_files.py, so the table is complete once this module is imported. ``weights list``
+and ``weights fetch`` read it.
 
 Resolution order (README, "Weights"): an explicit directory or ``$LOSS_SERVICE_WEIGHTS_DIR`` →
 ``$TORCH_HOME/hub/checkpoints`` and the Hugging Face cache → the copy a Python package ships (the
@@ -20,47 +20,14 @@ import hashlib
 import importlib.util
 import logging
 import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .weight_files import WEIGHT_FILES, WeightSpec, register_weights  # noqa: F401 - the table, re-exported
+
 FETCH_COMMAND = "uv run loss-service weights fetch"
 log = logging.getLogger("loss_service")
-
-
-@dataclass(frozen=True)
-class WeightSpec:
-    """One weight file: its name, accepted file names, download URL and hash. The hash is
-    ``sha256`` where given, else the prefix in a torchvision file name."""
-
-    name: str
-    filenames: tuple[str, ...]
-    url: str
-    hf_repo: str | None = None
-    hf_filename: str = "model.safetensors"
-    sha256: str | None = None
-    bundled: tuple[str, str] | None = None  # (package, path inside it): a copy that package ships
-    description: str = ""
-
-    @property
-    def sha256_prefix(self) -> str | None:
-        """The published hash: ``sha256``, or torchvision's ``<name>-<first 8+ hex of sha256>.pth``."""
-        if self.sha256 is not None:
-            return self.sha256
-        match = re.search(r"-([a-f0-9]{6,})\.", self.filenames[0])
-        return match.group(1) if match else None
-
-
-WEIGHT_FILES: dict[str, WeightSpec] = {}
-
-
-def register_weights(spec: WeightSpec) -> WeightSpec:
-    """Declare a weight file once; ``weights list``/``fetch`` and verification follow from it."""
-    if WEIGHT_FILES.setdefault(spec.name, spec) is not spec:
-        raise ValueError(f"weight file {spec.name!r} is declared twice")
-    return spec
 
 
 class WeightsError(RuntimeError):

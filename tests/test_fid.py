@@ -18,7 +18,7 @@ from PIL import Image
 import losses
 from losses.dataset_metrics import DatasetMetricError, FeatureFile, FeatureStats, frechet_distance, trace_sqrt_product
 
-from .conftest import to_tensor
+from .conftest import generated_inception_state, to_tensor
 
 SUBSET = 20  # KID subset size: at most the smaller set
 FID_REL = 1e-4
@@ -112,6 +112,29 @@ def test_partial_sums_merge_to_one_pass(sets, reference, tmp_path):
     np.testing.assert_allclose(merged.covariance(), whole.stats.covariance(), rtol=0, atol=1e-12)
     assert frechet_distance(sr.stats, merged) == pytest.approx(frechet_distance(sr.stats, whole.stats), rel=1e-10)
     assert frechet_distance(sr.stats, merged) == pytest.approx(reference["frechet_inception_distance"], rel=FID_REL)
+
+
+def test_statistics_from_other_weights_are_never_merged(sets, weights_dir, tmp_path):
+    """Two replicas whose Inception files differ (one sha256 each) refuse to merge, saved and loaded
+    or in memory; the same weights merge."""
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in weights_dir.iterdir():
+        shutil.copy(path, other / path.name)
+    state = generated_inception_state()
+    state["fc.bias"] = state["fc.bias"] + 1.0  # another file, same architecture
+    torch.save(state, other / "pt_inception-2015-12-05-6726825d.pth")
+    ours = losses.dataset_features(folder_batches(sets["gt"], 2, 0), "fid")
+    theirs = losses.dataset_features(folder_batches(sets["gt"], 2, 1), "fid", weights_dir=other)
+    assert ours.stats.meta["weights_sha256"] != theirs.stats.meta["weights_sha256"]
+    ours.stats.save(tmp_path / "a.npz")
+    theirs.stats.save(tmp_path / "b.npz")
+    with pytest.raises(DatasetMetricError, match="weights_sha256"):
+        FeatureStats.load(tmp_path / "a.npz").merge(FeatureStats.load(tmp_path / "b.npz"))
+    with pytest.raises(DatasetMetricError, match="weights_sha256"):
+        theirs.stats.merge(ours.stats)
+    same = losses.dataset_features(folder_batches(sets["gt"], 2, 1), "fid")
+    assert ours.stats.merge(same.stats).count == 30
 
 
 def test_trace_sqrt_equals_scipy_sqrtm_on_full_rank_covariances():

@@ -1,23 +1,29 @@
-"""NIQE against a transcription of BasicSR's ``basicsr/metrics/niqe.py`` (itself a port of LIVE's
-MATLAB ``niqe_release``), written out here block by block as that code runs: a Python loop over
-blocks, the AGGD grid search recomputed for each block. Real photos from scikit-image, ≤ 1e-6
-relative.
+"""NIQE in its two conventions against transcriptions written out here as their sources run:
 
-Two steps of the transcription use the MATLAB procedure rather than BasicSR's shortcuts, as the
-library does: the Y (or gray) channel as MATLAB's ``imlincomb`` sums it in float64 from the uint8
-pixels, rounded half away from zero (BasicSR: float32, NumPy's half-to-even), and MATLAB's bicubic
-``imresize`` in float64 (BasicSR's runs in float32).
+- ``matlab``: LIVE's ``niqe_release`` (``niqe.m``, ``computefeature.m``, ``estimateaggdparam.m``)
+  as MATLAB computes it, in float64: ``rgb2ycbcr``'s Y or ``rgb2gray``, rounded as a uint8 result;
+  ``imfilter(..., 'replicate')`` of the separable window as two 1-D passes (SciPy's ``correlate1d``
+  stands in for each pass); a Python loop over blocks; MATLAB's ``imresize``. Held to MATLAB's
+  printed 5.72957338 on BasicSR's baboon.png.
+- ``basicsr``: BasicSR's ``basicsr/metrics/niqe.py`` and ``matlab_functions.imresize`` as its
+  Python runs them, float32 almost throughout.
+
+Real photos, including ones with flat areas (text on a plain page, a sky, a dark studio
+background, a black block); ≤ 1e-6 relative.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import convolve
+from PIL import Image
+from scipy.ndimage import convolve, correlate1d
 from scipy.special import gamma
 
 import losses
@@ -26,13 +32,17 @@ from losses.registry import MetricError
 
 from .conftest import degrade, to_tensor
 
-# --- the transcription -------------------------------------------------------------------------
+BABOON = Path(__file__).parent / "data" / "baboon.png"
+MATLAB_BABOON = 5.72957338  # MATLAB's niqe on baboon.png (Y), as BasicSR records it
+
+# --- the transcriptions -------------------------------------------------------------------------
 
 
 def estimate_aggd_param(block: np.ndarray) -> tuple[float, float, float]:
+    """estimateaggdparam.m (and BasicSR's port): in the block's own dtype."""
     block = block.flatten()
     gam = np.arange(0.2, 10.001, 0.001)
-    r_gam = np.square(gamma(2 / gam)) / (gamma(1 / gam) * gamma(3 / gam))  # MATLAB: gamma(2./gam).^2 ./ ...
+    r_gam = np.square(gamma(2 / gam)) / (gamma(1 / gam) * gamma(3 / gam))
     left_std = np.sqrt(np.mean(block[block < 0] ** 2))
     right_std = np.sqrt(np.mean(block[block > 0] ** 2))
     gammahat = left_std / right_std
@@ -53,14 +63,70 @@ def compute_feature(block: np.ndarray) -> list[float]:
     return feat
 
 
-def reference_niqe(img: np.ndarray, mu_pris: np.ndarray, cov_pris: np.ndarray, window: np.ndarray) -> float:
+def imfilter_separable(img: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """imfilter(img, window, 'replicate') for a separable window: down the columns, then along the rows."""
+    taps = window.sum(axis=1)
+    return correlate1d(correlate1d(img, taps, axis=0, mode="nearest"), taps, axis=1, mode="nearest")
+
+
+def basicsr_weights_indices(in_length: int, out_length: int, scale: float):
+    """BasicSR's calculate_weights_indices (cubic, antialiasing) in torch float32."""
+    kernel_width = 4 / scale
+    x = torch.linspace(1, out_length, out_length)
+    u = x / scale + 0.5 * (1 - 1 / scale)
+    left = torch.floor(u - kernel_width / 2)
+    p = math.ceil(kernel_width) + 2
+    indices = left.view(out_length, 1).expand(out_length, p) + torch.linspace(0, p - 1, p).view(1, p).expand(out_length, p)
+    distance_to_center = u.view(out_length, 1).expand(out_length, p) - indices
+    absx = torch.abs(distance_to_center * scale)
+    cubic = (1.5 * absx**3 - 2.5 * absx**2 + 1) * ((absx <= 1).type_as(absx)) + (-0.5 * absx**3 + 2.5 * absx**2 - 4 * absx + 2) * (
+        ((absx > 1) * (absx <= 2)).type_as(absx)
+    )
+    weights = scale * cubic
+    weights = weights / torch.sum(weights, 1).view(out_length, 1).expand(out_length, p)
+    weights_zero_tmp = torch.sum((weights == 0), 0)
+    if not math.isclose(weights_zero_tmp[0], 0, rel_tol=1e-6):
+        indices, weights = indices.narrow(1, 1, p - 2), weights.narrow(1, 1, p - 2)
+    if not math.isclose(weights_zero_tmp[-1], 0, rel_tol=1e-6):
+        indices, weights = indices.narrow(1, 0, p - 2), weights.narrow(1, 0, p - 2)
+    sym_len_s = -indices.min() + 1
+    sym_len_e = indices.max() - in_length
+    return weights.contiguous(), (indices + sym_len_s - 1).contiguous(), int(sym_len_s), int(sym_len_e)
+
+
+def basicsr_imresize_half(img: np.ndarray) -> np.ndarray:
+    """BasicSR's imresize(img, 0.5) of an H×W float32 numpy image."""
+    img = torch.from_numpy(img[:, :, None].transpose(2, 0, 1)).float()
+    in_c, in_h, in_w = img.size()
+    out_h, out_w = math.ceil(in_h * 0.5), math.ceil(in_w * 0.5)
+    weights_h, indices_h, hs, he = basicsr_weights_indices(in_h, out_h, 0.5)
+    weights_w, indices_w, ws, we = basicsr_weights_indices(in_w, out_w, 0.5)
+    img_aug = torch.cat([img[:, :hs, :].flip(1), img, img[:, -he:, :].flip(1)], dim=1)
+    out_1 = torch.zeros(in_c, out_h, in_w)
+    for i in range(out_h):
+        idx = int(indices_h[i][0])
+        out_1[0, i, :] = img_aug[0, idx : idx + weights_h.size(1), :].transpose(0, 1).mv(weights_h[i])
+    out_1_aug = torch.cat([out_1[:, :, :ws].flip(2), out_1, out_1[:, :, -we:].flip(2)], dim=2)
+    out_2 = torch.zeros(in_c, out_h, out_w)
+    for i in range(out_w):
+        idx = int(indices_w[i][0])
+        out_2[0, :, i] = out_1_aug[0, :, idx : idx + weights_w.size(1)].mv(weights_w[i])
+    return out_2.squeeze(0).numpy()
+
+
+def reference_niqe(img: np.ndarray, mu_pris, cov_pris, window, convention: str) -> float:
+    """niqe.m / BasicSR's niqe(): blocks column by column, two scales."""
     h, w = img.shape
     num_block_h, num_block_w = math.floor(h / 96), math.floor(w / 96)
     img = img[0 : num_block_h * 96, 0 : num_block_w * 96]
     distparam = []
     for scale in (1, 2):
-        mu = convolve(img, window, mode="nearest")
-        sigma = np.sqrt(np.abs(convolve(np.square(img), window, mode="nearest") - np.square(mu)))
+        if convention == "matlab":
+            mu = imfilter_separable(img, window)
+            sigma = np.sqrt(np.abs(imfilter_separable(img * img, window) - mu * mu))
+        else:
+            mu = convolve(img, window, mode="nearest")
+            sigma = np.sqrt(np.abs(convolve(np.square(img), window, mode="nearest") - np.square(mu)))
         normalized = (img - mu) / (sigma + 1)
         feat = []
         for idx_w in range(num_block_w):
@@ -69,7 +135,10 @@ def reference_niqe(img: np.ndarray, mu_pris: np.ndarray, cov_pris: np.ndarray, w
                 feat.append(compute_feature(block))
         distparam.append(np.array(feat))
         if scale == 1:
-            img = losses.imresize(torch.from_numpy(img / 255.0), scale=0.5).numpy() * 255.0
+            if convention == "matlab":
+                img = losses.imresize(torch.from_numpy(img / 255.0), scale=0.5).numpy() * 255.0
+            else:
+                img = basicsr_imresize_half(img / 255.0) * 255.0
     distparam = np.concatenate(distparam, axis=1)
     mu_distparam = np.nanmean(distparam, axis=0)
     cov_distparam = np.cov(distparam[~np.isnan(distparam).any(axis=1)], rowvar=False)
@@ -78,19 +147,30 @@ def reference_niqe(img: np.ndarray, mu_pris: np.ndarray, cov_pris: np.ndarray, w
     return float(np.squeeze(np.sqrt(quality)))
 
 
-def reference_calculate_niqe(rgb_uint8: np.ndarray, crop_border: int, convert_to: str = "y") -> float:
-    """BasicSR's ``calculate_niqe`` on an RGB uint8 H×W×3 image."""
-    with np.load("losses/data/niqe_pris_params.npz", allow_pickle=False) as params:
-        mu, cov, window = params["mu_pris_param"], params["cov_pris_param"], params["gaussian_window"]
+def reference_luma(rgb_uint8: np.ndarray, convert_to: str, convention: str) -> np.ndarray:
+    if convention == "basicsr":  # calculate_niqe on cv2.imread's BGR uint8
+        img = rgb_uint8[..., ::-1].astype(np.float32)
+        if convert_to == "y":  # to_y_channel: bgr2ycbcr(img / 255., y_only=True) * 255.
+            y = np.dot(img / 255.0, [24.966, 128.553, 65.481]) + 16.0
+            img = (y / 255.0).astype(np.float32) * 255.0
+        else:
+            img = cv2.cvtColor(img / 255.0, cv2.COLOR_BGR2GRAY) * 255.0
+        return np.squeeze(img).round()
     r, g, b = (rgb_uint8[..., c].astype(np.float64) for c in range(3))
     if convert_to == "y":  # MATLAB's rgb2ycbcr: imlincomb(65.481/255, R, 128.553/255, G, 24.966/255, B, 16)
         img = 65.481 / 255 * r + 128.553 / 255 * g + 24.966 / 255 * b + 16.0
     else:  # rgb2gray: imlincomb with its three coefficients
         img = 0.298936021293775 * r + 0.587043074451121 * g + 0.114020904255103 * b
+    return np.floor(img + 0.5)  # MATLAB's round of a positive uint8 result
+
+
+def reference_calculate_niqe(rgb_uint8: np.ndarray, crop_border: int, convert_to: str = "y", convention: str = "matlab") -> float:
+    with np.load("losses/data/niqe_pris_params.npz", allow_pickle=False) as params:
+        mu, cov, window = params["mu_pris_param"], params["cov_pris_param"], params["gaussian_window"]
+    img = reference_luma(rgb_uint8, convert_to, convention)
     if crop_border != 0:
         img = img[crop_border:-crop_border, crop_border:-crop_border]
-    img = np.floor(img + 0.5)  # MATLAB's round of a positive uint8 result
-    return reference_niqe(img, mu, cov, window)
+    return reference_niqe(img, mu, cov, window, convention)
 
 
 # --- the tests ---------------------------------------------------------------------------------------
@@ -102,12 +182,63 @@ def niqe_photos(photos):
     return [*photos, *(degrade(photo, seed) for seed, photo in enumerate(photos))]
 
 
+def flat_photos() -> dict[str, np.ndarray]:
+    """Real photos with flat areas: text on a plain page, a sky, a dark studio background, and a
+    photo with a black 96×96 block on the block grid."""
+    from skimage import data
+
+    grey = lambda image: np.repeat(image[..., None], 3, axis=2)  # noqa: E731
+    black = data.chelsea().copy()
+    black[96:192, 96:192] = 0
+    return dict(page=grey(data.page()), camera=grey(data.camera())[:288, :384], astronaut=data.astronaut()[:288, :288], black=black)
+
+
+def test_matlab_convention_prints_matlabs_value_on_baboon():
+    baboon = np.array(Image.open(BABOON).convert("RGB"))
+    got = losses.score(to_tensor(baboon), metrics=["niqe"], convention="matlab")
+    assert got["niqe"].item() == pytest.approx(MATLAB_BABOON, abs=1e-6)
+    assert got["niqe"].item() == pytest.approx(reference_calculate_niqe(baboon, 0), rel=1e-9)
+    assert losses.score(to_tensor(baboon), metrics=["niqe"])["niqe"].item() == got["niqe"].item()  # the default
+
+
+@pytest.mark.parametrize("convention", ["matlab", "basicsr"])
 @pytest.mark.parametrize("convert_to, crop_border", [("y", 0), ("y", 4), ("gray", 0)])
-def test_niqe_equals_the_transcription_on_real_photos(niqe_photos, convert_to, crop_border):
+def test_niqe_equals_the_transcription_on_real_photos(niqe_photos, convention, convert_to, crop_border):
     for photo in niqe_photos:
-        expected = reference_calculate_niqe(photo, crop_border, convert_to)
-        got = losses.score(to_tensor(photo), metrics=["niqe"], crop_border=crop_border, gray=convert_to == "gray")["niqe"]
-        assert got.dtype == torch.float64 and got.item() == pytest.approx(expected, rel=1e-6), (photo.shape, convert_to)
+        expected = reference_calculate_niqe(photo, crop_border, convert_to, convention)
+        got = losses.score(to_tensor(photo), metrics=["niqe"], crop_border=crop_border, gray=convert_to == "gray", convention=convention)
+        assert got["niqe"].dtype == torch.float64 and got["niqe"].item() == pytest.approx(expected, rel=1e-6), (photo.shape, convert_to)
+
+
+@pytest.mark.parametrize("convention", ["matlab", "basicsr"])
+def test_photos_with_flat_areas_equal_the_transcription_and_stay_finite(convention):
+    for name, photo in flat_photos().items():
+        expected = reference_calculate_niqe(photo, 0, "y", convention)
+        got = losses.score(to_tensor(photo), metrics=["niqe"], convention=convention)["niqe"].item()
+        assert math.isfinite(got) and got == pytest.approx(expected, rel=1e-6), (name, convention)
+
+
+def test_the_basicsr_imresize_is_basicsrs():
+    from skimage import data
+
+    image = data.camera()[:250, :301].astype(np.float32) / 255
+    np.testing.assert_array_equal(niqe_module.imresize_half_float32(image), basicsr_imresize_half(image))
+
+
+def test_the_flat_block_warning_fires_on_flat_areas_and_not_on_a_natural_photo(photos):
+    page = losses.score(to_tensor(flat_photos()["page"]), metrics=["niqe"])
+    assert page["niqe.flat_blocks"].item() >= 1 and page["niqe.flat_spread"].item() > niqe_module.FLAT_SPREAD_WARNING
+    warning = niqe_module.flat_warning({k: v.item() for k, v in page.items()})
+    assert warning and f"{int(page['niqe.flat_blocks'].item())} flat block" in warning
+    for photo in [np.array(Image.open(BABOON).convert("RGB")), photos[1]]:
+        natural = {k: v.item() for k, v in losses.score(to_tensor(photo), metrics=["niqe"]).items()}
+        assert natural["niqe.flat_blocks"] == 0 and natural["niqe.flat_spread"] == 0 and niqe_module.flat_warning(natural) is None
+
+
+def test_an_unknown_convention_is_refused_naming_the_choices():
+    with pytest.raises(MetricError, match=r"'convention' must be one of \['matlab', 'basicsr'\]") as info:
+        losses.score(torch.rand(1, 3, 96, 192), metrics=["niqe"], convention="pyiqa")
+    assert info.value.field == "options"
 
 
 def test_distortion_raises_niqe(photos):

@@ -266,3 +266,25 @@ def test_chromium_renders_the_table_and_a_plot(two_datasets, tmp_path):
     assert count("#e8eef7") > 5000, "no table header visible"  # the results tables' header rows
     assert count("#dff3e4") > 500, "no best-value cell visible"
     assert count("#1f77b4") > 100 and count("#ff7f0e") > 100, "no plot markers visible"  # the two models' colours
+
+
+@pytest.mark.parametrize("order", [("Sharp", "Blurry"), ("Blurry", "Sharp")])
+def test_the_paired_verdict_names_the_clearly_better_model_in_both_metric_directions(tmp_path, order):
+    """10 images where one model wins every image: the exact Wilcoxon p is 2/2¹⁰, and the reading
+    names that model for PSNR (higher is better) and for LPIPS (lower is better), whichever is A."""
+    from service.client.report.page import html_paired
+
+    noise = dict(Sharp=1.0, Blurry=30.0)
+    path = eval_json(tmp_path, "Set14", 4, {name: noise[name] for name in order}, images=10)
+    report = Report.build(load_runs(path), resamples=200)
+    group = report.runs[0].group
+    page = html_paired(report, group)
+    for metric, lower in (("psnr", False), ("lpips_alex", True)):
+        ((a, b, c),) = report.paired(group, metric)
+        assert (a, b) == order and report.lower_is_better[metric] is lower
+        data = json.loads(path.read_text())["models"]
+        diff = [x["scores"][metric] - y["scores"][metric] for x, y in zip(data[a]["results"], data[b]["results"])]
+        assert c.count == 10 and c.p_value == pytest.approx(wilcoxon(diff).pvalue, rel=1e-12) and c.p_value == pytest.approx(2 / 2**10)
+        assert (c.wins, c.losses) == ((10, 0) if a == "Sharp" else (0, 10))
+        section = page.split(f"<h3>{metric} ")[1].split("</table>")[0]
+        assert "Sharp better" in section and "Blurry better" not in section and "no clear difference" not in section

@@ -98,6 +98,19 @@ def test_the_leaderboard_separates_a_y_and_an_rgb_psnr_and_says_why(tmp_path):
     assert "\\caption{Set5 $\\times$4, psnr (differs: RGB vs Y)}" in leaderboard.latex([board])
 
 
+def test_a_rerun_a_second_later_hashes_and_ranks_with_the_first(tmp_path):
+    """The date is when, not how: two records that differ only in it hash alike, and the re-run's
+    rows join the first run's group; any other difference is another hash."""
+    first, later = record(), {**record(), "date": "2026-12-02T00:00:01+00:00"}
+    assert conventions_hash(first) == conventions_hash(later)
+    assert conventions_hash(first) != conventions_hash({**first, "precision": "fp16"})
+    with ResultsStore(tmp_path / "r.db") as store:
+        store.add([Row("EDSR", "Set5", 4, "img0", "psnr", 32.0, conventions_hash(first))], first)
+        store.add([Row("SwinIR", "Set5", 4, "img0", "psnr", 32.5, conventions_hash(later))], later)
+        (board,) = leaderboard.boards(store)
+    assert len(board.groups) == 1 and [s.label for s in board.groups[0].standings] == ["SwinIR", "EDSR"]
+
+
 def test_weights_of_another_sha_are_another_group(tmp_path):
     with ResultsStore(tmp_path / "r.db") as store:
         for model, sha in (("A", "a" * 64), ("B", "b" * 64)):

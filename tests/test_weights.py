@@ -240,3 +240,18 @@ def test_serve_fetches_missing_weights_from_the_mirror(tmp_path, mirror, weights
         unavailable = httpx.post(f"{srv.url}/v1/score", files=[("sr", b"x"), ("gt", b"x")], data=dict(metrics="clp_vgg19"))
         assert unavailable.status_code == 503 and "vgg19" in unavailable.json()["detail"][0]["msg"]
         assert "fetching vgg16: vgg16-397923af.pth" in srv.output and "MiB" in srv.output
+
+
+def test_the_weight_table_is_complete_after_importing_losses_weights_alone():
+    """A fresh interpreter that imports only ``losses.weights`` sees every file a metric reads."""
+    import json
+    import subprocess
+    import sys
+
+    code = "import json, losses.weights as W; print(json.dumps(sorted(W.WEIGHT_FILES)))"
+    alone = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    from losses import registry
+    from losses.backbones import BACKBONES
+
+    read = {spec.weights.name for spec in BACKBONES.values()} | {s.name for m in registry.REGISTRY.values() for s in m.weights}
+    assert set(alone) == read and len(alone) == 9

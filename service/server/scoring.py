@@ -278,6 +278,7 @@ class Scorer:
         """A triplet's answer: its scores (±inf and NaN as null, with a warning), what they were
         computed with, and every warning its images and weights earned."""
         scores, warnings = finite_scores(values)
+        warnings += [warning for metric in job.plan.metrics if metric.warn and (warning := metric.warn(values))]
         return dict(
             scores=scores,
             pretrained=self.pretrained,
