@@ -195,11 +195,15 @@ def download(spec: WeightSpec, target_dir: str | Path | None = None, progress: b
             )
             digest, received = hashlib.sha256(), 0
             with open(partial, "wb") as handle, _progress(progress, destination.name, expected) as advance:
-                for chunk in response.iter_bytes(1 << 20):
-                    handle.write(chunk)
-                    digest.update(chunk)
-                    received += len(chunk)
-                    advance(len(chunk))
+                try:
+                    for chunk in response.iter_bytes():  # as received, so a cut body counts what came
+                        handle.write(chunk)
+                        digest.update(chunk)
+                        received += len(chunk)
+                        advance(len(chunk))
+                except httpx.RemoteProtocolError:  # the connection closed before Content-Length bytes came
+                    if expected is None:
+                        raise
         if expected is not None and received != expected:
             raise WeightsError(f"{spec.name}: download from {url} truncated ({received} of {expected} bytes)")
         if verify_enabled() and spec.sha256_prefix and not digest.hexdigest().startswith(spec.sha256_prefix):

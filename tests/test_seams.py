@@ -57,6 +57,23 @@ def test_a_chunked_upload_over_the_body_limit_is_413(server):
     assert ok.status_code == 200
 
 
+def test_a_body_one_byte_over_the_limit_is_413_naming_its_size_and_one_at_it_is_read(server):
+    """--max-body-mb 1: a Content-Length of 2²⁰ + 1 is refused before the body is read, naming the
+    size; a body of exactly 2²⁰ bytes passes the guard (and is refused for what it holds: 422)."""
+    head = b'--x\r\nContent-Disposition: form-data; name="metrics"\r\n\r\n'
+    tail = b"\r\n--x--\r\n"
+
+    def post(size: int) -> httpx.Response:
+        body = head + b"p" * (size - len(head) - len(tail)) + tail
+        assert len(body) == size
+        return httpx.post(f"{server.url}/v1/score", content=body, headers={"content-type": "multipart/form-data; boundary=x"})
+
+    over = post(2**20 + 1)
+    assert over.status_code == 413 and f"of {2**20 + 1} bytes" in over.json()["detail"][0]["msg"]
+    at = post(2**20)
+    assert at.status_code == 422, at.text
+
+
 # --- refusals by size ---------------------------------------------------------------------------
 
 
