@@ -386,7 +386,7 @@ KIND_ADVICE = {
     "set": f"dataset metric(s) comparing a set of sr images with a set of gt images, not one image; {DATASET_ADVICE}",
     "clip": "clip metric(s) of a whole clip, not one image: score a clip with losses.score_clip, POST /v1/score/clip or "
     "`loss-service eval` on clip folders",
-    "image": "per-image metric(s)",
+    "image": "metric(s) that score single images, not sets",
 }
 
 
