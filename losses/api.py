@@ -117,7 +117,7 @@ def create_metric(name: str, pretrained: bool = True, weights_dir=None, **option
 def set_plan(metrics: Sequence[str] | str, options: dict | None = None) -> Plan:
     """The plan of set metrics (fid, kid); they must read one extractor's features."""
     plan = make_plan(metrics, options, kinds=("set",))
-    extractors = {metric.dataset.features for metric in plan.metrics}
+    extractors = {metric.dataset.extractor(plan.resolved[metric.name]) for metric in plan.metrics}
     if len(extractors) > 1:
         raise ValueError(f"metrics {list(plan.names)} read different features {sorted(extractors)}; score them separately")
     return plan
@@ -129,13 +129,15 @@ def dataset_features(
     device=None,
     pretrained: bool = True,
     weights_dir=None,
+    **options: Any,
 ) -> SetFeatures:
     """One image set through the dataset metrics' extractor, batch by batch: ``images`` yields
-    (B, C, H, W) tensors in [0, 1] (any B, any size per batch). Only FID's sums are kept in memory;
+    (B, C, H, W) tensors in [0, 1] (any B, any size per batch). ``options`` are the metrics' (the
+    ``convention`` chooses the extractor's input handling). Only FID's sums are kept in memory;
     KID's features, when asked for, go to a memory-mapped temporary file."""
-    plan = set_plan(metrics)
+    plan = set_plan(metrics, options)
     chosen, per_metric = plan.metrics, plan.resolved
-    extractor = chosen[0].dataset.features
+    extractor = chosen[0].dataset.extractor(per_metric[chosen[0].name])
     # Sums of features from other weights must never merge (``FeatureStats.merge`` compares this).
     weights_sha = W.file_sha256(W.resolve(backbone_spec(extractor[0]).weights, weights_dir)) if pretrained else "random"
     collected: SetFeatures | None = None
@@ -147,7 +149,7 @@ def dataset_features(
             )
             features = rows[chosen[0].name].double().cpu().numpy()
             if collected is None:
-                keep = any(metric.dataset.keeps_features for metric in chosen)
+                keep = any(metric.dataset.keeps(per_metric[metric.name]) for metric in chosen)
                 collected = SetFeatures.empty(features.shape[1], keep, extractor=":".join(extractor), weights_sha256=weights_sha)
             collected.add(features)
     if collected is None:
@@ -172,8 +174,13 @@ def dataset_score(
     """
     plan = set_plan(metrics, options)
     sides = [
-        side if isinstance(side, SetFeatures) else dataset_features(side, plan.names, device, pretrained, weights_dir) for side in (sr, gt)
+        side if isinstance(side, SetFeatures) else dataset_features(side, plan.names, device, pretrained, weights_dir, **options)
+        for side in (sr, gt)
     ]
+    wanted = ":".join(plan.metrics[0].dataset.extractor(plan.resolved[plan.metrics[0].name]))
+    for side in sides:
+        if side.stats.meta.get("extractor", wanted) != wanted:
+            raise ValueError(f"features from {side.stats.meta['extractor']} cannot give {list(plan.names)} in this convention ({wanted})")
     values: dict[str, float] = {}
     for metric in plan.metrics:
         values.update(metric.dataset.reduce(*sides, plan.resolved[metric.name]))

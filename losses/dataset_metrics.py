@@ -189,6 +189,27 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
     return float(diff @ diff + np.trace(sigma_a) + np.trace(sigma_b) - 2 * trace_sqrt_product(sigma_a, sigma_b))
 
 
+def trace_sqrtm(sigma_a: np.ndarray, sigma_b: np.ndarray, eps: float = 1e-6) -> float:
+    """tr(√(Σa·Σb)) by ``scipy.linalg.sqrtm`` of the product, as pytorch-fid's and clean-fid's
+    ``frechet_distance``: where the root is not finite, ε = 1e-6 is added to both diagonals and it
+    is taken again; an imaginary part over 1e-3 on the diagonal is an error, a smaller one dropped."""
+    try:
+        from scipy import linalg
+    except ImportError:
+        raise DatasetMetricError(
+            "the clean-fid and pytorch-fid conventions take √ with SciPy, as those tools do: pip install scipy"
+        ) from None
+    root = linalg.sqrtm(sigma_a @ sigma_b)
+    if not np.isfinite(root).all():
+        offset = np.eye(sigma_a.shape[0]) * eps
+        root = linalg.sqrtm((sigma_a + offset) @ (sigma_b + offset))
+    if np.iscomplexobj(root):
+        if not np.allclose(np.diagonal(root).imag, 0, atol=1e-3):
+            raise DatasetMetricError(f"the matrix square root has an imaginary part of {np.abs(root.imag).max():.3g}")
+        root = root.real
+    return float(np.trace(root))
+
+
 def polynomial_mmd2(x: np.ndarray, y: np.ndarray, degree: int, gamma: float | None, coef0: float) -> float:
     """Unbiased MMD² of two equal-size samples with k(u, v) = (γ·u·v + c)^d, γ = 1/dim by default
     (Bińkowski et al. 2018): the kernel means within each set leave the diagonal out."""
@@ -209,13 +230,16 @@ def kernel_inception_distance(a: np.ndarray, b: np.ndarray, options: Mapping[str
     ``RandomState(seed).choice`` (first from ``a``, then from ``b``, per subset), as torch-fidelity
     draws them. ``a`` and ``b`` may be memory maps: only the drawn rows are read."""
     size = options["subset_size"]
+    if options.get("shrink_subsets") and min(a.shape[0], b.shape[0]) < size:
+        size = min(a.shape[0], b.shape[0])  # clean-fid's and pyiqa's rule for small sets (seeded here)
     if size < 2:
         raise DatasetMetricError(f"KID subset_size must be at least 2, got {size}")
     for label, features in (("sr", a), ("gt", b)):
         if features.shape[0] < size:
             raise DatasetMetricError(
                 f"the {label} set has {features.shape[0]} images, fewer than KID's subset_size {size}: "
-                f'lower it (options {{"subset_size": {features.shape[0]}}}) or score more images'
+                f'lower it (options {{"subset_size": {features.shape[0]}}}), shrink it as clean-fid does '
+                f'(options {{"shrink_subsets": true}}) or score more images'
             )
     rng = np.random.RandomState(options["seed"])
     gamma = options["gamma"] or None
@@ -233,7 +257,25 @@ Reduce = Callable[[SetFeatures, SetFeatures, Mapping[str, Any]], dict[str, float
 
 
 def _fid(sr: SetFeatures, gt: SetFeatures, options: Mapping[str, Any]) -> dict[str, float]:
-    return {"fid": frechet_distance(sr.stats, gt.stats)}
+    convention = options.get("convention", DEFAULT_FEATURE_CONVENTION)
+    if convention not in ROW_CONVENTIONS:
+        return {"fid": frechet_distance(sr.stats, gt.stats)}
+    if sr.stored is None or gt.stored is None:
+        raise DatasetMetricError(f"FID in the {convention} convention needs the sets' feature rows, which were not kept")
+    return {"fid": fid_of_rows(sr.stored.array(), gt.stored.array(), ROW_CONVENTIONS[convention])}
+
+
+def fid_of_rows(a: np.ndarray, b: np.ndarray, dtype) -> float:
+    """FID as pytorch-fid's and clean-fid's ``frechet_distance`` compute it from feature rows:
+    ``np.mean`` in ``dtype`` (clean-fid keeps float32 rows, pytorch-fid float64), ``np.cov``,
+    tr√ by scipy's ``sqrtm`` (``trace_sqrtm``)."""
+    a, b = np.asarray(a, dtype=dtype), np.asarray(b, dtype=dtype)
+    if a.shape[0] < 2 or b.shape[0] < 2:
+        raise DatasetMetricError("a set of 1 image has no covariance: FID needs at least 2 images per set")
+    mu_a, mu_b = np.mean(a, axis=0), np.mean(b, axis=0)
+    sigma_a, sigma_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    diff = mu_a - mu_b
+    return float(diff.dot(diff) + np.trace(sigma_a) + np.trace(sigma_b) - 2 * trace_sqrtm(sigma_a, sigma_b))
 
 
 def _kid(sr: SetFeatures, gt: SetFeatures, options: Mapping[str, Any]) -> dict[str, float]:
@@ -251,14 +293,38 @@ class DatasetMetric:
     name: str
     reduce: Reduce
     lower_is_better: bool
-    features: tuple[str, str]  # (backbone, layer)
+    features: tuple[str, str]  # (backbone, layer) in the default convention
     keeps_features: bool  # whether it needs every feature vector (KID) or only the sums (FID)
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     convention: str = ""
 
+    def keeps(self, options: Mapping[str, Any]) -> bool:
+        """Whether the metric needs every feature row with these options (KID; FID in the tools'
+        conventions that take np.cov of the rows, whose bits sqrtm of a singular product depends on)."""
+        return self.keeps_features or options.get("convention", DEFAULT_FEATURE_CONVENTION) in ROW_CONVENTIONS
+
+    def extractor(self, options: Mapping[str, Any]) -> tuple[str, str]:
+        """The (backbone, layer) whose features the metric reads with these options: the layer
+        names the input handling of the chosen tool (``FEATURE_CONVENTIONS``)."""
+        return self.features[0], FEATURE_CONVENTIONS[options.get("convention", DEFAULT_FEATURE_CONVENTION)]
+
 
 INCEPTION_POOL3 = ("inception_v3_fid", "pool3")
+# The tools whose FID/KID numbers a ``convention`` reproduces → the Inception "layer" whose input
+# handling is that tool's (losses/inception.py): the same network and pool3, resized and scaled as it does.
+FEATURE_CONVENTIONS = {"torch-fidelity": "pool3", "clean-fid": "pool3_clean_fid", "pytorch-fid": "pool3_pytorch_fid"}
+DEFAULT_FEATURE_CONVENTION = "torch-fidelity"
+# The tools that compute FID from the feature rows with np.mean/np.cov and scipy's sqrtm: the
+# (row dtype of the mean) each uses. On sets smaller than the feature size the product of the
+# covariances is singular, sqrtm is ill-conditioned there, and only the same bits give their number.
+ROW_CONVENTIONS = {"clean-fid": np.float32, "pytorch-fid": np.float64}
+CONVENTION_NOTES = (
+    "convention torch-fidelity (default; the TensorFlow reference's input handling): TF1 bilinear resize to 299 without "
+    "antialiasing, (x − 128)/128; clean-fid ('clean' mode, pyiqa's default): 8-bit pixels, PIL bicubic antialiased "
+    "resize per channel in float32, clipped, (x − 128)/128; pytorch-fid: PyTorch bilinear (align_corners=False), 2x − 1. "
+    "FID's tr√(Σ1Σ2): exact eigenvalues for torch-fidelity, SciPy sqrtm (with its ε retry) for clean-fid and pytorch-fid"
+)
 DATASET_METRICS: dict[str, DatasetMetric] = {
     metric.name: metric
     for metric in (
@@ -268,9 +334,10 @@ DATASET_METRICS: dict[str, DatasetMetric] = {
             True,
             INCEPTION_POOL3,
             keeps_features=False,
+            options=dict(convention=DEFAULT_FEATURE_CONVENTION),
             description="Fréchet Inception Distance between the sr set and the gt set (InceptionV3 pool3)",
-            convention="torch-fidelity / pytorch-fid: TF 2015-12-05 InceptionV3, TF1 bilinear resize to 299, (x − 128)/128, "
-            "pool3; sample covariance (n − 1); tr√(Σ1Σ2) by symmetric eigendecomposition",
+            convention="TF 2015-12-05 InceptionV3 pool3; sample covariance (n − 1); tr√(Σ1Σ2) by symmetric eigendecomposition; "
+            + CONVENTION_NOTES,
         ),
         DatasetMetric(
             "kid",
@@ -278,10 +345,20 @@ DATASET_METRICS: dict[str, DatasetMetric] = {
             True,
             INCEPTION_POOL3,
             keeps_features=True,
-            options=dict(subsets=100, subset_size=1000, degree=3, gamma=0.0, coef0=1.0, seed=2020),
+            options=dict(
+                subsets=100,
+                subset_size=1000,
+                degree=3,
+                gamma=0.0,
+                coef0=1.0,
+                seed=2020,
+                shrink_subsets=False,
+                convention=DEFAULT_FEATURE_CONVENTION,
+            ),
             description="Kernel Inception Distance: unbiased MMD², cubic polynomial kernel, mean (and kid.std) over subsets",
             convention="torch-fidelity calculate_metrics(kid=True) defaults: 100 subsets of 1000, (x·y/2048 + 1)³, "
-            "RandomState(2020); gamma 0 means 1/dim",
+            "RandomState(2020); gamma 0 means 1/dim; a set smaller than subset_size is refused unless shrink_subsets "
+            "(clean-fid's and pyiqa's rule: the subset shrinks to the smaller set, here seeded); " + CONVENTION_NOTES,
         ),
     )
 }

@@ -7,18 +7,25 @@ computes differently (the port pytorch-fid and torch-fidelity both load):
   (``count_include_pad=False``), as TensorFlow's average pool does;
 - the last E block (``Mixed_7c``) pools its fourth branch with a 3×3 max pool, not an average.
 
-Input handling, as torch-fidelity's ``FeatureExtractorInceptionV3``:
+Three input handlings, one per tool whose FID/KID numbers papers print; each is a "layer" of
+this backbone (``pool3``, ``pool3_clean_fid``, ``pool3_pytorch_fid``), all the same network and
+``pool3`` (``Mixed_7c`` averaged over space, 2048 values per image):
 
-1. images in [0, 1] are taken to the 0–255 scale (torch-fidelity reads 8-bit images as they are);
-2. resized to 299×299 with TensorFlow 1.x bilinear sampling (``tf1_bilinear_resize``), in float32;
-3. mapped to [−1, 1] by ``(x − 128) / 128``;
-4. run to ``Mixed_7c`` and averaged over space: ``pool3``, 2048 values per image.
+- ``pool3``, torch-fidelity's ``FeatureExtractorInceptionV3`` (the TensorFlow reference's): images
+  in [0, 1] to the 0–255 scale, resized to 299×299 with TensorFlow 1.x bilinear sampling
+  (``tf1_bilinear_resize``, no antialiasing) in float32, mapped by ``(x − 128) / 128``;
+- ``pool3_clean_fid``, clean-fid's "clean" mode (pyiqa's default): 8-bit pixels, each channel
+  resized by PIL's bicubic filter in float32 mode 'F' (antialiased), clipped to [0, 255], mapped
+  by ``(x − 128) / 128``;
+- ``pool3_pytorch_fid``, pytorch-fid's ``InceptionV3``: images in [0, 1] resized by PyTorch's
+  bilinear interpolation (``align_corners=False``, no antialiasing), mapped by ``2x − 1``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +57,32 @@ def tf1_bilinear_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
     upper, lower = along_columns(top), along_columns(bottom)
     return upper + (lower - upper) * row_weight[:, None]
+
+
+def torch_fidelity_input(x: torch.Tensor) -> torch.Tensor:
+    """torch-fidelity: [0, 1] → 0–255, TF1 bilinear to 299², (x − 128) / 128."""
+    return (tf1_bilinear_resize(x * 255.0, (INPUT_SIDE, INPUT_SIDE)) - 128) / 128
+
+
+def clean_fid_input(x: torch.Tensor) -> torch.Tensor:
+    """clean-fid's "clean" mode: 8-bit pixels (as it reads files), each channel resized by PIL's
+    bicubic in float32 mode 'F', clipped to [0, 255], then (x − 128) / 128."""
+    from PIL import Image
+
+    pixels = (x.detach() * 255.0).round().clamp(0, 255).to("cpu", torch.float32).numpy()
+    resized = np.empty((*pixels.shape[:2], INPUT_SIDE, INPUT_SIDE), dtype=np.float32)
+    for index in np.ndindex(*pixels.shape[:2]):
+        channel = Image.fromarray(pixels[index], mode="F").resize((INPUT_SIDE, INPUT_SIDE), resample=Image.BICUBIC)
+        resized[index] = np.asarray(channel).clip(0, 255)
+    return (torch.from_numpy(resized).to(x.device) - 128) / 128
+
+
+def pytorch_fid_input(x: torch.Tensor) -> torch.Tensor:
+    """pytorch-fid: PyTorch bilinear to 299² (align_corners=False), then 2x − 1."""
+    return 2 * F.interpolate(x, size=(INPUT_SIDE, INPUT_SIDE), mode="bilinear", align_corners=False) - 1
+
+
+INPUT_HANDLING = {"pool3": torch_fidelity_input, "pool3_clean_fid": clean_fid_input, "pool3_pytorch_fid": pytorch_fid_input}
 
 
 def _tf_avg_pool(x: torch.Tensor) -> torch.Tensor:
@@ -143,17 +176,16 @@ class InceptionFeatures(Backbone):
         self.freeze()
 
     def stream(self, x: torch.Tensor, layers: Iterable[str], normalize: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
-        """Input handling as the module docstring lists it (``normalize`` does not apply: the
-        network's own (x − 128) / 128 is part of it), in float32 even under autocast."""
-        self.check_layers(layers)
+        """``pool3`` under each requested input handling (the module docstring; ``normalize`` does
+        not apply: each tool's scaling is part of it), in float32 even under autocast."""
         # float32 whatever the caller's autocast (the server's --precision): FID and KID are
-        # defined on the float32 features torch-fidelity computes, and 16-bit ones shift them.
+        # defined on the float32 features the tools compute, and 16-bit ones shift them.
         with torch.autocast(x.device.type, enabled=False):
-            h = tf1_bilinear_resize(to_rgb(x).float() * 255.0, (INPUT_SIDE, INPUT_SIDE))
-            h = (h - 128) / 128
-            for stage in STAGES:
-                h = getattr(self.model, stage)(h)
-        yield "pool3", h
+            for layer in self.check_layers(layers):
+                h = INPUT_HANDLING[layer](to_rgb(x).float())
+                for stage in STAGES:
+                    h = getattr(self.model, stage)(h)
+                yield layer, h
 
 
 def build_fid_inception(spec: BackboneSpec, state: StateDict | None) -> InceptionFeatures:
@@ -169,7 +201,7 @@ FID_INCEPTION = register_backbone(
     BackboneSpec(
         "inception_v3_fid",
         build_fid_inception,
-        ("pool3",),
+        tuple(INPUT_HANDLING),
         FID_INCEPTION_FILE,
         description="InceptionV3 2015-12-05 pool3 (FID/KID), TensorFlow 1.x input handling",
     )

@@ -21,7 +21,7 @@ import torch
 
 from .backbones import Backbone, backbone_spec, get_backbone
 from .clp import CLP_TERMS, clp_per_sample
-from .dataset_metrics import DATASET_METRICS, DatasetMetric
+from .dataset_metrics import DATASET_METRICS, FEATURE_CONVENTIONS, DatasetMetric
 from .dists import DISTS_ALPHA_BETA, DISTS_TERM, dists_per_sample
 from .features import FeatureView, ImageBatch, LayerTerm
 from .hybrid import HYBRID_PRESETS, PERCEPTUAL_TERM, hybrid_terms
@@ -98,6 +98,12 @@ class Metric:
 
     def backbones(self, options: dict) -> set[str]:
         return {view.backbone for view in self.views} if self.uses_backbone(options) else set()
+
+    def terms_for(self, options: dict) -> tuple[LayerTerm, ...]:
+        """The layer terms these options read: a set metric's depend on its convention."""
+        if self.dataset is not None:
+            return (DATASET_TERMS[self.dataset.extractor(options)],)
+        return self.terms
 
     def catalogue_entry(self) -> dict:
         reason = self.missing()
@@ -336,16 +342,31 @@ def _feature_term(backbone: str, layer: str) -> LayerTerm:
     return LayerTerm(FeatureView.of(backbone, [layer]), ("sr",), lambda name, weight, features: features[0].flatten(1))
 
 
-DATASET_TERMS = {spec.features: _feature_term(*spec.features) for spec in DATASET_METRICS.values()}
+DATASET_TERMS = {
+    (backbone, layer): _feature_term(backbone, layer)
+    for backbone in {spec.features[0] for spec in DATASET_METRICS.values()}
+    for layer in FEATURE_CONVENTIONS.values()
+}
+
+
+def _set_features(dataset: DatasetMetric) -> MetricFn:
+    def features(batch: ImageBatch, options: dict) -> torch.Tensor:
+        term = DATASET_TERMS[dataset.extractor(options)]
+        return batch.reduced(term)[term.view.layers[0]]
+
+    return features
+
+
 for _dataset in DATASET_METRICS.values():
     register(
         Metric(
             _dataset.name,
-            lambda b, o, term=DATASET_TERMS[_dataset.features]: b.reduced(term)[term.view.layers[0]],
+            _set_features(_dataset),
             ("sr",),
             _dataset.lower_is_better,
             terms=(DATASET_TERMS[_dataset.features],),
             options=_dataset.options,
+            choices=dict(convention=tuple(FEATURE_CONVENTIONS)),
             description=_dataset.description,
             convention=_dataset.convention,
             dataset=_dataset,
@@ -501,7 +522,11 @@ def compute(
     if backbone is None:
         device = images["sr"].device
         backbone = lambda name: get_backbone(name, device)  # noqa: E731
-    batch = ImageBatch(images, backbone, (term for metric in metrics if metric.backbones(options[metric.name]) for term in metric.terms))
+    batch = ImageBatch(
+        images,
+        backbone,
+        (term for metric in metrics if metric.backbones(options[metric.name]) for term in metric.terms_for(options[metric.name])),
+    )
     scores: dict[str, torch.Tensor] = {}
     for metric in metrics:
         result = metric.fn(batch, options[metric.name])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,6 +219,17 @@ def test_service_features_and_refusals(server, sets):
     expected = losses.dataset_features(folder_batches(sets["gt"]), "kid").stored.array()[:5]
     np.testing.assert_allclose(answer["features"], expected, rtol=1e-5, atol=1e-6)
     assert catalogue["fid"]["dataset"] and not catalogue["psnr"]["dataset"] and catalogue["fid"]["available"]
+    assert catalogue["fid"]["choices"] == {"convention": ["torch-fidelity", "clean-fid", "pytorch-fid"]}
+    with LossClient(server.url) as client:  # another tool's convention: its input handling, recorded
+        clean = client.features(paths, "fid", {"convention": "clean-fid"})
+        bad = httpx.post(f"{server.url}/v1/features", files=[("image", paths[0].read_bytes())], data={"options": '{"convention": "tf"}'})
+    assert (
+        clean["extractor"] == "inception_v3_fid:pool3_clean_fid"
+        and clean["conventions"]["metrics"]["fid"]["options"]["convention"] == "clean-fid"
+    )
+    expected_clean = losses.dataset_features(folder_batches(sets["gt"]), "kid", convention="clean-fid").stored.array()[:5]
+    np.testing.assert_allclose(clean["features"], expected_clean, rtol=1e-5, atol=1e-6)
+    assert bad.status_code == 422 and "'convention' must be one of" in bad.json()["detail"][0]["msg"]
     image = paths[0].read_bytes()
     per_image = httpx.post(f"{server.url}/v1/score", files=[("sr", image), ("gt", image)], data={"metrics": "fid"})
     assert per_image.status_code == 422 and "dataset metric" in per_image.json()["detail"][0]["msg"]
@@ -305,3 +317,101 @@ def test_eval_refuses_sets_it_cannot_reduce_before_sending_anything(sets, tmp_pa
     shutil.copy(sorted(sets["gt"].iterdir())[0], one / "a.png")
     assert cli_main([*base, "--gt", str(one), "--metrics", "fid"]) == 2
     assert "--gt holds 1 image(s)" in capsys.readouterr().err
+
+
+# --- the other tools' conventions: clean-fid and pytorch-fid ------------------------------------
+
+
+def big_photos() -> list[np.ndarray]:
+    """Real photos larger than 299 px on each side, one non-square, as the resize step sees them."""
+    from skimage import data
+
+    return [data.astronaut(), data.coffee(), data.chelsea()[:, :400]]
+
+
+def test_clean_fid_input_is_clean_fids_resize_on_photos_larger_than_299():
+    from cleanfid.resize import build_resizer
+
+    from losses.inception import clean_fid_input
+
+    resize = build_resizer("clean")  # PIL bicubic on float32 channels, clipped: clean-fid's "clean" mode
+    for photo in big_photos():
+        expected = torch.from_numpy(resize(photo)).permute(2, 0, 1)
+        got = clean_fid_input(to_tensor(photo))[0] * 128 + 128
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)  # (x − 128)/128 and back: float32 rounding
+
+
+@pytest.fixture(scope="module")
+def pytorch_fid_model(weights_dir):
+    """pytorch-fid's InceptionV3 (2048-d pool3, its own resize and scaling) loading the generated
+    weights file from the torch hub cache, where its loader looks."""
+    from pytorch_fid.inception import InceptionV3
+
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    hub.mkdir(parents=True, exist_ok=True)
+    shutil.copy(weights_dir / "pt_inception-2015-12-05-6726825d.pth", hub / "pt_inception-2015-12-05-6726825d.pth")
+    return InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+
+
+def test_pytorch_fid_input_and_features_are_pytorch_fids(pytorch_fid_model, weights_dir):
+    ours = losses.get_backbone("inception_v3_fid")
+    for photo in big_photos():
+        with torch.inference_mode():
+            expected = pytorch_fid_model(to_tensor(photo))[0].flatten(1)
+            got = ours(to_tensor(photo), ["pool3_pytorch_fid"])["pool3_pytorch_fid"].flatten(1)
+            other = ours(to_tensor(photo), ["pool3"])["pool3"].flatten(1)
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        assert (other - expected).abs().max() > 1e-3  # the conventions differ measurably on the same photo
+
+
+def test_fid_in_the_pytorch_fid_convention_equals_pytorch_fid(sets, pytorch_fid_model):
+    from pytorch_fid.fid_score import calculate_fid_given_paths
+
+    expected = calculate_fid_given_paths([str(sets["sr"]), str(sets["gt"])], batch_size=8, device="cpu", dims=2048, num_workers=0)
+    got = losses.dataset_score(folder_batches(sets["sr"]), folder_batches(sets["gt"]), "fid", convention="pytorch-fid")["fid"]
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+class CleanFidNetwork(torch.nn.Module):
+    """Our network as clean-fid's feature model sees it: [0, 255] images of 299², (x − 128)/128
+    inside, as its ``InceptionV3W`` wrapper does before the TorchScript layers."""
+
+    def forward(self, x):
+        from losses.inception import STAGES
+
+        h = (x - 128) / 128
+        model = losses.get_backbone("inception_v3_fid").model
+        for stage in STAGES:
+            h = getattr(model, stage)(h)
+        return h.flatten(1)
+
+
+def test_fid_in_the_clean_fid_convention_equals_clean_fid(sets, weights_dir):
+    from cleanfid import fid as clean_fid
+
+    expected = clean_fid.compute_fid(
+        str(sets["sr"]),
+        str(sets["gt"]),
+        mode="clean",
+        custom_feat_extractor=CleanFidNetwork(),
+        device=torch.device("cpu"),
+        num_workers=0,
+        batch_size=8,
+        verbose=False,
+        use_dataparallel=False,
+    )
+    got = losses.dataset_score(folder_batches(sets["sr"]), folder_batches(sets["gt"]), "fid", convention="clean-fid")["fid"]
+    torch_fidelity_fid = losses.dataset_score(folder_batches(sets["sr"]), folder_batches(sets["gt"]), "fid")["fid"]
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert abs(got - torch_fidelity_fid) > 1e-3 * got  # another number for the same sets: why the convention is recorded
+
+
+def test_kid_refuses_a_small_set_unless_asked_to_shrink_and_then_is_seeded(sets):
+    sr = losses.dataset_features(folder_batches(sets["sr"]), "kid")
+    gt = losses.dataset_features(folder_batches(sets["gt"]), "kid")
+    with pytest.raises(DatasetMetricError, match="shrink_subsets"):
+        losses.dataset_score(sr, gt, "kid")
+    shrunk = losses.dataset_score(sr, gt, "kid", shrink_subsets=True)
+    assert shrunk == losses.dataset_score(sr, gt, "kid", shrink_subsets=True)  # seeded: the same draws
+    assert shrunk == losses.dataset_score(sr, gt, "kid", subset_size=24)  # the smaller set's size, 24
+    assert losses.dataset_score(sr, gt, "kid", shrink_subsets=True, seed=1) != shrunk

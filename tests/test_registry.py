@@ -57,7 +57,7 @@ def library_values(images, options):
         "dists": lambda: per(lambda i: DISTSLoss()(one(sr, i), one(gt, i))),
         "lr_psnr": lambda: lr_psnr(sr, lr, **options["lr_psnr"]),
         "ms_ssim": lambda: ms_ssim(sr, gt, **options["ms_ssim"]),
-        "niqe": lambda: per(lambda i: niqe(one(sr, i), **options["niqe"])[0]),
+        "niqe": lambda: per(lambda i: niqe(one(sr, i), **options["niqe"])["total"][0]),
     }
     return {name: value() for name, value in table.items() if name.split(".")[0] in options}  # only the metrics asked for
 
@@ -204,6 +204,7 @@ def test_catalogue_entries():
         lower_is_better=True,
         needs=["sr", "gt", "lr"],
         options=dict(loss_weight=1.0),
+        choices={},
         backbone="dinov2",
         description=entry["description"],
         convention=entry["convention"],

@@ -223,3 +223,54 @@ def test_a_training_run_stands_by_its_best_step_and_draws_its_curve(tmp_path):
     assert curve.points == [(step, pytest.approx(mean)) for step, mean in means.items()] and curve.best[0] == 2000
     page = leaderboard.curves_html([curve])
     assert page.count("<svg") == 1 and "best: step 2000" in page
+
+
+def fid_record(convention: str) -> dict:
+    record = record_of_metric("fid", dict(convention=convention, subsets=100), lower_is_better=True)
+    return record
+
+
+def record_of_metric(metric: str, options: dict, lower_is_better: bool) -> dict:
+    base = record()
+    base["metrics"] = {metric: dict(options=options, lower_is_better=lower_is_better, backbones=[], weights=[])}
+    return base
+
+
+def test_fid_of_two_conventions_is_never_ranked_together_and_the_board_says_which(tmp_path):
+    with ResultsStore(tmp_path / "r.db") as store:
+        for convention, values in (("torch-fidelity", {"A": 20.0, "B": 25.0}), ("clean-fid", {"C": 18.0})):
+            conventions = fid_record(convention)
+            digest = conventions_hash(conventions)
+            store.add([Row(model, "DIV2K", 4, "(set)", "fid", value, digest) for model, value in values.items()], conventions)
+        (board,) = leaderboard.boards(store)
+    first, other = board.groups
+    assert [s.label for s in first.standings] == ["A", "B"] and [s.label for s in other.standings] == ["C"]
+    assert other.differs == ["FID clean-fid vs torch-fidelity"]
+    assert "FID clean-fid vs torch-fidelity" in leaderboard.markdown([board])
+
+
+def test_a_mean_over_fewer_images_is_its_own_group_saying_how_many(tmp_path):
+    """The validator scored 4 images of Set5 and eval all 5: their means never share a ranking."""
+    conventions = record()
+    digest = conventions_hash(conventions)
+    with ResultsStore(tmp_path / "r.db") as store:
+        rows = [Row(model, "Set5", 4, f"img{i}", "psnr", 30.0 + i, digest) for model in ("EDSR", "SwinIR") for i in range(5)]
+        rows += [Row("Validated", "Set5", 4, f"img{i}", "psnr", 40.0, digest) for i in range(4)]
+        store.add(rows, conventions)
+        (board,) = leaderboard.boards(store)
+    first, other = board.groups
+    assert {s.label for s in first.standings} == {"EDSR", "SwinIR"} and [s.label for s in other.standings] == ["Validated"]
+    assert other.differs == ["4 of 5 images"]
+    assert "4 of 5 images" in leaderboard.markdown([board])
+
+
+def test_ties_share_a_rank_and_near_ties_get_the_decimal_that_tells_them_apart(tmp_path):
+    conventions = record()
+    digest = conventions_hash(conventions)
+    with ResultsStore(tmp_path / "r.db") as store:
+        values = {"A": 32.94, "B": 32.94, "C": 32.9412, "D": 32.9381, "E": 30.0}
+        store.add([Row(model, "Set5", 4, "img0", "psnr", value, digest) for model, value in values.items()], conventions)
+        (board,) = leaderboard.boards(store)
+    rows = leaderboard._rows(board, board.groups[0])
+    assert [(rank, label) for rank, label, _, _ in rows] == [(1, "C"), (2, "A"), (2, "B"), (4, "D"), (5, "E")]
+    assert [mean for _, _, mean, _ in rows] == ["32.941", "32.940", "32.940", "32.938", "30.000"]  # 2 decimals would tie C, A, B

@@ -86,10 +86,10 @@ class AsyncLossClient(ClientBase):
         per-frame, per-pair (tof, tlp) and per-clip values (``POST /v1/score/clip``)."""
         return await self._send(self.core.clip_request(sr, gt, metrics, options))
 
-    async def features(self, images: Sequence[Any], metrics=None) -> dict:
+    async def features(self, images: Sequence[Any], metrics=None, options: Mapping[str, Any] | None = None) -> dict:
         """Dataset-metric features of ``images`` (paths, bytes or arrays), one row each in order
         (``POST /v1/features``): the answer with ``features`` as a (count, dim) float32 array."""
-        return self.core.features_result(await self._send(self.core.features_request(images, metrics)))
+        return self.core.features_result(await self._send(self.core.features_request(images, metrics, options)))
 
     async def metrics(self) -> list[dict]:
         return await self._send(RequestSpec("GET", CATALOGUE_PATH))

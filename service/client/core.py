@@ -127,10 +127,11 @@ class ClientCore:
             files += [(role, encode_image(frame, role)) for frame in frames]
         return RequestSpec.form(SCORE_CLIP_PATH, files, self._form(metrics, options or {}))
 
-    def features_request(self, images: Sequence[Any], metrics=None) -> RequestSpec:
-        """One set's images (paths, bytes or arrays) for dataset-metric features, in order."""
+    def features_request(self, images: Sequence[Any], metrics=None, options: Mapping[str, Any] | None = None) -> RequestSpec:
+        """One set's images (paths, bytes or arrays) for dataset-metric features, in order;
+        ``options`` as the metrics take them (``{"convention": "clean-fid"}``)."""
         files = [(FEATURES_IMAGE_FIELD, encode_image(image, FEATURES_IMAGE_FIELD)) for image in images]
-        return RequestSpec.form(FEATURES_PATH, files, self._form(metrics, {}))
+        return RequestSpec.form(FEATURES_PATH, files, self._form(metrics, options or {}))
 
     @staticmethod
     def features_result(payload: dict) -> dict:

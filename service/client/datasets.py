@@ -83,12 +83,23 @@ class SetResult:
     cached: bool = False
 
 
-def extract_set(client, paths: Sequence[Path], metrics: Sequence[str], concurrency: int = 2, progress: bool = False) -> SetResult:
+def extractor_options(options: dict[str, dict]) -> dict:
+    """What the server's extraction depends on: the convention (one for all the set metrics)."""
+    conventions = {resolved["convention"] for resolved in options.values() if "convention" in resolved}
+    if len(conventions) > 1:
+        raise DatasetMetricError(f"the set metrics ask for different conventions {sorted(conventions)}; score them separately")
+    return {"convention": conventions.pop()} if conventions else {}
+
+
+def extract_set(
+    client, paths: Sequence[Path], metrics: Sequence[str], options: dict[str, dict], concurrency: int = 2, progress: bool = False
+) -> SetResult:
     """Every image of one set through ``/v1/features``, accumulated in order as answers arrive."""
-    keep = any(DATASET_METRICS[name].keeps_features for name in metrics)
+    keep = any(DATASET_METRICS[name].keeps(options[name]) for name in metrics)
+    sent = extractor_options(options)
     chunks = [list(paths[i : i + FEATURES_PER_REQUEST]) for i in range(0, len(paths), FEATURES_PER_REQUEST)]
     collected: SetResult | None = None
-    answers = client.imap(lambda chunk: client.features(chunk, list(metrics)), chunks, concurrency=concurrency, progress=progress)
+    answers = client.imap(lambda chunk: client.features(chunk, list(metrics), sent), chunks, concurrency=concurrency, progress=progress)
     for answer in answers:
         if collected is None:
             record = extractor_weights(answer)
@@ -106,14 +117,16 @@ def extractor_weights(answer: dict) -> dict:
     return dict(answer["conventions"].get("weights", {}).get(backbone) or {})
 
 
-def cached_set(client, paths: Sequence[Path], metrics: Sequence[str], cache: FeatureCache | None, probe: SetResult, **extract) -> SetResult:
+def cached_set(
+    client, paths: Sequence[Path], metrics: Sequence[str], options: dict[str, dict], cache: FeatureCache | None, probe: SetResult, **extract
+) -> SetResult:
     """A set's features from ``cache`` when an entry with the same content, extractor and weights
     exists (``probe`` is another set's result from the same server: its extractor and weights)."""
-    keep = any(DATASET_METRICS[name].keeps_features for name in metrics)
+    keep = any(DATASET_METRICS[name].keeps(options[name]) for name in metrics)
     key = FeatureCache.key(content_digest(paths), probe.extractor, probe.weights) if cache is not None else None
     if cache is not None and probe.weights.get("sha256") and (found := cache.load(key, keep)) is not None:
         return SetResult(found, probe.extractor, probe.weights, probe.conventions, cached=True)
-    result = extract_set(client, paths, metrics, **extract)
+    result = extract_set(client, paths, metrics, options, **extract)
     if cache is not None and result.weights.get("sha256"):  # random weights have no hash: never cached
         cache.save(key, result.features)
     return result
@@ -168,9 +181,9 @@ def score_sets(
     out: dict[str, dict] = {}
     gt: SetResult | None = None
     for model, paths in models.items():
-        sr = extract_set(client, paths, metrics, **extract)
+        sr = extract_set(client, paths, metrics, resolved, **extract)
         if gt is None:
-            gt = cached_set(client, gt_paths, metrics, cache, sr, **extract)
+            gt = cached_set(client, gt_paths, metrics, resolved, cache, sr, **extract)
             log(f"gt set: {gt.features.count} images, features {'from the cache' if gt.cached else 'extracted'}")
         out[model] = dict(
             values=reduce_sets(sr.features, gt.features, metrics, resolved),

@@ -101,10 +101,10 @@ class LossClient(ClientBase):
         per-frame, per-pair (tof, tlp) and per-clip values (``POST /v1/score/clip``)."""
         return self._send(self.core.clip_request(sr, gt, metrics, options))
 
-    def features(self, images: Sequence[Any], metrics=None) -> dict:
+    def features(self, images: Sequence[Any], metrics=None, options: Mapping[str, Any] | None = None) -> dict:
         """Dataset-metric features of ``images`` (paths, bytes or arrays), one row each in order
         (``POST /v1/features``): the answer with ``features`` as a (count, dim) float32 array."""
-        return self.core.features_result(self._send(self.core.features_request(images, metrics)))
+        return self.core.features_result(self._send(self.core.features_request(images, metrics, options)))
 
     def metrics(self) -> list[dict]:
         return self._send(RequestSpec("GET", CATALOGUE_PATH))

@@ -42,7 +42,7 @@ ERRORS = {
 
 
 FORM_FIELDS = (*IMAGE_ROLES, METRICS_FIELD, OPTIONS_FIELD)
-FEATURES_FIELDS = (FEATURES_IMAGE_FIELD, METRICS_FIELD)
+FEATURES_FIELDS = (FEATURES_IMAGE_FIELD, METRICS_FIELD, OPTIONS_FIELD)
 DEFAULT_DATASET_FIELD = ",".join(DEFAULT_DATASET_METRICS)
 # Fields a request gives once on every endpoint (FastAPI would keep the last of several, silently).
 SINGLE_FIELDS = {METRICS_FIELD: "one comma-separated list, e.g. psnr,ssim", OPTIONS_FIELD: "one JSON object holding every option"}
@@ -125,11 +125,14 @@ def build_router(service) -> APIRouter:
         request: Request,
         image: list[UploadFile] = File(..., alias=FEATURES_IMAGE_FIELD, description="images of one set (SR outputs or GT), any sizes"),
         metrics: str = Form(DEFAULT_DATASET_FIELD, alias=METRICS_FIELD, description="dataset metrics the features are for"),
+        options: str | None = Form(
+            None, alias=OPTIONS_FIELD, description='JSON object; {"convention": "clean-fid"} extracts as that tool does'
+        ),
     ) -> FeaturesResponse:
         """Per-image features for dataset metrics (fid, kid): the client accumulates them over
         each set and computes the metric (`loss-service eval --metrics fid,kid`)."""
         await check_fields(request, once=False, fields=FEATURES_FIELDS)
-        plan = service.scorer.plan(metrics, None, kinds=("set",))
+        plan = service.scorer.plan(metrics, options, kinds=("set",))
         return await service.features(image, plan)
 
     @router.post(

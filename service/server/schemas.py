@@ -98,6 +98,7 @@ class MetricInfo(BaseModel):
     lower_is_better: bool
     needs: list[str]
     options: dict
+    choices: dict[str, list[str]] = Field(default_factory=dict, description="the values each text option may take")
     backbone: str | None
     description: str
     convention: str = Field("", description="the paper or package convention followed, and how it differs from others")

@@ -169,7 +169,7 @@ class Scorer:
             planned = plan.make_plan(names, options, kinds)
         except registry.MetricError as exc:
             raise invalid(exc.field, str(exc)) from None
-        extractors = {metric.dataset.features for metric in planned.of_kind("set")}
+        extractors = {metric.dataset.extractor(planned.resolved[metric.name]) for metric in planned.of_kind("set")}
         if len(extractors) > 1:
             raise invalid(METRICS_FIELD, f"metrics {names} read different features {sorted(extractors)}; request them separately")
         for metric in planned.metrics if check_models else ():

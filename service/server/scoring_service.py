@@ -191,7 +191,7 @@ class ScoringService:
         metric = plan.metrics[0]
         return FeaturesResponse(
             **encode_features(rows),
-            extractor=":".join(metric.dataset.features),
+            extractor=":".join(metric.dataset.extractor(plan.resolved[metric.name])),
             metrics=list(plan.names),
             pretrained=self.scorer.pretrained,
             device=str(self.scorer.device),

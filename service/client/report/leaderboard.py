@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass, field
 
 from ..store import ResultsStore
-from .data import PALETTE, arrow, fmt
+from .data import PALETTE, arrow, decimals
 from .tables import latex_escape, markdown_cell
 
 
@@ -27,6 +27,7 @@ class Standing:
     label: str
     mean: float
     images: int
+    names: frozenset = frozenset()  # the images averaged: only means over the same images rank together
 
 
 @dataclass
@@ -64,8 +65,9 @@ def metric_convention(record: dict, metric: str) -> dict:
     )
 
 
-def describe_difference(first: dict, other: dict) -> list[str]:
-    """Each way ``other`` differs from ``first``, as a reader would say it: "Y vs RGB", "crop 4 vs 0"."""
+def describe_difference(first: dict, other: dict, metric: str = "") -> list[str]:
+    """Each way ``other`` differs from ``first``, as a reader would say it: "Y vs RGB", "crop 4 vs 0",
+    "FID clean-fid vs torch-fidelity"."""
     said = []
     for key in sorted(set(first["options"]) | set(other["options"])):
         a, b = other["options"].get(key), first["options"].get(key)
@@ -75,6 +77,8 @@ def describe_difference(first: dict, other: dict) -> list[str]:
             said.append(f"{'Y' if a else 'RGB'} vs {'Y' if b else 'RGB'}")
         elif key == "crop_border":
             said.append(f"crop {a} vs {b}")
+        elif key == "convention":
+            said.append(f"{metric.split('.')[0].upper()} {a} vs {b}")
         else:
             said.append(f"{key} {json.dumps(a)} vs {json.dumps(b)}")
     for name in sorted(set(first["weights"]) | set(other["weights"])):
@@ -92,9 +96,10 @@ def _short(sha: str | None) -> str:
 
 
 def boards(store: ResultsStore) -> list[Board]:
-    """Every (dataset, scale, metric) of the store, its values grouped by convention."""
+    """Every (dataset, scale, metric) of the store, its values grouped by convention, then by the
+    images averaged: a mean over 4 of a dataset's 5 images does not rank beside means over all 5."""
     records = store.conventions()
-    cells: dict[tuple, dict[str, list[float]]] = {}  # (dataset, scale, metric, convention json) → label → values
+    cells: dict[tuple, dict[tuple, dict[str, float]]] = {}  # (dataset, scale, metric, convention json) → label → image → value
     direction: dict[str, bool] = {}
     for row in store.rows():
         record = records[row.conventions_hash]
@@ -102,20 +107,34 @@ def boards(store: ResultsStore) -> list[Board]:
         direction.setdefault(row.metric, record["metrics"][base]["lower_is_better"])
         convention = json.dumps(metric_convention(record, row.metric), sort_keys=True)
         values = cells.setdefault((row.dataset, row.scale, row.metric, convention), {}).setdefault(
-            (row.model, row.checkpoint, row.step), []
+            (row.model, row.checkpoint, row.step), {}
         )
         if row.value is not None and math.isfinite(row.value):
-            values.append(row.value)
+            values[row.image] = row.value
     result: dict[tuple, Board] = {}
     for (dataset, scale, metric, convention), by_label in sorted(cells.items(), key=lambda item: item[0][:3]):
         board = result.setdefault((dataset, scale, metric), Board(dataset, scale, metric, direction[metric], []))
         standings = _best_step_only(board.lower_is_better, {key: v for key, v in by_label.items() if v})
-        standings.sort(key=lambda s: s.mean, reverse=not board.lower_is_better)
-        board.groups.append(Group(json.loads(convention), standings))
+        by_images: dict[frozenset, list[Standing]] = {}
+        for standing in standings:
+            by_images.setdefault(standing.names, []).append(standing)
+        for same_images in by_images.values():
+            same_images.sort(key=lambda s: s.mean, reverse=not board.lower_is_better)
+            board.groups.append(Group(json.loads(convention), same_images))
     for board in result.values():
-        board.groups.sort(key=lambda g: -len(g.standings))  # the largest group first: the others say how they differ
+        # the largest group first (most models, then most images): the others say how they differ
+        board.groups.sort(key=lambda g: (-len(g.standings), -len(g.standings[0].names)))
+        first = board.groups[0]
         for group in board.groups[1:]:
-            group.differs = describe_difference(board.groups[0].convention, group.convention)
+            group.differs = describe_difference(first.convention, group.convention, board.metric)
+            names, reference = group.standings[0].names, first.standings[0].names
+            if names != reference:
+                shared = len(names & reference)
+                group.differs.append(
+                    f"{len(names)} of {len(reference)} images"
+                    if shared == len(names)
+                    else f"other images ({shared} of {len(names)} shared)"
+                )
     return list(result.values())
 
 
@@ -177,20 +196,20 @@ def curves_html(found: list[Curve]) -> str:
     return f'<div class="plots">{"".join(figures)}</div><p class="note">{note}</p>'
 
 
-def _best_step_only(lower_is_better: bool, values: dict[tuple[str, str, int], list[float]]) -> list[Standing]:
+def _best_step_only(lower_is_better: bool, values: dict[tuple[str, str, int], dict[str, float]]) -> list[Standing]:
     """One standing per model and checkpoint: a training run (values at several steps) stands by
     its best step, named in its label; its other steps are its training curve."""
     pick = min if lower_is_better else max
-    runs: dict[tuple[str, str], list[tuple[float, int, int]]] = {}
+    runs: dict[tuple[str, str], list[tuple[float, int, frozenset]]] = {}
     for (model, checkpoint, step), found in values.items():
-        runs.setdefault((model, checkpoint), []).append((sum(found) / len(found), step, len(found)))
+        runs.setdefault((model, checkpoint), []).append((sum(found.values()) / len(found), step, frozenset(found)))
     standings = []
     for (model, checkpoint), points in runs.items():
-        mean, step, count = pick(points)
+        mean, step, names = pick(points, key=lambda point: point[:2])
         label = model + (f" @ {checkpoint}" if checkpoint else "")
         if step >= 0:
             label += f" (step {step}, best of {len(points)})" if len(points) > 1 else f" (step {step})"
-        standings.append(Standing(label, mean, count))
+        standings.append(Standing(label, mean, len(names), names))
     return standings
 
 
@@ -232,8 +251,18 @@ def _groups(boards: list[Board]):
 
 
 def _rows(board: Board, group: Group) -> list[tuple[int, str, str, int]]:
-    """A group's table rows: rank, label, the formatted mean, images."""
-    return [(rank, s.label, fmt(board.metric, s.mean), s.images) for rank, s in enumerate(group.standings, 1)]
+    """A group's table rows: rank, label, the formatted mean, images. Equal means share a rank;
+    means that print alike but differ get the decimals that tell them apart (up to 8)."""
+    places = decimals(board.metric)
+    means = [s.mean for s in group.standings]
+    while places < 8 and any(f"{a:.{places}f}" == f"{b:.{places}f}" and a != b for a, b in zip(means, means[1:])):
+        places += 1
+    rows, rank = [], 0
+    for index, standing in enumerate(group.standings):
+        if index == 0 or standing.mean != means[index - 1]:
+            rank = index + 1
+        rows.append((rank, standing.label, f"{standing.mean:.{places}f}", standing.images))
+    return rows
 
 
 LEFT = "style='text-align:left'"  # the model column reads as text
