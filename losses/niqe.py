@@ -113,10 +113,20 @@ def aggd_fit(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         gamma_hat = left_std / right_std
         r_hat = np.abs(samples).mean(axis=1) ** 2 / squares.mean(axis=1)
         r_hat_norm = r_hat * (gamma_hat**3 + 1) * (gamma_hat + 1) / (gamma_hat**2 + 1) ** 2
-    distance = (GAMMA_RATIO[None, :] - r_hat_norm[:, None]) ** 2
-    alpha = GAMMA_GRID[np.argmin(distance, axis=1)]  # a NaN row: argmin is 0, and β below is NaN
+    alpha = GAMMA_GRID[nearest_ratio(r_hat_norm)]  # a NaN row: index 0, and β below is NaN
     spread = np.sqrt(gamma(1 / alpha) / gamma(3 / alpha))
     return alpha, left_std * spread, right_std * spread
+
+
+def nearest_ratio(r: np.ndarray) -> np.ndarray:
+    """For each r, the index of GAMMA_RATIO minimising (ratio − r)², the first on a tie, as
+    ``argmin`` over the whole grid gives it: the ratios increase with α, so only the two grid
+    points around r can be nearest. NaN gives 0, as ``argmin`` of all-NaN distances does."""
+    above = np.searchsorted(GAMMA_RATIO, r).clip(1, len(GAMMA_RATIO) - 1)
+    below = above - 1
+    with np.errstate(invalid="ignore"):
+        pick = np.where((GAMMA_RATIO[above] - r) ** 2 < (GAMMA_RATIO[below] - r) ** 2, above, below)
+    return np.where(np.isnan(r), 0, pick)
 
 
 def block_features(normalized: np.ndarray, block: int) -> np.ndarray:

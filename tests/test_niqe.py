@@ -346,3 +346,12 @@ def test_eval_scores_a_folder_of_sr_images_without_gt(server, photos, tmp_path):
     for index, photo in enumerate(photos):
         expected = losses.score(to_tensor(photo), metrics=["niqe"], crop_border=4)["niqe"].item()
         assert results[index]["image"] == f"img{index}" and results[index]["scores"]["niqe"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_the_nearest_grid_ratio_is_argmins_over_the_whole_grid():
+    """The AGGD fit's shape search (two neighbours of a sorted grid) against the full scan it replaces."""
+    grid = niqe_module.GAMMA_RATIO
+    rng = np.random.default_rng(0)
+    r = np.concatenate([rng.uniform(grid[0] - 0.1, grid[-1] + 0.1, 20000), grid, (grid[1:] + grid[:-1]) / 2, [np.nan]])
+    expected = np.array([np.argmin((grid - value) ** 2) for value in r])
+    np.testing.assert_array_equal(niqe_module.nearest_ratio(r), expected)
