@@ -2,13 +2,22 @@
 same number of steps without and with ``Validator`` every K steps (8 images of 128² each time),
 the two alternated in rounds against one server started here, on 127.0.0.1.
 
-`uv run python benchmarks/validator_overhead.py [STEPS] [K] [ROUNDS] [METRICS]` prints one JSON line.
-The server runs on the same CPUs as the loop, so with feature metrics its compute competes with
-training; with pixel metrics the figure is the validator's own cost (clone, encode, send).
+`uv run python benchmarks/validator_overhead.py [STEPS] [K] [ROUNDS] [METRICS] [--pin]` prints one
+JSON line with two measures of what the training process pays:
+
+- wall time per step, the server sharing the loop's CPUs (unless ``--pin``), which charges the
+  server's compute to training;
+- the training process's own CPU time per step (``time.process_time``: the loop and the
+  validator's thread, never the server's process), the cost a loop pays wherever the server runs.
+
+``--pin`` puts every thread of the server on the last core and the loop (one torch thread) on
+the others, so the wall-time figure no longer counts the server's compute either.
 """
 
 import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -24,12 +33,12 @@ def toy_model() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 3, 3, padding=1))
 
 
-def train(steps: int, every: int, validator: Validator | None) -> float:
-    """Seconds per training step (validation calls included)."""
+def train(steps: int, every: int, validator: Validator | None) -> tuple[float, float]:
+    """Wall seconds and this process's CPU seconds per training step (validation calls included)."""
     model = toy_model()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(1)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for step in range(steps):
         gt = torch.rand(8, 3, 128, 128, generator=g)
         sr = model(nn.functional.avg_pool2d(gt, 3, stride=1, padding=1))
@@ -39,10 +48,9 @@ def train(steps: int, every: int, validator: Validator | None) -> float:
         optimiser.step()
         if validator is not None and step % every == 0:
             validator(step, sr.clamp(0, 1), gt)
-    seconds = (time.perf_counter() - started) / steps
     if validator is not None:
-        validator.close()
-    return seconds
+        validator.close()  # the last validations finish inside the measured time
+    return (time.perf_counter() - started) / steps, (time.process_time() - cpu_started) / steps
 
 
 def cpu_model() -> str:
@@ -50,19 +58,32 @@ def cpu_model() -> str:
         return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "unknown")
 
 
+def pin(server_pid: int) -> str:
+    """The server's threads on the last core, this process on the others with one torch thread."""
+    cores = sorted(os.sched_getaffinity(0))
+    subprocess.run(["taskset", "-a", "-p", "-c", str(cores[-1]), str(server_pid)], check=True, capture_output=True)
+    os.sched_setaffinity(0, cores[:-1])
+    torch.set_num_threads(len(cores) - 1)
+    return f"server on core {cores[-1]}, loop on {cores[:-1]}"
+
+
 def main() -> None:
-    steps, every, rounds = (int(sys.argv[i]) if len(sys.argv) > i else default for i, default in ((1, 100), (2, 10), (3, 3)))
-    metrics = sys.argv[4] if len(sys.argv) > 4 else "psnr,ssim"
+    args = [arg for arg in sys.argv[1:] if arg != "--pin"]
+    steps, every, rounds = (int(args[i]) if len(args) > i else default for i, default in ((0, 100), (1, 10), (2, 3)))
+    metrics = args[3] if len(args) > 3 else "psnr,ssim"
     plain, validated = [], []
     with SubprocessServer("--models", "vgg16", "--random-weights") as server:
+        placement = pin(server.process.pid) if "--pin" in sys.argv else "server and loop share every core"
         for _ in range(rounds):
             plain.append(train(steps, every, None))
             validated.append(train(steps, every, Validator(server.url, metrics, max_in_flight=4)))
-    base, with_validator = statistics.median(plain), statistics.median(validated)
+    wall = [statistics.median(s[0] for s in runs) for runs in (plain, validated)]
+    cpu = [statistics.median(s[1] for s in runs) for runs in (plain, validated)]
     print(
         json.dumps(
             dict(
                 cpu=cpu_model(),
+                placement=placement,
                 torch_threads=torch.get_num_threads(),
                 steps=steps,
                 every=every,
@@ -70,11 +91,14 @@ def main() -> None:
                 images_per_validation=8,
                 size=128,
                 metrics=metrics,
-                plain_ms_per_step=round(base * 1e3, 2),
-                validated_ms_per_step=round(with_validator * 1e3, 2),
-                overhead_percent=round(100 * (with_validator / base - 1), 1),
-                plain_rounds_ms=[round(s * 1e3, 2) for s in plain],
-                validated_rounds_ms=[round(s * 1e3, 2) for s in validated],
+                plain_ms_per_step=round(wall[0] * 1e3, 2),
+                validated_ms_per_step=round(wall[1] * 1e3, 2),
+                overhead_percent=round(100 * (wall[1] / wall[0] - 1), 1),
+                plain_cpu_ms_per_step=round(cpu[0] * 1e3, 2),
+                validated_cpu_ms_per_step=round(cpu[1] * 1e3, 2),
+                cpu_overhead_percent=round(100 * (cpu[1] / cpu[0] - 1), 1),
+                plain_rounds_ms=[round(s[0] * 1e3, 2) for s in plain],
+                validated_rounds_ms=[round(s[0] * 1e3, 2) for s in validated],
             )
         )
     )

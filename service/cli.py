@@ -12,7 +12,6 @@ import json
 import math
 import sys
 
-from .client.stats import BOOTSTRAP_RESAMPLES
 from .common.errors import comma_list, parse_json_object
 from .common.protocol import DEFAULT_METRICS, IMAGE_ROLES
 
@@ -190,7 +189,15 @@ def weights_list(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     from .client.evaluate import run_eval
 
-    return run_eval(args)
+    if args.url:
+        args.backend = "server"
+        return run_eval(args)
+    require_extra("server", "eval without --url")
+    from .embedded import embedded_server
+
+    with embedded_server(comma_list(args.metrics), args.device, args.weights_dir, args.random_weights) as url:
+        args.url, args.backend = [url], "in-process"
+        return run_eval(args)
 
 
 def score_local(args: argparse.Namespace) -> dict:
@@ -289,7 +296,15 @@ def _eval_parser(commands) -> None:
         "eval",
         help="score folders of SR/GT(/LR) images, or of clips (sub-folders of frames, or videos), through a server; CSV + JSON + summary",
     )
-    ev.add_argument("--url", action="append", required=True, help="server base URL; repeat to spread over replicas")
+    ev.add_argument(
+        "--url",
+        action="append",
+        help="server base URL; repeat to spread over replicas. Without it, eval scores in this process (server extra) with "
+        "the server's own steps, on a loopback port for the run",
+    )
+    ev.add_argument("--device", default="auto", help="without --url: auto, cpu, cuda, cuda:N")
+    ev.add_argument("--weights-dir", default=None, help="without --url: directory searched first for checkpoints")
+    ev.add_argument("--random-weights", action="store_true", help="without --url: explicit opt-in to random backbone weights")
     ev.add_argument(
         "--sr",
         action="append",
@@ -418,9 +433,7 @@ def _report_parser(commands) -> None:
     )
     rep.add_argument("--crop", type=number(int, 1), default=128, help="side of the gallery crops in pixels (default 128)")
     rep.add_argument("--seed", type=number(int, 0), default=0, help="bootstrap seed (default 0)")
-    rep.add_argument(
-        "--resamples", type=number(int, 1), default=BOOTSTRAP_RESAMPLES, help=f"bootstrap resamples (default {BOOTSTRAP_RESAMPLES})"
-    )
+    rep.add_argument("--resamples", type=number(int, 1), default=None, help="bootstrap resamples (default 2000, the report's own)")
     rep.add_argument("--title", default="Model comparison", help="page title")
     rep.set_defaults(func=report)
 

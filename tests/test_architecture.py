@@ -121,3 +121,13 @@ def test_every_relative_link_in_the_markdown_resolves():
             if path and not (page.parent / path).exists():
                 broken.append(f"{page.relative_to(ROOT)} → {target}")
     assert not broken, broken
+
+
+def test_the_command_line_imports_a_sides_modules_only_for_the_command_that_needs_them():
+    """``loss-service --help`` (and so every command's start) loads neither the client nor the server."""
+    import subprocess
+    import sys
+
+    code = "import sys, service.cli; print(sorted(m for m in sys.modules if m.startswith(('service.client', 'service.server', 'losses'))))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert loaded.strip() == "[]", loaded

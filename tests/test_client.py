@@ -651,3 +651,22 @@ def test_backoff_is_exponential_jittered_capped_and_honours_retry_after():
     busy = httpx.Response(503, headers={"Retry-After": "3"})
     assert all(core.retry_delay(0, busy) == 3.0 for _ in range(20))  # the server's wait wins when longer
     assert 0.1 <= core.retry_delay(0, httpx.Response(503, headers={"Retry-After": "soon"})) < 0.3  # unparsable: ignored
+
+
+def test_eval_without_url_scores_in_process_bit_for_bit_as_a_server(server, weights_dir, tmp_path):
+    """No --url: the server's own steps run in this process on a loopback port for the run; every
+    value equals the remote server's exactly, and the JSON says which backend scored it."""
+    dirs = make_folders(tmp_path)
+    runs = {}
+    for backend, where in (("server", ["--url", server.url]), ("in-process", ["--weights-dir", str(weights_dir)])):
+        out = tmp_path / f"{backend}.json"
+        argv = ["eval", *where, "--sr", str(dirs["sr"]), "--gt", str(dirs["gt"]), "--sr-suffix", "_x4", "--metrics", "psnr,ssim,perceptual"]
+        cli_main([*argv, "--out", str(tmp_path / f"{backend}.csv"), "--json", str(out), "--quiet"])
+        runs[backend] = json.loads(out.read_text())
+    remote, local = runs["server"], runs["in-process"]
+    assert remote["server"]["backend"] == "server" and local["server"]["backend"] == "in-process"
+    assert local["server"]["url"][0].startswith("http://127.0.0.1:")
+    scores = [{r["image"]: r["scores"] for r in run["results"]} for run in (remote, local)]
+    assert scores[0] == scores[1] and len(scores[0]) == 4  # exactly equal floats, every image
+    undated = [{k: v for k, v in run["conventions"].items() if k != "date"} for run in (remote, local)]
+    assert undated[0] == undated[1]

@@ -315,7 +315,13 @@ def eval_json(args, models: dict[str, Path], pairings: dict[str, Pairing], score
         scale=args.scale,
         metrics=metric_names,
         lower_is_better={name: scored.lower_is_better[name] for name in metric_names if name in scored.lower_is_better},
-        server=dict(url=args.url, device=server.get("device"), precision=server.get("precision"), pretrained=server.get("pretrained")),
+        server=dict(
+            url=args.url,
+            backend=getattr(args, "backend", "server"),  # "in-process": eval without --url
+            device=server.get("device"),
+            precision=server.get("precision"),
+            pretrained=server.get("pretrained"),
+        ),
         options=options,
         conventions=scored.conventions,
         models=entries,

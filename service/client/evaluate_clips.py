@@ -123,6 +123,7 @@ def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:
         dataset=args.dataset or args.preset,
         scale=args.scale,
         metrics=args.metrics,
+        backend=getattr(args, "backend", "server"),
         options=options,
         preset=preset and dict(preset, clips=list(preset["clips"] or [])),
         conventions=conventions,

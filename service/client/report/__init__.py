@@ -47,7 +47,12 @@ def run_report(args) -> int:
         clip_runs = [run for path in clip_files for run in clips.load_clip_runs(Path(path))]
         if image_files:
             runs = [run for path in image_files for run in load_runs(Path(path))]
-            report = Report.build(runs, metric_names(args.metrics) or None, seed=args.seed, resamples=args.resamples)
+            report = Report.build(
+                runs,
+                metric_names(args.metrics) or None,
+                seed=args.seed,
+                **({} if args.resamples is None else {"resamples": args.resamples}),
+            )
         tables, curves = [], []
         if args.store:
             with ResultsStore(args.store) as store:
