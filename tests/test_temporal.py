@@ -29,9 +29,9 @@ def tecogan_crop_8x8(img):
     return img[y : y + h, x : x + w], y, x
 
 
-def tecogan_metrics(result: list[np.ndarray], target: list[np.ndarray], lpips_pair) -> tuple[list[float], list[float]]:
-    """TecoGAN's per-clip loop: the lists of tOF and tLP values (uint8 RGB frames)."""
-    cutfr = 2
+def tecogan_metrics(result: list[np.ndarray], target: list[np.ndarray], lpips_pair, cutfr: int = 2) -> tuple[list[float], list[float]]:
+    """TecoGAN's per-clip loop: the lists of tOF and tLP values (uint8 RGB frames); ``cutfr`` is
+    its frames left out at each end (2 in its metrics.py)."""
     tof_list, tlp_list = [], []
     for i in range(cutfr, len(target) - cutfr):
         output_img, target_img = result[i], target[i]
@@ -117,6 +117,17 @@ def test_tof_and_tlp_equal_tecogans_metrics_py(weights_dir, clips):
         assert got["temporal"]["tlp"] == pytest.approx(tlp_list, rel=1e-5, abs=1e-6), name
         assert got["per_clip"]["tof"] == pytest.approx(np.mean(tof_list), rel=1e-5)
         assert got["per_clip"]["tlp"] == pytest.approx(np.mean(tlp_list), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("skip", [0, 1])
+def test_skip_of_0_and_1_leaves_out_that_many_frames_as_tecogans_cutfr(weights_dir, clips, skip):
+    sr, gt = clips["pan_right"]
+    tof_list, tlp_list = tecogan_metrics(sr, gt, lpips_of_uint8, cutfr=skip)
+    got = losses.score_clip(as_tensor(sr), as_tensor(gt), metrics=["tof", "tlp"], skip=skip, chunk=3)
+    assert got["frames"]["tof"] == got["frames"]["tlp"] == list(range(skip + 1, len(gt) - skip))
+    assert got["temporal"]["tof"] == pytest.approx(tof_list, rel=1e-5)
+    assert got["temporal"]["tlp"] == pytest.approx(tlp_list, rel=1e-5, abs=1e-6)
+    assert len(tof_list) == len(gt) - 1 - 2 * skip  # more pairs than TecoGAN's default of 2
 
 
 def test_the_flow_follows_the_known_motion(clips):

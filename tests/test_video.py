@@ -145,6 +145,24 @@ def test_a_clip_scores_as_the_library_from_videos_and_from_frames(server, photos
         assert body["conventions"]["metrics"]["psnr"]["options"]["crop_border"] == 2
 
 
+@pytest.mark.parametrize("skip", [0, 1])
+def test_skip_over_http_leaves_out_that_many_frames(server, photos, skip):
+    import httpx
+
+    from .servers import png_bytes
+
+    sr, gt = clip_pair(photos)
+    to = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
+    expected = losses.score_clip(to(sr), to(gt), metrics=["tof"], skip=skip)
+    frames = [("sr", png_bytes(f)) for f in sr] + [("gt", png_bytes(f)) for f in gt]
+    response = httpx.post(f"{server.url}/v1/score/clip", files=frames, timeout=120, data=dict(metrics="tof", options=f'{{"skip": {skip}}}'))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["frames"]["tof"] == list(range(skip + 1, len(gt) - skip)) == expected["frames"]["tof"]
+    assert body["temporal"]["tof"] == pytest.approx(expected["temporal"]["tof"].tolist(), rel=1e-6)
+    assert body["conventions"]["metrics"]["tof"]["options"] == {"skip": skip}
+
+
 def test_clip_refusals(server, photos, tmp_path):
     import httpx
 
