@@ -293,9 +293,8 @@ def test_eval_scores_a_dataset_of_clips_as_basicsr_averages(server, photos, tmp_
 
 
 def test_presets_set_the_published_conventions_and_record_them(server, photos, tmp_path, capsys):
-    """REDS4: RGB, crop 0, only clips 000/011/015/020 (BasicSR's test_BasicVSR_REDS.yml);
-    Vimeo90K-T: Y, crop 0, the centre frame of each 7-frame clip (test_BasicVSR_Vimeo90K_BIx4.yml,
-    center_frame_only)."""
+    """REDS4: RGB, crop 0, only clips 000/011/015/020 (BasicSR's test_BasicVSR_REDS.yml); the
+    centre-frame presets refuse temporal metrics."""
     import json
 
     from service.cli import main as cli_main
@@ -323,16 +322,46 @@ def test_presets_set_the_published_conventions_and_record_them(server, photos, t
     reds = json.loads((tmp_path / "reds.json").read_text())
     assert sorted(reds["models"]["m"]["clips"]) == ["000", "011", "015", "020"] and reds["preset"]["name"] == "REDS4"
     assert reds["conventions"]["metrics"]["psnr"]["options"] == {"crop_border": 0, "y_channel": False}
-    assert cli_main([*common, "--preset", "Vimeo90K-T", "--metrics", "psnr,ssim", "--json", str(tmp_path / "vimeo.json")]) == 0
-    vimeo = json.loads((tmp_path / "vimeo.json").read_text())
-    to = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
-    centre = losses.score(to(sr[3:4]), to(gt[3:4]), metrics=["psnr", "ssim"], y_channel=True)
-    got = vimeo["models"]["m"]["clips"]["001"]
-    assert got["frames"]["psnr"] == [0] and got["per_clip"]["psnr"] == pytest.approx(centre["psnr"].item(), rel=1e-12)
-    assert vimeo["conventions"]["metrics"]["ssim"]["options"]["y_channel"] is True and vimeo["preset"]["centre_frame"] is True
     capsys.readouterr()
+    assert cli_main([*common, "--preset", "REDS4", "--metrics", "psnr,tof"]) == 0
     assert cli_main([*common, "--preset", "Vimeo90K-T", "--metrics", "psnr,tof"]) == 2
     assert "centre frame" in capsys.readouterr().err
+
+
+def test_vimeo90k_t_reads_the_nested_layout_and_scores_only_the_listed_clips(server, photos, tmp_path, capsys):
+    """Vimeo-90K's layout (``00001/0266/im1.png``): the 7824 listed clips and no other folder; the
+    run says how many folders it left out and names the listed clips that are missing."""
+    import json
+
+    from service.cli import main as cli_main
+    from service.client.evaluate_clips import listed_clips
+
+    listed = listed_clips("vimeo90k/meta_info_Vimeo90K_test_GT.txt")
+    slow = listed_clips("vimeo90k/meta_info_Vimeo90K_test_slow_GT.txt")
+    assert len(listed) == 7824 and listed[0] == "00001/0266" and set(slow) < set(listed)
+    sr, gt = clip_pair(photos)
+    slow_clip = next(name for name in slow if name not in listed[:2])
+    present = [listed[0], listed[1], slow_clip, "00001/0001"]  # three listed clips, one training clip
+    for role, frames in (("GT", gt), ("SR", sr)):
+        for name in present:
+            (tmp_path / role / name).mkdir(parents=True)
+            for index, frame in enumerate(frames):
+                Image.fromarray(frame).save(tmp_path / role / name / f"im{index + 1}.png")
+    common = ["eval", "--url", server.url, "--sr", f"m={tmp_path / 'SR'}", "--gt", str(tmp_path / "GT"), "--metrics", "psnr"]
+    capsys.readouterr()
+    assert cli_main([*common, "--preset", "Vimeo90K-T", "--out", str(tmp_path / "v.csv"), "--json", str(tmp_path / "v.json")]) == 0
+    said = " ".join("".join(capsys.readouterr()).split())  # rich wraps long lines
+    assert "3 of 7824 listed clips; 1 other clip folder(s) left out" in said and "7821 listed clip(s) missing: " in said
+    first_missing = next(name for name in listed if name not in present)
+    assert f"missing: {first_missing}" in said
+    clips = json.loads((tmp_path / "v.json").read_text())["models"]["m"]["clips"]
+    assert sorted(clips) == sorted(present[:3]) and all(clip["frames"]["psnr"] == [0] for clip in clips.values())
+    to = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
+    centre = losses.score(to(sr[3:4]), to(gt[3:4]), metrics=["psnr"], y_channel=True)["psnr"].item()  # Y, the 4th of 7 frames
+    assert clips[listed[0]]["per_clip"]["psnr"] == pytest.approx(centre, rel=1e-12)
+    assert cli_main([*common, "--preset", "Vimeo90K-T-slow", "--out", str(tmp_path / "s.csv"), "--json", str(tmp_path / "s.json")]) == 0
+    expected_slow = sorted(name for name in present if name in slow)
+    assert sorted(json.loads((tmp_path / "s.json").read_text())["models"]["m"]["clips"]) == expected_slow and slow_clip in expected_slow
 
 
 # --- VMAF ---------------------------------------------------------------------------------------------

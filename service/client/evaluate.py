@@ -367,7 +367,7 @@ def run_eval(args) -> int:
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
-    if "gt" in references and is_clip_dataset(references["gt"]):
+    if "gt" in references and (args.preset or is_clip_dataset(references["gt"])):  # the presets are clip test sets
         return run_clip_eval(args, models, eval_options(args), console)
     names = comma_list(args.metrics)
     set_metrics = [name for name in names if name in DATASET_METRICS]

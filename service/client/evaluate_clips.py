@@ -24,12 +24,27 @@ VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".y4m")
 FRAME_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".npy")
 
 
-# The published conventions of the VSR test sets (docs/metrics.md cites each source).
+LISTS = Path(__file__).parent / "data"
+
+
+def listed_clips(name: str) -> tuple[str, ...]:
+    """A test set's official clip list shipped with the client (``data/``): ``folder/sub-folder`` names."""
+    with open(LISTS / name, encoding="utf-8") as handle:
+        return tuple(line.split()[0] for line in handle if line.strip())
+
+
+# The published conventions of the VSR test sets (docs/metrics.md cites each source). ``listed``:
+# clips named ``folder/sub-folder`` in a nested layout (``00001/0266/im1.png``), from the list file.
+VIMEO = dict(options=dict(y_channel=True, crop_border=0), centre_frame=True)
 PRESETS = {
     "REDS4": dict(options=dict(y_channel=False, crop_border=0), clips=("000", "011", "015", "020"), centre_frame=False),
     "Vid4": dict(options=dict(y_channel=True, crop_border=0), clips=None, centre_frame=False),
     "UDM10": dict(options=dict(y_channel=True, crop_border=0), clips=None, centre_frame=False),
-    "Vimeo90K-T": dict(options=dict(y_channel=True, crop_border=0), clips=None, centre_frame=True),
+    "Vimeo90K-T": dict(VIMEO, listed="vimeo90k/meta_info_Vimeo90K_test_GT.txt"),
+    **{
+        f"Vimeo90K-T-{motion}": dict(VIMEO, listed=f"vimeo90k/meta_info_Vimeo90K_test_{motion}_GT.txt")
+        for motion in ("fast", "medium", "slow")
+    },
 }
 
 
@@ -37,7 +52,9 @@ def preset_setup(name: str | None, metrics: str, options: dict) -> tuple[dict, d
     """The options a preset sets (the user's own win, and are recorded beside it), and the preset."""
     if name is None:
         return options, None
-    preset = PRESETS[name]
+    preset = dict(PRESETS[name])
+    if "listed" in preset:
+        preset["clips"] = listed_clips(preset.pop("listed"))
     if preset["centre_frame"] and any(m in ("tof", "tlp") for m in metrics.split(",")):
         raise ValueError(f"--preset {name} scores the centre frame of each clip only: tof and tlp need consecutive frames")
     return {**preset["options"], **options}, dict(name=name, **preset)
@@ -70,6 +87,21 @@ def clips_in(folder: Path) -> dict[str, Path | list[Path]]:
     return found
 
 
+def nested_clips(folder: Path, names: tuple[str, ...]) -> tuple[dict[str, list[Path]], list[str], int]:
+    """The listed clips of a two-level layout (``00001/0266/im1.png``): found clips in list order,
+    the listed ones missing, and how many other clip folders were left out."""
+    found: dict[str, list[Path]] = {}
+    for name in names:
+        if (folder / name).is_dir():
+            frames = sorted(
+                (p for p in (folder / name).iterdir() if p.suffix.lower() in FRAME_SUFFIXES), key=lambda p: frame_number(p.name)
+            )
+            if frames:
+                found[name] = frames
+    present = {f"{outer.name}/{inner.name}" for outer in folder.iterdir() if outer.is_dir() for inner in outer.iterdir() if inner.is_dir()}
+    return found, [name for name in names if name not in found], len(present - set(names))
+
+
 def is_clip_dataset(folder: Path) -> bool:
     """A folder of clips: sub-folders of frames or video files, and no images of its own."""
     entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
@@ -78,10 +110,16 @@ def is_clip_dataset(folder: Path) -> bool:
     return bool(clips_in(folder))
 
 
-def select(clips: dict, preset: dict | None) -> dict:
-    """The preset's clips (REDS4's four), or every clip."""
+def clips_of(folder: Path, preset: dict | None, say) -> dict:
+    """The preset's clips (REDS4's four; Vimeo-90K's listed ones in their nested layout), or every clip."""
     wanted = preset and preset["clips"]
-    return {name: clip for name, clip in clips.items() if not wanted or name in wanted}
+    if wanted and all("/" in name for name in wanted):
+        found, missing, skipped = nested_clips(folder, wanted)
+        say(f"{folder}: {len(found)} of {len(wanted)} listed clips; {skipped} other clip folder(s) left out")
+        if missing:
+            say(f"{folder}: {len(missing)} listed clip(s) missing: {', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}")
+        return found
+    return {name: clip for name, clip in clips_in(folder).items() if not wanted or name in wanted}
 
 
 def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:
@@ -90,12 +128,13 @@ def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
-    gt_clips = select(clips_in(Path(args.gt)), preset)
+    say = console.print if not args.quiet else (lambda line: None)
+    gt_clips = clips_of(Path(args.gt), preset, say)
     done, conventions = resumed(args) if args.resume else ({}, None)
     results, failures, unpaired = {}, {}, {}
     with LossClient(args.url, api_key=args.api_key, timeout=args.timeout) as client:
         for model, folder in models.items():
-            sr_clips = select(clips_in(folder), preset)
+            sr_clips = clips_of(folder, preset, say)
             unpaired[model] = dict(gt=sorted(set(gt_clips) - set(sr_clips)), sr=sorted(set(sr_clips) - set(gt_clips)))
             paired = sorted(set(gt_clips) & set(sr_clips))
             results[model] = {name: clip for name, clip in done.get(model, {}).items() if name in paired}
