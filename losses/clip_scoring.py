@@ -87,7 +87,7 @@ def score_clip(
     return dict(
         per_frame=per_frame,
         temporal=temporal,
-        frames={**{name: all_frames for name in per_frame}, **{name: result.frames for name, result in results.items() if result.pairs}},
+        frames={**{name: all_frames for name in per_frame}, **{name: result.frames for name, result in results.items()}},
         per_clip={name: float(np.mean(values)) if len(values) else float("nan") for name, values in {**per_frame, **temporal}.items()},
         details={name: result.details for name, result in results.items() if result.details is not None},
     )

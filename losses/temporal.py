@@ -29,6 +29,7 @@ import torch
 from . import vmaf as libvmaf
 from .features import ImageBatch, LayerTerm
 from .lpips_loss import LPIPS_HEADS, LPIPS_TERMS, lpips_per_sample
+from .psnr_ssim import psnr
 from .weights import WeightSpec
 
 TECOGAN_SKIP = 2
@@ -148,6 +149,36 @@ def tlp_values(clip: ClipFrames, options: Mapping[str, Any]) -> ClipValues:
     return ClipValues(np.concatenate(values or [np.empty(0)]), _pair_indices(parts), pairs=True)
 
 
+def tecogan_frames(clip: ClipFrames, skip: int) -> list[int]:
+    """The frames TecoGAN's loop scores: cutfr ≤ t < T − cutfr."""
+    return list(range(skip, len(clip.sr) - skip))
+
+
+def _cropped(frames: torch.Tensor) -> torch.Tensor:
+    rows, cols = crop_8x8(*frames.shape[-2:])
+    return as_unit(frames)[..., rows, cols]
+
+
+def tecogan_psnr_values(clip: ClipFrames, options: Mapping[str, Any]) -> ClipValues:
+    """TecoGAN's ``psnr``: DUF's Y (BT.601, 16 + 65.481/255·R + …) of the 8-bit crop_8x8 frames, float64."""
+    frames = tecogan_frames(clip, options["skip"])
+    values = [psnr(_cropped(clip.sr[t : t + 1]), _cropped(clip.gt[t : t + 1]), y_channel=True) for t in frames]
+    return ClipValues(torch.cat(values).numpy() if values else np.empty(0), frames, pairs=False)
+
+
+def tecogan_lpips_values(clip: ClipFrames, options: Mapping[str, Any]) -> ClipValues:
+    """TecoGAN's LPIPS column: LPIPS-Alex of the crop_8x8 frames (as its tLP reads them)."""
+    term = LPIPS_TERMS["alex"]
+    frames = tecogan_frames(clip, options["skip"])
+    values = []
+    for start in range(0, len(frames), clip.chunk):
+        part = frames[start : start + clip.chunk]
+        sr, gt = _cropped(clip.sr[part[0] : part[-1] + 1]), _cropped(clip.gt[part[0] : part[-1] + 1])
+        with torch.inference_mode():
+            values.append(lpips_per_sample(ImageBatch({"sr": sr, "gt": gt}, clip.backbone, [term]), term).double().cpu().numpy())
+    return ClipValues(np.concatenate(values) if values else np.empty(0), frames, pairs=False)
+
+
 def _vmaf_values(name: str) -> Callable[[ClipFrames, Mapping[str, Any]], ClipValues]:
     def run(clip: ClipFrames, options: Mapping[str, Any]) -> ClipValues:
         values, details = libvmaf.vmaf(to_uint8(clip.sr), to_uint8(clip.gt), name)
@@ -179,6 +210,25 @@ CLIP_SPECS = {
             "temporal: 100·|LPIPS-Alex(gt[t−1], gt[t]) − LPIPS-Alex(sr[t−1], sr[t])|",
             "TecoGAN metrics.py on crop_8x8 frames, LPIPS v0.1 AlexNet, skip frames left out at each end",
             tlp_values,
+            options=dict(skip=TECOGAN_SKIP),
+            terms=(LPIPS_TERMS["alex"],),
+            weights=(LPIPS_HEADS["alex"],),
+        ),
+        ClipSpec(
+            "tecogan_psnr",
+            False,
+            "PSNR as TecoGAN's metrics.py: Y of crop_8x8 frames, the frames skip ≤ t < T − skip",
+            "TecoGAN metrics.py psnr (DUF's BT.601 Y on the 0–255 scale, 20·log10(255/RMSE)) on crop_8x8 frames, "
+            "cutfr = skip frames left out at each end",
+            tecogan_psnr_values,
+            options=dict(skip=TECOGAN_SKIP),
+        ),
+        ClipSpec(
+            "tecogan_lpips",
+            True,
+            "LPIPS-Alex as TecoGAN's metrics.py: crop_8x8 frames, the frames skip ≤ t < T − skip",
+            "TecoGAN metrics.py LPIPS column on crop_8x8 frames, LPIPS v0.1 AlexNet (as tlp), cutfr = skip",
+            tecogan_lpips_values,
             options=dict(skip=TECOGAN_SKIP),
             terms=(LPIPS_TERMS["alex"],),
             weights=(LPIPS_HEADS["alex"],),

