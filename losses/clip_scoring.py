@@ -46,6 +46,7 @@ def score_clip(
     weights_dir=None,
     overlap_flow: bool = True,
     plan: Plan | None = None,
+    sources: dict | None = None,
     **options: Any,
 ) -> dict:
     """Score one clip, (T, C, H, W) frames in [0, 1] or uint8 (``lr`` frames may be smaller).
@@ -55,7 +56,9 @@ def score_clip(
     ``frames`` ({metric: the frame index t of each value}), ``per_clip`` (each metric's mean) and
     ``details`` (how VMAF was computed: model, libvmaf version, YUV conversion).
 
-    ``plan`` (from ``clip_plan``) replaces ``metrics``, ``skip`` and ``options``. With
+    ``plan`` (from ``clip_plan``) replaces ``metrics``, ``skip`` and ``options``. ``sources``
+    (``{"sr": path, "gt": path}``) names the video files the frames came from: VMAF then reads their
+    decoded planes as FFmpeg does, and refuses two files of different pixel formats. With
     ``overlap_flow`` the clip metrics that release the GIL (tof's OpenCV flows) run on a worker
     thread while the backbones score the frames; the values are the same either way.
     """
@@ -67,7 +70,7 @@ def score_clip(
     def backbone(name: str):
         return get_backbone(name, where, pretrained, weights_dir)
 
-    frames = ClipFrames(sr, gt, chunk, backbone)
+    frames = ClipFrames(sr, gt, chunk, backbone, sources)
     clip_metrics = plan.of_kind("clip")
     with weights_dir_scope(weights_dir):
         started = {

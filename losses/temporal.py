@@ -92,6 +92,9 @@ class ClipFrames:
     gt: torch.Tensor
     chunk: int
     backbone: Callable[[str], Any]
+    # The video files the frames were decoded from ({"sr": path, "gt": path}), where there are:
+    # VMAF then reads their planes as decoded, with no RGB round trip.
+    sources: Mapping[str, Any] | None = None
 
     def pairs(self, skip: int) -> list[slice]:
         """The frame indices t of the pairs (t−1, t) with skip < t < T − skip, in chunks."""
@@ -181,7 +184,10 @@ def tecogan_lpips_values(clip: ClipFrames, options: Mapping[str, Any]) -> ClipVa
 
 def _vmaf_values(name: str) -> Callable[[ClipFrames, Mapping[str, Any]], ClipValues]:
     def run(clip: ClipFrames, options: Mapping[str, Any]) -> ClipValues:
-        values, details = libvmaf.vmaf(to_uint8(clip.sr), to_uint8(clip.gt), name)
+        if clip.sources:
+            values, details = libvmaf.vmaf_of_videos(clip.sources["sr"], clip.sources["gt"], name)
+        else:
+            values, details = libvmaf.vmaf(to_uint8(clip.sr), to_uint8(clip.gt), name)
         return ClipValues(values, list(range(len(values))), pairs=False, details=details)
 
     return run
@@ -238,7 +244,8 @@ CLIP_SPECS = {
                 name,
                 False,
                 f"VMAF ({model}) per frame and per clip, Netflix's libvmaf through FFmpeg",
-                "FFmpeg libvmaf filter on yuv420p frames (FFmpeg's default BT.601 limited conversion)",
+                "FFmpeg's libvmaf filter: on the source videos' decoded planes as they are (the same pixel format, bit depth "
+                "and range required of both); on frames, yuv420p by FFmpeg's default BT.601 limited conversion",
                 _vmaf_values(name),
                 missing=_libvmaf_missing,
             )

@@ -5,6 +5,7 @@ number in their name, and a frame of another size is refused naming the clip and
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import av
 import imageio_ffmpeg
@@ -427,3 +428,83 @@ def test_vmaf_through_the_server(server, photos):
     expected = losses.score_clip(to(sr), to(gt), metrics=["vmaf"])
     assert answer["per_frame"]["vmaf"] == pytest.approx(expected["per_frame"]["vmaf"].tolist(), abs=1e-4)
     assert answer["vmaf"]["vmaf"]["model"] == "vmaf_v0.6.1" and "yuv420p" in answer["vmaf"]["vmaf"]["yuv"]
+
+
+def ffmpeg_vmaf_of_files(sr: Path, gt: Path, model: str, work: Path) -> list[float]:
+    """The user's command on two video files: ``ffmpeg -i sr -i gt -lavfi libvmaf`` (no format filter)."""
+    import json
+
+    from losses.vmaf import ffmpeg_with_libvmaf
+
+    log = work / f"ffmpeg-{model}.json"
+    graph = f"[0:v][1:v]libvmaf=model=version={model}:log_fmt=json:log_path={log}"
+    subprocess.run([ffmpeg_with_libvmaf(), "-v", "error", "-i", str(sr), "-i", str(gt), "-lavfi", graph, "-f", "null", "-"], check=True)
+    return [frame["metrics"]["vmaf"] for frame in json.loads(log.read_text())["frames"]]
+
+
+def saturated_clip(frames: int = 6, size: tuple[int, int] = (96, 128)) -> np.ndarray:
+    """Saturated, noisy colour blocks drifting by a pixel a frame: where YUV conversions disagree most."""
+    rng = np.random.default_rng(11)
+    base = np.repeat(np.repeat(rng.choice([0, 255], size=(size[0] // 8 + 2, size[1] // 8 + 2, 3)), 8, 0), 8, 1).astype(np.uint8)
+    noisy = np.clip(base.astype(int) + rng.integers(-40, 41, base.shape), 0, 255).astype(np.uint8)
+    return np.stack([noisy[t : t + size[0], t : t + size[1]] for t in range(frames)])
+
+
+VIDEO_CASES = {
+    "h264-bt601-natural": ("libx264", "yuv420p", dict(colorspace=6), "natural"),  # SMPTE 170M (BT.601)
+    "h264-bt709-saturated": ("libx264", "yuv420p", dict(colorspace=1), "saturated"),
+    "ffv1-10bit-bt709-natural": ("ffv1", "yuv420p10le", dict(colorspace=1), "natural"),
+    "ffv1-10bit-bt601-saturated": ("ffv1", "yuv420p10le", dict(colorspace=6), "saturated"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VIDEO_CASES))
+def test_vmaf_of_video_files_reads_the_source_planes_as_ffmpeg_does(photos, tmp_path, case):
+    """8- and 10-bit 4:2:0, BT.601- and BT.709-tagged, natural and saturated: equal to FFmpeg's
+    libvmaf on the same two files, with no RGB round trip (the frames' path would differ)."""
+    codec, pixel_format, tags, content = VIDEO_CASES[case]
+    gt = photo_clip(photos[0]) if content == "natural" else saturated_clip()
+    sr = np.clip(gt.astype(int) + np.random.default_rng(5).integers(-14, 15, gt.shape), 0, 255).astype(np.uint8)
+    suffix = ".mp4" if codec == "libx264" else ".mkv"
+    for role, frames in (("sr", sr), ("gt", gt)):
+        write_video(tmp_path / f"{role}{suffix}", frames, codec, pixel_format, **tags)
+    sources = {role: tmp_path / f"{role}{suffix}" for role in ("sr", "gt")}
+    expected = ffmpeg_vmaf_of_files(sources["sr"], sources["gt"], "vmaf_v0.6.1", tmp_path)
+    decoded = {role: torch.from_numpy(read_clip(path)[0]).permute(0, 3, 1, 2) for role, path in sources.items()}
+    got = losses.score_clip(decoded["sr"], decoded["gt"], metrics=["vmaf"], sources=sources)
+    assert got["per_frame"]["vmaf"].tolist() == pytest.approx(expected, abs=1e-4)
+    assert got["details"]["vmaf"]["source"]["pix_fmt"] == pixel_format and "no conversion" in got["details"]["vmaf"]["yuv"]
+    if content == "saturated":  # the RGB round trip is another number here
+        assert abs(losses.score_clip(decoded["sr"], decoded["gt"], metrics=["vmaf"])["per_clip"]["vmaf"] - np.mean(expected)) > 1e-3
+
+
+def test_vmaf_of_videos_of_different_pixel_formats_is_refused(photos, tmp_path, server):
+    import httpx
+
+    from losses.vmaf import FormatMismatch
+
+    gt = photo_clip(photos[0])
+    write_video(tmp_path / "sr.mkv", gt, "ffv1", "yuv420p10le")
+    write_video(tmp_path / "gt.mkv", gt, "ffv1", "yuv420p")
+    frames = torch.from_numpy(gt).permute(0, 3, 1, 2)
+    with pytest.raises(FormatMismatch, match="pix_fmt yuv420p10le vs yuv420p"):
+        losses.score_clip(frames, frames, metrics=["vmaf"], sources={"sr": tmp_path / "sr.mkv", "gt": tmp_path / "gt.mkv"})
+    files = [("sr", (tmp_path / "sr.mkv").read_bytes()), ("gt", (tmp_path / "gt.mkv").read_bytes())]
+    response = httpx.post(f"{server.url}/v1/score/clip", files=files, data=dict(metrics="vmaf"), timeout=120)
+    assert response.status_code == 422 and response.json()["detail"][0]["loc"] == ["body", "gt"]
+    assert "yuv420p10le vs yuv420p" in response.json()["detail"][0]["msg"]
+
+
+def test_vmaf_of_uploaded_videos_through_the_server_is_ffmpegs(photos, tmp_path, server):
+    import httpx
+
+    gt = saturated_clip()
+    sr = np.clip(gt.astype(int) + np.random.default_rng(6).integers(-14, 15, gt.shape), 0, 255).astype(np.uint8)
+    for role, frames in (("sr", sr), ("gt", gt)):
+        write_video(tmp_path / f"{role}.mp4", frames, "libx264", "yuv420p", colorspace=1)
+    expected = ffmpeg_vmaf_of_files(tmp_path / "sr.mp4", tmp_path / "gt.mp4", "vmaf_v0.6.1", tmp_path)
+    files = [("sr", (tmp_path / "sr.mp4").read_bytes()), ("gt", (tmp_path / "gt.mp4").read_bytes())]
+    response = httpx.post(f"{server.url}/v1/score/clip", files=files, data=dict(metrics="psnr,vmaf"), timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.json()["per_frame"]["vmaf"] == pytest.approx(expected, abs=1e-4)
+    assert response.json()["vmaf"]["vmaf"]["source"]["pix_fmt"] == "yuv420p"

@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import io
 import math
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from losses import registry
 from losses.clip_scoring import CLIP_KINDS, score_clip
+from losses.vmaf import FormatMismatch
 
 from ..common.errors import invalid, too_large, unavailable, unsupported
 from ..common.protocol import METRICS_FIELD
@@ -87,13 +92,30 @@ def finite_lists(values: dict[str, np.ndarray]) -> dict[str, list[float | None]]
     return {name: [v if math.isfinite(v) else None for v in map(float, array)] for name, array in values.items()}
 
 
-def run(scorer: Scorer, plan: Plan, clips: dict[str, np.ndarray]) -> dict:
+@contextmanager
+def video_sources(uploads: dict[str, list[bytes]]) -> Iterator[dict[str, Path] | None]:
+    """Both roles' video files on disk while the clip is scored (VMAF reads their planes), or None
+    unless both roles are one video upload each."""
+    if not all(len(files) == 1 and is_video(files[0]) for files in uploads.values()):
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="loss-service-clip-") as folder:
+        paths = {role: Path(folder) / role for role in uploads}
+        for role, path in paths.items():
+            path.write_bytes(uploads[role][0])
+        yield paths
+
+
+def run(scorer: Scorer, plan: Plan, clips: dict[str, np.ndarray], sources: dict[str, Path] | None = None) -> dict:
     """Score on the device thread with the request's plan; the answer in JSON's terms (non-finite values as null)."""
     sr, gt = (torch.from_numpy(clips[role]).permute(0, 3, 1, 2) for role in ("sr", "gt"))  # converted chunk by chunk
+    setup = dict(device=scorer.device, pretrained=scorer.pretrained, weights_dir=scorer.config.weights_dir)
     try:
-        result = score_clip(sr, gt, plan=plan, device=scorer.device, pretrained=scorer.pretrained, weights_dir=scorer.config.weights_dir)
+        result = score_clip(sr, gt, plan=plan, sources=sources, **setup)
     except registry.MetricError as exc:
         raise invalid(exc.field, str(exc)) from None
+    except FormatMismatch as exc:  # VMAF of two videos that libvmaf would not read alike
+        raise invalid("gt", str(exc)) from None
     except RuntimeError as exc:  # FFmpeg's libvmaf failed
         raise unavailable(METRICS_FIELD, str(exc)) from None
     return dict(

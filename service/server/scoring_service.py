@@ -211,14 +211,18 @@ class ScoringService:
         def decode_frame(data: bytes, field: str):
             return decode(data, field, max_pixels, lambda height, width: self.memory.check(names, height, width, field))
 
+        uploads = {role: [await upload.read() for upload in fields[role]] for role in ("sr", "gt")}
+
         async def read(role: str):
-            contents = [await upload.read() for upload in fields[role]]
-            return await loop.run_in_executor(self.cpu_pool, clips.frames_of, contents, role, decode_frame, self.settings.max_clip_pixels)
+            return await loop.run_in_executor(
+                self.cpu_pool, clips.frames_of, uploads[role], role, decode_frame, self.settings.max_clip_pixels
+            )
 
         decoded = {role: await read(role) for role in ("sr", "gt")}
         clips.check_clips(decoded)
         started = time.perf_counter()
-        result = await self.on_device_thread(lambda: clips.run(self.scorer, plan, decoded))
+        with clips.video_sources(uploads) as sources:
+            result = await self.on_device_thread(lambda: clips.run(self.scorer, plan, decoded, sources))
         timing = dict(queue=0.0, compute=(time.perf_counter() - started) * 1e3, total=(time.perf_counter() - received) * 1e3)
         return ClipResponse(
             **result,
