@@ -67,7 +67,7 @@ def eval_run(url: str, sr: Path, gt: Path, work: Path) -> dict:
 def sqrtm_comparison() -> dict:
     from scipy.linalg import sqrtm
 
-    from losses.dataset_metrics import trace_sqrt_product
+    from losses.sets.statistics import trace_sqrt_product
 
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(4096, 2048)), rng.normal(size=(4096, 2048)) * 0.9 + 0.1

@@ -4,8 +4,12 @@ Start with ``list_metrics()``, ``create_metric(name, **options)``, ``score(sr, g
 ``dataset_score(sr_images, gt_images, metrics=("fid", "kid"))`` and ``conventions(metrics, ...)``;
 the loss classes below are the same formulas as training losses.
 
-Names load on first use (PEP 562), so ``losses.dataset_metrics``, which is NumPy only, imports
-without torch: the torch-free client reduces FID/KID features with it. (No module is named like
+Names load on first use (PEP 562), so ``losses.sets.statistics``, which is NumPy only, imports
+without torch: the torch-free client reduces FID/KID features with it.
+
+The package by kind: the image formulas and the registry here; ``losses.nets`` (backbones,
+weights, the model cache, feature views); ``losses.clips`` (reading clips, the clip metrics,
+``score_clip``); ``losses.sets`` (FID and KID's statistics). (No module is named like
 a public name, or importing it would bind the module over the name.)
 """
 
@@ -30,13 +34,13 @@ _EXPORTS = {
             "clear_shared_backbones",
             "get_backbone",
         ),
-        "backbones",
+        "nets.backbones",
     ),
     "CLPLoss": "clp",
     "DistillationLoss": "distillation",
     "DISTSLoss": "dists",
-    **dict.fromkeys(("DATASET_METRICS", "FeatureStats", "SetFeatures", "frechet_distance"), "dataset_metrics"),
-    **dict.fromkeys(("FeatureView", "ImageBatch"), "features"),
+    **dict.fromkeys(("DATASET_METRICS", "FeatureStats", "SetFeatures", "frechet_distance"), "sets.statistics"),
+    **dict.fromkeys(("FeatureView", "ImageBatch"), "nets.features"),
     "HybridLoss": "hybrid",
     **dict.fromkeys(("FeatureKDLoss", "KDImageLoss"), "kd"),
     "LPIPS": "lpips_loss",
@@ -44,11 +48,11 @@ _EXPORTS = {
     **dict.fromkeys(("SSIMLoss", "lr_psnr", "ms_ssim", "psnr", "ssim"), "psnr_ssim"),
     **dict.fromkeys(("REGISTRY", "Metric", "MetricError", "compute"), "registry"),
     "imresize": "resize",
-    "score_clip": "clip_scoring",
-    "dataset_means": "clip_means",
+    "score_clip": "clips.scoring",
+    "dataset_means": "clips.means",
     **dict.fromkeys(("Plan", "make_plan"), "plan"),
-    "read_clip": "video",
-    **dict.fromkeys(("ChecksumError", "WeightsError", "WeightsNotFoundError"), "weights"),
+    "read_clip": "clips.video",
+    **dict.fromkeys(("ChecksumError", "WeightsError", "WeightsNotFoundError"), "nets.weights"),
 }
 __all__ = list(_EXPORTS)
 

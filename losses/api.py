@@ -11,14 +11,14 @@ from typing import Any
 
 import torch
 
-from . import weights as W
-from .backbones import backbone_spec, get_backbone
-from .dataset_metrics import SetFeatures
-from .features import FeatureLoss
-from .plan import Plan, make_plan
-from .record import conventions as conventions_record
-from .registry import KINDS, REGISTRY, compute
-from .weights import weights_dir_scope
+from losses.nets import weights as W
+from losses.nets.backbones import backbone_spec, get_backbone
+from losses.nets.features import FeatureLoss
+from losses.nets.weights import weights_dir_scope
+from losses.plan import Plan, make_plan
+from losses.record import conventions as conventions_record
+from losses.registry import KINDS, REGISTRY, compute
+from losses.sets.statistics import SetFeatures
 
 DEFAULT_METRICS = ("psnr", "ssim", "perceptual")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .features import FeatureLoss, FeatureView, ImageBatch, LayerTerm
+from losses.nets.features import FeatureLoss, FeatureView, ImageBatch, LayerTerm
 
 CLP_VIEWS: dict[str, FeatureView] = {
     "dinov2": FeatureView.of("dinov2", {f"block{i}": w for i, w in enumerate((1.0, 0.5, 0.5, 1.0, 0.5, 0.5, 1.0, 0.1))}),

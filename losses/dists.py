@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from . import weights as W
-from .backbones import to_rgb
-from .features import FeatureLoss, FeatureView, ImageBatch, LayerTerm
-from .models import MODELS
-from .weight_files import DISTS_ALPHA_BETA
+from losses.nets import weights as W
+from losses.nets.backbones import to_rgb
+from losses.nets.features import FeatureLoss, FeatureView, ImageBatch, LayerTerm
+from losses.nets.models import MODELS
+from losses.nets.weight_files import DISTS_ALPHA_BETA
 
 DISTS_VIEW = FeatureView.of("vgg16_l2pool", ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"))
 DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)

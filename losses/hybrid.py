@@ -7,8 +7,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
-from .features import FeatureLoss, ImageBatch
-from .perceptual import distance_term, feature_distance, preset_view
+from losses.nets.features import FeatureLoss, ImageBatch
+from losses.perceptual import distance_term, feature_distance, preset_view
 
 HYBRID_PRESETS = {
     "default": dict(l1_weight=0.6, ms_weight=0.2, grad_weight=0.2, perceptual_weight=0.0),

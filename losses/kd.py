@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .features import FeatureLoss, ImageBatch, LayerTerm
-from .hybrid import batch_means, per_sample_mean
-from .perceptual import distance_term, feature_distance, preset_view
+from losses.hybrid import batch_means, per_sample_mean
+from losses.nets.features import FeatureLoss, ImageBatch, LayerTerm
+from losses.perceptual import distance_term, feature_distance, preset_view
 
 KD_DEFAULTS = dict(lambda_kd=1.0, lambda_vgg=0.1)
 

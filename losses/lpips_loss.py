@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import weights as W
-from .features import FeatureLoss, FeatureView, ImageBatch, LayerTerm
-from .models import MODELS
-from .weight_files import LPIPS_HEADS
+from losses.nets import weights as W
+from losses.nets.features import FeatureLoss, FeatureView, ImageBatch, LayerTerm
+from losses.nets.models import MODELS
+from losses.nets.weight_files import LPIPS_HEADS
 
 
 @dataclass(frozen=True)

@@ -47,11 +47,11 @@ import torch
 from scipy.ndimage import convolve, correlate1d
 from scipy.special import gamma
 
-from . import weights as W
-from .models import MODELS
-from .psnr_ssim import Y_OFFSET, Y_WEIGHTS
-from .resize import imresize
-from .weight_files import NIQE_PRISTINE
+from losses.nets import weights as W
+from losses.nets.models import MODELS
+from losses.nets.weight_files import NIQE_PRISTINE
+from losses.psnr_ssim import Y_OFFSET, Y_WEIGHTS
+from losses.resize import imresize
 
 BLOCK = 96
 # The shape parameters the AGGD fit searches, and the ratio each implies (niqe_release's estimateaggdparam).

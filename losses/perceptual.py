@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .features import FeatureLoss, FeatureView, ImageBatch, LayerTerm, LayerWeights
+from losses.nets.features import FeatureLoss, FeatureView, ImageBatch, LayerTerm, LayerWeights
 
 CRITERIA = {
     "l1": lambda a, b: (a - b).abs(),

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from .registry import KINDS, Metric, get_metrics, resolve_options
+from losses.registry import KINDS, Metric, get_metrics, resolve_options
 
 
 @dataclass(frozen=True, eq=False)

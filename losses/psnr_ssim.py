@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .resize import imresize
+from losses.resize import imresize
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5

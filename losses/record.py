@@ -13,10 +13,10 @@ from typing import Any
 
 import torch
 
-from . import weights as W
-from .backbones import backbone_spec
-from .psnr_ssim import Y_OFFSET, Y_WEIGHTS
-from .registry import Metric
+from losses.nets import weights as W
+from losses.nets.backbones import backbone_spec
+from losses.psnr_ssim import Y_OFFSET, Y_WEIGHTS
+from losses.registry import Metric
 
 PIXEL_CONVENTION = {
     "data_range": "images decoded to [0, 1] (8-bit / 255, 16-bit / 65535); PSNR, SSIM, MS-SSIM and LR-PSNR "

@@ -6,8 +6,8 @@ metric's resolved options, and returns per-image values of shape (B,), or a mapp
 lists metrics. Adding a metric means one ``register`` call (docs/architecture.md).
 
 One catalogue holds every kind: ``image`` metrics score each image (``score``), ``clip`` metrics
-a whole clip (``score_clip``; declared in losses/temporal.py), ``set`` metrics two image sets
-(``dataset_score``; declared in losses/dataset_metrics.py).
+a whole clip (``score_clip``; declared in losses/clips/temporal.py), ``set`` metrics two image sets
+(``dataset_score``; declared in losses/sets/statistics.py).
 """
 
 from __future__ import annotations
@@ -19,22 +19,22 @@ from typing import Any
 
 import torch
 
-from .backbones import Backbone, backbone_spec, get_backbone
-from .clp import CLP_TERMS, clp_per_sample
-from .dataset_metrics import DATASET_METRICS, FEATURE_CONVENTIONS, DatasetMetric
-from .dists import DISTS_ALPHA_BETA, DISTS_TERM, dists_per_sample
-from .features import FeatureView, ImageBatch, LayerTerm
-from .hybrid import HYBRID_PRESETS, PERCEPTUAL_TERM, hybrid_terms
-from .inception import FID_INCEPTION  # noqa: F401 - the backbone the dataset metrics read
-from .kd import KD_DEFAULTS, KD_VGG_TERM, kd_terms
-from .lpips_loss import LPIPS_HEADS, LPIPS_TERMS, lpips_per_sample
-from .niqe import CONVENTIONS as NIQE_CONVENTIONS
-from .niqe import NIQE_PRISTINE, check_blocks, flat_warning, niqe
-from .perceptual import distance_term, feature_distance, preset_view
-from .psnr_ssim import MS_SSIM_MIN_SIDE, SSIM_WINDOW, check_crop, check_image, lr_psnr, lr_scale, ms_ssim, psnr, ssim
-from .tables import add_named
-from .temporal import CLIP_SPECS, ClipSpec
-from .weights import WeightSpec
+from losses.clips.temporal import CLIP_SPECS, ClipSpec
+from losses.clp import CLP_TERMS, clp_per_sample
+from losses.dists import DISTS_ALPHA_BETA, DISTS_TERM, dists_per_sample
+from losses.hybrid import HYBRID_PRESETS, PERCEPTUAL_TERM, hybrid_terms
+from losses.kd import KD_DEFAULTS, KD_VGG_TERM, kd_terms
+from losses.lpips_loss import LPIPS_HEADS, LPIPS_TERMS, lpips_per_sample
+from losses.nets.backbones import Backbone, backbone_spec, get_backbone
+from losses.nets.features import FeatureView, ImageBatch, LayerTerm
+from losses.nets.inception import FID_INCEPTION  # noqa: F401 - the backbone the dataset metrics read
+from losses.nets.tables import add_named
+from losses.nets.weights import WeightSpec
+from losses.niqe import CONVENTIONS as NIQE_CONVENTIONS
+from losses.niqe import NIQE_PRISTINE, check_blocks, flat_warning, niqe
+from losses.perceptual import distance_term, feature_distance, preset_view
+from losses.psnr_ssim import MS_SSIM_MIN_SIDE, SSIM_WINDOW, check_crop, check_image, lr_psnr, lr_scale, ms_ssim, psnr, ssim
+from losses.sets.statistics import DATASET_METRICS, FEATURE_CONVENTIONS, DatasetMetric
 
 MetricFn = Callable[[ImageBatch, dict], "torch.Tensor | dict[str, torch.Tensor]"]
 # Checks image sizes (role → (H, W)) against resolved options before any work; raises MetricError.
@@ -70,9 +70,9 @@ class Metric:
     # Weight files read besides the backbones' (LPIPS heads, DISTS α/β): verified and recorded like theirs.
     weights: tuple[WeightSpec, ...] = ()
     # A metric of two image sets (FID, KID): ``fn`` gives each image's feature vector (B, D), and
-    # the entry reduces two sets' features to the value (losses/dataset_metrics.py).
+    # the entry reduces two sets' features to the value (losses/sets/statistics.py).
     dataset: DatasetMetric | None = None
-    # A metric of a whole clip (tof, tlp, vmaf): ``clip.run`` scores it (losses/temporal.py).
+    # A metric of a whole clip (tof, tlp, vmaf): ``clip.run`` scores it (losses/clips/temporal.py).
     clip: ClipSpec | None = None
     # The values a text option may take (e.g. NIQE's convention: ``matlab`` or ``basicsr``).
     choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)

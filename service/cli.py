@@ -125,8 +125,8 @@ def serve(args: argparse.Namespace) -> int:
 def _chosen_files(models: str | None) -> list:
     """The weight files of the named backbones or weight files (``--models vgg16,lpips_vgg_heads``); all by default."""
     import losses.registry  # noqa: F401 - declares every weight file
-    from losses.backbones import BACKBONES
-    from losses.weights import WEIGHT_FILES
+    from losses.nets.backbones import BACKBONES
+    from losses.nets.weights import WEIGHT_FILES
 
     names = comma_list(models)
     unknown = [name for name in names if name not in BACKBONES and name not in WEIGHT_FILES]
@@ -138,7 +138,7 @@ def _chosen_files(models: str | None) -> list:
 
 def weights_fetch(args: argparse.Namespace) -> int:
     require_extra("server", "weights fetch")
-    from losses import weights as W
+    from losses.nets import weights as W
 
     target = args.weights_dir or W.default_weights_dir()
     for spec in _chosen_files(args.models):
@@ -160,7 +160,7 @@ def weights_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from losses import weights as W
+    from losses.nets import weights as W
 
     table = Table("weights", "status", "file", "size", "checksum", "sha256")
     searched: list = []
@@ -204,7 +204,7 @@ def score_local(args: argparse.Namespace) -> dict:
     """Score one triplet in-process through the server's own engine (needs the server extra):
     the same plan, checks, ``losses`` call and answer as ``POST /v1/score``, without HTTP."""
     require_extra("server", "score --local")
-    from losses.weights import WeightsError
+    from losses.nets.weights import WeightsError
 
     from .common.decode import decode
     from .common.errors import ServiceError

@@ -59,7 +59,7 @@ def generated_inception_state() -> dict[str, torch.Tensor]:
     """``pt_inception-2015-12-05-6726825d.pth``'s layout (torchvision ``Inception3`` key names, 1008
     classes), random weights scaled so features neither vanish nor explode: He-normal
     convolutions and batch-norm statistics drawn near identity, so every block changes the features."""
-    from losses.inception import fid_inception_v3
+    from losses.nets.inception import fid_inception_v3
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(GENERATED_SEED)

@@ -8,9 +8,9 @@ from torch import nn
 
 import losses
 from losses import BACKBONES, CLPLoss, PerceptualLoss, create_metric, list_metrics, psnr, ssim
-from losses import weights as W
-from losses.backbones import BackboneSpec, SequentialFeatures, build_backbone, get_backbone
-from losses.features import FeatureView
+from losses.nets import weights as W
+from losses.nets.backbones import BackboneSpec, SequentialFeatures, build_backbone, get_backbone
+from losses.nets.features import FeatureView
 from service.common import protocol
 
 REL = 1e-6
@@ -232,8 +232,8 @@ def test_one_reference_for_many_candidates_is_computed_once(weights_dir):
 def test_conventions_record_names_options_and_weight_hashes(weights_dir):
     import hashlib
 
-    from losses import weights as W
-    from losses.backbones import backbone_spec
+    from losses.nets import weights as W
+    from losses.nets.backbones import backbone_spec
 
     record = losses.conventions(("psnr", "lpips_vgg"), crop_border=4)
     assert record["metrics"]["psnr"]["options"] == dict(crop_border=4, y_channel=False)
@@ -249,7 +249,7 @@ def test_conventions_record_names_options_and_weight_hashes(weights_dir):
 def test_slicing_a_batch_into_passes_changes_no_value(weights_dir, monkeypatch):
     """Below ``PASS_PIXELS`` a batch runs in sample slices; every per-sample value is unchanged,
     with a shared reference too."""
-    from losses import features
+    from losses.nets import features
 
     g = torch.Generator().manual_seed(9)
     sr, gt = torch.rand(5, 3, 40, 40, generator=g), torch.rand(5, 3, 40, 40, generator=g)
@@ -275,15 +275,15 @@ def test_public_names_load_lazily_and_no_module_shadows_one():
     import sys
 
     assert not {module.name for module in pkgutil.iter_modules(losses.__path__)} & set(losses.__all__)
-    check = "import sys, losses.dataset_metrics, losses.api; assert callable(losses.conventions)"
+    check = "import sys, losses.sets.statistics, losses.api; assert callable(losses.conventions)"
     assert subprocess.run([sys.executable, "-c", check], capture_output=True).returncode == 0
-    torch_free = "import sys, losses.dataset_metrics; assert 'torch' not in sys.modules, 'torch imported'"
+    torch_free = "import sys, losses.sets.statistics; assert 'torch' not in sys.modules, 'torch imported'"
     assert subprocess.run([sys.executable, "-c", torch_free], capture_output=True, text=True).returncode == 0
 
 
 def test_list_metrics_says_when_vmaf_cannot_run(monkeypatch):
     """Without an FFmpeg built with libvmaf, the catalogue says so and names what to install."""
-    from losses import vmaf
+    from losses.clips import vmaf
 
     monkeypatch.setattr(vmaf, "ffmpeg_with_libvmaf", lambda: None)
     entries = {e["name"]: e for e in list_metrics()}

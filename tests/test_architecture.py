@@ -70,7 +70,7 @@ def test_no_import_cycle_in_the_project():
     assert cycles(graph) == []
 
 
-TORCH_FREE_LIBRARY = {"losses", "losses.dataset_metrics", "losses.clip_means"}
+TORCH_FREE_LIBRARY = {"losses", "losses.sets.statistics", "losses.clips.means"}
 
 
 def test_the_client_imports_only_the_torch_free_library_and_never_the_server():
@@ -98,7 +98,7 @@ def test_a_100_frame_clip_is_planned_once_and_never_looked_up_again(weights_dir,
     monkeypatch.setattr("losses.plan.get_metrics", registry.get_metrics)
     calls = []
     real_compute = registry.compute
-    monkeypatch.setattr("losses.clip_scoring.compute", lambda *a, **k: calls.append(a[0]) or real_compute(*a, **k))
+    monkeypatch.setattr("losses.clips.scoring.compute", lambda *a, **k: calls.append(a[0]) or real_compute(*a, **k))
     g = torch.Generator().manual_seed(3)
     gt = torch.rand(100, 3, 48, 48, generator=g)
     sr = (gt + 0.05 * torch.rand(100, 3, 48, 48, generator=g)).clamp(0, 1)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import losses
-from losses.dataset_metrics import DatasetMetricError, FeatureFile, FeatureStats, frechet_distance, trace_sqrt_product
+from losses.sets.statistics import DatasetMetricError, FeatureFile, FeatureStats, frechet_distance, trace_sqrt_product
 
 from .conftest import generated_inception_state, to_tensor
 
@@ -332,7 +332,7 @@ def big_photos() -> list[np.ndarray]:
 def test_clean_fid_input_is_clean_fids_resize_on_photos_larger_than_299():
     from cleanfid.resize import build_resizer
 
-    from losses.inception import clean_fid_input
+    from losses.nets.inception import clean_fid_input
 
     resize = build_resizer("clean")  # PIL bicubic on float32 channels, clipped: clean-fid's "clean" mode
     for photo in big_photos():
@@ -377,7 +377,7 @@ class CleanFidNetwork(torch.nn.Module):
     inside, as its ``InceptionV3W`` wrapper does before the TorchScript layers."""
 
     def forward(self, x):
-        from losses.inception import STAGES
+        from losses.nets.inception import STAGES
 
         h = (x - 128) / 128
         model = losses.get_backbone("inception_v3_fid").model

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from losses import CLPLoss, KDImageLoss, PerceptualLoss, VGGPerceptualLoss
-from losses.weights import WeightsNotFoundError
+from losses.nets.weights import WeightsNotFoundError
 
 from .test_losses import by_hand_perceptual, images, rel_close, tv_vgg16  # noqa: F401 - fixtures
 

@@ -159,7 +159,7 @@ def test_hybrid_without_perceptual_builds_no_backbone(monkeypatch, images):
     clear_shared_backbones()
     out = HybridLoss()(*images)  # no weights needed at weight 0: neither found nor built
     assert out["perceptual"] == 0.0
-    from losses.models import MODELS
+    from losses.nets.models import MODELS
 
     assert len(MODELS) == 0
 

@@ -266,9 +266,9 @@ def test_niqe_needs_two_whole_blocks_after_the_crop():
 
 
 def test_the_pristine_model_is_a_declared_weight_file_read_without_pickle():
-    spec = losses.weights.WEIGHT_FILES["niqe_pristine"]
-    path = losses.weights.resolve(spec)
-    assert path == losses.weights.bundled_path(spec) and losses.weights.checksum_status(spec, path) == "ok"
+    spec = losses.nets.weights.WEIGHT_FILES["niqe_pristine"]
+    path = losses.nets.weights.resolve(spec)
+    assert path == losses.nets.weights.bundled_path(spec) and losses.nets.weights.checksum_status(spec, path) == "ok"
     model = niqe_module.load_pristine()
     assert model["mu"].shape == (36,) and model["cov"].shape == (36, 36) and model["window"].shape == (7, 7)
     assert np.allclose(model["cov"], model["cov"].T) and model["window"].sum() == pytest.approx(1.0, abs=1e-12)
@@ -299,7 +299,7 @@ def test_a_request_may_send_only_sr_for_niqe(server, photos):
     response = httpx.post(f"{server.url}/v1/score", files=[("sr", png_bytes(photo))], data={"metrics": "niqe"})
     assert response.status_code == 200, response.text
     assert response.json()["scores"]["niqe"] == pytest.approx(expected, rel=1e-12)
-    assert response.json()["conventions"]["weights"]["niqe_pristine"]["sha256"] == losses.weights.WEIGHT_FILES["niqe_pristine"].sha256
+    assert response.json()["conventions"]["weights"]["niqe_pristine"]["sha256"] == losses.nets.weights.WEIGHT_FILES["niqe_pristine"].sha256
     with LossClient(server.url) as client:
         assert client.score(png_bytes(photo), metrics="niqe")["scores"]["niqe"] == pytest.approx(expected, rel=1e-12)
         batch = client.score_batch([{"sr": png_bytes(photo)}, {"sr": png_bytes(photos[2])}], metrics="niqe")

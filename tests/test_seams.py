@@ -14,10 +14,10 @@ import pytest
 import torch
 
 import losses
-from losses import features
-from losses import weights as W
-from losses.backbones import BACKBONES, clear_shared_backbones
-from losses.models import MODELS
+from losses.nets import features
+from losses.nets import weights as W
+from losses.nets.backbones import BACKBONES, clear_shared_backbones
+from losses.nets.models import MODELS
 from service.cli import main as cli_main
 from service.client.report import Report, html_table, load_runs
 from service.client.report.page import html_paired

@@ -12,8 +12,8 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 import losses
-from losses.temporal import crop_8x8
-from losses.video import read_clip
+from losses.clips.temporal import crop_8x8
+from losses.clips.video import read_clip
 
 # --- the transcription ------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import losses
-from losses.video import frame_paths, read_clip
+from losses.clips.video import frame_paths, read_clip
 
 
 def photo_clip(photo: np.ndarray, frames: int = 6, size: tuple[int, int] = (96, 128)) -> np.ndarray:
@@ -380,7 +380,7 @@ def test_vmaf_equals_ffmpegs_libvmaf_run_as_a_user_types_it(photos, tmp_path, me
     "[0:v]format=yuv420p[d];[1:v]format=yuv420p[r];[d][r]libvmaf=model=version=...:log_fmt=json..."``."""
     import json
 
-    from losses.vmaf import ffmpeg_with_libvmaf
+    from losses.clips.vmaf import ffmpeg_with_libvmaf
 
     sr, gt = clip_pair(photos)
     for role, frames in (("sr", sr), ("gt", gt)):
@@ -434,7 +434,7 @@ def ffmpeg_vmaf_of_files(sr: Path, gt: Path, model: str, work: Path) -> list[flo
     """The user's command on two video files: ``ffmpeg -i sr -i gt -lavfi libvmaf`` (no format filter)."""
     import json
 
-    from losses.vmaf import ffmpeg_with_libvmaf
+    from losses.clips.vmaf import ffmpeg_with_libvmaf
 
     log = work / f"ffmpeg-{model}.json"
     graph = f"[0:v][1:v]libvmaf=model=version={model}:log_fmt=json:log_path={log}"
@@ -481,7 +481,7 @@ def test_vmaf_of_video_files_reads_the_source_planes_as_ffmpeg_does(photos, tmp_
 def test_vmaf_of_videos_of_different_pixel_formats_is_refused(photos, tmp_path, server):
     import httpx
 
-    from losses.vmaf import FormatMismatch
+    from losses.clips.vmaf import FormatMismatch
 
     gt = photo_clip(photos[0])
     write_video(tmp_path / "sr.mkv", gt, "ffv1", "yuv420p10le")

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from losses import WeightsNotFoundError, get_backbone
-from losses import weights as W
-from losses.backbones import BACKBONES, build_backbone
+from losses.nets import weights as W
+from losses.nets.backbones import BACKBONES, build_backbone
 
 from .conftest import generated_dinov2_official_state, generated_vgg_state
 
@@ -52,7 +52,7 @@ def test_dinov2_official_layout_and_timm_safetensors(weights_dir, tmp_path):
 
 
 def test_dinov2_reflect_padding_split():
-    from losses.backbones import DINOv2Features
+    from losses.nets.backbones import DINOv2Features
 
     x = torch.arange(20 * 17, dtype=torch.float32).view(1, 1, 20, 17)
     padded = DINOv2Features.pad_to_patch_multiple(x)
@@ -243,15 +243,15 @@ def test_serve_fetches_missing_weights_from_the_mirror(tmp_path, mirror, weights
 
 
 def test_the_weight_table_is_complete_after_importing_losses_weights_alone():
-    """A fresh interpreter that imports only ``losses.weights`` sees every file a metric reads."""
+    """A fresh interpreter that imports only ``losses.nets.weights`` sees every file a metric reads."""
     import json
     import subprocess
     import sys
 
-    code = "import json, losses.weights as W; print(json.dumps(sorted(W.WEIGHT_FILES)))"
+    code = "import json, losses.nets.weights as W; print(json.dumps(sorted(W.WEIGHT_FILES)))"
     alone = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     from losses import registry
-    from losses.backbones import BACKBONES
+    from losses.nets.backbones import BACKBONES
 
     read = {spec.weights.name for spec in BACKBONES.values()} | {s.name for m in registry.REGISTRY.values() for s in m.weights}
     assert set(alone) == read and len(alone) == 9

@@ -1,6 +1,6 @@
 """The torch-free client side: the sync and async HTTP clients, ``eval``, ``report`` and its
 statistics. Imports ``service.common`` and the library's torch-free modules
-(``losses.dataset_metrics``: NumPy; ``losses.clip_means``: pure Python), never ``service.server``
+(``losses.sets.statistics``: NumPy; ``losses.clips.means``: pure Python), never ``service.server``
 (tests/test_architecture.py checks this from the import graph)."""
 
 from .aio import AsyncLossClient

@@ -1,5 +1,5 @@
 """Dataset metrics (fid, kid) in ``eval``: each set's images go to ``POST /v1/features`` in
-chunks, their features are accumulated as they arrive (``losses.dataset_metrics``: float64 sums
+chunks, their features are accumulated as they arrive (``losses.sets.statistics``: float64 sums
 for FID, a memory-mapped file for KID) and the two sets are reduced to the values.
 
 A GT set's accumulated features are cached by content: the key hashes every file's bytes in
@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from losses.dataset_metrics import DATASET_METRICS, DatasetMetricError, FeatureFile, FeatureStats, SetFeatures
+from losses.sets.statistics import DATASET_METRICS, DatasetMetricError, FeatureFile, FeatureStats, SetFeatures
 
 FEATURES_PER_REQUEST = 16  # images per /v1/features request: ~0.2–0.8 MB of PNG at 128²
 

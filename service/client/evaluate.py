@@ -12,7 +12,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from losses.dataset_metrics import DATASET_METRICS, DatasetMetricError
+from losses.sets.statistics import DATASET_METRICS, DatasetMetricError
 
 from ..client import LossClient, LossServiceError, describe
 from ..common.errors import comma_list

@@ -14,7 +14,7 @@ import csv
 import json
 from pathlib import Path
 
-from losses.clip_means import dataset_means
+from losses.clips.means import dataset_means
 
 from .errors import LossServiceError
 from .store import ResultsStore, Row, StoreError, conventions_hash

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from losses import registry
-from losses.clip_scoring import CLIP_KINDS, score_clip
-from losses.vmaf import FormatMismatch
+from losses.clips.scoring import CLIP_KINDS, score_clip
+from losses.clips.vmaf import FormatMismatch
 
 from ..common.errors import invalid, too_large, unavailable, unsupported
 from ..common.protocol import METRICS_FIELD
@@ -44,8 +44,8 @@ def read_video(data: bytes, field: str, max_clip_pixels: int | None) -> np.ndarr
     """A video upload's frames (T, H, W, 3) uint8; decoding stops at --max-clip-pixels (413)."""
     import av
 
-    from losses.video import ClipTooLarge
-    from losses.video import read_video as decode_video
+    from losses.clips.video import ClipTooLarge
+    from losses.clips.video import read_video as decode_video
 
     try:
         frames, _ = decode_video(io.BytesIO(data), max_clip_pixels)

@@ -20,10 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from losses import plan, registry, weights
-from losses.backbones import backbone_spec, get_backbone
+from losses import plan, registry
+from losses.nets import weights
+from losses.nets.backbones import backbone_spec, get_backbone
+from losses.nets.weights import WeightsError
 from losses.record import conventions as conventions_record
-from losses.weights import WeightsError
 
 from ..common.decode import Decoded
 from ..common.errors import ServiceError, comma_list, invalid, json_object, too_large, unavailable

@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     @field_validator("models")
     @classmethod
     def _known_models(cls, value: str) -> str:
-        from losses.backbones import BACKBONES  # torch: imported only when settings are built
+        from losses.nets.backbones import BACKBONES  # torch: imported only when settings are built
 
         names = comma_list(value)
         if names == [ALL_MODELS]:
@@ -123,13 +123,13 @@ class Settings(BaseSettings):
 
     @property
     def model_names(self) -> list[str]:
-        from losses.backbones import BACKBONES
+        from losses.nets.backbones import BACKBONES
 
         return list(BACKBONES) if self.models == ALL_MODELS else comma_list(self.models)
 
     def engine_config(self) -> EngineConfig:
         """The part of the settings the scoring engine reads."""
-        from losses import weights
+        from losses.nets import weights
 
         return EngineConfig(
             device=self.device,

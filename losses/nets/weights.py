@@ -1,7 +1,7 @@
 """Pretrained weights: where they are looked for, how they are verified and loaded.
 
 Every file any metric reads is one ``WeightSpec`` in ``WEIGHT_FILES``, all declared in
-losses/weight_files.py, so the table is complete once this module is imported. ``weights list``
+losses/nets/weight_files.py, so the table is complete once this module is imported. ``weights list``
 and ``weights fetch`` read it.
 
 Resolution order (README, "Weights"): an explicit directory or ``$LOSS_SERVICE_WEIGHTS_DIR`` →
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .weight_files import WEIGHT_FILES, WeightSpec, register_weights  # noqa: F401 - the table, re-exported
+from losses.nets.weight_files import WEIGHT_FILES, WeightSpec, register_weights  # noqa: F401 - the table, re-exported
 
 FETCH_COMMAND = "uv run loss-service weights fetch"
 log = logging.getLogger("loss_service")

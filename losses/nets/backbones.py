@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import weights as W
-from .models import MODELS
-from .tables import add_named
-from .weight_files import ALEXNET_FILE, DINOV2_FILE, VGG16_FILE, VGG19_FILE
+from losses.nets import weights as W
+from losses.nets.models import MODELS
+from losses.nets.tables import add_named
+from losses.nets.weight_files import ALEXNET_FILE, DINOV2_FILE, VGG16_FILE, VGG19_FILE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

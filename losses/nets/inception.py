@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import Backbone, BackboneSpec, StateDict, _seeded_init, register_backbone, to_rgb
-from .weight_files import FID_INCEPTION_FILE
+from losses.nets.backbones import Backbone, BackboneSpec, StateDict, _seeded_init, register_backbone, to_rgb
+from losses.nets.weight_files import FID_INCEPTION_FILE
 
 INPUT_SIDE = 299
 POOL3_DIM = 2048

@@ -1,6 +1,6 @@
 """Dataset metrics: FID and KID between a set of SR outputs and a set of GT images.
 
-Both compare distributions of InceptionV3 ``pool3`` features (losses/inception.py), so a value
+Both compare distributions of InceptionV3 ``pool3`` features (losses/nets/inception.py), so a value
 belongs to two whole sets, not to an image. This module is NumPy only: the torch-free client
 (``loss-service eval``) reduces the features the server returns with it, and the library does
 the same in-process (``losses.dataset_score``).
@@ -312,7 +312,7 @@ class DatasetMetric:
 
 INCEPTION_POOL3 = ("inception_v3_fid", "pool3")
 # The tools whose FID/KID numbers a ``convention`` reproduces → the Inception "layer" whose input
-# handling is that tool's (losses/inception.py): the same network and pool3, resized and scaled as it does.
+# handling is that tool's (losses/nets/inception.py): the same network and pool3, resized and scaled as it does.
 FEATURE_CONVENTIONS = {"torch-fidelity": "pool3", "clean-fid": "pool3_clean_fid", "pytorch-fid": "pool3_pytorch_fid"}
 DEFAULT_FEATURE_CONVENTION = "torch-fidelity"
 # The tools that compute FID from the feature rows with np.mean/np.cov and scipy's sqrtm: the

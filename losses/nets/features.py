@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import weights as W
-from .backbones import Backbone, backbone_spec, get_backbone
-from .psnr_ssim import check_image
+from losses.nets import weights as W
+from losses.nets.backbones import Backbone, backbone_spec, get_backbone
+from losses.psnr_ssim import check_image
 
 LayerWeights = Mapping[str, float] | Sequence[str]
 # Pixels one backbone pass forwards at most (rows × H × W): a batch runs in sample slices below

@@ -14,7 +14,7 @@ metrics are over the pairs (t−1, t) with skip < t < T − skip. ``skip`` is an
 entries, and ``ClipFrames.pairs`` is the one place it is applied.
 
 This module declares the clip metrics (``CLIP_SPECS``); the registry turns each into a catalogue
-entry of kind ``clip``, and ``losses.clip_scoring.score_clip`` runs them.
+entry of kind ``clip``, and ``losses.clips.scoring.score_clip`` runs them.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import vmaf as libvmaf
-from .features import ImageBatch, LayerTerm
-from .lpips_loss import LPIPS_HEADS, LPIPS_TERMS, lpips_per_sample
-from .psnr_ssim import psnr
-from .weights import WeightSpec
+from losses.clips import vmaf as libvmaf
+from losses.lpips_loss import LPIPS_HEADS, LPIPS_TERMS, lpips_per_sample
+from losses.nets.features import ImageBatch, LayerTerm
+from losses.nets.weights import WeightSpec
+from losses.psnr_ssim import psnr
 
 TECOGAN_SKIP = 2
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)

@@ -1,7 +1,7 @@
 """Every weight file the library reads, declared in one table: ``WEIGHT_FILES``.
 
 A declaration is data only (names, URL, hash, the copy a package ships), so this module imports
-nothing of the project and the table is complete as soon as ``losses.weights`` is imported: the
+nothing of the project and the table is complete as soon as ``losses.nets.weights`` is imported: the
 backbones' checkpoints, LPIPS's linear heads, DISTS's α/β, NIQE's pristine model and the FID
 Inception. The modules that read a file name its constant here.
 """

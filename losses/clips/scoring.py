@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbones import get_backbone
-from .plan import Plan, make_plan
-from .registry import compute, resolve_options
-from .temporal import TECOGAN_SKIP, ClipFrames, ClipValues, as_unit
-from .weights import weights_dir_scope
+from losses.clips.temporal import TECOGAN_SKIP, ClipFrames, ClipValues, as_unit
+from losses.nets.backbones import get_backbone
+from losses.nets.weights import weights_dir_scope
+from losses.plan import Plan, make_plan
+from losses.registry import compute, resolve_options
 
 CLIP_KINDS = ("image", "clip")
 
