@@ -26,7 +26,14 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 NEVER = ("torch", "torchvision", "timm", "fastapi", "uvicorn", "imagecodecs")
 NOT_IN_BARE = ("scipy", "matplotlib")
-SERVER_COMMANDS = (["serve"], ["weights", "list"], ["weights", "fetch"], ["bench", "--quick"], ["score", "--local", "x.png", "x.png"])
+SERVER_COMMANDS = (
+    ["serve"],
+    ["weights", "list"],
+    ["weights", "fetch"],
+    ["bench", "--quick"],
+    ["score", "--local", "x.png", "x.png"],
+    ["eval", "--sr", ".", "--gt", ".", "--metrics", "psnr"],  # without --url: scored in-process, the server extra's job
+)
 # Runs a command of the installed CLI, then writes the top-level modules it imported to a file.
 TRACED_CLI = """
 import json, sys
