@@ -291,10 +291,11 @@ def _weights_parser(commands) -> None:
 
 
 def _eval_parser(commands) -> None:
-    """``eval``: folders of SR/GT(/LR) images scored through a server."""
+    """``eval``: folders of SR/GT(/LR) images scored through a server, or in-process without ``--url``."""
     ev = commands.add_parser(
         "eval",
-        help="score folders of SR/GT(/LR) images, or of clips (sub-folders of frames, or videos), through a server; CSV + JSON + summary",
+        help="score folders of SR/GT(/LR) images, or of clips (sub-folders of frames, or videos), through a server or in-process; "
+        "CSV + JSON + summary",
     )
     ev.add_argument(
         "--url",
