@@ -355,3 +355,25 @@ def test_the_nearest_grid_ratio_is_argmins_over_the_whole_grid():
     r = np.concatenate([rng.uniform(grid[0] - 0.1, grid[-1] + 0.1, 20000), grid, (grid[1:] + grid[:-1]) / 2, [np.nan]])
     expected = np.array([np.argmin((grid - value) ** 2) for value in r])
     np.testing.assert_array_equal(niqe_module.nearest_ratio(r), expected)
+
+
+def test_eval_and_the_report_show_the_flat_block_warning_naming_the_image(server, photos, tmp_path, capsys):
+    from service.cli import main as cli_main
+    from service.client.report import load_runs
+
+    from .servers import png_bytes
+
+    folder = tmp_path / "sr"
+    folder.mkdir()
+    (folder / "page.png").write_bytes(png_bytes(flat_photos()["page"]))
+    (folder / "chelsea.png").write_bytes(png_bytes(photos[1]))
+    out = tmp_path / "niqe.json"
+    argv = ["eval", "--url", server.url, "--sr", f"m={folder}", "--metrics", "niqe", "--out", str(tmp_path / "n.csv"), "--json", str(out)]
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    said = " ".join("".join(capsys.readouterr()).split())
+    assert "m: warning: niqe: 1 flat block(s)" in said and "(1 image: page)" in said
+    results = {r["image"]: r for r in json.loads(out.read_text())["models"]["m"]["results"]}
+    assert any("flat block" in w for w in results["page"]["warnings"]) and not results["chelsea"]["warnings"]
+    (run,) = load_runs(out)
+    assert any("flat block" in w and "page" in w for w in run.warnings)

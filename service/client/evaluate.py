@@ -19,6 +19,7 @@ from ..common.errors import comma_list
 from .datasets import FeatureCache, check_set_sizes, default_cache_dir, score_sets
 from .datasets import resolve_options as resolve_set_options
 from .evaluate_clips import is_clip_dataset, run_clip_eval
+from .notes import grouped_warnings
 from .store import ResultsStore, Row, StoreError, conventions_hash
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".npy"}
@@ -130,7 +131,7 @@ def write_csv(path: Path, results: dict[str, list[dict]]) -> None:
                 )
 
 
-def print_report(model: str, summary: dict, failures: list[dict], pairing: Pairing, console) -> None:
+def print_report(model: str, summary: dict, failures: list[dict], pairing: Pairing, console, results: list[dict] = ()) -> None:
     from rich.table import Column, Table
 
     # Two tables, so that on an 80-column terminal no number is cut short: the statistics, then
@@ -151,6 +152,8 @@ def print_report(model: str, summary: dict, failures: list[dict], pairing: Pairi
         console.print(f"[yellow]{model}: ambiguous[/yellow]: {line}")
     for failure in failures:
         console.print(f"[red]{model}: failed[/red] {failure['image']}: HTTP {failure['status']}: {failure['message']}")
+    for line in grouped_warnings(results):
+        console.print(f"{model}: warning: {line}", markup=False, style="yellow")  # a warning may hold brackets
 
 
 def parse_models(values: list[str]) -> dict[str, Path]:
@@ -436,7 +439,7 @@ def run_eval(args) -> int:
     if out_json is not None:
         out_json.write_text(json.dumps(eval_json(args, models, pairings, scored, summaries, options), indent=2, allow_nan=False))
     for name in models:
-        print_report(name, summaries[name], scored.failures[name], pairings[name], console)
+        print_report(name, summaries[name], scored.failures[name], pairings[name], console, scored.results[name])
     failed = sum(len(f) for f in scored.failures.values())
     scored_count = sum(len(r.models) for r in requests) - failed
     sets = "".join(

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ...common.errors import comma_list
+from ..notes import grouped_warnings
 from ..stats import BOOTSTRAP_RESAMPLES, PairedComparison, bootstrap_mean_ci, compare_paired
 
 DISTORTION_METRICS = ("psnr", "ssim", "ms_ssim")
@@ -68,7 +69,11 @@ def load_runs(path: Path) -> list[Run]:
                 lower_is_better=data.get("lower_is_better", {}),
                 pretrained=(data.get("conventions") or {}).get("pretrained", server.get("pretrained")),
                 conventions=data.get("conventions") or {},
-                warnings=[*data.get("warnings", []), *(f"{name}: {f['image']} failed: {f['message']}" for f in entry.get("failures", []))],
+                warnings=[
+                    *data.get("warnings", []),
+                    *(f"{name}: {line}" for line in grouped_warnings(results)),
+                    *(f"{name}: {f['image']} failed: {f['message']}" for f in entry.get("failures", [])),
+                ],
                 set_values=(entry.get("dataset_metrics") or {}).get("values", {}),
                 set_size=(entry.get("dataset_metrics") or {}).get("sr_count", 0),
             )
