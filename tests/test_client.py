@@ -655,12 +655,14 @@ def test_backoff_is_exponential_jittered_capped_and_honours_retry_after():
 
 def test_eval_without_url_scores_in_process_bit_for_bit_as_a_server(server, weights_dir, tmp_path):
     """No --url: the server's own steps run in this process on a loopback port for the run; every
-    value equals the remote server's exactly, and the JSON says which backend scored it."""
+    value equals the remote server's exactly, and the JSON says which backend scored it. One request
+    at a time on both sides, so both batch alike: under concurrent load the batch a request shares
+    is a matter of timing, and a float32 network's last bits follow the batch size."""
     dirs = make_folders(tmp_path)
     runs = {}
     for backend, where in (("server", ["--url", server.url]), ("in-process", ["--weights-dir", str(weights_dir)])):
         out = tmp_path / f"{backend}.json"
-        argv = ["eval", *where, "--sr", str(dirs["sr"]), "--gt", str(dirs["gt"]), "--sr-suffix", "_x4", "--metrics", "psnr,ssim,perceptual"]
+        argv = ["eval", *where, "--sr", str(dirs["sr"]), "--gt", str(dirs["gt"]), "--sr-suffix", "_x4", "--metrics", "psnr,ssim,perceptual", "--concurrency", "1"]
         cli_main([*argv, "--out", str(tmp_path / f"{backend}.csv"), "--json", str(out), "--quiet"])
         runs[backend] = json.loads(out.read_text())
     remote, local = runs["server"], runs["in-process"]
