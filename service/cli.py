@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import sys
 
-from .common.errors import comma_list, parse_json_object
+from .common.arguments import json_object_argument, number
+from .common.errors import comma_list
 from .common.protocol import DEFAULT_METRICS, IMAGE_ROLES
 
 DEFAULT_METRICS_ARG = ",".join(DEFAULT_METRICS)
@@ -32,35 +32,11 @@ class CommandFailed(Exception):
         self.code = code
 
 
-def json_object(text: str) -> dict:
-    """``--options``: a JSON object, refused by argparse (exit 2) when it is not one."""
-    try:
-        return parse_json_object(text, "'{\"crop_border\": 4}'")
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def require_extra(extra: str, command: str) -> None:
     """One line naming the extra to install, instead of a traceback from the first failed import."""
     missing = [name for name in EXTRA_PACKAGES[extra] if importlib.util.find_spec(name) is None]
     if missing:
         raise CommandFailed(f"{command} needs the {extra} extra ({', '.join(missing)} missing): pip install 'loss-service[{extra}]'", 2)
-
-
-def number(kind: type, minimum: float, above: bool = False):
-    """An argparse type: a finite ``kind`` of at least ``minimum`` (strictly above with ``above``),
-    so ``--concurrency 0`` or ``--seed -1`` is a usage error, not a traceback mid-run."""
-
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-        if not math.isfinite(value) or value < minimum or (above and value == minimum):
-            raise argparse.ArgumentTypeError(f"must be {'above' if above else 'at least'} {minimum}, got {text}")
-        return value
-
-    return parse
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -187,17 +163,18 @@ def weights_list(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from .client.evaluate import run_eval
+    from dataclasses import replace
 
-    if args.url:
-        args.backend = "server"
-        return run_eval(args)
+    from .client.eval import EvalOptions, run
+
+    options = EvalOptions.from_arguments(args)
+    if options.url:
+        return run(options)
     require_extra("server", "eval without --url")
     from .embedded import embedded_server
 
-    with embedded_server(comma_list(args.metrics), args.device, args.weights_dir, args.random_weights) as url:
-        args.url, args.backend = [url], "in-process"
-        return run_eval(args)
+    with embedded_server(options.metric_names, options.device, options.weights_dir, options.random_weights) as url:
+        return run(replace(options, url=(url,), backend="in-process"))
 
 
 def score_local(args: argparse.Namespace) -> dict:
@@ -292,83 +269,14 @@ def _weights_parser(commands) -> None:
 
 def _eval_parser(commands) -> None:
     """``eval``: folders of SR/GT(/LR) images scored through a server, or in-process without ``--url``."""
+    from .client.eval.options import add_eval_arguments
+
     ev = commands.add_parser(
         "eval",
         help="score folders of SR/GT(/LR) images, or of clips (sub-folders of frames, or videos), through a server or in-process; "
         "CSV + JSON + summary",
     )
-    ev.add_argument(
-        "--url",
-        action="append",
-        help="server base URL; repeat to spread over replicas. Without it, eval scores in this process (server extra) with "
-        "the server's own steps, on a loopback port for the run",
-    )
-    ev.add_argument("--device", default="auto", help="without --url: auto, cpu, cuda, cuda:N")
-    ev.add_argument("--weights-dir", default=None, help="without --url: directory searched first for checkpoints")
-    ev.add_argument("--random-weights", action="store_true", help="without --url: explicit opt-in to random backbone weights")
-    ev.add_argument(
-        "--sr",
-        action="append",
-        required=True,
-        metavar="[NAME=]DIR",
-        help="folder of a model's SR outputs; repeat as --sr NAME=DIR to compare models (one pass, each GT sent once)",
-    )
-    ev.add_argument("--gt", help="folder of ground truths (every metric but niqe needs it; for fid/kid the reference set)")
-    ev.add_argument("--lr", help="folder of LR inputs (for lr_psnr, clp_*)")
-    ev.add_argument("--teacher", help="folder of teacher outputs (for kd)")
-    ev.add_argument("--dataset", default=None, help="dataset name recorded in the JSON (e.g. Set5), used by `report`")
-    ev.add_argument("--scale", type=number(int, 1), default=None, help="SR scale recorded in the JSON (e.g. 4), used by `report`")
-    ev.add_argument("--sr-suffix", default="", help="suffix stripped from SR stems, e.g. _x4 or _SR")
-    ev.add_argument("--lr-suffix", default="", help="suffix stripped from LR stems, e.g. x4")
-    ev.add_argument("--teacher-suffix", default="", help="suffix stripped from teacher stems")
-    ev.add_argument(
-        "--metrics",
-        default=DEFAULT_METRICS_ARG,
-        help=f"comma list (default {DEFAULT_METRICS_ARG}); fid and kid compare the whole --sr set with the whole --gt set",
-    )
-    ev.add_argument(
-        "--feature-cache",
-        default=None,
-        metavar="DIR",
-        help="where fid/kid keep GT-set features by content hash (default ~/.cache/loss-service/features); 'none' disables it",
-    )
-    ev.add_argument(
-        "--crop-border",
-        type=number(int, 0),
-        default=None,
-        help="pixels cropped from each edge for psnr, ssim, ms_ssim (LR pixels for lr_psnr)",
-    )
-    ev.add_argument("--y-channel", action="store_true", help="psnr, ssim, ms_ssim, lr_psnr on the BT.601 luma channel")
-    ev.add_argument(
-        "--options",
-        type=json_object,
-        default=None,
-        help='further metric options as a JSON object, e.g. {"uint8_rounding": true} for lr_psnr, {"subset_size": 100} for kid',
-    )
-    ev.add_argument(
-        "--preset",
-        choices=("REDS4", "Vid4", "UDM10", "Vimeo90K-T", "Vimeo90K-T-fast", "Vimeo90K-T-medium", "Vimeo90K-T-slow", "TecoGAN"),
-        default=None,
-        help="clips: a test set's published conventions (REDS4: RGB, crop 0, clips 000/011/015/020; Vid4, UDM10: Y, crop 0; "
-        "Vimeo90K-T: Y, crop 0, the centre frame of each of the 7824 listed 7-frame clips in the nested layout "
-        "00001/0266/im1.png, or the fast/medium/slow subsets; TecoGAN: its metrics.py's psnr and lpips_alex columns "
-        "(tecogan_psnr, tecogan_lpips) beside tof and tlp); recorded in the JSON",
-    )
-    ev.add_argument("--concurrency", type=number(int, 1), default=8, help="requests in flight (default 8)")
-    ev.add_argument("--out", default="results.csv", help="CSV path (default results.csv)")
-    ev.add_argument(
-        "--json",
-        default=None,
-        help="JSON results path: per model, per-image scores and image paths, plus the conventions record (the input of `report`)",
-    )
-    ev.add_argument("--resume", action="store_true", help="skip images (clips) already in --json (or --out), or with --store in the store")
-    ev.add_argument(
-        "--store", default=None, metavar="DB", help="also append every value to this SQLite results store (report --store reads it)"
-    )
-    ev.add_argument("--checkpoint", default=None, help="checkpoint name recorded with each value in --store")
-    ev.add_argument("--api-key", default=None, help="bearer token")
-    ev.add_argument("--timeout", type=number(float, 0, above=True), default=120.0, help="seconds per request")
-    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_eval_arguments(ev)
     ev.set_defaults(func=evaluate)
 
 
@@ -380,7 +288,7 @@ def _score_parser(commands) -> None:
     one.add_argument("lr", nargs="?", help="low-resolution input (metrics lr_psnr, clp_*)")
     one.add_argument("--teacher", help="teacher output, same size as sr (metric kd)")
     one.add_argument("--metrics", default=DEFAULT_METRICS_ARG, help=f"comma list (default {DEFAULT_METRICS_ARG})")
-    one.add_argument("--options", type=json_object, default=None, help='metric options as a JSON object, e.g. {"crop_border": 4}')
+    one.add_argument("--options", type=json_object_argument, default=None, help='metric options as a JSON object, e.g. {"crop_border": 4}')
     where = one.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", action="append", help="score through a server")
     where.add_argument("--local", action="store_true", help="score in-process with the library (server extra)")

@@ -1,7 +1,8 @@
 """``eval`` without ``--url``: the server's own app, started in this process on a free port of
 127.0.0.1 and stopped when the run ends. Every value is computed by the steps a server runs
 (plan, batcher, ``registry.compute``, encode), so it equals a remote server's bit for bit when
-both batch alike (float32 networks' last bits follow the batch size), and nothing listens beyond the loopback interface. Only the backbones the metrics read are loaded.
+both batch alike (float32 networks' last bits follow the batch size), and nothing listens
+beyond the loopback interface. Only the backbones the metrics read are loaded.
 """
 
 from __future__ import annotations

@@ -124,10 +124,16 @@ def test_every_relative_link_in_the_markdown_resolves():
 
 
 def test_the_command_line_imports_a_sides_modules_only_for_the_command_that_needs_them():
-    """``loss-service --help`` (and so every command's start) loads neither the client nor the server."""
+    """Importing the command line loads neither the client nor the server; building its parser
+    (``--help``, and every command's start) loads eval's options and the server's settings (the
+    flags of ``eval`` and ``serve``), and nothing else of theirs."""
     import subprocess
     import sys
 
-    code = "import sys, service.cli; print(sorted(m for m in sys.modules if m.startswith(('service.client', 'service.server', 'losses'))))"
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT).stdout
-    assert loaded.strip() == "[]", loaded
+    sides = "sorted(m for m in sys.modules if m.startswith(('service.client', 'service.server', 'losses')))"
+    code = f"import sys, service.cli; print({sides}); service.cli.build_parser(); print({sides})"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    imported, parsed = run.stdout.splitlines()
+    assert imported == "[]", imported
+    options = ["service.client", "service.client.eval", "service.client.eval.options", "service.client.eval.presets"]
+    assert parsed == str([*options, "service.server", "service.server.settings"]), parsed

@@ -17,7 +17,7 @@ from PIL import Image
 
 from service.cli import main as cli_main
 from service.client import AsyncLossClient, BadRequest, LossClient, RequestTimeout, ServerBusy
-from service.client.evaluate import pair_folders
+from service.client.eval.folders import pair_folders
 
 from .servers import SubprocessServer, metric_value, npy_bytes, random_image
 
@@ -538,7 +538,7 @@ def test_client_imports_without_torch_or_fastapi():
         "            raise ImportError('blocked ' + name)\n"
         "sys.meta_path.insert(0, Block())\n"
         "from service.client import LossClient, AsyncLossClient\n"
-        "import service, service.client.evaluate, service.cli\n"
+        "import service, service.client.eval.images, service.client.eval.clips, service.cli\n"
         "service.cli.build_parser().parse_args(['serve'])\n"
         "service.cli.build_parser().parse_args(['eval', '--url', 'http://x', '--sr', 'a', '--gt', 'b'])\n"
         "import numpy as np\n"
@@ -558,14 +558,16 @@ def test_eval_summary_cuts_no_number_short_on_an_80_column_console():
 
     from rich.console import Console
 
-    from service.client.evaluate import Pairing, print_report, summarise
+    from service.client.eval.folders import Pairing
+    from service.client.eval.images import summarise
+    from service.client.eval.output import print_model_summary
 
     rng = np.random.default_rng(0)
     names = ("clp_dinov2", "dists", "hybrid.perceptual", "lpips_alex", "lr_psnr", "ms_ssim")
     rows = [dict(image=f"{801 + i:04d}x4_realesrgan", scores={n: float(rng.random() * 1e-3) for n in names}) for i in range(6)]
     summary = summarise(rows, {n: True for n in names})
     out = io.StringIO()
-    print_report("realesrgan_x4plus", summary, [], Pairing(), Console(file=out, width=80))
+    print_model_summary("realesrgan_x4plus", summary, [], Pairing(), Console(file=out, width=80))
     printed = out.getvalue()
     assert "…" not in printed
     for s in summary.values():
@@ -662,7 +664,8 @@ def test_eval_without_url_scores_in_process_bit_for_bit_as_a_server(server, weig
     runs = {}
     for backend, where in (("server", ["--url", server.url]), ("in-process", ["--weights-dir", str(weights_dir)])):
         out = tmp_path / f"{backend}.json"
-        argv = ["eval", *where, "--sr", str(dirs["sr"]), "--gt", str(dirs["gt"]), "--sr-suffix", "_x4", "--metrics", "psnr,ssim,perceptual", "--concurrency", "1"]
+        argv = ["eval", *where, "--sr", str(dirs["sr"]), "--gt", str(dirs["gt"]), "--sr-suffix", "_x4", "--metrics", "psnr,ssim,perceptual"]
+        argv += ["--concurrency", "1"]
         cli_main([*argv, "--out", str(tmp_path / f"{backend}.csv"), "--json", str(out), "--quiet"])
         runs[backend] = json.loads(out.read_text())
     remote, local = runs["server"], runs["in-process"]

@@ -341,7 +341,7 @@ def test_vimeo90k_t_reads_the_nested_layout_and_scores_only_the_listed_clips(ser
     import json
 
     from service.cli import main as cli_main
-    from service.client.evaluate_clips import listed_clips
+    from service.client.eval.presets import listed_clips
 
     listed = listed_clips("vimeo90k/meta_info_Vimeo90K_test_GT.txt")
     slow = listed_clips("vimeo90k/meta_info_Vimeo90K_test_slow_GT.txt")

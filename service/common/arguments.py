@@ -1,0 +1,33 @@
+"""argparse types shared by the command line's parsers: a bounded number and a JSON object, each
+refused as a usage error (exit 2) before anything runs."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from .errors import parse_json_object
+
+
+def json_object_argument(text: str) -> dict:
+    """``--options``: a JSON object, refused by argparse (exit 2) when it is not one."""
+    try:
+        return parse_json_object(text, "'{\"crop_border\": 4}'")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def number(kind: type, minimum: float, above: bool = False):
+    """An argparse type: a finite ``kind`` of at least ``minimum`` (strictly above with ``above``),
+    so ``--concurrency 0`` or ``--seed -1`` is a usage error, not a traceback mid-run."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not math.isfinite(value) or value < minimum or (above and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be {'above' if above else 'at least'} {minimum}, got {text}")
+        return value
+
+    return parse
