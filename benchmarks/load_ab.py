@@ -12,7 +12,7 @@ import json
 import statistics
 import sys
 
-from service.bench import _load, start_server, upload_files
+from service.bench.service import drive_load, start_server, upload_files
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
         servers = [start_server(["--device", "cpu", "--models", "vgg16"], env) for env in envs]
         try:
             for i in (0, 1) if round_ % 2 == 0 else (1, 0):
-                results[i].append(asyncio.run(_load(servers[i][1], files, metric, concurrency, requests)))
+                results[i].append(asyncio.run(drive_load(servers[i][1], files, metric, concurrency, requests)))
         finally:
             for process, _ in servers:
                 process.terminate()

@@ -25,7 +25,7 @@ import time
 import httpx
 import numpy as np
 
-from service.bench import png, start_server
+from service.bench.service import png, start_server
 from service.client import RequestSpec
 
 WORKER = r"""

@@ -17,7 +17,7 @@ import time
 
 import httpx
 
-from service.bench import start_server, upload_files
+from service.bench.service import start_server, upload_files
 from service.client import RequestSpec
 
 
