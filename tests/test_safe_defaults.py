@@ -5,6 +5,7 @@ the budget is a 413 before anything is decoded; an allocation that still fails i
 the next request gets a 200."""
 
 import io
+import json
 import platform
 import subprocess
 import sys
@@ -174,3 +175,29 @@ def test_allocation_failure_is_413_and_the_server_keeps_serving(weights_dir):
         ok = httpx.post(f"{srv.url}/v1/score", files=[("sr", small), ("gt", small)], data=dict(metrics="perceptual"), timeout=60)
         assert ok.status_code == 200, ok.text
         assert srv.process.poll() is None
+
+
+def test_calibration_fits_the_growth_per_pixel_and_updates_only_the_measured_metrics(tmp_path):
+    """The cost of a metric, per pixel at the largest size measured: the peak's growth per added
+    image, or the smallest batch's own peak per image where that is larger; writing it keeps every
+    other metric's figure and records the run it came from."""
+    from service.server.memory_calibration import GIB, fit_costs, write_costs
+
+    rows = [
+        dict(metric="ssim", size=128, batch=1, rss_growth_gib=0.5),  # a smaller size: not the basis
+        dict(metric="ssim", size=256, batch=1, rss_growth_gib=1.0),
+        dict(metric="ssim", size=256, batch=4, rss_growth_gib=2.5),  # 0.5 GiB per added image
+        dict(metric="psnr", size=256, batch=1, rss_growth_gib=0.25),  # one batch: no slope, no cost
+    ]
+    assert fit_costs(rows) == {"ssim": round(max(0.5, 1.0) * GIB / 256**2, 1)}
+    flat = [dict(metric="l1", size=64, batch=1, rss_growth_gib=0.5), dict(metric="l1", size=64, batch=3, rss_growth_gib=0.5)]
+    assert fit_costs(flat) == {"l1": round(0.5 * GIB / 64**2, 1)}  # no growth: the first batch's own cost per image
+    cuda = [dict(metric="lpips_alex", size=64, batch=b, rss_growth_gib=9.0, cuda_peak_gib=0.1 * b) for b in (1, 2)]
+    assert fit_costs(cuda) == {"lpips_alex": round(0.1 * GIB / 64**2, 1)}  # the CUDA peak where there is one
+
+    table = tmp_path / "costs.json"
+    table.write_text(json.dumps(dict(bytes_per_pixel={"psnr": 173.0, "ssim": 1.0}, measured_by={})))
+    write_costs(table, dict(machine={"cpu": "test"}, started="now", memory_costs={"ssim": 656.0}))
+    written = json.loads(table.read_text())
+    assert written["bytes_per_pixel"] == {"psnr": 173.0, "ssim": 656.0}
+    assert written["measured_by"]["ssim"]["machine"] == {"cpu": "test"} and "psnr" not in written["measured_by"]
