@@ -302,7 +302,7 @@ def _score_parser(commands) -> None:
 def _bench_parser(commands) -> None:
     """``bench``: throughput, latency, peers and memory."""
     bench = commands.add_parser("bench", help="measure throughput, latency, SSIM/PSNR vs peers and memory; table + JSON")
-    bench.add_argument("--quick", action="store_true", help="small sizes and counts (a few minutes on a CPU)")
+    bench.add_argument("--quick", action="store_true", help="small sizes, counts and timing windows (a minute or two on a CPU)")
     bench.add_argument("--json", default="bench-results.json", help="where to write the JSON (default bench-results.json)")
     bench.add_argument("--device", default="auto", help="auto, cpu, cuda")
     bench.add_argument("--sections", default="inprocess,service,peers,memory", help="comma list of sections to run")

@@ -95,6 +95,16 @@ def weights_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def vgg16_server(weights_dir):
+    """One ``serve --models vgg16`` shared by every module that needs a plain server and leaves it
+    as it found it (a start costs ~8 s on 2 cores); a test that changes or stops a server starts its own."""
+    from .servers import SubprocessServer
+
+    with SubprocessServer("--models", "vgg16") as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
 def photos() -> list[np.ndarray]:
     """scikit-image's bundled photos (uint8 RGB); chelsea and coffee are non-square."""
     from skimage import data

@@ -51,10 +51,16 @@ class SubprocessServer:
         self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> SubprocessServer:
+    def start(self) -> SubprocessServer:
+        """Start the process without waiting for it, so that several servers start side by side."""
         # A file, not a pipe: an unread pipe fills up under load and stalls the server's logging.
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(self.command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, text=True)
+        return self
+
+    def __enter__(self) -> SubprocessServer:
+        if self.process is None:
+            self.start()
         wait_ready(self.url, process=self.process)
         return self
 

@@ -19,13 +19,12 @@ from service.cli import main as cli_main
 from service.client import AsyncLossClient, BadRequest, LossClient, RequestTimeout, ServerBusy
 from service.client.eval.folders import pair_folders
 
-from .servers import SubprocessServer, metric_value, npy_bytes, random_image
+from .servers import metric_value, npy_bytes, random_image
 
 
 @pytest.fixture(scope="module")
-def server(weights_dir):
-    with SubprocessServer("--models", "vgg16") as srv:
-        yield srv
+def server(vgg16_server):
+    return vgg16_server
 
 
 class Stub:

@@ -237,7 +237,7 @@ def test_16bit_and_converted_inputs_decode_to_their_exact_values():
 
 @pytest.mark.parametrize("flags", [("--max-queue", "8", "--max-batch-size", "8"), ()], ids=["tuned", "defaults"])
 def test_bounded_load_only_200_or_503_and_every_200_correct(weights_dir, flags):
-    seconds = float(os.environ.get("LOSS_SERVICE_LOAD_SECONDS", "12"))
+    seconds = float(os.environ.get("LOSS_SERVICE_LOAD_SECONDS", "6"))
     assert seconds <= 60
     triplets = [(random_image(32, 32, 10 + i), random_image(32, 32, 20 + i)) for i in range(4)]
     expected = []

@@ -69,11 +69,10 @@ def trainer(callback) -> pl.Trainer:
     )
 
 
-def test_a_real_trainer_validates_through_the_server_with_the_library_values(weights_dir):
+def test_a_real_trainer_validates_through_the_server_with_the_library_values(vgg16_server):
     val_lr, val_gt = data(2, count=3)
-    with SubprocessServer("--models", "vgg16") as server:
-        callback = Recorder(server.url, val_lr, val_gt, metrics="psnr,ssim", every_n_steps=3)
-        trainer(callback).fit(TinySR(), loader())
+    callback = Recorder(vgg16_server.url, val_lr, val_gt, metrics="psnr,ssim", every_n_steps=3)
+    trainer(callback).fit(TinySR(), loader())
     assert callback.sent_steps == [3, 6]  # 8 steps: 4 batches × 2 epochs
     for step in callback.sent_steps:
         expected = losses.score(callback.sent[step], val_gt, metrics=["psnr", "ssim"])

@@ -280,11 +280,8 @@ def test_the_pristine_model_is_a_declared_weight_file_read_without_pickle():
 
 
 @pytest.fixture(scope="module")
-def server(weights_dir):
-    from .servers import SubprocessServer
-
-    with SubprocessServer("--models", "vgg16") as srv:
-        yield srv
+def server(vgg16_server):
+    return vgg16_server
 
 
 def test_a_request_may_send_only_sr_for_niqe(server, photos):

@@ -227,17 +227,18 @@ def test_idle_connections_outlive_the_clients_keep_alive(weights_dir):
     (``httpx.ReadError``). The server must hold an idle connection longer than httpx's expiry,
     and ``--keep-alive-s`` must be what it uses."""
     client_expiry = httpx.Limits().keepalive_expiry
-    with SubprocessServer("--models", "vgg16") as srv, socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
-        assert _get_healthz(sock).startswith(b"HTTP/1.1 200")
-        time.sleep(client_expiry + 1)
-        assert _get_healthz(sock).startswith(b"HTTP/1.1 200"), "server closed an idle connection httpx still reuses"
+    default = SubprocessServer("--models", "", "--random-weights").start()  # no backbone: /healthz is all it serves
+    short = SubprocessServer("--models", "", "--random-weights", "--keep-alive-s", "0.5").start()
     with (
-        SubprocessServer("--models", "vgg16", "--keep-alive-s", "0.5") as srv,
-        socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock,
+        default,
+        short,
+        socket.create_connection(("127.0.0.1", default.port), timeout=10) as kept,
+        socket.create_connection(("127.0.0.1", short.port), timeout=10) as closed,
     ):
-        assert _get_healthz(sock).startswith(b"HTTP/1.1 200")
-        time.sleep(2)
-        assert sock.recv(1) == b"", "--keep-alive-s 0.5: the idle connection should be closed by now"
+        assert _get_healthz(kept).startswith(b"HTTP/1.1 200") and _get_healthz(closed).startswith(b"HTTP/1.1 200")
+        time.sleep(client_expiry + 1)
+        assert _get_healthz(kept).startswith(b"HTTP/1.1 200"), "server closed an idle connection httpx still reuses"
+        assert closed.recv(1) == b"", "--keep-alive-s 0.5: the idle connection should be closed by now"
 
 
 def test_all_torch_work_runs_on_the_device_thread(weights_dir, monkeypatch):

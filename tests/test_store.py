@@ -14,7 +14,7 @@ from service.cli import main as cli_main
 from service.client.report import leaderboard
 from service.client.store import ResultsStore, Row, StoreError, conventions_hash
 
-from .servers import SubprocessServer, png_bytes, random_image
+from .servers import png_bytes, random_image
 
 
 def record(y_channel: bool = False, crop_border: int = 0, sha: str = "a" * 64) -> dict:
@@ -122,9 +122,8 @@ def test_weights_of_another_sha_are_another_group(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def server(weights_dir):
-    with SubprocessServer("--models", "vgg16") as srv:
-        yield srv
+def server(vgg16_server):
+    return vgg16_server
 
 
 def test_eval_store_records_what_the_server_answered_and_resumes_from_it(server, tmp_path, capsys):

@@ -21,9 +21,8 @@ METRICS = "psnr,ssim,perceptual"
 
 
 @pytest.fixture(scope="module")
-def server(weights_dir):
-    with SubprocessServer("--models", "vgg16") as srv:
-        yield srv
+def server(vgg16_server):
+    return vgg16_server
 
 
 def training_batches(seed: int, steps: int):

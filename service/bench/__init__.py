@@ -15,8 +15,8 @@ from ..server import memory_calibration
 from .inprocess import INPROCESS_METRICS, bench_inprocess, unsupported_size
 from .machine import machine_info
 from .memory import bench_memory
-from .peers import bench_peers
-from .service import SERVICE_METRICS, bench_service, bench_service_metrics
+from .peers import MIN_TIMED_S, QUICK_TIMED_S, bench_peers
+from .service import SERVICE_METRICS, bench_service
 from .tables import print_tables
 
 __all__ = ["INPROCESS_METRICS", "run"]
@@ -43,13 +43,12 @@ def run(args) -> int:
         rates = {r["batch"]: r["images_per_s"] for r in report["inprocess"] if r["metric"] == "perceptual" and r["size"] == sizes[0]}
         concurrencies = (1, 4, 16) if quick else (1, 4, 16, 64)
         requests_for = (lambda c: max(4, 2 * c)) if quick else (lambda c: max(16, 4 * c))
-        report["service"], report["lone_request"] = bench_service(
-            args.device, "perceptual", sizes[0], concurrencies, requests_for, rates, log
+        report["service"], report["lone_request"], report["service_metrics"] = bench_service(
+            args.device, "perceptual", sizes[0], concurrencies, requests_for, rates, (SERVICE_METRICS, sizes), log
         )
         report["service_inprocess_reference"] = dict(metric="perceptual", size=sizes[0], images_per_s_by_batch=rates)
-        report["service_metrics"] = bench_service_metrics(args.device, SERVICE_METRICS, sizes, log)
     if "peers" in sections:
-        report["peers"] = bench_peers(sizes[0] if quick else 512, 1 if quick else 5, log)
+        report["peers"] = bench_peers(sizes[0] if quick else 512, 1 if quick else 5, log, QUICK_TIMED_S if quick else MIN_TIMED_S)
     if "memory" in sections:
         from losses import REGISTRY
 

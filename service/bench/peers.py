@@ -10,7 +10,8 @@ import numpy as np
 
 from .inprocess import unsupported_size
 
-MIN_TIMED_S = 0.5  # each peer timing runs at least this long
+MIN_TIMED_S = 0.5  # each peer timing runs at least this long (--quick: QUICK_TIMED_S)
+QUICK_TIMED_S = 0.05
 
 
 def _real_photos(size: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -28,7 +29,7 @@ def _real_photos(size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     return photos
 
 
-def bench_peers(size: int, repeats: int, log) -> list[dict]:
+def bench_peers(size: int, repeats: int, log, min_timed_s: float = MIN_TIMED_S) -> list[dict]:
     """SSIM/PSNR/MS-SSIM of ours and of peers set to the same convention, each against a reference:
     scikit-image for SSIM and PSNR, pytorch-msssim for MS-SSIM (at sizes divisible by 32 its
     avg-pool downsampling equals MATLAB's). Each implementation gets its natural input, made
@@ -100,7 +101,7 @@ def bench_peers(size: int, repeats: int, log) -> list[dict]:
             sr_in, gt_in = make(sr), make(gt)
             fn(sr_in, gt_in)  # warm-up
             calls, start = 0, time.perf_counter()
-            while calls < repeats or time.perf_counter() - start < MIN_TIMED_S:  # sub-ms calls: many of them
+            while calls < repeats or time.perf_counter() - start < min_timed_s:  # sub-ms calls: many of them
                 value = fn(sr_in, gt_in)
                 calls += 1
             times.append((time.perf_counter() - start) / calls)

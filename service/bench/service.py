@@ -100,32 +100,30 @@ def upload_files(size: int) -> list:
     return [(role, (f"{role}.png", png(image), "image/png")) for role, image in dict(sr=sr, gt=gt, lr=lr).items()]
 
 
-def bench_service_metrics(device_flag: str, metrics, sizes, log) -> list[dict]:
-    """End-to-end throughput of each metric at concurrency 4 through one batching server."""
+def bench_service_metrics(url: str, metrics, sizes, log) -> list[dict]:
+    """End-to-end throughput of each metric at concurrency 4 through a batching server."""
     rows = []
-    process, url = start_server(["--device", device_flag, "--max-batch-size", "16"])
-    try:
-        for metric in metrics:
-            for size in sizes:
-                if unsupported_size(metric, size) is not None:
-                    continue
-                result = asyncio.run(drive_load(url, upload_files(size), metric, 4, 16))
-                result.update(metric=metric, size=size, concurrency=4)
-                rows.append(result)
-                log(f"service {metric} {size}² c=4: {result['images_per_s']:.2f} img/s, p50 {result['p50_ms']:.1f} ms")
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    for metric in metrics:
+        for size in sizes:
+            if unsupported_size(metric, size) is not None:
+                continue
+            result = asyncio.run(drive_load(url, upload_files(size), metric, 4, 16))
+            result.update(metric=metric, size=size, concurrency=4)
+            rows.append(result)
+            log(f"service {metric} {size}² c=4: {result['images_per_s']:.2f} img/s, p50 {result['p50_ms']:.1f} ms")
     return rows
 
 
 def bench_service(
-    device_flag: str, metric: str, size: int, concurrencies, requests_for, inprocess: dict[int, float], log
-) -> tuple[list[dict], dict]:
+    device_flag: str, metric: str, size: int, concurrencies, requests_for, inprocess: dict[int, float], per_metric, log
+) -> tuple[list[dict], dict, list[dict]]:
+    """``metric`` at each concurrency through a batching and a non-batching server, the lone
+    request's added latency, and ``per_metric`` = (metrics, sizes) through the batching one, which
+    loads every backbone for them (one server start fewer)."""
     files = upload_files(size)[:2]
-    rows, lone = [], {}
-    for mode, batch_flag in (("batched", "16"), ("unbatched", "1")):
-        process, url = start_server(["--device", device_flag, "--models", "vgg16", "--max-batch-size", batch_flag])
+    rows, lone, metric_rows = [], {}, []
+    for mode, flags in (("batched", ["--max-batch-size", "16"]), ("unbatched", ["--models", "vgg16", "--max-batch-size", "1"])):
+        process, url = start_server(["--device", device_flag, *flags])
         try:
             for concurrency in concurrencies:
                 result = asyncio.run(drive_load(url, files, metric, concurrency, requests_for(concurrency)))
@@ -142,7 +140,8 @@ def bench_service(
                 lone = dict(
                     p50_ms=single["p50_ms"], compute_p50_ms=single["compute_p50_ms"], added_ms=single["p50_ms"] - single["compute_p50_ms"]
                 )
+                metric_rows = bench_service_metrics(url, *per_metric, log)
         finally:
             process.terminate()
             process.wait(timeout=60)
-    return rows, lone
+    return rows, lone, metric_rows
