@@ -384,7 +384,7 @@ def test_sigterm_under_load_drains(weights_dir):
 
 def test_restart_client_retries_to_success(weights_dir):
     port = free_port()
-    flags = ("--models", "vgg16", "--random-weights")
+    flags = ("--models", "")  # psnr only: no backbone to load
     result: dict = {}
 
     def call():

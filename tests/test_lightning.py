@@ -85,7 +85,7 @@ def test_a_real_trainer_validates_through_the_server_with_the_library_values(vgg
 def test_a_killed_server_does_not_stop_fit(weights_dir, caplog):
     caplog.set_level(logging.ERROR, logger="loss_service.validator")
     val_lr, val_gt = data(2, count=2)
-    server = SubprocessServer("--models", "vgg16")
+    server = SubprocessServer("--models", "")  # psnr only: no backbone to load
     server.__enter__()
     callback = ServerValidation(server.url, val_lr, val_gt, metrics="psnr", every_n_steps=2, retries=0, timeout=5)
 

@@ -113,32 +113,32 @@ def test_memory_guard_counts_the_freed_memory_the_server_keeps():
     assert int(result.stdout.split()[-1]) >= 0.8 * ((1 << 30) + (1 << 28))
 
 
-def test_flat_huge_png_gets_413_at_once_under_defaults(weights_dir):
+def test_flat_huge_png_gets_413_at_once_under_defaults(vgg16_server):
     """A flat 8000×8000 PNG compresses to a few hundred KB; the header alone refuses it."""
     upload = flat_png(8000, 8000)
     assert len(upload) < 400_000
-    with SubprocessServer("--models", "vgg16") as srv:
-        before = rss_mib(srv.process.pid)
-        start = time.perf_counter()
-        response = httpx.post(
-            f"{srv.url}/v1/score",
-            files=[("sr", ("sr.png", upload)), ("gt", ("gt.png", upload))],
-            data=dict(metrics="perceptual"),
-            timeout=60,
-        )
-        elapsed = time.perf_counter() - start
-        assert response.status_code == 413, response.text
-        detail = response.json()["detail"][0]
-        assert detail["loc"] == ["body", "sr"] and "64000000 pixels" in detail["msg"] and "--max-image-pixels" in detail["msg"]
-        assert elapsed < 5.0  # header check only: milliseconds, with room for a busy CI machine
-        assert rss_mib(srv.process.pid) - before < 64  # nothing decoded: no 768 MB float image
-        ok = httpx.post(
-            f"{srv.url}/v1/score",
-            files=[("sr", png_bytes(random_image(32, 32, 1))), ("gt", png_bytes(random_image(32, 32, 2)))],
-            data=dict(metrics="perceptual"),
-            timeout=60,
-        )
-        assert ok.status_code == 200
+    srv = vgg16_server  # the shared server: the default limits
+    before = rss_mib(srv.process.pid)
+    start = time.perf_counter()
+    response = httpx.post(
+        f"{srv.url}/v1/score",
+        files=[("sr", ("sr.png", upload)), ("gt", ("gt.png", upload))],
+        data=dict(metrics="perceptual"),
+        timeout=60,
+    )
+    elapsed = time.perf_counter() - start
+    assert response.status_code == 413, response.text
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", "sr"] and "64000000 pixels" in detail["msg"] and "--max-image-pixels" in detail["msg"]
+    assert elapsed < 5.0  # header check only: milliseconds, with room for a busy CI machine
+    assert rss_mib(srv.process.pid) - before < 64  # nothing decoded: no 768 MB float image
+    ok = httpx.post(
+        f"{srv.url}/v1/score",
+        files=[("sr", png_bytes(random_image(32, 32, 1))), ("gt", png_bytes(random_image(32, 32, 2)))],
+        data=dict(metrics="perceptual"),
+        timeout=60,
+    )
+    assert ok.status_code == 200
 
 
 def test_memory_estimate_refuses_before_decoding(weights_dir):
