@@ -38,9 +38,7 @@ come with the value, and a spread over ``FLAT_SPREAD_WARNING`` earns a warning.
 
 from __future__ import annotations
 
-import functools
 import math
-from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -104,14 +102,17 @@ def check_blocks(size: tuple[int, int], crop_border: int) -> None:
 def aggd_fit(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The AGGD parameters (α, β_left, β_right) of each row of ``samples`` (rows × n), by
     niqe_release's moment matching: the α on GAMMA_GRID whose ratio is nearest (the first on a tie).
-    A row with no negative (or no positive) value gives NaN, as the MATLAB code does."""
-    negative, positive = samples < 0, samples > 0
-    squares = samples**2
+    A row with no negative (or no positive) value gives NaN, as the MATLAB code does. The sums run
+    over the negative and the positive parts (row-wise dot products): each coefficient is read a
+    few times, and no masked copy is made."""
+    negative, positive = np.minimum(samples, 0.0), np.maximum(samples, 0.0)
+    left_squares, right_squares = np.einsum("ij,ij->i", negative, negative), np.einsum("ij,ij->i", positive, positive)
+    count = samples.shape[1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        left_std = np.sqrt((squares * negative).sum(axis=1) / negative.sum(axis=1))
-        right_std = np.sqrt((squares * positive).sum(axis=1) / positive.sum(axis=1))
+        left_std = np.sqrt(left_squares / np.count_nonzero(negative, axis=1))
+        right_std = np.sqrt(right_squares / np.count_nonzero(positive, axis=1))
         gamma_hat = left_std / right_std
-        r_hat = np.abs(samples).mean(axis=1) ** 2 / squares.mean(axis=1)
+        r_hat = ((positive.sum(axis=1) - negative.sum(axis=1)) / count) ** 2 / ((left_squares + right_squares) / count)
         r_hat_norm = r_hat * (gamma_hat**3 + 1) * (gamma_hat + 1) / (gamma_hat**2 + 1) ** 2
     alpha = GAMMA_GRID[nearest_ratio(r_hat_norm)]  # a NaN row: index 0, and β below is NaN
     spread = np.sqrt(gamma(1 / alpha) / gamma(3 / alpha))
@@ -129,10 +130,16 @@ def nearest_ratio(r: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(r), 0, pick)
 
 
-def block_features(normalized: np.ndarray, block: int) -> np.ndarray:
-    """The 18 features of every ``block``×``block`` block of ``normalized`` (blocks × 18)."""
+def image_blocks(normalized: np.ndarray, block: int, column_major: bool = False) -> np.ndarray:
+    """The whole ``block``×``block`` blocks of an image (blocks × block × block), row by row, or
+    column by column as BasicSR's loop takes them."""
     height, width = normalized.shape
-    blocks = normalized.reshape(height // block, block, width // block, block).swapaxes(1, 2).reshape(-1, block, block)
+    grid = normalized.reshape(height // block, block, width // block, block)
+    return np.ascontiguousarray(grid.transpose((2, 0, 1, 3) if column_major else (0, 2, 1, 3))).reshape(-1, block, block)
+
+
+def block_features(blocks: np.ndarray) -> np.ndarray:
+    """The 18 features of every block (blocks × 18), all blocks at once."""
     alpha, beta_left, beta_right = aggd_fit(blocks.reshape(len(blocks), -1))
     features = [alpha, (beta_left + beta_right) / 2]
     for shift in SHIFTS:
@@ -149,14 +156,6 @@ def gaussian_filter(image: np.ndarray, window: np.ndarray) -> np.ndarray:
     return correlate1d(correlate1d(image, taps, axis=0, mode="nearest"), taps, axis=1, mode="nearest")
 
 
-@functools.lru_cache(maxsize=1)
-def _filter_pool() -> ThreadPoolExecutor:
-    """Two threads for the Gaussian filters: SciPy's ``correlate1d`` releases the GIL, so the four
-    filters of an image (μ and E[x²] at two scales) run two at a time, the second scale's beside
-    the first scale's block features. Their values do not depend on where they run."""
-    return ThreadPoolExecutor(2, thread_name_prefix="niqe-filter")
-
-
 def quality(features: np.ndarray, pristine: dict[str, np.ndarray]) -> float:
     """The distance between the blocks' feature Gaussian and the pristine one (NaN rows left out)."""
     mu = np.nanmean(features, axis=0)
@@ -165,30 +164,26 @@ def quality(features: np.ndarray, pristine: dict[str, np.ndarray]) -> float:
     return float(np.sqrt(difference @ np.linalg.pinv((pristine["cov"] + cov) / 2) @ difference))
 
 
-def with_flat_spread(per_scale: list[np.ndarray], features_of, blocks: tuple[int, int], noise: float, pristine) -> tuple[float, int, float]:
-    """NIQE of normalised coefficients at two scales, the count of flat blocks (at least
+def with_flat_spread(per_scale: list[tuple[np.ndarray, np.ndarray]], features_of, noise: float, pristine) -> tuple[float, int, float]:
+    """NIQE from the blocks of normalised coefficients and their features (``features_of``) at two
+    scales (the same grid of blocks, in the same order), the count of flat blocks (at least
     FLAT_FRACTION of their coefficients rounding noise), and how far NIQE moves when the noise in
-    those blocks is taken as exact zeros (0.0 where no block is flat)."""
-    features = np.concatenate([features_of(coefficients, block) for coefficients, block in zip(per_scale, blocks)], axis=1)
-    value = quality(features, pristine)
-    noisy = [np.abs(coefficients) < noise for coefficients in per_scale]
-    flat = [_flat_blocks(mask, block) for mask, block in zip(noisy, blocks)]
+    those blocks is taken as exact zeros (0.0 where no block is flat). A block's features depend
+    on that block alone, so only the flat blocks are fitted again."""
+    per_scale, features = [blocks for blocks, _ in per_scale], [found for _, found in per_scale]
+    value = quality(np.concatenate(features, axis=1), pristine)
+    noisy = [np.abs(blocks) < noise for blocks in per_scale]
+    flat = [mask.reshape(len(mask), -1).mean(axis=1) >= FLAT_FRACTION for mask in noisy]
     if not any(found.any() for found in flat):
         return value, 0, 0.0
-    zeroed = [
-        np.where(mask & np.kron(found, np.ones((block, block), dtype=bool)), 0, coefficients).astype(coefficients.dtype)
-        for mask, found, coefficients, block in zip(noisy, flat, per_scale, blocks)
-    ]
-    other = quality(np.concatenate([features_of(c, block) for c, block in zip(zeroed, blocks)], axis=1), pristine)
-    # A block is counted once: flat at the first scale, or at the second (the same area, halved).
-    count = int(sum(found.sum() for found in flat) - (flat[0] & flat[1][: flat[0].shape[0], : flat[0].shape[1]]).sum())
+    zeroed = []
+    for blocks, mask, found, found_features in zip(per_scale, noisy, flat, features):
+        zeroed.append(found_features.copy())
+        if found.any():
+            zeroed[-1][found] = features_of(np.where(mask[found], 0, blocks[found]).astype(blocks.dtype))
+    other = quality(np.concatenate(zeroed, axis=1), pristine)
+    count = int((flat[0] | flat[1]).sum())  # a block is counted once: flat at either scale (the same area, halved)
     return value, count, abs(other - value) if np.isfinite(other) else float("inf")
-
-
-def _flat_blocks(noise: np.ndarray, block: int) -> np.ndarray:
-    """(rows, cols) of blocks: whether at least FLAT_FRACTION of the block's coefficients are noise."""
-    height, width = noise.shape
-    return noise.reshape(height // block, block, width // block, block).mean(axis=(1, 3)) >= FLAT_FRACTION
 
 
 def niqe_of_luma(luma: np.ndarray, pristine: dict[str, np.ndarray]) -> tuple[float, int, float]:
@@ -196,20 +191,14 @@ def niqe_of_luma(luma: np.ndarray, pristine: dict[str, np.ndarray]) -> tuple[flo
     flat-block count and spread (``with_flat_spread``)."""
     height, width = (side // BLOCK * BLOCK for side in luma.shape)
     image = luma[:height, :width].astype(np.float64)
-    pool = _filter_pool()
 
-    def filters(scaled: np.ndarray) -> tuple[Future, Future]:
-        return pool.submit(gaussian_filter, scaled, pristine["window"]), pool.submit(gaussian_filter, scaled**2, pristine["window"])
-
-    filtered = [filters(image)]  # running while the image is resized for the second scale
-    half = imresize(torch.from_numpy(image / 255.0), scale=0.5).numpy() * 255.0
-    filtered.append(filters(half))
     per_scale = []
-    for scaled, (mean, mean_square) in zip((image, half), filtered):
-        mu = mean.result()
-        sigma = np.sqrt(np.abs(mean_square.result() - mu**2))
-        per_scale.append((scaled - mu) / (sigma + 1))
-    return with_flat_spread(per_scale, block_features, (BLOCK, BLOCK // 2), FLAT_NOISE["matlab"], pristine)
+    for scaled, block in ((image, BLOCK), (imresize(torch.from_numpy(image / 255.0), scale=0.5).numpy() * 255.0, BLOCK // 2)):
+        mu = gaussian_filter(scaled, pristine["window"])
+        sigma = np.sqrt(np.abs(gaussian_filter(scaled**2, pristine["window"]) - mu**2))
+        blocks = image_blocks((scaled - mu) / (sigma + 1), block)
+        per_scale.append((blocks, block_features(blocks)))
+    return with_flat_spread(per_scale, block_features, FLAT_NOISE["matlab"], pristine)
 
 
 # --- BasicSR's float32 convention ----------------------------------------------------------------
@@ -229,20 +218,17 @@ def aggd_fit_float32(block: np.ndarray) -> tuple[float, float, float]:
     return alpha, left_std * spread, right_std * spread
 
 
-def block_features_float32(normalized: np.ndarray, block: int) -> np.ndarray:
-    """BasicSR's ``compute_feature`` of every block, blocks taken column by column as its loop does."""
-    rows, cols = normalized.shape[0] // block, normalized.shape[1] // block
+def block_features_float32(blocks: np.ndarray) -> np.ndarray:
+    """BasicSR's ``compute_feature`` of each block, one block at a time as its loop does."""
     out = []
     with np.errstate(invalid="ignore", divide="ignore"):
-        for col in range(cols):
-            for row in range(rows):
-                patch = normalized[row * block : (row + 1) * block, col * block : (col + 1) * block]
-                alpha, beta_left, beta_right = aggd_fit_float32(patch)
-                features = [alpha, (beta_left + beta_right) / 2]
-                for shift in SHIFTS:
-                    alpha, beta_left, beta_right = aggd_fit_float32(patch * np.roll(patch, shift, axis=(0, 1)))
-                    features += [alpha, (beta_right - beta_left) * (gamma(2 / alpha) / gamma(1 / alpha)), beta_left, beta_right]
-                out.append(features)
+        for patch in blocks:
+            alpha, beta_left, beta_right = aggd_fit_float32(patch)
+            features = [alpha, (beta_left + beta_right) / 2]
+            for shift in SHIFTS:
+                alpha, beta_left, beta_right = aggd_fit_float32(patch * np.roll(patch, shift, axis=(0, 1)))
+                features += [alpha, (beta_right - beta_left) * (gamma(2 / alpha) / gamma(1 / alpha)), beta_left, beta_right]
+            out.append(features)
     return np.array(out)
 
 
@@ -291,9 +277,7 @@ def luma_basicsr(x: torch.Tensor, gray: bool = False) -> np.ndarray:
     ``round()`` (half to even)."""
     import cv2
 
-    values = x.detach().to(device="cpu", dtype=torch.float64).numpy() * 255.0
-    nearest = np.rint(values)
-    np.copyto(values, nearest, where=np.abs(values - nearest) < EIGHT_BIT_SNAP)
+    values = snap_to_eight_bits(x.detach().cpu().numpy())
     out = []
     for image in values.astype(np.float32).transpose(0, 2, 3, 1):
         bgr = np.ascontiguousarray(image[..., ::-1])  # as cv2.imread gives it: OpenCV's sums run in that order
@@ -312,13 +296,14 @@ def niqe_of_luma_basicsr(luma: np.ndarray, pristine: dict[str, np.ndarray]) -> t
     height, width = (side // BLOCK * BLOCK for side in luma.shape)
     image = luma[:height, :width]
     per_scale = []
-    for scale in (1, 2):
+    for block in (BLOCK, BLOCK // 2):
         mu = convolve(image, pristine["window"], mode="nearest")
         sigma = np.sqrt(np.abs(convolve(np.square(image), pristine["window"], mode="nearest") - np.square(mu)))
-        per_scale.append((image - mu) / (sigma + 1))
-        if scale == 1:
+        blocks = image_blocks((image - mu) / (sigma + 1), block, column_major=True)  # BasicSR's loop order
+        per_scale.append((blocks, block_features_float32(blocks)))
+        if block == BLOCK:
             image = imresize_half_float32(image / 255.0) * 255.0
-    return with_flat_spread(per_scale, block_features_float32, (BLOCK, BLOCK // 2), FLAT_NOISE["basicsr"], pristine)
+    return with_flat_spread(per_scale, block_features_float32, FLAT_NOISE["basicsr"], pristine)
 
 
 def luma_255(x: torch.Tensor, gray: bool = False) -> np.ndarray:
@@ -330,15 +315,31 @@ def luma_255(x: torch.Tensor, gray: bool = False) -> np.ndarray:
     An 8-bit value carried in float32 (k/255, off by up to ~1e-5 at the 255 scale) is read back as
     the integer k first: otherwise a Y that MATLAB computes as exactly n + 0.4999… or n + 0.5 from
     the uint8 image could round the other way."""
-    values = x.detach().to(device="cpu", dtype=torch.float64).numpy() * 255.0
-    nearest = np.rint(values)
-    np.copyto(values, nearest, where=np.abs(values - nearest) < EIGHT_BIT_SNAP)
+    values = snap_to_eight_bits(x.detach().cpu().numpy())
     if values.shape[1] == 1:
         luma = values[:, 0]
     else:  # imlincomb's order, as rgb2gray and rgb2ycbcr call it: K1·R + K2·G + K3·B (+ offset)
         weights, offset = (GRAY_WEIGHTS, 0.0) if gray else ([w / 255.0 for w in Y_WEIGHTS], Y_OFFSET)
         luma = weights[0] * values[:, 0] + weights[1] * values[:, 1] + weights[2] * values[:, 2] + offset
-    return np.sign(luma) * np.floor(np.abs(luma) + 0.5)
+    return np.copysign(np.floor(np.abs(luma) + 0.5), luma)
+
+
+def snap_to_eight_bits(pixels: np.ndarray) -> np.ndarray:
+    """Pixels in [0, 1] on the 255 scale (float64): a value within EIGHT_BIT_SNAP of an integer as
+    that integer, the others as they are. An image that came from 8 bits is recognised in float32
+    and taken whole: where every float32 product is within half the snap of an integer (its
+    rounding adds under 1e-5), the exact float64 products are within the snap of the same integers."""
+    if pixels.dtype == np.float32:
+        scaled = pixels * np.float32(255.0)
+        nearest = np.rint(scaled)
+        if np.abs(scaled - nearest).max(initial=0.0) < EIGHT_BIT_SNAP / 2:
+            return nearest.astype(np.float64)
+    values = pixels.astype(np.float64) * 255.0
+    nearest = np.rint(values)
+    distance = np.abs(values - nearest)
+    if distance.max(initial=0.0) < EIGHT_BIT_SNAP:
+        return nearest
+    return np.where(distance < EIGHT_BIT_SNAP, nearest, values)
 
 
 def niqe(
