@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from losses.clipiqa import CLIPIQA_TERMS, POSITIONAL, clipiqa
+from losses.clipiqa import DEFAULTS as CLIPIQA_DEFAULTS
 from losses.clips.temporal import CLIP_SPECS, ClipSpec
 from losses.clp import CLP_TERMS, clp_per_sample
 from losses.dists import DISTS_ALPHA_BETA, DISTS_TERM, dists_per_sample
@@ -26,6 +28,7 @@ from losses.hybrid import HYBRID_PRESETS, PERCEPTUAL_TERM, hybrid_terms
 from losses.kd import KD_DEFAULTS, KD_VGG_TERM, kd_terms
 from losses.lpips_loss import LPIPS_HEADS, LPIPS_TERMS, lpips_per_sample
 from losses.nets.backbones import Backbone, backbone_spec, get_backbone
+from losses.nets.clip import PROMPT_PAIRS
 from losses.nets.features import FeatureView, ImageBatch, LayerTerm
 from losses.nets.inception import FID_INCEPTION  # noqa: F401 - the backbone the dataset metrics read
 from losses.nets.tables import add_named
@@ -297,6 +300,22 @@ register(
         "(rgb2ycbcr) or rgb2gray with gray=true, MATLAB imresize; basicsr: BasicSR calculate_niqe's float32 arithmetic, "
         "bgr2ycbcr Y rounded half to even (gray: OpenCV), SciPy 2-D convolve, BasicSR's float32 imresize; "
         "both read BasicSR's niqe_pris_params.npz",
+    )
+)
+register(
+    Metric(
+        "clipiqa",
+        clipiqa,
+        ("sr",),
+        False,
+        terms=(CLIPIQA_TERMS[tuple(CLIPIQA_DEFAULTS.values())],),
+        options=CLIPIQA_DEFAULTS,
+        choices=dict(prompts=tuple(PROMPT_PAIRS), positional_embedding=tuple(POSITIONAL)),
+        description="CLIP-IQA: no-reference quality in [0, 1], the softmax probability of 'Good photo.' over "
+        "'Bad photo.' from CLIP ResNet-50 (prompts picks another antonym pair)",
+        convention="CLIP-IQA authors' CLIPIQAFixed: RN50 (OpenAI RN50.pt), CLIP mean/std, the full image (no resize), "
+        "attention pool without the positional embedding (positional_embedding=interpolate: the authors' bicubic resize), "
+        "logit scale exp(logit_scale)",
     )
 )
 register(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 # Point every cache at empty directories before anything reads them, so no test can pick
@@ -76,6 +77,48 @@ def generated_inception_state() -> dict[str, torch.Tensor]:
     return state
 
 
+# A small CLIP of OpenAI's layout: ResNet stages of 1, 2, 1, 1 blocks on an 8-channel stem, a
+# 2-layer text transformer of width 64, 64-d embeddings (the loader reads the sizes from the shapes).
+TINY_CLIP = dict(embed_dim=64, layers=(1, 2, 1, 1), width=8, text_width=64, text_layers=2)
+
+
+def tiny_open_clip():
+    """open_clip's ``CLIP`` (OpenAI's architecture and key names, QuickGELU) at TINY_CLIP's sizes."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    vision = CLIPVisionCfg(layers=TINY_CLIP["layers"], width=TINY_CLIP["width"], image_size=224)
+    text = CLIPTextCfg(context_length=77, vocab_size=49408, width=TINY_CLIP["text_width"], heads=1, layers=TINY_CLIP["text_layers"])
+    return CLIP(TINY_CLIP["embed_dim"], vision, text, quick_gelu=True).eval()
+
+
+def write_clip_archive(path: Path) -> None:
+    """OpenAI's ``RN50.pt`` format, a TorchScript archive of CLIP, at TINY_CLIP's sizes: He-normal
+    convolutions and linear layers, batch and layer norms near identity, CLIP's ×100 temperature."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(GENERATED_SEED)
+        model = tiny_open_clip()
+        state = model.state_dict()
+        for key, value in state.items():
+            if not value.is_floating_point() or key == "attn_mask":
+                continue
+            norm = key.rsplit(".", 1)[0] + ".running_mean" in state or key.rsplit(".", 1)[0].endswith(("ln_1", "ln_2", "ln_final"))
+            if key == "logit_scale":
+                state[key] = torch.tensor(float(np.log(100.0)))
+            elif key.endswith("running_var") or (norm and key.endswith("weight")):
+                state[key] = torch.empty_like(value).uniform_(0.7, 1.3)
+            elif key.endswith("running_mean") or key.endswith("bias"):
+                state[key] = torch.empty_like(value).uniform_(-0.1, 0.1)
+            elif value.dim() >= 2:
+                fan_in = value[0].numel() if value.dim() > 2 else value.shape[-1]
+                state[key] = torch.randn_like(value) * (2.0 / fan_in) ** 0.5
+            else:
+                state[key] = torch.randn_like(value) * 0.1
+        model.load_state_dict(state)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the tracer's notes on shape checks, torch.jit's deprecation notice
+            torch.jit.save(torch.jit.trace_module(model, {"encode_image": torch.rand(1, 3, 224, 224)}), str(path))
+
+
 def write_weights(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(generated_vgg_state("vgg16"), directory / "vgg16-397923af.pth")
@@ -83,6 +126,7 @@ def write_weights(directory: Path) -> Path:
     torch.save(generated_vgg_state("alexnet"), directory / "alexnet-owt-7be5be79.pth")
     torch.save(generated_dinov2_official_state(), directory / "dinov2_vitb14_pretrain.pth")
     torch.save(generated_inception_state(), directory / "pt_inception-2015-12-05-6726825d.pth")
+    write_clip_archive(directory / "RN50.pt")
     return directory
 
 

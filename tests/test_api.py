@@ -218,7 +218,7 @@ def test_one_reference_for_many_candidates_is_computed_once(weights_dir):
         shared = losses.compute(metrics, dict(sr=sr, gt=gt, lr=lr, teacher=teacher), options, lambda n: Counting("shared", n))
         copies = {role: x.expand(3, -1, -1, -1).contiguous() for role, x in dict(gt=gt, lr=lr, teacher=teacher).items()}
         expected = losses.compute(metrics, dict(sr=sr, **copies), options, lambda n: Counting("copies", n))
-    assert {name for name, _ in seen["shared"]} == {"vgg16", "vgg19", "vgg16_l2pool", "alexnet", "dinov2"}
+    assert {name for name, _ in seen["shared"]} == {"vgg16", "vgg19", "vgg16_l2pool", "alexnet", "dinov2", "clip_rn50"}
     assert len(seen["shared"]) == len(seen["copies"])  # one concatenated pass per backbone view, in both runs
     for (name, rows), (same, copied_rows) in zip(seen["shared"], seen["copies"]):
         roles = copied_rows // 3  # with copies every role brings 3 rows; a shared reference brings 1

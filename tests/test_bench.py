@@ -16,7 +16,7 @@ def test_quick_bench_emits_json(tmp_path, capsys):
     measured = [r for r in report["inprocess"] if r["seconds"] is not None]
     assert all(r["images_per_s"] > 0 for r in measured)
     assert {r["metric"] for r in report["inprocess"] if r["seconds"] is None} == {"ms_ssim"}  # 48² < MS-SSIM's 176²
-    assert {(r["metric"], r["size"]) for r in report["service_metrics"]} == {("lr_psnr", 48), ("lpips_alex", 48), ("dists", 48)}
+    assert {(r["metric"], r["size"]) for r in report["service_metrics"]} == {(m, 48) for m in ("lr_psnr", "lpips_alex", "dists", "clipiqa")}
     assert {(r["mode"], r["concurrency"]) for r in report["service"]} == {(m, c) for m in ("batched", "unbatched") for c in (1, 4, 16)}
     assert set(report["lone_request"]) == {"p50_ms", "compute_p50_ms", "added_ms"}
     peers = {(r["metric"], r["peer"]) for r in report["peers"]}

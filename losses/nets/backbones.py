@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from losses.nets import weights as W
+from losses.nets.clip import CLIP_MEAN, CLIP_STD, load_clip, prompt_tokens
+from losses.nets.clip import LAYERS as CLIP_LAYERS
 from losses.nets.models import MODELS
 from losses.nets.tables import add_named
-from losses.nets.weight_files import ALEXNET_FILE, DINOV2_FILE, VGG16_FILE, VGG19_FILE
+from losses.nets.weight_files import ALEXNET_FILE, CLIP_RN50_FILE, DINOV2_FILE, VGG16_FILE, VGG19_FILE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -276,6 +278,32 @@ def build_dinov2(spec: BackboneSpec, state: StateDict | None) -> DINOv2Features:
     return DINOv2Features(spec, model)
 
 
+class CLIPLogits(Backbone):
+    """CLIP's ResNet image encoder against the text embeddings of CLIP-IQA's prompt pairs
+    (``losses.nets.clip``): each layer is (B, pairs, 2) logits, the cosine similarities scaled by
+    CLIP's temperature. The text encoder runs once here; only its normalised embeddings are kept."""
+
+    def __init__(self, spec: BackboneSpec, state: StateDict | None):
+        super().__init__(spec)
+        image, text, scale = load_clip(state)
+        self.visual = image
+        with torch.no_grad():
+            tokens = prompt_tokens(text.positional_embedding.shape[0])
+            embedded = text(tokens.flatten(0, 1))
+        self.register_buffer("prompts", (embedded / embedded.norm(dim=-1, keepdim=True)).view(*tokens.shape[:2], -1))
+        self.register_buffer("scale", scale.detach().exp())
+        self.freeze()
+
+    def stream(self, x: torch.Tensor, layers: Iterable[str], normalize: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        wanted = self.check_layers(layers)
+        trunk = self.visual.trunk(self.prepare(x, normalize))
+        for layer in self.layer_names:
+            if layer in wanted:
+                embedding = self.visual.attnpool(trunk, positional=layer == "logits_positional")
+                embedding = embedding / embedding.norm(dim=-1, keepdim=True)
+                yield layer, self.scale * torch.einsum("bd,pkd->bpk", embedding, self.prompts)
+
+
 # --- the backbones ------------------------------------------------------------------------------
 
 register_backbone(
@@ -359,3 +387,17 @@ def get_backbone(name: str, device="cpu", pretrained: bool = True, weights_dir=N
 def clear_shared_backbones() -> None:
     """Forget every shared model (``MODELS.clear()``; tests switch weight directories)."""
     MODELS.clear()
+
+
+register_backbone(
+    BackboneSpec(
+        "clip_rn50",
+        CLIPLogits,
+        CLIP_LAYERS,
+        CLIP_RN50_FILE,
+        mean=CLIP_MEAN,
+        std=CLIP_STD,
+        min_side=32,
+        description="OpenAI CLIP ResNet-50 image encoder with CLIP-IQA's prompt embeddings",
+    )
+)

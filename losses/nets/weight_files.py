@@ -116,6 +116,16 @@ NIQE_PRISTINE = register_weights(
     )
 )
 
+CLIP_RN50_FILE = register_weights(
+    WeightSpec(
+        "clip_rn50",
+        ("RN50.pt",),
+        "https://openaipublic.azureedge.net/clip/models/afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
+        sha256="afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762",
+        description="OpenAI CLIP ResNet-50 (TorchScript archive, as clip.load('RN50') reads it), for CLIP-IQA",
+    )
+)
+
 LPIPS_HEADS = {
     net: register_weights(
         WeightSpec(

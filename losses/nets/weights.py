@@ -258,12 +258,26 @@ def resolve(spec: WeightSpec, weights_dir: str | Path | None = None) -> Path:
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint without unpickling arbitrary objects."""
+    """Read a checkpoint without unpickling arbitrary objects: safetensors, a state dict through
+    ``torch.load(weights_only=True)``, or a TorchScript archive (OpenAI's CLIP ``RN50.pt``),
+    whose tensors TorchScript's own loader reads (it runs no Python pickle of the file)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
+    if is_torchscript_archive(path):
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state dict, found {type(state).__name__}")
     return state
+
+
+def is_torchscript_archive(path: Path) -> bool:
+    """A ``torch.jit.save`` zip: it holds ``constants.pkl`` beside ``data.pkl``."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())

@@ -8,7 +8,19 @@ import time
 from ..server.memory_calibration import score_batch, synthetic_images
 from .machine import sync_device
 
-INPROCESS_METRICS = ("psnr", "ssim", "ms_ssim", "lr_psnr", "perceptual", "lpips_vgg", "lpips_alex", "dists", "clp_vgg19", "clp_dinov2")
+INPROCESS_METRICS = (
+    "psnr",
+    "ssim",
+    "ms_ssim",
+    "lr_psnr",
+    "perceptual",
+    "lpips_vgg",
+    "lpips_alex",
+    "dists",
+    "clp_vgg19",
+    "clp_dinov2",
+    "clipiqa",
+)
 
 
 def time_compute(metric: str, batch: int, size: int, device, repeats: int) -> float:

@@ -15,7 +15,7 @@ import numpy as np
 from .inprocess import unsupported_size
 
 # The metrics the service section also times end to end, one server, at every size.
-SERVICE_METRICS = ("ms_ssim", "lr_psnr", "lpips_alex", "dists")
+SERVICE_METRICS = ("ms_ssim", "lr_psnr", "lpips_alex", "dists", "clipiqa")
 
 
 def start_server(flags: list[str], env: dict[str, str] | None = None):
