@@ -273,3 +273,74 @@ def test_ties_share_a_rank_and_near_ties_get_the_decimal_that_tells_them_apart(t
     rows = leaderboard._rows(board, board.groups[0])
     assert [(rank, label) for rank, label, _, _ in rows] == [(1, "C"), (2, "A"), (2, "B"), (4, "D"), (5, "E")]
     assert [mean for _, _, mean, _ in rows] == ["32.941", "32.940", "32.940", "32.938", "30.000"]  # 2 decimals would tie C, A, B
+
+
+def test_the_conventions_hash_is_stable_across_versions_and_key_orders():
+    """Stores written by earlier versions must keep grouping new runs with theirs: the hash is the
+    sha256 of the record without its date, as compact JSON with sorted keys, whatever the order
+    the record's keys arrive in (the server's, or JSON read back from a file)."""
+    import hashlib
+
+    conventions = dict(version="1", metrics={"psnr": {"options": {"y_channel": True, "crop_border": 4}}}, date="2026-12-05")
+    canonical = b'{"metrics":{"psnr":{"options":{"crop_border":4,"y_channel":true}}},"version":"1"}'
+    assert conventions_hash(conventions) == hashlib.sha256(canonical).hexdigest()
+    reordered = dict(date="2027-01-01", metrics={"psnr": {"options": {"crop_border": 4, "y_channel": True}}}, version="1")
+    assert conventions_hash(reordered) == conventions_hash(conventions)
+
+
+def test_each_refusal_says_what_to_do(tmp_path):
+    foreign = tmp_path / "foreign.db"
+    sqlite3.connect(foreign).execute("CREATE TABLE notes (text TEXT)").connection.commit()
+    advice = r"\['notes'\]\); give --store a new file or a loss-service results store; nothing was written to it$"
+    with pytest.raises(StoreError, match=advice):
+        ResultsStore(foreign)
+    other = tmp_path / "other.db"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    db.execute("INSERT INTO meta VALUES ('application', 'something else')")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match=r"other\.db: an SQLite database of another application; nothing was written to it"):
+        ResultsStore(other)
+    newer = tmp_path / "newer.db"
+    with ResultsStore(newer) as store:
+        store.db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    with pytest.raises(StoreError, match=r"written by a newer loss-service \(schema 2\); upgrade to read it"):
+        ResultsStore(newer)
+
+
+def test_a_store_whose_meta_has_no_schema_version_opens_as_the_first_schema(tmp_path):
+    path = tmp_path / "early.db"
+    with ResultsStore(path) as store:
+        store.db.execute("DELETE FROM meta WHERE key = 'schema_version'")
+    with ResultsStore(path) as store:
+        assert store.rows() == []
+
+
+def test_rows_are_stamped_in_utc_and_found_by_the_images_scored_for_every_metric(tmp_path):
+    conventions = record()
+    digest = conventions_hash(conventions)
+    rows = [Row("m", "Set5", 4, "baby", metric, 30.0, digest) for metric in ("psnr", "ssim")]
+    rows += [Row("m", "Set5", 4, "bird", "psnr", 31.0, digest), Row("m", "Set14", 4, "lenna", "psnr", 29.0, digest)]
+    with ResultsStore(tmp_path / "s.db") as store:
+        assert store.add(rows, conventions) == 4
+        (written,) = {w for (w,) in store.db.execute("SELECT written FROM results")}
+        assert written.endswith("+00:00")
+        assert store.scored_images("m", "Set5", 4, ["psnr", "ssim"]) == {"baby"}
+        assert store.scored_images("m", "Set5", 4, ["psnr"]) == {"baby", "bird"}
+        assert store.scored_images("m", "Set5", 2, ["psnr"]) == set() and store.scored_images("other", "Set5", 4, ["psnr"]) == set()
+
+
+def test_a_failed_add_writes_nothing_and_raises_its_own_error(tmp_path):
+    """One transaction per add(): a row that cannot be stored rolls back the whole batch, its
+    conventions record included, and the caller sees the row's error."""
+    conventions = record()
+    digest = conventions_hash(conventions)
+    with ResultsStore(tmp_path / "s.db") as store:
+        with pytest.raises(sqlite3.ProgrammingError):
+            unbindable = Row("m", "Set5", 4, "bird", "psnr", object(), digest)
+            store.add([Row("m", "Set5", 4, "baby", "psnr", 30.0, digest), unbindable], conventions)
+        assert store.rows() == [] and store.conventions() == {}
+        with pytest.raises(ValueError, match="^every row of one add\\(\\) carries the hash of the conventions record given with it$"):
+            store.add([Row("m", "Set5", 4, "baby", "psnr", 30.0, "another hash")], conventions)
+        assert store.add([Row("m", "Set5", 4, "baby", "psnr", 30.0, digest)], conventions) == 1  # the store is usable after both
