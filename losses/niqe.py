@@ -173,7 +173,7 @@ def with_flat_spread(per_scale: list[tuple[np.ndarray, np.ndarray]], features_of
     per_scale, features = [blocks for blocks, _ in per_scale], [found for _, found in per_scale]
     value = quality(np.concatenate(features, axis=1), pristine)
     noisy = [np.abs(blocks) < noise for blocks in per_scale]
-    flat = [mask.reshape(len(mask), -1).mean(axis=1) >= FLAT_FRACTION for mask in noisy]
+    flat = [np.count_nonzero(mask.reshape(len(mask), -1), axis=1) >= FLAT_FRACTION * mask[0].size for mask in noisy]
     if not any(found.any() for found in flat):
         return value, 0, 0.0
     zeroed = []
@@ -332,7 +332,8 @@ def snap_to_eight_bits(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.float32:
         scaled = pixels * np.float32(255.0)
         nearest = np.rint(scaled)
-        if np.abs(scaled - nearest).max(initial=0.0) < EIGHT_BIT_SNAP / 2:
+        np.subtract(scaled, nearest, out=scaled)
+        if max(scaled.max(initial=0.0), -scaled.min(initial=0.0)) < EIGHT_BIT_SNAP / 2:
             return nearest.astype(np.float64)
     values = pixels.astype(np.float64) * 255.0
     nearest = np.rint(values)
