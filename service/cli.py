@@ -1,4 +1,4 @@
-"""``loss-service``: serve, weights, eval, report, score and bench.
+"""``loss-service``: serve, weights, eval, filter, report, score and bench.
 
 This module imports neither torch nor the server at import time, so the client-only install
 can run ``eval`` and ``score --url``.
@@ -162,19 +162,38 @@ def weights_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def with_scoring_server(command: str, urls, metrics: list[str], args: argparse.Namespace, run) -> int:
+    """``run(urls)`` against the servers given with ``--url``, or else against the server's own app
+    started in this process on a loopback port (the server extra) for the run."""
+    if urls:
+        return run(list(urls))
+    require_extra("server", f"{command} without --url")
+    from .embedded import embedded_server
+
+    with embedded_server(metrics, args.device, args.weights_dir, args.random_weights) as url:
+        return run([url])
+
+
 def evaluate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from .client.eval import EvalOptions, run
 
     options = EvalOptions.from_arguments(args)
-    if options.url:
-        return run(options)
-    require_extra("server", "eval without --url")
-    from .embedded import embedded_server
+    backend = "server" if options.url else "in-process"
+    return with_scoring_server(
+        "eval", options.url, options.metric_names, args, lambda urls: run(replace(options, url=tuple(urls), backend=backend))
+    )
 
-    with embedded_server(options.metric_names, options.device, options.weights_dir, options.random_weights) as url:
-        return run(replace(options, url=(url,), backend="in-process"))
+
+def curate(args: argparse.Namespace) -> int:
+    from .client.curate import RuleError, parse_rule, run_filter
+
+    try:
+        metrics = list(parse_rule(args.keep).metrics)
+    except RuleError as exc:
+        raise CommandFailed(str(exc), 2) from None
+    return with_scoring_server("filter", args.url, metrics, args, lambda urls: run_filter(args, urls))
 
 
 def score_local(args: argparse.Namespace) -> dict:
@@ -280,6 +299,38 @@ def _eval_parser(commands) -> None:
     ev.set_defaults(func=evaluate)
 
 
+def _filter_parser(commands) -> None:
+    """``filter``: keep the images whose no-reference scores pass a rule; a manifest of every file."""
+    keep = commands.add_parser(
+        "filter",
+        help="keep the images whose no-reference scores pass a rule (e.g. 'niqe < 5 and clipiqa > 0.6'); "
+        "a CSV manifest of every file: kept, dropped or unreadable",
+    )
+    keep.add_argument("paths", nargs="*", help="folders of images (not recursive) and image files")
+    keep.add_argument("--files-from", default=None, metavar="LIST", help="a text file naming one image per line")
+    keep.add_argument(
+        "--keep",
+        required=True,
+        help="the rule: metric comparisons (<, <=, >, >=, ==, !=) joined by and, or, not and parentheses; "
+        "no-reference metrics only (niqe, clipiqa); parsed, never run as code",
+    )
+    keep.add_argument("--manifest", default="manifest.csv", help="CSV of every file, its decision, scores and error (default manifest.csv)")
+    keep.add_argument("--json", default=None, help="also write the counts (kept, dropped, unreadable) as JSON here")
+    keep.add_argument("--resume", action="store_true", help="files kept or dropped in --manifest are not scored again")
+    keep.add_argument(
+        "--options", type=json_object_argument, default=None, help='metric options as a JSON object, e.g. {"prompts": "sharpness"}'
+    )
+    keep.add_argument("--url", action="append", help="server base URL (repeat for replicas); without it, scored in this process")
+    keep.add_argument("--device", default="auto", help="without --url: auto, cpu, cuda, cuda:N")
+    keep.add_argument("--weights-dir", default=None, help="without --url: directory searched first for checkpoints")
+    keep.add_argument("--random-weights", action="store_true", help="without --url: explicit opt-in to random backbone weights")
+    keep.add_argument("--concurrency", type=number(int, 1), default=8, help="requests in flight (default 8)")
+    keep.add_argument("--api-key", default=None, help="bearer token")
+    keep.add_argument("--timeout", type=number(float, 0, above=True), default=120.0, help="seconds per request")
+    keep.add_argument("--quiet", action="store_true", help="no progress bar")
+    keep.set_defaults(func=curate)
+
+
 def _score_parser(commands) -> None:
     """``score``: one triplet, through a server or in-process."""
     one = commands.add_parser("score", help="score one triplet and print the scores")
@@ -352,7 +403,7 @@ def _report_parser(commands) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="loss-service", description="Exact SR losses and metrics: server, library tools and client.")
     commands = parser.add_subparsers(dest="command", required=True)
-    for add in (_serve_parser, _weights_parser, _eval_parser, _score_parser, _bench_parser, _report_parser):
+    for add in (_serve_parser, _weights_parser, _eval_parser, _filter_parser, _score_parser, _bench_parser, _report_parser):
         add(commands)
     return parser
 
