@@ -112,7 +112,7 @@ def test_clipiqa_equals_the_authors_procedure_on_photos_of_several_sizes(photos,
     assert len(set(values)) == len(values) and all(0 < v < 1 for v in values)  # the generated weights tell photos apart
 
 
-def test_preprocessing_is_clips_normalisation_at_the_images_own_size(photos):
+def test_preprocessing_is_clips_normalisation_at_the_images_own_size(photos, weights_dir):
     """The backbone sees the image unresized, normalised with CLIP's mean and std."""
     seen = []
     backbone = losses.get_backbone("clip_rn50")
@@ -125,7 +125,7 @@ def test_preprocessing_is_clips_normalisation_at_the_images_own_size(photos):
     torch.testing.assert_close(seen[0], expected, rtol=0, atol=1e-6)
 
 
-def test_a_batch_scores_each_image_alone_and_gradients_flow(photos):
+def test_a_batch_scores_each_image_alone_and_gradients_flow(photos, weights_dir):
     batch = torch.cat([to_tensor(image[:128, :128]) for image in photos])
     together = losses.score(batch, metrics=["clipiqa"])["clipiqa"]
     alone = torch.cat([losses.score(image[None], metrics=["clipiqa"])["clipiqa"] for image in batch])
@@ -159,7 +159,7 @@ def test_the_real_checkpoints_layout_loads_and_a_renamed_key_is_named():
         load_clip({k: v for k, v in state.items() if k != "text_projection"})
 
 
-def test_clipiqa_is_declared_with_its_weight_file_and_conventions():
+def test_clipiqa_is_declared_with_its_weight_file_and_conventions(weights_dir):
     from losses.registry import REGISTRY
 
     entry = REGISTRY["clipiqa"]
@@ -171,6 +171,6 @@ def test_clipiqa_is_declared_with_its_weight_file_and_conventions():
     assert record["metrics"]["clipiqa"]["options"] == {"prompts": "sharpness", "positional_embedding": "none"}
 
 
-def test_an_image_smaller_than_the_resnets_stride_is_refused_by_name():
+def test_an_image_smaller_than_the_resnets_stride_is_refused_by_name(weights_dir):
     with pytest.raises(ValueError, match="clipiqa|clip_rn50|32"):
         losses.score(torch.rand(1, 3, 16, 40), metrics=["clipiqa"])
