@@ -8,9 +8,6 @@ speed does not depend on the weight values.
 """
 
 import json
-import platform
-import statistics
-import time
 
 import numpy as np
 import torch
@@ -18,22 +15,10 @@ from open_clip.model import CLIP
 from skimage import data
 
 import losses
+from benchmarks.timing import median_seconds
 from losses.nets.backbones import BACKBONES, CLIPLogits
+from service.bench.machine import cpu_model
 from tests.test_clipiqa import reference_clipiqa
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as handle:
-        return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), platform.processor())
-
-
-def median_seconds(call, repeats: int = 5) -> tuple[float, float]:
-    times, value = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        value = call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), value
 
 
 def main() -> None:

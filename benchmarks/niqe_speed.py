@@ -7,30 +7,15 @@ float32 loop) against the block-by-block transcription of BasicSR's ``niqe.py`` 
 """
 
 import json
-import platform
-import statistics
-import time
 
 import numpy as np
 import torch
 from skimage import data
 
 import losses
+from benchmarks.timing import median_seconds
+from service.bench.machine import cpu_model
 from tests.test_niqe import reference_calculate_niqe
-
-
-def cpu_model() -> str:
-    with open("/proc/cpuinfo") as handle:
-        return next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), platform.processor())
-
-
-def median_seconds(call, repeats: int = 5) -> tuple[float, float]:
-    times, value = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        value = call()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times), value
 
 
 def main() -> None:

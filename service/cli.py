@@ -11,7 +11,7 @@ import importlib.util
 import json
 import sys
 
-from .common.arguments import json_object_argument, number
+from .common.arguments import add_scoring_server_arguments, json_object_argument, number
 from .common.errors import comma_list
 from .common.protocol import DEFAULT_METRICS, IMAGE_ROLES
 
@@ -320,10 +320,7 @@ def _filter_parser(commands) -> None:
     keep.add_argument(
         "--options", type=json_object_argument, default=None, help='metric options as a JSON object, e.g. {"prompts": "sharpness"}'
     )
-    keep.add_argument("--url", action="append", help="server base URL (repeat for replicas); without it, scored in this process")
-    keep.add_argument("--device", default="auto", help="without --url: auto, cpu, cuda, cuda:N")
-    keep.add_argument("--weights-dir", default=None, help="without --url: directory searched first for checkpoints")
-    keep.add_argument("--random-weights", action="store_true", help="without --url: explicit opt-in to random backbone weights")
+    add_scoring_server_arguments(keep, "filter")
     keep.add_argument("--concurrency", type=number(int, 1), default=8, help="requests in flight (default 8)")
     keep.add_argument("--api-key", default=None, help="bearer token")
     keep.add_argument("--timeout", type=number(float, 0, above=True), default=120.0, help="seconds per request")

@@ -31,3 +31,16 @@ def number(kind: type, minimum: float, above: bool = False):
         return value
 
     return parse
+
+
+def add_scoring_server_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """``--url`` (repeatable), or without it the flags of the server started in this process."""
+    parser.add_argument(
+        "--url",
+        action="append",
+        help=f"server base URL; repeat to spread over replicas. Without it, {command} scores in this process (server extra) "
+        "with the server's own steps, on a loopback port for the run",
+    )
+    parser.add_argument("--device", default="auto", help="without --url: auto, cpu, cuda, cuda:N")
+    parser.add_argument("--weights-dir", default=None, help="without --url: directory searched first for checkpoints")
+    parser.add_argument("--random-weights", action="store_true", help="without --url: explicit opt-in to random backbone weights")

@@ -10,7 +10,7 @@ import argparse
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ...common.arguments import json_object_argument, number
+from ...common.arguments import add_scoring_server_arguments, json_object_argument, number
 from ...common.errors import comma_list
 from ...common.protocol import DEFAULT_METRICS
 from .presets import PRESETS
@@ -85,15 +85,7 @@ class EvalOptions:
 
 def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
     """``eval``'s flags; ``EvalOptions.from_arguments`` reads what they parse to."""
-    ev.add_argument(
-        "--url",
-        action="append",
-        help="server base URL; repeat to spread over replicas. Without it, eval scores in this process (server extra) with "
-        "the server's own steps, on a loopback port for the run",
-    )
-    ev.add_argument("--device", default="auto", help="without --url: auto, cpu, cuda, cuda:N")
-    ev.add_argument("--weights-dir", default=None, help="without --url: directory searched first for checkpoints")
-    ev.add_argument("--random-weights", action="store_true", help="without --url: explicit opt-in to random backbone weights")
+    add_scoring_server_arguments(ev, "eval")
     ev.add_argument(
         "--sr",
         action="append",
