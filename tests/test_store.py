@@ -344,3 +344,35 @@ def test_a_failed_add_writes_nothing_and_raises_its_own_error(tmp_path):
         with pytest.raises(ValueError, match="^every row of one add\\(\\) carries the hash of the conventions record given with it$"):
             store.add([Row("m", "Set5", 4, "baby", "psnr", 30.0, "another hash")], conventions)
         assert store.add([Row("m", "Set5", 4, "baby", "psnr", 30.0, digest)], conventions) == 1  # the store is usable after both
+
+
+def test_what_a_number_depends_on_and_how_two_such_differ_in_a_readers_words():
+    """``metric_convention`` reads a component (``kid.std``) by its metric's entry, and an older
+    record that lists backbones instead of weight files; ``describe_difference`` names every option
+    either side sets (one side only included), each weight file, precision, pretrained and pixels."""
+    base = record()
+    base["metrics"]["kid"] = dict(options=dict(subset_size=100), lower_is_better=True, backbones=["inception_v3_fid"])
+    base["weights"]["inception_v3_fid"] = dict(file="pt_inception.pth", sha256="c" * 64)
+    kid = leaderboard.metric_convention(base, "kid.std")
+    assert kid["options"] == {"subset_size": 100} and kid["weights"] == {"inception_v3_fid": "c" * 64}
+    psnr = leaderboard.metric_convention(base, "psnr")
+    assert psnr == dict(options=dict(crop_border=0, y_channel=False), weights={}, precision="fp32", pretrained=True, pixels=base["pixels"])
+
+    other = record(y_channel=True, crop_border=4)
+    other.update(precision="fp16", pretrained=False, pixels={"data_range": "[0, 255]"})
+    other["metrics"]["psnr"]["options"]["uint8_rounding"] = True  # set on one side only
+    said = leaderboard.describe_difference(psnr, leaderboard.metric_convention(other, "psnr"), "psnr")
+    assert said == [
+        "crop 4 vs 0",
+        "uint8_rounding true vs null",
+        "Y vs RGB",
+        'precision "fp16" vs "fp32"',
+        "pretrained false vs true",
+        'pixels {"data_range": "[0, 255]"} vs {"data_range": "[0, 1]"}',
+    ]
+    assert leaderboard.describe_difference(leaderboard.metric_convention(other, "psnr"), psnr, "psnr")[2] == "RGB vs Y"
+    clean = dict(kid, options=dict(kid["options"], convention="clean-fid"), weights={"inception_v3_fid": None})
+    assert leaderboard.describe_difference(kid, clean, "kid.std") == [
+        "KID clean-fid vs None",
+        f"inception_v3_fid weights sha none (random weights) vs {'c' * 8}…",
+    ]
