@@ -316,7 +316,11 @@ def _filter_parser(commands) -> None:
     )
     keep.add_argument("--manifest", default="manifest.csv", help="CSV of every file, its decision, scores and error (default manifest.csv)")
     keep.add_argument("--json", default=None, help="also write the counts (kept, dropped, unreadable) as JSON here")
-    keep.add_argument("--resume", action="store_true", help="files kept or dropped in --manifest are not scored again")
+    keep.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the scores in --manifest (files kept or dropped there); decide them anew under this rule",
+    )
     keep.add_argument(
         "--options", type=json_object_argument, default=None, help='metric options as a JSON object, e.g. {"prompts": "sharpness"}'
     )

@@ -83,6 +83,13 @@ def test_filter_keeps_by_the_librarys_values_lists_the_unreadable_and_resumes(vg
     assert set(again) == {*values, "new.png"} and all(again[name] == rows[name] for name in values)
     assert "(6 from the manifest)" in capsys.readouterr().err  # only the new file was scored
 
+    everything = max(values.values()) + 1.0  # another threshold: decided anew from the stored scores
+    argv[argv.index("--keep") + 1] = f"niqe < {everything!r}"
+    assert cli_main([*argv, "--resume", "--quiet"]) == 0
+    final = {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader(manifest.open())}
+    assert {row["decision"] for row in final.values()} == {"kept"} and final["0.png"]["niqe"] == rows["0.png"]["niqe"]
+    assert "kept 7, dropped 0, unreadable 0 of 7 (7 from the manifest)" in capsys.readouterr().err  # none scored again
+
 
 def test_filter_refuses_a_rule_on_a_metric_that_needs_a_reference(vgg16_server, tmp_path, capsys):
     argv = ["filter", str(tmp_path), "--keep", "psnr > 30", "--url", vgg16_server.url, "--manifest", str(tmp_path / "m.csv")]

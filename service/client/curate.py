@@ -5,8 +5,10 @@ kept, dropped, or unreadable with its error.
 The rule is parsed, never evaluated as Python: comparisons of a metric with a number (``<``,
 ``<=``, ``>``, ``>=``, ``==``, ``!=``, either side), joined by ``and``, ``or``, ``not`` and
 parentheses. A file whose scores are not finite fails every comparison (it is dropped, with the
-value in the manifest). The manifest is the resume point: a file already kept or dropped there
-is not scored again; a file that could not be read is tried again.
+value in the manifest). The manifest is the resume point: a file it holds as kept or dropped,
+with a score for every metric the rule reads, is not scored again but decided anew under the
+rule given now (a changed threshold needs no rescoring); any other file is scored. The metric
+options must be those of the run that wrote the manifest.
 
 Torch-free: it scores through a server (``--url``) or the embedded one.
 """
@@ -155,6 +157,22 @@ def read_manifest(path: Path) -> dict[str, dict]:
         return {row["path"]: row for row in csv.DictReader(handle)}
 
 
+def reusable_scores(manifest: dict[str, dict], rule: Rule) -> dict[str, dict[str, float | None]]:
+    """The scores a manifest holds for every metric ``rule`` reads, by path: files that were read
+    (kept or dropped) under any rule; an empty cell is a value that was not finite."""
+    return {
+        path: {name: float(row[name]) if row[name] not in ("", "None") else None for name in rule.metrics}
+        for path, row in manifest.items()
+        if row["decision"] in (KEPT, DROPPED) and all(name in row for name in rule.metrics)
+    }
+
+
+def decided(path: Path, rule: Rule, scores: dict[str, float | None]) -> dict:
+    """A manifest row: the decision under ``rule`` and the scores it read."""
+    decision = KEPT if rule.test(scores) else DROPPED
+    return dict(path=str(path), decision=decision, error="", **{name: scores.get(name) for name in rule.metrics})
+
+
 def run_filter(args, url: list[str]) -> int:
     """Score, decide and write the manifest; the exit status is 1 where a file could not be read."""
     from rich.console import Console
@@ -166,10 +184,10 @@ def run_filter(args, url: list[str]) -> int:
         console.print(f"[red]{exc}[/red]", markup=False)
         return 2
     manifest = Path(args.manifest)
-    done = {path: row for path, row in read_manifest(manifest).items() if row["decision"] in (KEPT, DROPPED)} if args.resume else {}
+    done = reusable_scores(read_manifest(manifest), rule) if args.resume else {}
     files = image_files(args.paths, args.files_from)
     todo = [path for path in files if str(path) not in done]
-    rows = {str(path): done[str(path)] for path in files if str(path) in done}
+    rows = {str(path): decided(path, rule, done[str(path)]) for path in files if str(path) in done}
     with LossClient(url, api_key=args.api_key, timeout=args.timeout) as client:
         catalogue = {entry["name"]: entry for entry in client.metrics()}
         problems = [name for name in rule.metrics if name not in catalogue or catalogue[name].get("needs", ["sr"]) != ["sr"]]
@@ -191,9 +209,7 @@ def run_filter(args, url: list[str]) -> int:
             if isinstance(outcome, (LossServiceError, OSError)):
                 rows[str(path)] = dict(path=str(path), decision=UNREADABLE, error=str(outcome))
                 continue
-            scores = outcome["scores"]
-            decision = KEPT if rule.test(scores) else DROPPED
-            rows[str(path)] = dict(path=str(path), decision=decision, error="", **{name: scores.get(name) for name in rule.metrics})
+            rows[str(path)] = decided(path, rule, outcome["scores"])
     ordered = [rows[str(path)] for path in files]
     with open(manifest, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, ["path", "decision", *rule.metrics, "error"], extrasaction="ignore")
