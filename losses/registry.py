@@ -27,10 +27,14 @@ from losses.dists import DISTS_ALPHA_BETA, DISTS_TERM, dists_per_sample
 from losses.hybrid import HYBRID_PRESETS, PERCEPTUAL_TERM, hybrid_terms
 from losses.kd import KD_DEFAULTS, KD_VGG_TERM, kd_terms
 from losses.lpips_loss import LPIPS_HEADS, LPIPS_TERMS, lpips_per_sample
+from losses.maniqa import CHECKPOINTS as MANIQA_CHECKPOINTS
+from losses.maniqa import DEFAULT_CROPS as MANIQA_DEFAULT_CROPS
+from losses.maniqa import MANIQA_TERMS, crops_fit, maniqa_scorer
 from losses.nets.backbones import Backbone, backbone_spec, get_backbone
 from losses.nets.clip import PROMPT_PAIRS
 from losses.nets.features import FeatureView, ImageBatch, LayerTerm
 from losses.nets.inception import FID_INCEPTION  # noqa: F401 - the backbone the dataset metrics read
+from losses.nets.maniqa import CROP_PROTOCOLS
 from losses.nets.tables import add_named
 from losses.nets.weights import WeightSpec
 from losses.niqe import CONVENTIONS as NIQE_CONVENTIONS
@@ -318,6 +322,34 @@ register(
         "logit scale exp(logit_scale)",
     )
 )
+
+
+def _maniqa_crops_fit(sizes: Mapping[str, tuple[int, int]], options: dict) -> None:
+    problem = crops_fit(sizes, options)
+    if problem:
+        raise MetricError("sr", problem)
+
+
+for _metric, _label in (("maniqa", "KonIQ-10k"), ("maniqa_kadid", "KADID-10k")):
+    register(
+        Metric(
+            _metric,
+            maniqa_scorer(_metric),
+            ("sr",),
+            False,
+            terms=(MANIQA_TERMS[(_metric, MANIQA_DEFAULT_CROPS[_metric])],),
+            options=dict(crops=MANIQA_DEFAULT_CROPS[_metric]),
+            choices=dict(crops=CROP_PROTOCOLS),
+            check_sizes=_maniqa_crops_fit,
+            description=f"MANIQA trained on {_label}: no-reference quality, higher is better, about [0, 1] "
+            "(the checkpoint's min–max normalised MOS); crops picks the 224² views averaged",
+            convention=f"MANIQA authors' code and {MANIQA_CHECKPOINTS[_metric]} checkpoint (ckpt_*.pt state dict, scale 0.8), "
+            "input (x − 0.5) / 0.5; crops=resize: OpenCV bicubic to 224² rounded to 8 bits (their KonIQ loader), "
+            "five_point: corners and centre (their evaluation), random20: their predict_one_image.py's seeded crops",
+        )
+    )
+
+
 register(
     Metric(
         "lpips_vgg",

@@ -25,6 +25,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from . import maniqa_reference  # noqa: E402
+
 GENERATED_SEED = 1234
 
 
@@ -127,6 +129,8 @@ def write_weights(directory: Path) -> Path:
     torch.save(generated_dinov2_official_state(), directory / "dinov2_vitb14_pretrain.pth")
     torch.save(generated_inception_state(), directory / "pt_inception-2015-12-05-6726825d.pth")
     write_clip_archive(directory / "RN50.pt")
+    for offset, dataset in enumerate(("koniq10k", "kadid10k")):  # the authors' MANIQA state dicts
+        torch.save(maniqa_reference.generated_state(GENERATED_SEED + offset), directory / f"ckpt_{dataset}.pt")
     return directory
 
 

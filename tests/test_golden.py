@@ -46,7 +46,10 @@ def compute_values(weights_dir) -> dict[str, float]:
         sr_t, gt_t = to_tensor(sr), to_tensor(gt)
         lr_t = torch.nn.functional.avg_pool2d(gt_t, 4)
         with torch.inference_mode():
-            scores = losses.score(sr_t, gt_t, lr=lr_t, teacher=gt_t.flip(-1), metrics=image_metrics, weights_dir=weights_dir)
+            # crops=resize: maniqa_kadid's five 224² crops do not fit these 192² photos
+            scores = losses.score(
+                sr_t, gt_t, lr=lr_t, teacher=gt_t.flip(-1), metrics=image_metrics, weights_dir=weights_dir, crops="resize"
+            )
         values.update({f"image{index}/{name}": float(value[0]) for name, value in scores.items()})
     sets = [to_tensor(image) for image in inputs["srs"] * 2], [to_tensor(image) for image in inputs["gts"][::-1] * 2]
     fid_kid = losses.dataset_score(iter(sets[0]), iter(sets[1]), ("fid", "kid"), weights_dir=weights_dir, subset_size=2, subsets=5)

@@ -23,9 +23,10 @@ from torch import nn
 from losses.nets import weights as W
 from losses.nets.clip import CLIP_MEAN, CLIP_STD, load_clip, prompt_tokens
 from losses.nets.clip import LAYERS as CLIP_LAYERS
+from losses.nets.maniqa import CROP, CROP_PROTOCOLS, crop_positions, load_maniqa, opencv_bicubic
 from losses.nets.models import MODELS
 from losses.nets.tables import add_named
-from losses.nets.weight_files import ALEXNET_FILE, CLIP_RN50_FILE, DINOV2_FILE, VGG16_FILE, VGG19_FILE
+from losses.nets.weight_files import ALEXNET_FILE, CLIP_RN50_FILE, DINOV2_FILE, MANIQA_FILES, VGG16_FILE, VGG19_FILE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -304,6 +305,36 @@ class CLIPLogits(Backbone):
                 yield layer, self.scale * torch.einsum("bd,pkd->bpk", embedding, self.prompts)
 
 
+class MANIQAScores(Backbone):
+    """MANIQA (``losses.nets.maniqa``): each layer is a crop protocol, and its features are the
+    (B,) image scores, the mean of the scores of the image's 224² crops (or of the image resized
+    to 224² by ``resize``). Crops run in groups of at most ``CROPS_PER_PASS``."""
+
+    CROPS_PER_PASS = 16
+
+    def __init__(self, spec: BackboneSpec, state: StateDict | None):
+        super().__init__(spec)
+        self.model = load_maniqa(state)
+        self.freeze()
+
+    def crops(self, x: torch.Tensor, protocol: str) -> torch.Tensor:
+        """(B, K, 3, 224, 224): each image's crops, in [0, 1]."""
+        if protocol == "resize":
+            return opencv_bicubic(x, CROP)[:, None]
+        positions = crop_positions(x.shape[-2], x.shape[-1], protocol)
+        return torch.stack([x[..., top : top + CROP, left : left + CROP] for top, left in positions], dim=1)
+
+    def stream(self, x: torch.Tensor, layers: Iterable[str], normalize: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        wanted = self.check_layers(layers)
+        x = to_rgb(x).to(self.mean.dtype)
+        for protocol in self.layer_names:
+            if protocol in wanted:
+                crops = self.crops(x, protocol)
+                flat = self.prepare(crops.flatten(0, 1), normalize)
+                scores = torch.cat([self.model(part) for part in flat.split(self.CROPS_PER_PASS)])
+                yield protocol, scores.view(crops.shape[:2]).mean(dim=1)
+
+
 # --- the backbones ------------------------------------------------------------------------------
 
 register_backbone(
@@ -401,3 +432,15 @@ register_backbone(
         description="OpenAI CLIP ResNet-50 image encoder with CLIP-IQA's prompt embeddings",
     )
 )
+for _dataset, _label in (("koniq10k", "KonIQ-10k"), ("kadid10k", "KADID-10k")):
+    register_backbone(
+        BackboneSpec(
+            f"maniqa_{_dataset}",
+            MANIQAScores,
+            CROP_PROTOCOLS,
+            MANIQA_FILES[_dataset],
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            description=f"MANIQA (ViT-B/8, transposed attention, scale Swin) trained on {_label}",
+        )
+    )

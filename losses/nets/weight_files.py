@@ -126,6 +126,18 @@ CLIP_RN50_FILE = register_weights(
     )
 )
 
+MANIQA_FILES = {
+    dataset: register_weights(
+        WeightSpec(
+            f"maniqa_{dataset}",
+            (f"ckpt_{dataset}.pt",),
+            f"https://github.com/IIGROUP/MANIQA/releases/download/{release}/ckpt_{dataset}.pt",
+            description=f"MANIQA trained on {label} (the authors' release {release}: a state dict, no published hash)",
+        )
+    )
+    for dataset, release, label in (("koniq10k", "Koniq10k", "KonIQ-10k"), ("kadid10k", "Kadid10k", "KADID-10k"))
+}
+
 LPIPS_HEADS = {
     net: register_weights(
         WeightSpec(
