@@ -30,6 +30,9 @@ from losses.lpips_loss import LPIPS_HEADS, LPIPS_TERMS, lpips_per_sample
 from losses.maniqa import CHECKPOINTS as MANIQA_CHECKPOINTS
 from losses.maniqa import DEFAULT_CROPS as MANIQA_DEFAULT_CROPS
 from losses.maniqa import MANIQA_TERMS, crops_fit, maniqa_scorer
+from losses.musiq import CHECKPOINTS as MUSIQ_CHECKPOINTS
+from losses.musiq import LABELS as MUSIQ_LABELS
+from losses.musiq import MUSIQ_TERMS, musiq_scorer
 from losses.nets.backbones import Backbone, backbone_spec, get_backbone
 from losses.nets.clip import PROMPT_PAIRS
 from losses.nets.features import FeatureView, ImageBatch, LayerTerm
@@ -349,6 +352,21 @@ for _metric, _label in (("maniqa", "KonIQ-10k"), ("maniqa_kadid", "KADID-10k")):
         )
     )
 
+
+for _metric, _dataset in MUSIQ_CHECKPOINTS.items():
+    register(
+        Metric(
+            _metric,
+            musiq_scorer(_metric),
+            ("sr",),
+            False,
+            terms=(MUSIQ_TERMS[_metric],),
+            description=f"MUSIQ trained on {MUSIQ_LABELS[_dataset]}: no-reference quality, higher is better, "
+            + ("the expected AVA rating in [1, 10]" if _dataset == "ava" else "on the checkpoint's MOS scale (about 0–100)"),
+            convention=f"MUSIQ authors' JAX code and {_dataset}_ckpt.npz: the whole image at its own size and resized "
+            "(TensorFlow Gaussian, aspect kept) to longer sides 224 and 384, 32² patches with SAME padding, hashed 10×10 positions",
+        )
+    )
 
 register(
     Metric(

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from . import maniqa_reference  # noqa: E402
+from . import maniqa_reference, musiq_reference  # noqa: E402
 
 GENERATED_SEED = 1234
 
@@ -131,6 +131,9 @@ def write_weights(directory: Path) -> Path:
     write_clip_archive(directory / "RN50.pt")
     for offset, dataset in enumerate(("koniq10k", "kadid10k")):  # the authors' MANIQA state dicts
         torch.save(maniqa_reference.generated_state(GENERATED_SEED + offset), directory / f"ckpt_{dataset}.pt")
+    for offset, dataset in enumerate(("koniq", "spaq", "paq2piq", "ava")):  # the authors' MUSIQ .npz files
+        params = musiq_reference.generated_params(GENERATED_SEED + offset, classes=10 if dataset == "ava" else 1)
+        np.savez(directory / f"{dataset}_ckpt.npz", **params)
     return directory
 
 

@@ -25,8 +25,9 @@ from losses.nets.clip import CLIP_MEAN, CLIP_STD, load_clip, prompt_tokens
 from losses.nets.clip import LAYERS as CLIP_LAYERS
 from losses.nets.maniqa import CROP, CROP_PROTOCOLS, crop_positions, load_maniqa, opencv_bicubic
 from losses.nets.models import MODELS
+from losses.nets.musiq import load_musiq
 from losses.nets.tables import add_named
-from losses.nets.weight_files import ALEXNET_FILE, CLIP_RN50_FILE, DINOV2_FILE, MANIQA_FILES, VGG16_FILE, VGG19_FILE
+from losses.nets.weight_files import ALEXNET_FILE, CLIP_RN50_FILE, DINOV2_FILE, MANIQA_FILES, MUSIQ_FILES, VGG16_FILE, VGG19_FILE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -335,6 +336,20 @@ class MANIQAScores(Backbone):
                 yield protocol, scores.view(crops.shape[:2]).mean(dim=1)
 
 
+class MUSIQScores(Backbone):
+    """MUSIQ (``losses.nets.musiq``): its one layer, ``score``, is the (B,) image scores. The
+    network does its own scaling to [−1, 1] and its own multi-scale resizing."""
+
+    def __init__(self, spec: BackboneSpec, state: StateDict | None):
+        super().__init__(spec)
+        self.model = load_musiq(state, classes=10 if spec.name == "musiq_ava" else 1)
+        self.freeze()
+
+    def stream(self, x: torch.Tensor, layers: Iterable[str], normalize: bool = True) -> Iterator[tuple[str, torch.Tensor]]:
+        self.check_layers(layers)
+        yield "score", self.model(to_rgb(x).to(self.mean.dtype))
+
+
 # --- the backbones ------------------------------------------------------------------------------
 
 register_backbone(
@@ -442,5 +457,15 @@ for _dataset, _label in (("koniq10k", "KonIQ-10k"), ("kadid10k", "KADID-10k")):
             mean=(0.5, 0.5, 0.5),
             std=(0.5, 0.5, 0.5),
             description=f"MANIQA (ViT-B/8, transposed attention, scale Swin) trained on {_label}",
+        )
+    )
+for _dataset, _label in (("koniq", "KonIQ-10k"), ("spaq", "SPAQ"), ("paq2piq", "PaQ-2-PiQ"), ("ava", "AVA")):
+    register_backbone(
+        BackboneSpec(
+            f"musiq_{_dataset}",
+            MUSIQScores,
+            ("score",),
+            MUSIQ_FILES[_dataset],
+            description=f"MUSIQ (multi-scale patch transformer, 3 scales) trained on {_label}",
         )
     )

@@ -138,6 +138,18 @@ MANIQA_FILES = {
     for dataset, release, label in (("koniq10k", "Koniq10k", "KonIQ-10k"), ("kadid10k", "Kadid10k", "KADID-10k"))
 }
 
+MUSIQ_FILES = {
+    dataset: register_weights(
+        WeightSpec(
+            f"musiq_{dataset}",
+            (f"{dataset}_ckpt.npz",),
+            f"https://storage.googleapis.com/gresearch/musiq/{dataset}_ckpt.npz",
+            description=f"MUSIQ (3 scales) trained on {label}: the authors' JAX checkpoint (.npz, no published hash)",
+        )
+    )
+    for dataset, label in (("koniq", "KonIQ-10k"), ("spaq", "SPAQ"), ("paq2piq", "PaQ-2-PiQ"), ("ava", "AVA"))
+}
+
 LPIPS_HEADS = {
     net: register_weights(
         WeightSpec(

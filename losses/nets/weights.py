@@ -258,13 +258,21 @@ def resolve(spec: WeightSpec, weights_dir: str | Path | None = None) -> Path:
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint without unpickling arbitrary objects: safetensors, a state dict through
+    """Read a checkpoint without unpickling arbitrary objects: safetensors, NumPy's ``.npz``, a state dict through
     ``torch.load(weights_only=True)``, or a TorchScript archive (OpenAI's CLIP ``RN50.pt``),
     whose tensors TorchScript's own loader reads (it runs no Python pickle of the file)."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
+    if path.suffix == ".npz":  # the arrays of a JAX checkpoint (MUSIQ's), never pickled objects
+        import numpy as np
+
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                return {name: torch.from_numpy(arrays[name]) for name in arrays.files}
+        except ValueError as exc:  # an object array (pickled) or not an .npz at all
+            raise WeightsError(f"{path}: not a NumPy .npz of plain arrays ({exc})") from exc
     if is_torchscript_archive(path):
         return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
     state = torch.load(path, map_location="cpu", weights_only=True)
