@@ -480,6 +480,50 @@ KIND_ADVICE = {
 }
 
 
+# --- composites of other entries ----------------------------------------------------------------
+
+# The NTIRE 2025 ×4 challenge's perceptual score (its report, arXiv:2504.14582; its metrics.py):
+# (1 − LPIPS) + (1 − DISTS) + CLIP-IQA + MANIQA + MUSIQ / 100 + max(0, (10 − NIQE) / 10), each on
+# the whole RGB image, with each component at its entry's defaults.
+NTIRE2025_PARTS = ("lpips_alex", "dists", "clipiqa", "maniqa", "musiq", "niqe")
+
+
+def _part(name: str, batch: ImageBatch) -> torch.Tensor:
+    result = REGISTRY[name].fn(batch, dict(REGISTRY[name].options))
+    return result["total"] if isinstance(result, dict) else result
+
+
+def ntire2025_perceptual(batch: ImageBatch, options: dict) -> dict[str, torch.Tensor]:
+    parts = {name: _part(name, batch) for name in NTIRE2025_PARTS}
+    total = (1 - parts["lpips_alex"]) + (1 - parts["dists"]) + parts["clipiqa"] + parts["maniqa"] + parts["musiq"] / 100
+    return {"total": total + ((10 - parts["niqe"]) / 10).clamp(min=0), **parts}
+
+
+def _parts_fit(sizes: Mapping[str, tuple[int, int]], options: dict) -> None:
+    for name in NTIRE2025_PARTS:
+        part = REGISTRY[name]
+        if part.check_sizes is not None:
+            part.check_sizes(sizes, dict(part.options))
+
+
+register(
+    Metric(
+        "ntire2025_perceptual",
+        ntire2025_perceptual,
+        PAIR,
+        False,
+        terms=tuple(term for name in NTIRE2025_PARTS for term in REGISTRY[name].terms),
+        weights=tuple(spec for name in NTIRE2025_PARTS for spec in REGISTRY[name].weights),
+        check_sizes=_parts_fit,
+        description="the NTIRE 2025 ×4 perceptual-track score: (1 − lpips_alex) + (1 − dists) + clipiqa + maniqa + musiq/100 "
+        "+ max(0, (10 − niqe)/10), with each part as a component (ntire2025_perceptual.<part>)",
+        convention="NTIRE 2025 ×4 challenge (arXiv:2504.14582, its metrics.py): whole RGB images, no crop; parts at their "
+        "entries' defaults. Differs from the challenge's pyiqa numbers in two parts: maniqa is the KonIQ-10k checkpoint "
+        "(the challenge's pyiqa default reads PIPAL22's), niqe is the matlab convention (not pyiqa's port)",
+    )
+)
+
+
 def get_metrics(names: Sequence[str], kinds: Sequence[str] = ("image",)) -> list[Metric]:
     """The entries of ``names``, each of one of ``kinds`` (image, clip, set); a clear error otherwise."""
     unknown = [name for name in names if name not in REGISTRY]

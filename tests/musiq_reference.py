@@ -212,7 +212,8 @@ def generated_params(seed: int, classes: int = 1, sizes: dict = TINY) -> dict[st
         shapes[f"block1/unit1/{name}/kernel"] = shape
         norm = name.replace("conv", "gn")
         shapes[f"block1/unit1/{norm}/scale"] = shapes[f"block1/unit1/{norm}/bias"] = (shape[-1],)
-    shapes.update({"embedding/kernel": (8 * 8 * 256, dim), "embedding/bias": (dim,), "head/kernel": (dim, classes), "head/bias": (classes,)})
+    shapes.update({"embedding/kernel": (8 * 8 * 256, dim), "embedding/bias": (dim,)})
+    shapes.update({"head/kernel": (dim, classes), "head/bias": (classes,)})
     t = "Transformer/"
     shapes.update(
         {
@@ -240,9 +241,8 @@ def generated_params(seed: int, classes: int = 1, sizes: dict = TINY) -> dict[st
         elif name.endswith("/bias"):
             value = rng.uniform(-0.1, 0.1, shape)
         elif name.endswith("/kernel"):
-            fan_in = int(np.prod(shape[:-1])) if name.count("SelfAttention_1/out") == 0 else int(np.prod(shape[:2]))
-            if "SelfAttention_1/" in name and "/out/" not in name:
-                fan_in = shape[0]
+            # fan-in: every axis but the output's; a query/key/value kernel (in, heads, d) reads `in`
+            fan_in = shape[0] if "SelfAttention_1/" in name and "/out/" not in name else int(np.prod(shape[:-1]))
             value = rng.normal(0, 1, shape) / np.sqrt(fan_in)
         else:
             value = rng.normal(0, 0.1, shape)

@@ -64,8 +64,8 @@ def library_values(images, options):
 
 def test_every_metric_matches_library(weights_dir, images):
     # ms_ssim needs 176 px (test_ms_ssim_batched), niqe two 96² blocks (tests/test_niqe.py, test_service.py),
-    # maniqa_kadid's crops 224² (tests/test_maniqa.py)
-    metrics = get_metrics(sorted(PER_IMAGE - {"ms_ssim", "niqe", "maniqa_kadid"}))
+    # maniqa_kadid's crops 224² (tests/test_maniqa.py); ntire2025_perceptual reads niqe
+    metrics = get_metrics(sorted(PER_IMAGE - {"ms_ssim", "niqe", "maniqa_kadid", "ntire2025_perceptual"}))
     options = resolve_options(metrics, dict(crop_border=2, y_channel=True, perceptual_weight=0.3, lambda_kd=0.5, loss_weight=2.0))
     with torch.no_grad():
         scores = compute(metrics, images, options)
@@ -80,7 +80,7 @@ def test_no_metric_writes_to_its_inputs(weights_dir, images):
     """The service hands a decoded upload to the library as a view, not a copy (a batch of one)."""
     views = {role: image.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) for role, image in images.items()}  # HWC memory
     before = {role: view.clone() for role, view in views.items()}
-    metrics = get_metrics(sorted(PER_IMAGE - {"ms_ssim", "niqe", "maniqa_kadid"}))
+    metrics = get_metrics(sorted(PER_IMAGE - {"ms_ssim", "niqe", "maniqa_kadid", "ntire2025_perceptual"}))
     with torch.inference_mode():
         compute(metrics, views, resolve_options(metrics, dict(crop_border=2, y_channel=True)))
     for role, view in views.items():

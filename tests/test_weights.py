@@ -254,4 +254,4 @@ def test_the_weight_table_is_complete_after_importing_losses_weights_alone():
     from losses.nets.backbones import BACKBONES
 
     read = {spec.weights.name for spec in BACKBONES.values()} | {s.name for m in registry.REGISTRY.values() for s in m.weights}
-    assert set(alone) == read and len(alone) == 12
+    assert set(alone) == read and len(alone) == 16

@@ -17,6 +17,7 @@ def run(options: EvalOptions) -> int:
 
     from . import clips, images
     from .folders import check_folders, parse_models
+    from .presets import IMAGE_PRESETS
 
     console = Console(stderr=True)
     try:
@@ -26,7 +27,9 @@ def run(options: EvalOptions) -> int:
         console.print(f"[red]{exc}[/red]")
         return 2
     gt = options.references.get("gt")
-    if gt is not None and (options.preset or clips.is_clip_dataset(gt)):  # the presets are clip test sets
+    if options.preset in IMAGE_PRESETS:  # applied when the options were parsed (EvalOptions.from_arguments)
+        return images.run(options, models, console)
+    if gt is not None and (options.preset or clips.is_clip_dataset(gt)):  # the other presets are clip test sets
         return clips.run(options, models, console)
     return images.run(options, models, console)
 

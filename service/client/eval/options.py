@@ -13,7 +13,7 @@ from pathlib import Path
 from ...common.arguments import add_scoring_server_arguments, json_object_argument, number
 from ...common.errors import comma_list
 from ...common.protocol import DEFAULT_METRICS
-from .presets import PRESETS
+from .presets import IMAGE_PRESETS, PRESETS, with_image_preset
 
 DEFAULT_METRICS_ARG = ",".join(DEFAULT_METRICS)
 REFERENCE_ROLES = ("gt", "lr", "teacher")
@@ -57,7 +57,8 @@ class EvalOptions:
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> EvalOptions:
         given = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)}
-        return cls(**{**given, "sr": tuple(args.sr), "url": tuple(args.url or ()), "options": dict(args.options or {})})
+        options = cls(**{**given, "sr": tuple(args.sr), "url": tuple(args.url or ()), "options": dict(args.options or {})})
+        return with_image_preset(options) if options.preset in IMAGE_PRESETS else options
 
     @property
     def metric_names(self) -> list[str]:
@@ -127,12 +128,13 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
     )
     ev.add_argument(
         "--preset",
-        choices=tuple(PRESETS),
+        choices=(*PRESETS, *IMAGE_PRESETS),
         default=None,
         help="clips: a test set's published conventions (REDS4: RGB, crop 0, clips 000/011/015/020; Vid4, UDM10: Y, crop 0; "
         "Vimeo90K-T: Y, crop 0, the centre frame of each of the 7824 listed 7-frame clips in the nested layout "
         "00001/0266/im1.png, or the fast/medium/slow subsets; TecoGAN: its metrics.py's psnr and lpips_alex columns "
-        "(tecogan_psnr, tecogan_lpips) beside tof and tlp); recorded in the JSON",
+        "(tecogan_psnr, tecogan_lpips) beside tof and tlp); images: NTIRE2025-perceptual (the challenge's perceptual score and its "
+        "parts, whole RGB images; replaces --metrics); recorded in the JSON",
     )
     ev.add_argument("--concurrency", type=number(int, 1), default=8, help="requests in flight (default 8)")
     ev.add_argument("--out", default="results.csv", help="CSV path (default results.csv)")

@@ -1,5 +1,5 @@
-"""The published conventions of the video SR test sets, as ``eval --preset`` applies them
-(docs/metrics.md cites each source). Pure Python: the parser reads the names."""
+"""The published conventions of the video SR test sets and of challenge tables, as ``eval
+--preset`` applies them (docs/metrics.md cites each source). Pure Python: the parser reads the names."""
 
 from __future__ import annotations
 
@@ -21,6 +21,22 @@ PRESETS = {
         for motion in ("fast", "medium", "slow")
     },
 }
+
+
+# Image presets: a challenge table's one score, with its parts as components, on folders of images.
+IMAGE_PRESETS = {
+    # NTIRE 2025 ×4 perceptual track: whole RGB images, no crop (its metrics.py).
+    "NTIRE2025-perceptual": dict(metrics="ntire2025_perceptual"),
+}
+
+
+def with_image_preset(options):
+    """``options`` (an ``EvalOptions``) with an image preset's metric (its parts keep their own
+    conventions: no crop, RGB), and the preset's name as the dataset unless one is given."""
+    from dataclasses import replace
+
+    preset = IMAGE_PRESETS[options.preset]
+    return replace(options, metrics=preset["metrics"], crop_border=None, y_channel=False, dataset=options.dataset or options.preset)
 
 
 def listed_clips(name: str) -> tuple[str, ...]:
