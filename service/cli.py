@@ -20,6 +20,7 @@ DEFAULT_METRICS_ARG = ",".join(DEFAULT_METRICS)
 EXTRA_PACKAGES = {
     "server": ("torch", "torchvision", "timm", "fastapi", "uvicorn", "pydantic_settings", "imagecodecs"),
     "report": ("matplotlib", "scipy"),
+    "ray": ("ray", "pyarrow", "pandas"),
 }
 
 
@@ -180,10 +181,25 @@ def evaluate(args: argparse.Namespace) -> int:
     from .client.eval import EvalOptions, run
 
     options = EvalOptions.from_arguments(args)
+    if options.ray is not None:
+        return evaluate_on_ray(options, args)
     backend = "server" if options.url else "in-process"
     return with_scoring_server(
         "eval", options.url, options.metric_names, args, lambda urls: run(replace(options, url=tuple(urls), backend=backend))
     )
+
+
+def evaluate_on_ray(options, args: argparse.Namespace) -> int:
+    """``eval --ray``: the actors call the library, so no server runs (and ``--url`` is refused)."""
+    if options.url:
+        raise CommandFailed("--ray scores in Ray actors, not through a server: leave out --url", 2)
+    require_extra("server", "eval --ray")
+    require_extra("ray", "eval --ray")
+    from rich.console import Console
+
+    from .cluster import run
+
+    return run(options, Console(stderr=True), args.weights_dir, args.random_weights)
 
 
 def curate(args: argparse.Namespace) -> int:

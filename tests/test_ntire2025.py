@@ -58,4 +58,7 @@ def test_eval_preset_scores_the_challenge_score_of_image_folders(photos, weights
     for index, image in enumerate(sorted(rows)):
         assert rows[image]["ntire2025_perceptual"] == pytest.approx(expected["ntire2025_perceptual"][index].item(), rel=1e-5)
         assert {f"ntire2025_perceptual.{name}" for name in NTIRE2025_PARTS} <= set(rows[image])
-    assert "NTIRE2025-perceptual" in json.dumps(run)
+    assert run["dataset"] == "NTIRE2025-perceptual" and run["metrics"] == ["ntire2025_perceptual"]
+    summary = run.get("summary") or next(iter(run["models"].values()))["summary"]
+    directions = {name: summary[f"ntire2025_perceptual{name}"]["lower_is_better"] for name in ("", ".niqe", ".lpips_alex", ".musiq")}
+    assert directions == {"": False, ".niqe": True, ".lpips_alex": True, ".musiq": False}  # each part ranked its own way

@@ -56,6 +56,16 @@ def _number(text: str) -> float | None:
     return float(text) if text not in ("", "None") else None
 
 
+def component_direction(name: str, lower_is_better: dict[str, bool]) -> bool:
+    """Whether lower is better for a score: a metric's own direction; a component named after a
+    metric (``ntire2025_perceptual.niqe``, ``hybrid.l1``) takes that metric's, any other
+    component (``niqe.flat_spread``) its metric's."""
+    if name in lower_is_better:
+        return lower_is_better[name]
+    metric, _, part = name.partition(".")
+    return lower_is_better.get(part, lower_is_better.get(metric, True))
+
+
 def summarise(results: list[dict], lower_is_better: dict[str, bool]) -> dict[str, dict]:
     """Per score: mean, std, min, max (finite values) and the worst images."""
     columns: dict[str, list[tuple[float, str]]] = {}
@@ -66,7 +76,7 @@ def summarise(results: list[dict], lower_is_better: dict[str, bool]) -> dict[str
     summary = {}
     for name, pairs in sorted(columns.items()):
         values = [v for v, _ in pairs]
-        lower = lower_is_better.get(name.split(".")[0], True)
+        lower = component_direction(name, lower_is_better)
         worst = sorted(pairs, key=lambda p: p[0], reverse=lower)[:WORST_SHOWN]
         summary[name] = dict(
             count=len(values),

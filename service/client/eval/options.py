@@ -53,6 +53,10 @@ class EvalOptions:
     api_key: str | None = None
     timeout: float = 120.0
     quiet: bool = False
+    ray: str | None = None
+    ray_actors: int = 2
+    ray_batch_size: int = 8
+    parquet: str | None = None
 
     @classmethod
     def from_arguments(cls, args: argparse.Namespace) -> EvalOptions:
@@ -151,3 +155,18 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--api-key", default=None, help="bearer token")
     ev.add_argument("--timeout", type=number(float, 0, above=True), default=120.0, help="seconds per request")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    distributed = ev.add_argument_group("on a Ray cluster (the server and ray extras)")
+    distributed.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="score image folders on Ray Data: decoding as CPU tasks, scoring in actors that load the models once "
+        "(one GPU each where there are GPUs); ADDRESS joins a cluster (e.g. auto or ray://head:10001), none starts a local one",
+    )
+    distributed.add_argument("--ray-actors", type=number(int, 1), default=2, help="scoring actors (default 2)")
+    distributed.add_argument("--ray-batch-size", type=number(int, 1), default=8, help="images per actor call (default 8)")
+    distributed.add_argument(
+        "--parquet", default=None, metavar="DIR", help="per-image rows as Parquet files (default: --out with the suffix .parquet)"
+    )

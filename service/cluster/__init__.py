@@ -1,0 +1,163 @@
+"""``loss-service eval --ray``: score image folders on a Ray cluster (or a local Ray instance).
+
+Ray Data streams the work: listing the pairs is the driver's; reading and decoding each image is a
+CPU task (``work.decode_pair``); scoring runs in a pool of actors that each load the models once
+and call ``losses.score`` on the images of equal size in their batch (``work.Scorer``), one GPU per
+actor where the cluster has GPUs. Every row goes to Parquet as its block finishes (``--parquet``),
+keyed by model and image; a row that failed carries its error. The CSV, the JSON and the results
+store are then written from the Parquet rows exactly as ``eval`` writes them, so ``report`` reads
+either. Memory stays bounded: Ray Data holds a few blocks in flight, not the dataset.
+
+Faults: an actor that dies is restarted and its batch runs again (Ray's actor and task retries);
+the output holds each image once, because a block's rows are written only when it completes. A
+driver stopped part way leaves the blocks written so far; ``--resume`` skips every (model, image)
+the Parquet files hold and scores the rest. Needs the ``server`` and ``ray`` extras.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from ..client.eval import output
+from ..client.eval.folders import Pairing, check_folders, pair_folders, parse_models
+from ..client.eval.images import summarise
+from ..client.eval.options import EvalOptions
+
+ROW_COLUMNS = ("model", "image", "scores", "warnings", "error", "paths")
+
+
+class RayUnavailable(RuntimeError):
+    """The cluster at the given address could not be joined (or a local instance started)."""
+
+
+def parquet_dir(options: EvalOptions) -> Path:
+    return Path(options.parquet) if options.parquet else Path(options.out).with_suffix(".parquet")
+
+
+def read_rows(directory: Path) -> list[dict]:
+    """Every row the Parquet files under ``directory`` hold (a file cut short by a stopped driver
+    is skipped: its rows are scored again)."""
+    import pyarrow.parquet as pq
+
+    rows = []
+    for path in sorted(directory.glob("*.parquet")) if directory.exists() else ():
+        try:
+            rows += pq.read_table(path).to_pylist()
+        except OSError:
+            path.unlink()
+    return rows
+
+
+def work_items(options: EvalOptions, models: dict[str, Path], pairings: dict[str, Pairing], done: set[tuple[str, str]]) -> list[dict]:
+    """One item per (model, image) not yet in the output: the files of every role, as paths."""
+    items = []
+    for model in models:
+        for image, files in sorted(pairings[model].pairs.items()):
+            if (model, image) not in done:
+                items.append(dict(model=model, image=image, **{f"path_{role}": str(path.resolve()) for role, path in files.items()}))
+    return items
+
+
+def connect(address: str | None, log_to_driver: bool = False) -> None:
+    """Join the cluster at ``address`` (``auto`` for the one this machine belongs to), or start a
+    local instance; a cluster that cannot be reached is a ``RayUnavailable`` naming the address."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=log_to_driver, configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RayUnavailable(f"--ray {address}: no Ray cluster could be reached there ({exc})") from exc
+
+
+def score_on_ray(options: EvalOptions, items: list[dict], directory: Path, weights_dir: str | None, random_weights: bool) -> None:
+    """The streaming pipeline: decode tasks → scoring actors → Parquet files under ``directory``."""
+    import ray
+
+    from .work import Scorer, decode_pair
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * options.ray_actors)))
+    dataset = dataset.map(decode_pair)
+    dataset = dataset.map_batches(
+        Scorer,
+        fn_constructor_kwargs=dict(
+            metrics=options.metric_names,
+            options=options.metric_options,
+            device="cuda" if gpus else "cpu",
+            weights_dir=weights_dir,
+            pretrained=not random_weights,
+        ),
+        batch_size=options.ray_batch_size,
+        concurrency=options.ray_actors,
+        num_gpus=1 if gpus else 0,
+        batch_format="pandas",
+        max_restarts=-1,
+        max_task_retries=-1,
+    )
+    dataset.write_parquet(str(directory))
+
+
+def run(options: EvalOptions, console, weights_dir: str | None = None, random_weights: bool = False) -> int:
+    """``eval --ray``: the exit status (0 all scored, 1 failures, 2 refused)."""
+    options = replace(options, backend="ray")
+    try:
+        models = parse_models(options.sr)
+        check_folders(models, options.references)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    pairings = {name: pair_folders({"sr": directory, **options.references}, options.suffixes) for name, directory in models.items()}
+    directory = parquet_dir(options)
+    previous = read_rows(directory) if options.resume else []
+    if not options.resume and directory.exists() and any(directory.glob("*.parquet")):
+        console.print(f"[red]{directory} holds rows of an earlier run: pass --resume to add to them, or remove it[/red]")
+        return 2
+    done = {(row["model"], row["image"]) for row in previous}
+    items = work_items(options, models, pairings, done)
+    try:
+        connect(None if options.ray == "local" else options.ray)
+    except RayUnavailable as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    if items:
+        score_on_ray(options, items, directory, weights_dir, random_weights)
+    return write_outputs(options, models, pairings, read_rows(directory), len(items), done, not random_weights, console)
+
+
+def write_outputs(options: EvalOptions, models, pairings, rows: list[dict], scored_now: int, done: set, pretrained: bool, console) -> int:
+    """The CSV, JSON, store and console summary of ``eval``, from the Parquet rows."""
+    import losses
+
+    scored = output.Scored({name: [] for name in models}, {name: [] for name in models}, None)
+    scored.lower_is_better = {name: losses.REGISTRY[name].lower_is_better for name in losses.REGISTRY}
+    scored.conventions = losses.conventions(options.metric_names, **options.metric_options)
+    scored.server = dict(backend="ray", address=options.ray, pretrained=pretrained)
+    for row in sorted(rows, key=lambda r: (r["model"], r["image"])):
+        if row["model"] not in models:
+            continue
+        if row["error"]:
+            scored.failures[row["model"]].append(dict(image=row["image"], status=422, message=row["error"], detail=row["error"]))
+        else:
+            result = dict(image=row["image"], scores=json.loads(row["scores"]), warnings=json.loads(row["warnings"]))
+            scored.results[row["model"]].append(dict(result, paths=json.loads(row["paths"])))
+    if options.store:  # this run's values (a resumed run's earlier ones are stored already)
+        values = [
+            (model, result["image"], metric, value)
+            for model, results in scored.results.items()
+            for result in results
+            if (model, result["image"]) not in done
+            for metric, value in result["scores"].items()
+        ]
+        output.store_values(options.store, options, scored.conventions, values)
+    summaries = {name: summarise(rows, scored.lower_is_better) for name, rows in scored.results.items()}
+    output.write_csv(Path(options.out), scored.results)
+    output.write_json(options.json, output.images_json(options, models, pairings, scored, summaries))
+    for name in models:
+        output.print_model_summary(name, summaries[name], scored.failures[name], pairings[name], console, scored.results[name])
+    failed = sum(len(f) for f in scored.failures.values())
+    console.print(f"scored {scored_now}, skipped (resume) {len(done)}, failed {failed} → {options.out}, {parquet_dir(options)}")
+    return 1 if failed else 0

@@ -1,0 +1,86 @@
+"""What runs on the Ray workers: decoding a pair of files (a CPU task) and scoring a batch of
+decoded pairs (an actor that loads the models once). Nothing here knows Ray's API."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+
+import numpy as np
+
+ROLES = ("sr", "gt", "lr", "teacher")
+
+
+def decode_pair(item: dict) -> dict:
+    """The item with each role's pixels (H×W×3 float32 in [0, 1], as the server decodes an
+    upload), or its ``error`` naming the file that could not be read."""
+    from ..common.decode import decode
+    from ..common.errors import ServiceError
+
+    out = dict(item, error="")
+    for role in ROLES:
+        path = item.get(f"path_{role}")
+        if path is None:
+            continue
+        try:
+            with open(path, "rb") as handle:
+                out[role] = decode(handle.read(), role).pixels
+        except (OSError, ServiceError, ValueError) as exc:
+            out["error"] = f"{role} {path}: {exc}"
+            break
+    return out
+
+
+class Scorer:
+    """An actor's models (built on its first batch and kept) and ``losses.score`` over the
+    batch's pairs, one call per group of equal image sizes. A pair that fails keeps its error."""
+
+    def __init__(self, metrics: list[str], options: dict, device: str, weights_dir: str | None, pretrained: bool):
+        self.metrics, self.options, self.device, self.weights_dir = list(metrics), dict(options), device, weights_dir
+        self.pretrained = pretrained
+
+    def __call__(self, batch):
+        import pandas as pd
+
+        rows = batch.to_dict("records")
+        results = {index: dict(scores="{}", warnings="[]", error=row.get("error") or "") for index, row in enumerate(rows)}
+        groups = defaultdict(list)
+        for index, row in enumerate(rows):
+            if not results[index]["error"]:
+                roles = tuple(role for role in ROLES if isinstance(row.get(role), np.ndarray))
+                groups[tuple((role, row[role].shape) for role in roles)].append(index)
+        for key, indices in groups.items():
+            self._score_group([role for role, _ in key], [rows[i] for i in indices], [results[i] for i in indices])
+        return pd.DataFrame(
+            dict(
+                model=[row["model"] for row in rows],
+                image=[row["image"] for row in rows],
+                scores=[results[i]["scores"] for i in range(len(rows))],
+                warnings=[results[i]["warnings"] for i in range(len(rows))],
+                error=[results[i]["error"] for i in range(len(rows))],
+                paths=[json.dumps({role: row[f"path_{role}"] for role in ROLES if row.get(f"path_{role}")}) for row in rows],
+            )
+        )
+
+    def _score_group(self, roles: list[str], rows: list[dict], results: list[dict]) -> None:
+        import torch
+
+        import losses
+
+        images = {role: torch.from_numpy(np.stack([row[role] for row in rows])).permute(0, 3, 1, 2).to(self.device) for role in roles}
+        try:
+            with torch.inference_mode():
+                scores = losses.score(
+                    **images, metrics=self.metrics, device=self.device, pretrained=self.pretrained, weights_dir=self.weights_dir, **self.options
+                )
+        except ValueError as exc:  # a metric that cannot take these images: every pair of the group says so
+            for result in results:
+                result["error"] = str(exc)
+            return
+        for index, result in enumerate(results):
+            values = {name: _finite(value[index].item()) for name, value in scores.items()}
+            result["scores"] = json.dumps(values)
+
+
+def _finite(value: float) -> float | None:
+    return value if np.isfinite(value) else None

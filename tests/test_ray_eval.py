@@ -1,0 +1,150 @@
+"""``eval --ray`` on a local Ray instance (2 CPUs, shared by the module): the same per-image
+values as ``losses.score`` on the same files, a corrupt image failing alone, a scoring actor
+killed mid-run, ``--resume``, and an unreachable cluster. Needs the ``ray`` extra: the module
+skips without it (``.ci/run`` runs it in its own tier with ``uv run --extra ray``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (uv run --extra ray pytest tests/test_ray_eval.py)")
+
+import losses  # noqa: E402
+from service.cli import main as cli_main  # noqa: E402
+
+from .conftest import degrade, to_tensor  # noqa: E402
+
+METRICS = "psnr,ssim,niqe"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def write_folders(root, photos, count: int, size: int = 192):
+    """``count`` GT crops of the photos and degraded SR copies, as PNGs; image 3's SR is corrupt."""
+    from skimage import data
+
+    sources = [*photos, data.coffee(), data.rocket()]
+    (root / "sr").mkdir()
+    (root / "gt").mkdir()
+    pairs = {}
+    for index in range(count):
+        source = sources[index % len(sources)]
+        top, left = (7 * index) % (source.shape[0] - size), (11 * index) % (source.shape[1] - size)
+        gt = np.ascontiguousarray(source[top : top + size, left : left + size])
+        sr = degrade(gt, index)
+        Image.fromarray(gt).save(root / "gt" / f"{index:03d}.png")
+        Image.fromarray(sr).save(root / "sr" / f"{index:03d}.png")
+        pairs[f"{index:03d}"] = (sr, gt)
+    (root / "sr" / "003.png").write_bytes(b"not a png")
+    return pairs
+
+
+def eval_ray(root, *extra: str) -> tuple[int, dict]:
+    argv = ["eval", "--ray", "--sr", str(root / "sr"), "--gt", str(root / "gt"), "--metrics", METRICS, "--quiet"]
+    argv += ["--out", str(root / "run.csv"), "--json", str(root / "run.json"), "--ray-batch-size", "4", *extra]
+    status = cli_main(argv)
+    return status, json.loads((root / "run.json").read_text())
+
+
+def rows_of(root) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return [row for path in sorted((root / "run.parquet").glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
+
+
+def test_values_equal_the_library_and_a_corrupt_image_fails_alone(local_ray, photos, tmp_path):
+    pairs = write_folders(tmp_path, photos, 10)
+    status, run = eval_ray(tmp_path)
+    assert status == 1  # one failure
+    results = {r["image"]: r["scores"] for r in run["results"]}
+    assert sorted(results) == sorted(set(pairs) - {"003"})
+    assert [f["image"] for f in run["failures"]] == ["003"] and "sr" in run["failures"][0]["message"]
+    for image, scores in results.items():
+        sr, gt = pairs[image]
+        expected = losses.score(to_tensor(sr), to_tensor(gt), metrics=METRICS.split(","))
+        assert scores == {name: value.item() for name, value in expected.items()}, image  # bit for bit
+    rows = rows_of(tmp_path)
+    assert sorted(row["image"] for row in rows) == sorted(pairs)  # each image once, the failure with its error
+    assert run["server"]["backend"] == "ray" and run["summary"]["psnr"]["count"] == 9
+
+
+def test_a_killed_actor_is_restarted_and_every_image_is_scored_once(local_ray, photos, tmp_path):
+    """A scoring actor is SIGKILLed once rows start to arrive; Ray restarts it and runs its batch
+    again, and the output still holds every image exactly once."""
+    from ray.util.state import list_actors
+
+    pairs = write_folders(tmp_path, photos, 24, size=384)
+    killed = []
+
+    def kill_one_scorer():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "Scorer" in (a.class_name or "")]
+            if alive and any((tmp_path / "run.parquet").glob("*.parquet")):
+                os.kill(alive[0].pid, signal.SIGKILL)
+                killed.append(alive[0].pid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_scorer, daemon=True)
+    killer.start()
+    status, run = eval_ray(tmp_path, "--ray-actors", "1", "--ray-batch-size", "2")
+    killer.join(timeout=5)
+    assert killed, "the run ended before an actor could be killed"
+    images = sorted(row["image"] for row in rows_of(tmp_path))
+    assert images == sorted(pairs) and status == 1  # once each; 003 is the corrupt one
+    assert len(run["results"]) == len(pairs) - 1
+
+
+def test_resume_scores_only_what_the_output_lacks(local_ray, photos, tmp_path):
+    write_folders(tmp_path, photos, 6)
+    eval_ray(tmp_path)
+    first = rows_of(tmp_path)
+    kept = [path for path in sorted((tmp_path / "run.parquet").glob("*.parquet"))]
+    for path in kept[1:]:  # as if the driver had stopped after the first block
+        path.unlink()
+    remaining = {row["image"] for row in rows_of(tmp_path)}
+    assert eval_ray(tmp_path)[0] == 2  # rows of an earlier run: refused without --resume
+    status, run = eval_ray(tmp_path, "--resume")
+    rows = rows_of(tmp_path)
+    assert sorted(row["image"] for row in rows) == sorted(row["image"] for row in first)  # no gap, no duplicate
+    assert remaining < {row["image"] for row in rows}
+    assert len(run["results"]) + len(run["failures"]) == 6
+
+
+def test_an_unreachable_cluster_is_a_clear_error(tmp_path, photos):
+    """In a process of its own (this one holds the module's local instance)."""
+    import subprocess
+    import sys
+
+    write_folders(tmp_path, photos, 2)
+    argv = ["eval", "--ray", "127.0.0.1:9", "--sr", str(tmp_path / "sr"), "--gt", str(tmp_path / "gt"), "--metrics", "psnr"]
+    code = f"from service.cli import main; raise SystemExit(main({[*argv, '--out', str(tmp_path / 'run.csv')]!r}))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "127.0.0.1:9" in done.stderr, done.stderr[-2000:]
+
+
+def test_ray_scores_match_a_batched_library_call_for_a_network_metric(local_ray, photos, tmp_path):
+    """lpips_alex, a float32 network: each actor call scores its equal-size images as one batch,
+    so values equal ``losses.score`` on that batch to float32 rounding."""
+    pairs = write_folders(tmp_path, photos, 4)
+    argv = ["eval", "--ray", "--sr", str(tmp_path / "sr"), "--gt", str(tmp_path / "gt"), "--metrics", "lpips_alex", "--quiet"]
+    cli_main([*argv, "--out", str(tmp_path / "run.csv"), "--json", str(tmp_path / "run.json")])
+    run = json.loads((tmp_path / "run.json").read_text())
+    for result in run["results"]:
+        sr, gt = pairs[result["image"]]
+        expected = losses.score(to_tensor(sr), to_tensor(gt), metrics=["lpips_alex"])["lpips_alex"].item()
+        assert result["scores"]["lpips_alex"] == pytest.approx(expected, rel=1e-5)
+    assert run["server"]["pretrained"] is True
