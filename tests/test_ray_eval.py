@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# Workers run this interpreter, as eval --ray sets it (service/cluster): read when ray is imported.
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (uv run --extra ray pytest tests/test_ray_eval.py)")
 
 import losses  # noqa: E402
@@ -81,28 +83,40 @@ def test_values_equal_the_library_and_a_corrupt_image_fails_alone(local_ray, pho
     assert run["server"]["backend"] == "ray" and run["summary"]["psnr"]["count"] == 9
 
 
-def test_a_killed_actor_is_restarted_and_every_image_is_scored_once(local_ray, photos, tmp_path):
-    """A scoring actor is SIGKILLed once rows start to arrive; Ray restarts it and runs its batch
-    again, and the output still holds every image exactly once."""
-    from ray.util.state import list_actors
+def scorer_pids() -> list[int]:
+    """The processes of live scoring actors (Ray names an actor's process after its class)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                if b"MapBatches(Scorer)" in handle.read():
+                    pids.append(int(entry))
+        except (OSError, ValueError):
+            continue
+    return pids
 
-    pairs = write_folders(tmp_path, photos, 24, size=384)
+
+def test_a_killed_actor_is_restarted_and_every_image_is_scored_once(local_ray, photos, tmp_path):
+    """The scoring actor is SIGKILLed once it is up; Ray restarts it and runs its batch again,
+    and the output still holds every image exactly once."""
+    pairs = write_folders(tmp_path, photos, 40)
     killed = []
 
-    def kill_one_scorer():
+    def kill_the_scorer():
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
-            alive = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "Scorer" in (a.class_name or "")]
-            if alive and any((tmp_path / "run.parquet").glob("*.parquet")):
-                os.kill(alive[0].pid, signal.SIGKILL)
-                killed.append(alive[0].pid)
+            pids = scorer_pids()
+            if pids:
+                time.sleep(1.0)  # let it take its first batch
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append(pids[0])
             time.sleep(0.05)
 
-    killer = threading.Thread(target=kill_one_scorer, daemon=True)
+    killer = threading.Thread(target=kill_the_scorer, daemon=True)
     killer.start()
     status, run = eval_ray(tmp_path, "--ray-actors", "1", "--ray-batch-size", "2")
     killer.join(timeout=5)
-    assert killed, "the run ended before an actor could be killed"
+    assert killed, "the run ended before the actor could be killed"
     images = sorted(row["image"] for row in rows_of(tmp_path))
     assert images == sorted(pairs) and status == 1  # once each; 003 is the corrupt one
     assert len(run["results"]) == len(pairs) - 1
@@ -136,11 +150,12 @@ def test_an_unreachable_cluster_is_a_clear_error(tmp_path, photos):
     assert done.returncode == 2 and "127.0.0.1:9" in done.stderr, done.stderr[-2000:]
 
 
-def test_ray_scores_match_a_batched_library_call_for_a_network_metric(local_ray, photos, tmp_path):
+def test_ray_scores_match_a_batched_library_call_for_a_network_metric(local_ray, photos, tmp_path, weights_dir):
     """lpips_alex, a float32 network: each actor call scores its equal-size images as one batch,
     so values equal ``losses.score`` on that batch to float32 rounding."""
     pairs = write_folders(tmp_path, photos, 4)
     argv = ["eval", "--ray", "--sr", str(tmp_path / "sr"), "--gt", str(tmp_path / "gt"), "--metrics", "lpips_alex", "--quiet"]
+    argv += ["--weights-dir", str(weights_dir)]
     cli_main([*argv, "--out", str(tmp_path / "run.csv"), "--json", str(tmp_path / "run.json")])
     run = json.loads((tmp_path / "run.json").read_text())
     for result in run["results"]:
@@ -148,3 +163,19 @@ def test_ray_scores_match_a_batched_library_call_for_a_network_metric(local_ray,
         expected = losses.score(to_tensor(sr), to_tensor(gt), metrics=["lpips_alex"])["lpips_alex"].item()
         assert result["scores"]["lpips_alex"] == pytest.approx(expected, rel=1e-5)
     assert run["server"]["pretrained"] is True
+
+
+def test_missing_weights_are_named_before_any_worker_starts(local_ray, photos, tmp_path, capsys):
+    write_folders(tmp_path, photos, 2)
+    argv = ["eval", "--ray", "--sr", str(tmp_path / "sr"), "--gt", str(tmp_path / "gt"), "--metrics", "lpips_alex", "--quiet"]
+    status = cli_main([*argv, "--weights-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "run.csv")])
+    assert status == 2 and "alexnet" in capsys.readouterr().err and not (tmp_path / "run.parquet").exists()
+
+
+def test_a_workers_error_is_said_in_one_line():
+    from service.cluster import root_cause
+
+    inner = FileNotFoundError("weights for 'alexnet' not found")
+    wrapped = RuntimeError("ray::MapWorker.__init__()\n  File x\nlosses.nets.weights.WeightsNotFoundError: weights for 'alexnet' not found")
+    wrapped.__cause__ = inner
+    assert root_cause(wrapped) == "WeightsNotFoundError: weights for 'alexnet' not found"

@@ -17,6 +17,7 @@ the Parquet files hold and scores the rest. Needs the ``server`` and ``ray`` ext
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from ..client.eval.folders import Pairing, check_folders, pair_folders, parse_mo
 from ..client.eval.images import summarise
 from ..client.eval.options import EvalOptions
 
-ROW_COLUMNS = ("model", "image", "scores", "warnings", "error", "paths")
+DECODE_CPUS = 0.25
 
 
 class RayUnavailable(RuntimeError):
@@ -60,10 +61,32 @@ def work_items(options: EvalOptions, models: dict[str, Path], pairings: dict[str
     return items
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A TCP connection to ``[ray://]host:port`` within ``timeout_s``: Ray itself keeps retrying an
+    address that refuses for minutes before it gives up."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return
+    except ValueError:
+        raise RayUnavailable(f"--ray {address}: not an address (host:port, ray://host:port or auto)") from None
+    except OSError as exc:
+        raise RayUnavailable(f"--ray {address}: no Ray cluster could be reached there ({exc})") from None
+
+
 def connect(address: str | None, log_to_driver: bool = False) -> None:
     """Join the cluster at ``address`` (``auto`` for the one this machine belongs to), or start a
-    local instance; a cluster that cannot be reached is a ``RayUnavailable`` naming the address."""
+    local instance; a cluster that cannot be reached is a ``RayUnavailable`` naming the address.
+
+    Local workers run this interpreter: Ray would otherwise start them through ``uv run`` when the
+    driver was started so, in an environment synced without the ``ray`` extra."""
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
     import ray
+
+    if address not in (None, "auto"):
+        check_reachable(address)
 
     if ray.is_initialized():
         return
@@ -79,9 +102,13 @@ def score_on_ray(options: EvalOptions, items: list[dict], directory: Path, weigh
 
     from .work import Scorer, decode_pair
 
-    gpus = ray.cluster_resources().get("GPU", 0)
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0)
+    # Decoding is light next to scoring: a quarter of a CPU per task. On CPUs the actors share three
+    # quarters of the cluster's, so decoding always has room to feed them (whole CPUs would leave none).
+    actor_cpus = 1 if gpus else max(0.1, round(0.75 * resources.get("CPU", 1) / options.ray_actors, 2))
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * options.ray_actors)))
-    dataset = dataset.map(decode_pair)
+    dataset = dataset.map(decode_pair, num_cpus=DECODE_CPUS)
     dataset = dataset.map_batches(
         Scorer,
         fn_constructor_kwargs=dict(
@@ -92,13 +119,43 @@ def score_on_ray(options: EvalOptions, items: list[dict], directory: Path, weigh
             pretrained=not random_weights,
         ),
         batch_size=options.ray_batch_size,
-        concurrency=options.ray_actors,
+        compute=ray.data.ActorPoolStrategy(size=options.ray_actors),
         num_gpus=1 if gpus else 0,
+        num_cpus=actor_cpus,
         batch_format="pandas",
-        max_restarts=-1,
-        max_task_retries=-1,
-    )
+    )  # Ray Data restarts a dead actor and retries its tasks by default (max_restarts = max_task_retries = -1)
     dataset.write_parquet(str(directory))
+
+
+RAY_WRAPPERS = ("RayTaskError", "ActorDiedError", "SystemException", "UserCodeException", "RayActorError")
+
+
+def root_cause(exc: BaseException) -> str:
+    """The workers' own error inside Ray's wrappers, in one line (the first line of the chain's
+    messages naming an error that is not Ray's), else the outermost message's first line."""
+    import re
+
+    texts, seen = [], exc
+    while seen is not None and len(texts) < 20:
+        texts.append(str(seen))
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    for line in (line.strip() for text in texts for line in text.splitlines()):
+        match = re.match(r"^[\w.]*?(\w+(?:Error|Exception)): (.+)", line)
+        if match and not match.group(1).startswith(RAY_WRAPPERS):
+            return f"{match.group(1)}: {match.group(2)}"
+    return f"{type(exc).__name__}: {(texts[0].strip().splitlines() or [''])[0]}"
+
+
+def check_weights_here(options: EvalOptions, weights_dir: str | None) -> None:
+    """On a local instance the workers read this machine's weights: a missing file is named now,
+    before any worker starts (a remote cluster's workers look in their own directories)."""
+    from losses.nets import weights as W
+    from losses.nets.backbones import backbone_spec
+    from losses.plan import make_plan
+
+    plan = make_plan(options.metric_names, options.metric_options)
+    for spec in [backbone_spec(name).weights for name in sorted(plan.backbones())] + [w for m in plan.metrics for w in m.weights]:
+        W.resolve(spec, weights_dir)
 
 
 def run(options: EvalOptions, console, weights_dir: str | None = None, random_weights: bool = False) -> int:
@@ -119,12 +176,18 @@ def run(options: EvalOptions, console, weights_dir: str | None = None, random_we
     done = {(row["model"], row["image"]) for row in previous}
     items = work_items(options, models, pairings, done)
     try:
+        if options.ray == "local" and not random_weights:
+            check_weights_here(options, weights_dir)
         connect(None if options.ray == "local" else options.ray)
-    except RayUnavailable as exc:
+    except (RuntimeError, ValueError, OSError) as exc:  # RayUnavailable, a missing or corrupt weight file
         console.print(f"[red]{exc}[/red]")
         return 2
     if items:
-        score_on_ray(options, items, directory, weights_dir, random_weights)
+        try:
+            score_on_ray(options, items, directory, weights_dir, random_weights)
+        except Exception as exc:  # Ray wraps the workers' errors: say the innermost one in a line
+            console.print(f"[red]eval --ray stopped: {root_cause(exc)}; the rows written so far are in {directory} (--resume)[/red]")
+            return 1
     return write_outputs(options, models, pairings, read_rows(directory), len(items), done, not random_weights, console)
 
 

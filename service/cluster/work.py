@@ -9,6 +9,7 @@ from collections import defaultdict
 import numpy as np
 
 ROLES = ("sr", "gt", "lr", "teacher")
+NO_PIXELS = np.zeros((0, 0, 3), np.float32)  # a role that could not be decoded
 
 
 def decode_pair(item: dict) -> dict:
@@ -22,22 +23,29 @@ def decode_pair(item: dict) -> dict:
         path = item.get(f"path_{role}")
         if path is None:
             continue
+        out[role] = NO_PIXELS  # every row of a column holds an array, or Arrow cannot type it
+        if out["error"]:
+            continue
         try:
             with open(path, "rb") as handle:
                 out[role] = decode(handle.read(), role).pixels
         except (OSError, ServiceError, ValueError) as exc:
             out["error"] = f"{role} {path}: {exc}"
-            break
     return out
 
 
 class Scorer:
-    """An actor's models (built on its first batch and kept) and ``losses.score`` over the
+    """An actor's models (built when it starts, and kept) and ``losses.score`` over the
     batch's pairs, one call per group of equal image sizes. A pair that fails keeps its error."""
 
     def __init__(self, metrics: list[str], options: dict, device: str, weights_dir: str | None, pretrained: bool):
+        from losses import get_backbone
+        from losses.plan import make_plan
+
         self.metrics, self.options, self.device, self.weights_dir = list(metrics), dict(options), device, weights_dir
         self.pretrained = pretrained
+        for name in sorted(make_plan(self.metrics, self.options).backbones()):  # loaded once, here
+            get_backbone(name, device, pretrained, weights_dir)
 
     def __call__(self, batch):
         import pandas as pd
@@ -71,7 +79,12 @@ class Scorer:
         try:
             with torch.inference_mode():
                 scores = losses.score(
-                    **images, metrics=self.metrics, device=self.device, pretrained=self.pretrained, weights_dir=self.weights_dir, **self.options
+                    **images,
+                    metrics=self.metrics,
+                    device=self.device,
+                    pretrained=self.pretrained,
+                    weights_dir=self.weights_dir,
+                    **self.options,
                 )
         except ValueError as exc:  # a metric that cannot take these images: every pair of the group says so
             for result in results:
