@@ -119,10 +119,16 @@ def bench_service(
 ) -> tuple[list[dict], dict, list[dict]]:
     """``metric`` at each concurrency through a batching and a non-batching server, the lone
     request's added latency, and ``per_metric`` = (metrics, sizes) through the batching one, which
-    loads every backbone for them (one server start fewer)."""
+    loads the backbones of all of them (one server start fewer)."""
+    from ..embedded import backbones_for
+
     files = upload_files(size)[:2]
     rows, lone, metric_rows = [], {}, []
-    for mode, flags in (("batched", ["--max-batch-size", "16"]), ("unbatched", ["--models", "vgg16", "--max-batch-size", "1"])):
+    needed = ",".join(backbones_for([metric, *per_metric[0]]))  # not every backbone of the catalogue
+    for mode, flags in (
+        ("batched", ["--models", needed, "--max-batch-size", "16"]),
+        ("unbatched", ["--models", "vgg16", "--max-batch-size", "1"]),
+    ):
         process, url = start_server(["--device", device_flag, *flags])
         try:
             for concurrency in concurrencies:
