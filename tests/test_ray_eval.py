@@ -123,19 +123,28 @@ def test_a_killed_actor_is_restarted_and_every_image_is_scored_once(local_ray, p
 
 
 def test_resume_scores_only_what_the_output_lacks(local_ray, photos, tmp_path):
+    """A run cut short (blocks missing) completes with --resume: no gap, no duplicate, in the
+    Parquet rows and in the results store alike."""
+    from service.client.store import ResultsStore
+
     write_folders(tmp_path, photos, 6)
-    eval_ray(tmp_path)
+    store = str(tmp_path / "results.db")
+    eval_ray(tmp_path, "--store", store)
     first = rows_of(tmp_path)
     kept = [path for path in sorted((tmp_path / "run.parquet").glob("*.parquet"))]
     for path in kept[1:]:  # as if the driver had stopped after the first block
         path.unlink()
     remaining = {row["image"] for row in rows_of(tmp_path)}
     assert eval_ray(tmp_path)[0] == 2  # rows of an earlier run: refused without --resume
-    status, run = eval_ray(tmp_path, "--resume")
+    with ResultsStore(store) as stored:  # every image it scored, once: psnr, ssim, niqe and niqe's 2 components
+        assert len(stored.rows()) == 5 * 5
+    status, run = eval_ray(tmp_path, "--resume", "--store", store)
     rows = rows_of(tmp_path)
     assert sorted(row["image"] for row in rows) == sorted(row["image"] for row in first)  # no gap, no duplicate
     assert remaining < {row["image"] for row in rows}
     assert len(run["results"]) + len(run["failures"]) == 6
+    with ResultsStore(store) as stored:  # the images scored again are in the store already: not twice
+        assert len(stored.rows()) == 5 * 5 and {row.image for row in stored.rows()} == {r["image"] for r in run["results"]}
 
 
 def test_an_unreachable_cluster_is_a_clear_error(tmp_path, photos):

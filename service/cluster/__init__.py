@@ -207,12 +207,17 @@ def write_outputs(options: EvalOptions, models, pairings, rows: list[dict], scor
         else:
             result = dict(image=row["image"], scores=json.loads(row["scores"]), warnings=json.loads(row["warnings"]))
             scored.results[row["model"]].append(dict(result, paths=json.loads(row["paths"])))
-    if options.store:  # this run's values (a resumed run's earlier ones are stored already)
+    if options.store:  # every scored image the store lacks: a stopped run stored nothing, its resume stores all
+        from ..client.store import ResultsStore
+
+        dataset, scale = options.dataset or options.preset or "", options.scale or 0
+        with ResultsStore(options.store) as stored:
+            present = {model: stored.scored_images(model, dataset, scale, options.metric_names) for model in models}
         values = [
             (model, result["image"], metric, value)
             for model, results in scored.results.items()
             for result in results
-            if (model, result["image"]) not in done
+            if result["image"] not in present[model]
             for metric, value in result["scores"].items()
         ]
         output.store_values(options.store, options, scored.conventions, values)
