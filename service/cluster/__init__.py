@@ -21,8 +21,8 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from ..client.eval import output
-from ..client.eval.folders import Pairing, check_folders, pair_folders, parse_models
+from ..client.eval import checked_models, output
+from ..client.eval.folders import Pairing, pair_folders
 from ..client.eval.images import summarise
 from ..client.eval.options import EvalOptions
 
@@ -161,11 +161,8 @@ def check_weights_here(options: EvalOptions, weights_dir: str | None) -> None:
 def run(options: EvalOptions, console, weights_dir: str | None = None, random_weights: bool = False) -> int:
     """``eval --ray``: the exit status (0 all scored, 1 failures, 2 refused)."""
     options = replace(options, backend="ray")
-    try:
-        models = parse_models(options.sr)
-        check_folders(models, options.references)
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
+    models = checked_models(options, console)
+    if models is None:
         return 2
     pairings = {name: pair_folders({"sr": directory, **options.references}, options.suffixes) for name, directory in models.items()}
     directory = parquet_dir(options)

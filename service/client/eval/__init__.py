@@ -11,20 +11,29 @@ from __future__ import annotations
 from .options import EvalOptions
 
 
-def run(options: EvalOptions) -> int:
-    """One ``eval`` run against ``options.url``; the exit status (0 all scored, 1 failures, 2 refused)."""
-    from rich.console import Console
-
-    from . import clips, images
+def checked_models(options: EvalOptions, console):
+    """The models' SR folders by name, or None once the refusal (a bad name, a missing folder) is said."""
     from .folders import check_folders, parse_models
-    from .presets import IMAGE_PRESETS
 
-    console = Console(stderr=True)
     try:
         models = parse_models(options.sr)
         check_folders(models, options.references)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
+        return None
+    return models
+
+
+def run(options: EvalOptions) -> int:
+    """One ``eval`` run against ``options.url``; the exit status (0 all scored, 1 failures, 2 refused)."""
+    from rich.console import Console
+
+    from . import clips, images
+    from .presets import IMAGE_PRESETS
+
+    console = Console(stderr=True)
+    models = checked_models(options, console)
+    if models is None:
         return 2
     gt = options.references.get("gt")
     if options.preset in IMAGE_PRESETS:  # applied when the options were parsed (EvalOptions.from_arguments)
@@ -34,4 +43,4 @@ def run(options: EvalOptions) -> int:
     return images.run(options, models, console)
 
 
-__all__ = ["EvalOptions", "run"]
+__all__ = ["EvalOptions", "checked_models", "run"]
