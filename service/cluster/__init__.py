@@ -17,6 +17,7 @@ the Parquet files hold and scores the rest. Needs the ``server`` and ``ray`` ext
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -27,6 +28,7 @@ from ..client.eval.images import summarise
 from ..client.eval.options import EvalOptions
 
 DECODE_CPUS = 0.25
+ITEMS_PER_BLOCK = 64
 
 
 class RayUnavailable(RuntimeError):
@@ -107,7 +109,10 @@ def score_on_ray(options: EvalOptions, items: list[dict], directory: Path, weigh
     # Decoding is light next to scoring: a quarter of a CPU per task. On CPUs the actors share three
     # quarters of the cluster's, so decoding always has room to feed them (whole CPUs would leave none).
     actor_cpus = 1 if gpus else max(0.1, round(0.75 * resources.get("CPU", 1) / options.ray_actors, 2))
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 4 * options.ray_actors)))
+    # Enough blocks to keep every actor fed (4 each), and at most ITEMS_PER_BLOCK pairs in one, so a
+    # million pairs become ~16,000 decode tasks spread over the cluster, not a handful of long ones.
+    blocks = min(len(items), max(4 * options.ray_actors, math.ceil(len(items) / ITEMS_PER_BLOCK)))
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, blocks))
     dataset = dataset.map(decode_pair, num_cpus=DECODE_CPUS)
     dataset = dataset.map_batches(
         Scorer,
