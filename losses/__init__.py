@@ -22,7 +22,7 @@ from typing import Any
 # Public name → the module defining it.
 _EXPORTS = {
     **dict.fromkeys(("DEFAULT_METRICS", "MetricModule", "conventions", "create_metric", "list_metrics", "score"), "api"),
-    **dict.fromkeys(("dataset_features", "dataset_score"), "api"),
+    **dict.fromkeys(("SetExtractor", "dataset_features", "dataset_score"), "api"),
     **dict.fromkeys(
         (
             "BACKBONES",

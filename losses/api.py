@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from losses.nets import weights as W
@@ -123,6 +124,37 @@ def set_plan(metrics: Sequence[str] | str, options: dict | None = None) -> Plan:
     return plan
 
 
+class SetExtractor:
+    """The set metrics' feature extractor, built once and called per batch (an ``eval --ray`` actor
+    keeps one): ``rows`` gives a (B, C, H, W) batch's features; ``meta`` names the extractor and
+    the sha256 of its weights, which ``FeatureStats.merge`` compares (sums of other weights never merge)."""
+
+    def __init__(self, metrics: Sequence[str] | str = ("fid", "kid"), device=None, pretrained: bool = True, weights_dir=None, **options):
+        self.plan = set_plan(metrics, options)
+        first = self.plan.metrics[0]
+        extractor = first.dataset.extractor(self.plan.resolved[first.name])
+        self.keep_features = any(metric.dataset.keeps(self.plan.resolved[metric.name]) for metric in self.plan.metrics)
+        sha = W.file_sha256(W.resolve(backbone_spec(extractor[0]).weights, weights_dir)) if pretrained else "random"
+        self.meta = dict(extractor=":".join(extractor), weights_sha256=sha)
+        self.device, self.pretrained, self.weights_dir = device, pretrained, weights_dir
+
+    def rows(self, batch: torch.Tensor) -> np.ndarray:
+        """(B, dim) float64 features of a batch in [0, 1] (the network's float32 values)."""
+        where = torch.device(self.device) if self.device is not None else batch.device
+        with torch.inference_mode(), weights_dir_scope(self.weights_dir):
+            rows = compute(
+                self.plan.metrics[:1],
+                {"sr": batch.to(where)},
+                self.plan.resolved,
+                lambda name: get_backbone(name, where, self.pretrained, self.weights_dir),
+            )
+        return rows[self.plan.metrics[0].name].double().cpu().numpy()
+
+    def empty(self, dim: int, path=None) -> SetFeatures:
+        """An empty set of this extractor's features (KID's rows kept where the metrics need them)."""
+        return SetFeatures.empty(dim, self.keep_features, path, **self.meta)
+
+
 def dataset_features(
     images: Iterable[torch.Tensor],
     metrics: Sequence[str] | str = ("fid", "kid"),
@@ -135,23 +167,13 @@ def dataset_features(
     (B, C, H, W) tensors in [0, 1] (any B, any size per batch). ``options`` are the metrics' (the
     ``convention`` chooses the extractor's input handling). Only FID's sums are kept in memory;
     KID's features, when asked for, go to a memory-mapped temporary file."""
-    plan = set_plan(metrics, options)
-    chosen, per_metric = plan.metrics, plan.resolved
-    extractor = chosen[0].dataset.extractor(per_metric[chosen[0].name])
-    # Sums of features from other weights must never merge (``FeatureStats.merge`` compares this).
-    weights_sha = W.file_sha256(W.resolve(backbone_spec(extractor[0]).weights, weights_dir)) if pretrained else "random"
+    extractor = SetExtractor(metrics, device, pretrained, weights_dir, **options)
     collected: SetFeatures | None = None
-    with torch.inference_mode(), weights_dir_scope(weights_dir):
-        for batch in images:
-            where = torch.device(device) if device is not None else batch.device
-            rows = compute(
-                chosen[:1], {"sr": batch.to(where)}, per_metric, lambda name, at=where: get_backbone(name, at, pretrained, weights_dir)
-            )
-            features = rows[chosen[0].name].double().cpu().numpy()
-            if collected is None:
-                keep = any(metric.dataset.keeps(per_metric[metric.name]) for metric in chosen)
-                collected = SetFeatures.empty(features.shape[1], keep, extractor=":".join(extractor), weights_sha256=weights_sha)
-            collected.add(features)
+    for batch in images:
+        features = extractor.rows(batch)
+        if collected is None:
+            collected = extractor.empty(features.shape[1])
+        collected.add(features)
     if collected is None:
         raise ValueError("the image set is empty")
     return collected

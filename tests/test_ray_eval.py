@@ -10,9 +10,11 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 # Workers run this interpreter, as eval --ray sets it (service/cluster): read when ray is imported.
@@ -188,3 +190,49 @@ def test_a_workers_error_is_said_in_one_line():
     wrapped = RuntimeError("ray::MapWorker.__init__()\n  File x\nlosses.nets.weights.WeightsNotFoundError: weights for 'alexnet' not found")
     wrapped.__cause__ = inner
     assert root_cause(wrapped) == "WeightsNotFoundError: weights for 'alexnet' not found"
+
+
+def write_set(folder, photos, count: int, seed: int, noise: float, sizes=((160, 160), (128, 192))) -> list[np.ndarray]:
+    """``count`` crops of the photos in two sizes (so a batch holds images of both), noisy by ``noise``."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    crops = []
+    for index in range(count):
+        source = photos[index % len(photos)]
+        height, width = sizes[index % len(sizes)]
+        top, left = rng.integers(0, source.shape[0] - height), rng.integers(0, source.shape[1] - width)
+        crop = source[top : top + height, left : left + width].astype(np.float64)
+        crop = np.clip(crop + rng.normal(0, noise, crop.shape), 0, 255).round().astype(np.uint8)
+        Image.fromarray(crop).save(folder / f"{index:03d}.png")
+        crops.append(crop)
+    return crops
+
+
+def test_fid_and_kid_on_two_actors_equal_one_pass_and_an_unreadable_image_fails_its_set(local_ray, photos, tmp_path, weights_dir):
+    """Each block's FeatureStats merged on the driver give one pass's FID to 1e-10, and KID's rows,
+    put back in file-name order, its KID; a model whose set holds an unreadable image gets no value,
+    the image named. A per-image metric in the same run is scored as usual."""
+    sr = write_set(tmp_path / "sr", photos, 11, seed=1, noise=12.0)
+    gt = write_set(tmp_path / "gt", photos, 13, seed=2, noise=0.0)
+    write_set(tmp_path / "broken", photos, 9, seed=3, noise=12.0)
+    (tmp_path / "broken" / "004.png").write_bytes(b"not a png")
+    argv = ["eval", "--ray", "--sr", f"a={tmp_path / 'sr'}", "--sr", f"b={tmp_path / 'broken'}", "--gt", str(tmp_path / "gt")]
+    argv += ["--metrics", "fid,kid", "--options", '{"subset_size": 8}', "--weights-dir", str(weights_dir), "--quiet"]
+    argv += ["--ray-actors", "2", "--ray-batch-size", "3", "--out", str(tmp_path / "run.csv"), "--json", str(tmp_path / "run.json")]
+    assert cli_main(argv) == 1  # b's set has no value
+    run = json.loads((tmp_path / "run.json").read_text())
+    threads = torch.get_num_threads()
+    try:  # an actor's share of 2 CPUs is under one: torch runs it on 1 thread, and float32 convolutions round by their thread count
+        torch.set_num_threads(1)
+        one_pass = losses.dataset_score(map(to_tensor, sr), map(to_tensor, gt), ["fid", "kid"], subset_size=8, weights_dir=weights_dir)
+    finally:
+        torch.set_num_threads(threads)
+    got = run["models"]["a"]["dataset_metrics"]["values"]
+    assert got["fid"] == pytest.approx(one_pass["fid"], rel=1e-10) and got["fid"] > 1.0
+    assert got["kid"] == pytest.approx(one_pass["kid"], rel=1e-10)
+    assert got["kid.std"] == pytest.approx(one_pass["kid.std"], rel=1e-10)
+    assert run["models"]["a"]["dataset_metrics"]["sr_count"] == 11 and run["models"]["a"]["summary"]["fid"]["mean"] == got["fid"]
+    broken = run["models"]["b"]
+    assert "dataset_metrics" not in broken and [Path(f["image"]).name for f in broken["failures"]] == ["004.png"]
+    assert "fid, kid" in broken["failures"][0]["message"]
+    assert run["conventions"]["metrics"]["kid"]["options"]["subset_size"] == 8

@@ -6,7 +6,8 @@ and call ``losses.score`` on the images of equal size in their batch (``work.Sco
 actor where the cluster has GPUs. Every row goes to Parquet as its block finishes (``--parquet``),
 keyed by model and image; a row that failed carries its error. The CSV, the JSON and the results
 store are then written from the Parquet rows exactly as ``eval`` writes them, so ``report`` reads
-either. Memory stays bounded: Ray Data holds a few blocks in flight, not the dataset.
+either. Memory stays bounded: Ray Data holds a few blocks in flight, not the dataset. The set
+metrics (fid, kid) take the same road with feature-extracting actors; ``sets.py`` merges them.
 
 Faults: an actor that dies is restarted and its batch runs again (Ray's actor and task retries);
 the output holds each image once, because a block's rows are written only when it completes. A
@@ -26,6 +27,7 @@ from ..client.eval import checked_models, output
 from ..client.eval.folders import Pairing, pair_folders
 from ..client.eval.images import summarise
 from ..client.eval.options import EvalOptions
+from .sets import SETS_DIR, score_sets
 
 DECODE_CPUS = 0.25
 ITEMS_PER_BLOCK = 64
@@ -98,31 +100,26 @@ def connect(address: str | None, log_to_driver: bool = False) -> None:
         raise RayUnavailable(f"--ray {address}: no Ray cluster could be reached there ({exc})") from exc
 
 
-def score_on_ray(options: EvalOptions, items: list[dict], directory: Path, weights_dir: str | None, random_weights: bool) -> None:
-    """The streaming pipeline: decode tasks → scoring actors → Parquet files under ``directory``."""
+def stream(options: EvalOptions, items: list[dict], directory: Path, actor, arguments: dict) -> None:
+    """The streaming pipeline: decode tasks → a pool of ``actor`` (built with ``arguments`` and
+    the device) → Parquet files under ``directory``."""
     import ray
 
-    from .work import Scorer, decode_pair
+    from .work import decode_pair
 
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0)
     # Decoding is light next to scoring: a quarter of a CPU per task. On CPUs the actors share three
     # quarters of the cluster's, so decoding always has room to feed them (whole CPUs would leave none).
     actor_cpus = 1 if gpus else max(0.1, round(0.75 * resources.get("CPU", 1) / options.ray_actors, 2))
-    # Enough blocks to keep every actor fed (4 each), and at most ITEMS_PER_BLOCK pairs in one, so a
+    # Enough blocks to keep every actor fed (4 each), and at most ITEMS_PER_BLOCK items in one, so a
     # million pairs become ~16,000 decode tasks spread over the cluster, not a handful of long ones.
     blocks = min(len(items), max(4 * options.ray_actors, math.ceil(len(items) / ITEMS_PER_BLOCK)))
     dataset = ray.data.from_items(items, override_num_blocks=max(1, blocks))
     dataset = dataset.map(decode_pair, num_cpus=DECODE_CPUS)
     dataset = dataset.map_batches(
-        Scorer,
-        fn_constructor_kwargs=dict(
-            metrics=options.metric_names,
-            options=options.metric_options,
-            device="cuda" if gpus else "cpu",
-            weights_dir=weights_dir,
-            pretrained=not random_weights,
-        ),
+        actor,
+        fn_constructor_kwargs=dict(arguments, device="cuda" if gpus else "cpu"),
         batch_size=options.ray_batch_size,
         compute=ray.data.ActorPoolStrategy(size=options.ray_actors),
         num_gpus=1 if gpus else 0,
@@ -157,26 +154,47 @@ def check_weights_here(options: EvalOptions, weights_dir: str | None) -> None:
     from losses.nets import weights as W
     from losses.nets.backbones import backbone_spec
     from losses.plan import make_plan
+    from losses.registry import KINDS
 
-    plan = make_plan(options.metric_names, options.metric_options)
+    plan = make_plan(options.metric_names, options.metric_options, kinds=KINDS)
     for spec in [backbone_spec(name).weights for name in sorted(plan.backbones())] + [w for m in plan.metrics for w in m.weights]:
         W.resolve(spec, weights_dir)
 
 
+def has_rows(directory: Path) -> bool:
+    return any(directory.glob("*.parquet")) or any((directory / SETS_DIR).glob("*.parquet"))
+
+
 def run(options: EvalOptions, console, weights_dir: str | None = None, random_weights: bool = False) -> int:
     """``eval --ray``: the exit status (0 all scored, 1 failures, 2 refused)."""
+    from ..client.eval import sets
+    from .work import Extractor, Scorer
+
     options = replace(options, backend="ray")
     models = checked_models(options, console)
     if models is None:
         return 2
-    pairings = {name: pair_folders({"sr": directory, **options.references}, options.suffixes) for name, directory in models.items()}
+    image_metrics, set_metrics = sets.split_metrics(options.metric_names)
+    image_options, set_options = sets.split_options(options.metric_options, set_metrics)
+    if set_metrics:
+        if "gt" not in options.references:
+            console.print(f"[red]{', '.join(set_metrics)} compare the --sr set with a reference set: give --gt DIR[/red]")
+            return 2
+        try:
+            sets.check_sizes(options, models, set_metrics, set_options)
+        except ValueError as exc:  # DatasetMetricError: a set too small for the reduction
+            console.print(f"[red]{', '.join(set_metrics)}: {exc}[/red]")
+            return 2
+    pairings = {
+        name: pair_folders({"sr": directory, **options.references}, options.suffixes) if image_metrics else Pairing()
+        for name, directory in models.items()
+    }
     directory = parquet_dir(options)
-    previous = read_rows(directory) if options.resume else []
-    if not options.resume and directory.exists() and any(directory.glob("*.parquet")):
+    if not options.resume and directory.exists() and has_rows(directory):
         console.print(f"[red]{directory} holds rows of an earlier run: pass --resume to add to them, or remove it[/red]")
         return 2
-    done = {(row["model"], row["image"]) for row in previous}
-    items = work_items(options, models, pairings, done)
+    done = {(row["model"], row["image"]) for row in read_rows(directory)} if options.resume else set()
+    items = work_items(options, models, pairings, done) if image_metrics else []
     try:
         if options.ray == "local" and not random_weights:
             check_weights_here(options, weights_dir)
@@ -184,20 +202,35 @@ def run(options: EvalOptions, console, weights_dir: str | None = None, random_we
     except (RuntimeError, ValueError, OSError) as exc:  # RayUnavailable, a missing or corrupt weight file
         console.print(f"[red]{exc}[/red]")
         return 2
-    if items:
-        try:
-            score_on_ray(options, items, directory, weights_dir, random_weights)
-        except Exception as exc:  # Ray wraps the workers' errors: say the innermost one in a line
-            console.print(f"[red]eval --ray stopped: {root_cause(exc)}; the rows written so far are in {directory} (--resume)[/red]")
-            return 1
-    return write_outputs(options, models, pairings, read_rows(directory), len(items), done, not random_weights, console)
+    loading = dict(weights_dir=weights_dir, pretrained=not random_weights)
+    scored = output.Scored({name: [] for name in models}, {name: [] for name in models}, None)
+    said: list[str] = []
+    try:
+        if items:
+            stream(options, items, directory, Scorer, dict(loading, metrics=image_metrics, options=image_options))
+        if set_metrics:
+
+            def extract(set_items: list[dict], where: Path, resolved: dict) -> None:
+                stream(options, set_items, where, Extractor, dict(loading, metrics=set_metrics, options=set_options))
+
+            said = score_sets(options, models, set_metrics, set_options, directory / SETS_DIR, scored, extract)
+    except Exception as exc:  # Ray wraps the workers' errors: say the innermost one in a line
+        console.print(f"[red]eval --ray stopped: {root_cause(exc)}; the rows written so far are in {directory} (--resume)[/red]")
+        return 1
+    for line in said:
+        console.print(f"[red]{line}[/red]")
+    return write_outputs(options, models, pairings, read_rows(directory), len(items), done, scored, not random_weights, console)
 
 
-def write_outputs(options: EvalOptions, models, pairings, rows: list[dict], scored_now: int, done: set, pretrained: bool, console) -> int:
-    """The CSV, JSON, store and console summary of ``eval``, from the Parquet rows."""
+def write_outputs(
+    options: EvalOptions, models, pairings, rows: list[dict], scored_now: int, done: set, scored: output.Scored, pretrained: bool, console
+) -> int:
+    """The CSV, JSON, store and console summary of ``eval``, from the Parquet rows (and the sets'
+    values already in ``scored``)."""
     import losses
 
-    scored = output.Scored({name: [] for name in models}, {name: [] for name in models}, None)
+    from ..client.eval import sets
+
     scored.lower_is_better = {name: losses.REGISTRY[name].lower_is_better for name in losses.REGISTRY}
     scored.conventions = losses.conventions(options.metric_names, **options.metric_options)
     scored.server = dict(backend="ray", address=options.ray, pretrained=pretrained)
@@ -209,25 +242,43 @@ def write_outputs(options: EvalOptions, models, pairings, rows: list[dict], scor
         else:
             result = dict(image=row["image"], scores=json.loads(row["scores"]), warnings=json.loads(row["warnings"]))
             scored.results[row["model"]].append(dict(result, paths=json.loads(row["paths"])))
-    if options.store:  # every scored image the store lacks: a stopped run stored nothing, its resume stores all
-        from ..client.store import ResultsStore
-
-        dataset, scale = options.dataset or options.preset or "", options.scale or 0
-        with ResultsStore(options.store) as stored:
-            present = {model: stored.scored_images(model, dataset, scale, options.metric_names) for model in models}
-        values = [
-            (model, result["image"], metric, value)
-            for model, results in scored.results.items()
-            for result in results
-            if result["image"] not in present[model]
-            for metric, value in result["scores"].items()
-        ]
-        output.store_values(options.store, options, scored.conventions, values)
-    summaries = {name: summarise(rows, scored.lower_is_better) for name, rows in scored.results.items()}
+    if options.store:  # every value the store lacks: a stopped run stored nothing, its resume stores all
+        store_new_values(options, models, scored)
+    summaries = {
+        name: {**summarise(rows, scored.lower_is_better), **sets.set_summary(scored.sets.get(name, {"values": {}}), scored.lower_is_better)}
+        for name, rows in scored.results.items()
+    }
     output.write_csv(Path(options.out), scored.results)
     output.write_json(options.json, output.images_json(options, models, pairings, scored, summaries))
     for name in models:
         output.print_model_summary(name, summaries[name], scored.failures[name], pairings[name], console, scored.results[name])
     failed = sum(len(f) for f in scored.failures.values())
-    console.print(f"scored {scored_now}, skipped (resume) {len(done)}, failed {failed} → {options.out}, {parquet_dir(options)}")
+    set_line = sets.counts_line(scored.sets, sets.split_metrics(options.metric_names)[1])
+    console.print(f"scored {scored_now}, skipped (resume) {len(done)}, failed {failed}{set_line} → {options.out}, {parquet_dir(options)}")
     return 1 if failed else 0
+
+
+def store_new_values(options: EvalOptions, models, scored: output.Scored) -> None:
+    """The per-image values and the sets' values the store does not hold yet, under one record."""
+    from ..client.eval import sets
+    from ..client.store import ResultsStore
+
+    image_metrics, set_metrics = sets.split_metrics(options.metric_names)
+    dataset, scale = options.dataset or options.preset or "", options.scale or 0
+    with ResultsStore(options.store) as stored:
+        present = {model: stored.scored_images(model, dataset, scale, image_metrics) if image_metrics else set() for model in models}
+        sets_present = {model: output.SET_ROW_IMAGE in stored.scored_images(model, dataset, scale, set_metrics) for model in models}
+    values = [
+        (model, result["image"], metric, value)
+        for model, results in scored.results.items()
+        for result in results
+        if result["image"] not in present[model]
+        for metric, value in result["scores"].items()
+    ]
+    values += [
+        (model, output.SET_ROW_IMAGE, metric, value)
+        for model, entry in scored.sets.items()
+        if not sets_present[model]  # (no set metric asked for: no entry in scored.sets)
+        for metric, value in entry["values"].items()
+    ]
+    output.store_values(options.store, options, scored.conventions, values)

@@ -97,3 +97,48 @@ class Scorer:
 
 def _finite(value: float) -> float | None:
     return value if np.isfinite(value) else None
+
+
+class Extractor:
+    """An actor's set-metric extractor (InceptionV3, built once) over a batch of decoded images:
+    each image's feature row as little-endian float32 bytes (the network's own values, so nothing
+    is lost), or its error. The driver merges the rows' ``FeatureStats`` (service/cluster/sets.py)."""
+
+    def __init__(self, metrics: list[str], options: dict, device: str, weights_dir: str | None, pretrained: bool):
+        from losses import SetExtractor, get_backbone
+
+        self.extractor = SetExtractor(metrics, device, pretrained, weights_dir, **options)
+        for name in sorted(self.extractor.plan.backbones()):  # loaded once, here
+            get_backbone(name, device, pretrained, weights_dir)
+
+    def __call__(self, batch):
+        import pandas as pd
+        import torch
+
+        rows = batch.to_dict("records")
+        features = [b""] * len(rows)
+        errors = [row.get("error") or "" for row in rows]
+        groups = defaultdict(list)
+        for index, row in enumerate(rows):
+            if not errors[index]:
+                groups[row["sr"].shape].append(index)
+        for indices in groups.values():
+            images = torch.from_numpy(np.stack([rows[i]["sr"] for i in indices])).permute(0, 3, 1, 2)
+            try:
+                values = self.extractor.rows(images)
+            except ValueError as exc:  # an image the extractor cannot take: the group says so
+                for i in indices:
+                    errors[i] = str(exc)
+                continue
+            for i, row in zip(indices, values.astype("<f4")):  # float32 values held in float64: exact
+                features[i] = row.tobytes()
+        return pd.DataFrame(
+            dict(
+                side=[row["side"] for row in rows],
+                model=[row["model"] for row in rows],
+                path=[row["path_sr"] for row in rows],
+                features=features,
+                error=errors,
+                **{key: [value] * len(rows) for key, value in self.extractor.meta.items()},
+            )
+        )

@@ -196,10 +196,7 @@ def run(options: EvalOptions, models: dict[str, Path], console) -> int:
         output.print_model_summary(name, summaries[name], scored.failures[name], pairings[name], console, scored.results[name])
     failed = sum(len(f) for f in scored.failures.values())
     scored_count = sum(len(r.models) for r in requests) - failed
-    set_line = "".join(
-        f"; {', '.join(set_metrics)} of {name}: {entry['sr_count']} sr vs {entry['gt_count']} gt images"
-        for name, entry in scored.sets.items()
-    )
+    set_line = sets.counts_line(scored.sets, set_metrics)
     console.print(
         f"scored {scored_count}, skipped (resume) {len(finished)}, failed {failed}{set_line} → {out_csv}"
         + (f", {out_json}" if out_json else "")

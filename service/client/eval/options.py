@@ -162,8 +162,9 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
         const="local",
         default=None,
         metavar="ADDRESS",
-        help="score image folders on Ray Data: decoding as CPU tasks, scoring in actors that load the models once "
-        "(one GPU each where there are GPUs); ADDRESS joins a cluster (e.g. auto or ray://head:10001), none starts a local one",
+        help="score image folders (per-image metrics, fid and kid) on Ray Data: decoding as CPU tasks, scoring in actors that "
+        "load the models once (one GPU each where there are GPUs); ADDRESS joins a cluster (e.g. auto or ray://head:10001), "
+        "none starts a local one",
     )
     distributed.add_argument("--ray-actors", type=number(int, 1), default=2, help="scoring actors (default 2)")
     distributed.add_argument("--ray-batch-size", type=number(int, 1), default=8, help="images per actor call (default 8)")

@@ -81,3 +81,9 @@ def set_summary(result: dict, lower_is_better: dict[str, bool]) -> dict[str, dic
         for name, value in values.items()
         if "." not in name
     }
+
+
+def counts_line(entries: dict[str, dict], metrics: list[str]) -> str:
+    """The end-of-run line's part for the sets: each model's set sizes."""
+    names = ", ".join(metrics)
+    return "".join(f"; {names} of {name}: {entry['sr_count']} sr vs {entry['gt_count']} gt images" for name, entry in entries.items())
