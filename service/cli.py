@@ -11,7 +11,7 @@ import importlib.util
 import json
 import sys
 
-from .common.arguments import add_scoring_server_arguments, json_object_argument, number
+from .common.arguments import add_ray_arguments, add_scoring_server_arguments, json_object_argument, number
 from .common.errors import comma_list
 from .common.protocol import DEFAULT_METRICS, IMAGE_ROLES
 
@@ -189,12 +189,17 @@ def evaluate(args: argparse.Namespace) -> int:
     )
 
 
-def evaluate_on_ray(options, args: argparse.Namespace) -> int:
-    """``eval --ray``: the actors call the library, so no server runs (and ``--url`` is refused)."""
-    if options.url:
+def check_ray_command(command: str, urls) -> None:
+    """``--ray``: the actors call the library, so no server runs (``--url`` is refused) and both
+    the server and ray extras must be installed."""
+    if urls:
         raise CommandFailed("--ray scores in Ray actors, not through a server: leave out --url", 2)
-    require_extra("server", "eval --ray")
-    require_extra("ray", "eval --ray")
+    require_extra("server", f"{command} --ray")
+    require_extra("ray", f"{command} --ray")
+
+
+def evaluate_on_ray(options, args: argparse.Namespace) -> int:
+    check_ray_command("eval", options.url)
     from rich.console import Console
 
     from .cluster import run
@@ -203,13 +208,18 @@ def evaluate_on_ray(options, args: argparse.Namespace) -> int:
 
 
 def curate(args: argparse.Namespace) -> int:
-    from .client.curate import RuleError, parse_rule, run_filter
+    from .client.curate import RuleError, parse_rule, run_filter, through_servers
 
     try:
         metrics = list(parse_rule(args.keep).metrics)
     except RuleError as exc:
         raise CommandFailed(str(exc), 2) from None
-    return with_scoring_server("filter", args.url, metrics, args, lambda urls: run_filter(args, urls))
+    if args.ray is not None:
+        check_ray_command("filter", args.url)
+        from .cluster.filtering import on_ray
+
+        return run_filter(args, on_ray(args))
+    return with_scoring_server("filter", args.url, metrics, args, lambda urls: run_filter(args, through_servers(args, urls)))
 
 
 def score_local(args: argparse.Namespace) -> dict:
@@ -345,6 +355,7 @@ def _filter_parser(commands) -> None:
     keep.add_argument("--api-key", default=None, help="bearer token")
     keep.add_argument("--timeout", type=number(float, 0, above=True), default=120.0, help="seconds per request")
     keep.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_ray_arguments(keep, "the files")
     keep.set_defaults(func=curate)
 
 

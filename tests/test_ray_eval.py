@@ -63,10 +63,10 @@ def eval_ray(root, *extra: str) -> tuple[int, dict]:
     return status, json.loads((root / "run.json").read_text())
 
 
-def rows_of(root) -> list[dict]:
+def rows_of(root, folder: str = "run.parquet") -> list[dict]:
     import pyarrow.parquet as pq
 
-    return [row for path in sorted((root / "run.parquet").glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
+    return [row for path in sorted((root / folder).glob("*.parquet")) for row in pq.read_table(path).to_pylist()]
 
 
 def test_values_equal_the_library_and_a_corrupt_image_fails_alone(local_ray, photos, tmp_path):
@@ -236,3 +236,36 @@ def test_fid_and_kid_on_two_actors_equal_one_pass_and_an_unreadable_image_fails_
     assert "dataset_metrics" not in broken and [Path(f["image"]).name for f in broken["failures"]] == ["004.png"]
     assert "fid, kid" in broken["failures"][0]["message"]
     assert run["conventions"]["metrics"]["kid"]["options"]["subset_size"] == 8
+
+
+def test_filter_on_ray_decides_by_the_librarys_values_and_resumes_a_stopped_run(local_ray, photos, tmp_path, capsys):
+    import csv
+
+    folder = tmp_path / "crawl"
+    folder.mkdir()
+    images = [photo[:192, :192] for photo in photos] + [degrade(photo[:192, :192], seed) for seed, photo in enumerate(photos)]
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{index}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    values = {f"{i}.png": losses.score(to_tensor(image), metrics=["niqe"])["niqe"].item() for i, image in enumerate(images)}
+    threshold = float(np.median(list(values.values())))
+    manifest = tmp_path / "manifest.csv"
+    argv = ["filter", str(folder), "--keep", f"niqe < {threshold!r}", "--ray", "--manifest", str(manifest), "--quiet"]
+    argv += ["--ray-batch-size", "2"]
+    assert cli_main(argv) == 1  # a file could not be read
+    rows = {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader(manifest.open())}
+    assert set(rows) == {*values, "broken.png"} and rows["broken.png"]["decision"] == "unreadable"
+    assert "not a decodable image" in rows["broken.png"]["error"]
+    for name, value in values.items():
+        assert float(rows[name]["niqe"]) == value and rows[name]["decision"] == ("kept" if value < threshold else "dropped")
+    assert "kept 3, dropped 3, unreadable 1 of 7" in capsys.readouterr().err
+
+    parquet = sorted((tmp_path / "manifest.parquet").glob("*.parquet"))
+    for path in parquet[1:]:  # as if the driver had stopped after one block, before the manifest
+        path.unlink()
+    manifest.unlink()
+    assert cli_main([*argv, "--resume"]) == 1
+    again = {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader(manifest.open())}
+    assert again == rows
+    rescored = [row["image"] for row in rows_of(tmp_path, "manifest.parquet")]
+    assert sorted(rescored) == sorted({*rescored}) and len(rescored) == 7  # no file twice, none missing

@@ -10,7 +10,8 @@ with a score for every metric the rule reads, is not scored again but decided an
 rule given now (a changed threshold needs no rescoring); any other file is scored. The metric
 options must be those of the run that wrote the manifest.
 
-Torch-free: it scores through a server (``--url``) or the embedded one.
+Torch-free: it scores through a server (``--url``) or the embedded one; ``--ray`` scores on Ray
+(service/cluster/filtering.py).
 """
 
 from __future__ import annotations
@@ -37,7 +38,16 @@ KEPT, DROPPED, UNREADABLE = "kept", "dropped", "unreadable"
 
 
 class RuleError(ValueError):
-    """A rule that does not parse; the message says where."""
+    """A rule that does not parse, or reads metrics a rule cannot; the message says where."""
+
+
+class ScoringFailed(RuntimeError):
+    """The scoring itself stopped or could not start (not one file's failure: a cluster that cannot
+    be reached, a missing weight file); the message says why, ``status`` is the exit status."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -173,7 +183,39 @@ def decided(path: Path, rule: Rule, scores: dict[str, float | None]) -> dict:
     return dict(path=str(path), decision=decision, error="", **{name: scores.get(name) for name in rule.metrics})
 
 
-def run_filter(args, url: list[str]) -> int:
+def check_rule_metrics(rule: Rule, catalogue: list[dict]) -> None:
+    """A rule reads no-reference image metrics of ``catalogue`` (the server's, or the library's)."""
+    entries = {entry["name"]: entry for entry in catalogue}
+    problems = [name for name in rule.metrics if name not in entries or entries[name].get("needs", ["sr"]) != ["sr"]]
+    if problems:
+        usable = sorted(name for name, entry in entries.items() if entry.get("needs") == ["sr"] and entry.get("kind", "image") == "image")
+        raise RuleError(f"--keep reads {problems}: a rule reads no-reference image metrics ({', '.join(usable)})")
+
+
+# How the files get scored: (rule, files) → per file {"scores": {...}} or {"error": "..."}, in order.
+Scoring = Callable[[Rule, list[Path]], list[dict]]
+
+
+def through_servers(args, urls: list[str]) -> Scoring:
+    """Scoring by the servers at ``urls`` (``--concurrency`` requests in flight)."""
+
+    def score(rule: Rule, files: list[Path]) -> list[dict]:
+        with LossClient(urls, api_key=args.api_key, timeout=args.timeout) as client:
+            check_rule_metrics(rule, client.metrics())
+            outcomes = client.imap(
+                lambda path: client.score(path, metrics=list(rule.metrics), **(args.options or {})),
+                files,
+                concurrency=args.concurrency,
+                progress=not args.quiet,
+                return_exceptions=True,
+                total=len(files),
+            )
+            return [{"error": str(outcome)} if isinstance(outcome, (LossServiceError, OSError)) else outcome for outcome in outcomes]
+
+    return score
+
+
+def run_filter(args, score: Scoring) -> int:
     """Score, decide and write the manifest; the exit status is 1 where a file could not be read."""
     from rich.console import Console
 
@@ -181,34 +223,22 @@ def run_filter(args, url: list[str]) -> int:
     try:
         rule = parse_rule(args.keep)
     except RuleError as exc:
-        console.print(f"[red]{exc}[/red]", markup=False)
+        console.print(str(exc), markup=False, style="red")
         return 2
     manifest = Path(args.manifest)
     done = reusable_scores(read_manifest(manifest), rule) if args.resume else {}
     files = image_files(args.paths, args.files_from)
     todo = [path for path in files if str(path) not in done]
     rows = {str(path): decided(path, rule, done[str(path)]) for path in files if str(path) in done}
-    with LossClient(url, api_key=args.api_key, timeout=args.timeout) as client:
-        catalogue = {entry["name"]: entry for entry in client.metrics()}
-        problems = [name for name in rule.metrics if name not in catalogue or catalogue[name].get("needs", ["sr"]) != ["sr"]]
-        if problems:
-            usable = sorted(
-                name for name, entry in catalogue.items() if entry.get("needs") == ["sr"] and entry.get("kind", "image") == "image"
-            )
-            console.print(f"[red]--keep reads {problems}: a rule reads no-reference image metrics ({', '.join(usable)})[/red]")
-            return 2
-        outcomes = client.imap(
-            lambda path: client.score(path, metrics=list(rule.metrics), **(args.options or {})),
-            todo,
-            concurrency=args.concurrency,
-            progress=not args.quiet,
-            return_exceptions=True,
-            total=len(todo),
-        )
-        for path, outcome in zip(todo, outcomes, strict=True):
-            if isinstance(outcome, (LossServiceError, OSError)):
-                rows[str(path)] = dict(path=str(path), decision=UNREADABLE, error=str(outcome))
-                continue
+    try:
+        outcomes = score(rule, todo)
+    except (RuleError, ScoringFailed) as exc:
+        console.print(str(exc), markup=False, style="red")
+        return exc.status if isinstance(exc, ScoringFailed) else 2
+    for path, outcome in zip(todo, outcomes, strict=True):
+        if "error" in outcome:
+            rows[str(path)] = dict(path=str(path), decision=UNREADABLE, error=outcome["error"])
+        else:
             rows[str(path)] = decided(path, rule, outcome["scores"])
     ordered = [rows[str(path)] for path in files]
     with open(manifest, "w", newline="", encoding="utf-8") as handle:

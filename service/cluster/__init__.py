@@ -100,9 +100,9 @@ def connect(address: str | None, log_to_driver: bool = False) -> None:
         raise RayUnavailable(f"--ray {address}: no Ray cluster could be reached there ({exc})") from exc
 
 
-def stream(options: EvalOptions, items: list[dict], directory: Path, actor, arguments: dict) -> None:
-    """The streaming pipeline: decode tasks → a pool of ``actor`` (built with ``arguments`` and
-    the device) → Parquet files under ``directory``."""
+def stream(items: list[dict], directory: Path, actor, arguments: dict, actors: int, batch_size: int) -> None:
+    """The streaming pipeline: decode tasks → a pool of ``actors`` ``actor``s (built with
+    ``arguments`` and the device, called on batches of ``batch_size``) → Parquet files under ``directory``."""
     import ray
 
     from .work import decode_pair
@@ -111,17 +111,17 @@ def stream(options: EvalOptions, items: list[dict], directory: Path, actor, argu
     gpus = resources.get("GPU", 0)
     # Decoding is light next to scoring: a quarter of a CPU per task. On CPUs the actors share three
     # quarters of the cluster's, so decoding always has room to feed them (whole CPUs would leave none).
-    actor_cpus = 1 if gpus else max(0.1, round(0.75 * resources.get("CPU", 1) / options.ray_actors, 2))
+    actor_cpus = 1 if gpus else max(0.1, round(0.75 * resources.get("CPU", 1) / actors, 2))
     # Enough blocks to keep every actor fed (4 each), and at most ITEMS_PER_BLOCK items in one, so a
     # million pairs become ~16,000 decode tasks spread over the cluster, not a handful of long ones.
-    blocks = min(len(items), max(4 * options.ray_actors, math.ceil(len(items) / ITEMS_PER_BLOCK)))
+    blocks = min(len(items), max(4 * actors, math.ceil(len(items) / ITEMS_PER_BLOCK)))
     dataset = ray.data.from_items(items, override_num_blocks=max(1, blocks))
     dataset = dataset.map(decode_pair, num_cpus=DECODE_CPUS)
     dataset = dataset.map_batches(
         actor,
         fn_constructor_kwargs=dict(arguments, device="cuda" if gpus else "cpu"),
-        batch_size=options.ray_batch_size,
-        compute=ray.data.ActorPoolStrategy(size=options.ray_actors),
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_gpus=1 if gpus else 0,
         num_cpus=actor_cpus,
         batch_format="pandas",
@@ -148,7 +148,7 @@ def root_cause(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {(texts[0].strip().splitlines() or [''])[0]}"
 
 
-def check_weights_here(options: EvalOptions, weights_dir: str | None) -> None:
+def check_weights_here(metrics: list[str], options: dict, weights_dir: str | None) -> None:
     """On a local instance the workers read this machine's weights: a missing file is named now,
     before any worker starts (a remote cluster's workers look in their own directories)."""
     from losses.nets import weights as W
@@ -156,7 +156,7 @@ def check_weights_here(options: EvalOptions, weights_dir: str | None) -> None:
     from losses.plan import make_plan
     from losses.registry import KINDS
 
-    plan = make_plan(options.metric_names, options.metric_options, kinds=KINDS)
+    plan = make_plan(metrics, options, kinds=KINDS)
     for spec in [backbone_spec(name).weights for name in sorted(plan.backbones())] + [w for m in plan.metrics for w in m.weights]:
         W.resolve(spec, weights_dir)
 
@@ -197,21 +197,22 @@ def run(options: EvalOptions, console, weights_dir: str | None = None, random_we
     items = work_items(options, models, pairings, done) if image_metrics else []
     try:
         if options.ray == "local" and not random_weights:
-            check_weights_here(options, weights_dir)
+            check_weights_here(options.metric_names, options.metric_options, weights_dir)
         connect(None if options.ray == "local" else options.ray)
     except (RuntimeError, ValueError, OSError) as exc:  # RayUnavailable, a missing or corrupt weight file
         console.print(f"[red]{exc}[/red]")
         return 2
     loading = dict(weights_dir=weights_dir, pretrained=not random_weights)
+    pool = (options.ray_actors, options.ray_batch_size)
     scored = output.Scored({name: [] for name in models}, {name: [] for name in models}, None)
     said: list[str] = []
     try:
         if items:
-            stream(options, items, directory, Scorer, dict(loading, metrics=image_metrics, options=image_options))
+            stream(items, directory, Scorer, dict(loading, metrics=image_metrics, options=image_options), *pool)
         if set_metrics:
 
             def extract(set_items: list[dict], where: Path, resolved: dict) -> None:
-                stream(options, set_items, where, Extractor, dict(loading, metrics=set_metrics, options=set_options))
+                stream(set_items, where, Extractor, dict(loading, metrics=set_metrics, options=set_options), *pool)
 
             said = score_sets(options, models, set_metrics, set_options, directory / SETS_DIR, scored, extract)
     except Exception as exc:  # Ray wraps the workers' errors: say the innermost one in a line

@@ -44,3 +44,20 @@ def add_scoring_server_arguments(parser: argparse.ArgumentParser, command: str) 
     parser.add_argument("--device", default="auto", help="without --url: auto, cpu, cuda, cuda:N")
     parser.add_argument("--weights-dir", default=None, help="without --url: directory searched first for checkpoints")
     parser.add_argument("--random-weights", action="store_true", help="without --url: explicit opt-in to random backbone weights")
+
+
+def add_ray_arguments(parser: argparse.ArgumentParser, what: str) -> argparse._ArgumentGroup:
+    """``--ray [ADDRESS]``, ``--ray-actors`` and ``--ray-batch-size`` (eval and filter)."""
+    group = parser.add_argument_group("on a Ray cluster (the server and ray extras)")
+    group.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help=f"score {what} on Ray Data: decoding as CPU tasks, scoring in actors that load the models once "
+        "(one GPU each where there are GPUs); ADDRESS joins a cluster (e.g. auto or ray://head:10001), none starts a local one",
+    )
+    group.add_argument("--ray-actors", type=number(int, 1), default=2, help="scoring actors (default 2)")
+    group.add_argument("--ray-batch-size", type=number(int, 1), default=8, help="images per actor call (default 8)")
+    return group

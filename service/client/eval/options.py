@@ -10,7 +10,7 @@ import argparse
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from ...common.arguments import add_scoring_server_arguments, json_object_argument, number
+from ...common.arguments import add_ray_arguments, add_scoring_server_arguments, json_object_argument, number
 from ...common.errors import comma_list
 from ...common.protocol import DEFAULT_METRICS
 from .presets import IMAGE_PRESETS, PRESETS, with_image_preset
@@ -155,19 +155,7 @@ def add_eval_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--api-key", default=None, help="bearer token")
     ev.add_argument("--timeout", type=number(float, 0, above=True), default=120.0, help="seconds per request")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
-    distributed = ev.add_argument_group("on a Ray cluster (the server and ray extras)")
-    distributed.add_argument(
-        "--ray",
-        nargs="?",
-        const="local",
-        default=None,
-        metavar="ADDRESS",
-        help="score image folders (per-image metrics, fid and kid) on Ray Data: decoding as CPU tasks, scoring in actors that "
-        "load the models once (one GPU each where there are GPUs); ADDRESS joins a cluster (e.g. auto or ray://head:10001), "
-        "none starts a local one",
-    )
-    distributed.add_argument("--ray-actors", type=number(int, 1), default=2, help="scoring actors (default 2)")
-    distributed.add_argument("--ray-batch-size", type=number(int, 1), default=8, help="images per actor call (default 8)")
+    distributed = add_ray_arguments(ev, "image folders (per-image metrics, fid and kid)")
     distributed.add_argument(
         "--parquet", default=None, metavar="DIR", help="per-image rows as Parquet files (default: --out with the suffix .parquet)"
     )
