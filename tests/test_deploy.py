@@ -146,3 +146,25 @@ def test_device_check_warns_on_missing_kernels(monkeypatch):
     assert len(warnings) == 1 and "sm_61" in warnings[0] and "12.6" in warnings[0]
     mocked_gpu(monkeypatch, (7, 5), ["sm_75"])
     assert check_device(torch.device("cuda"), "bf16") == []
+
+
+def test_kuberay_cluster_runs_the_projects_image_with_the_ray_extra():
+    """docker/kuberay/raycluster.yaml: head and GPU workers on one image, built with EXTRAS=server,ray;
+    its Ray version within the ray extra's bound."""
+    from packaging.specifiers import SpecifierSet
+
+    manifest = yaml.safe_load((DOCKER / "kuberay" / "raycluster.yaml").read_text())
+    assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayCluster")
+    spec = manifest["spec"]
+    head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+    workers = [group["template"]["spec"]["containers"][0] for group in spec["workerGroupSpecs"]]
+    assert {worker["image"] for worker in workers} == {head["image"]} and "loss-service" in head["image"]
+    assert spec["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"  # no scoring actor on the head
+    assert all(worker["resources"]["limits"]["nvidia.com/gpu"] == 1 for worker in workers)
+    assert "--build-arg EXTRAS=server,ray" in (DOCKER / "kuberay" / "raycluster.yaml").read_text()
+    assert 'pip install ".[${EXTRAS}]"' in (DOCKER / "Dockerfile").read_text()
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
+    bound = next(requirement for requirement in extra if requirement.startswith("ray["))
+    assert spec["rayVersion"] in SpecifierSet(bound.split("]", 1)[1])
