@@ -5,6 +5,7 @@ server are in test_hardening.py and test_safe_defaults.py.)"""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import threading
@@ -31,6 +32,10 @@ def echo_app() -> FastAPI:
     @app.get("/readyz")
     async def ready():
         return {"ready": True}
+
+    @app.post("/upload")  # outside /v1: reads its body too
+    async def upload(request: Request):
+        return {"bytes": len(await request.body())}
 
     @app.get("/v1/fail")
     async def fail():
@@ -88,8 +93,11 @@ def test_a_compressed_body_is_a_415_naming_the_encoding(encoding, refused):
         assert response.json() == {"bytes": 3} and rejected == []
         return
     assert response.status_code == 415 and response.headers["connection"] == "close"
-    assert f"content-encoding {encoding!r} unsupported" in response.json()["detail"][0]["msg"]
-    assert rejected == ["content_encoding"]
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == ["body"] and rejected == ["content_encoding"]
+    assert detail["msg"].endswith(
+        f"content-encoding {encoding!r} unsupported: send the body uncompressed (PNG, JPEG and WebP are compressed already)"
+    )
 
 
 def run_raw(app, scope_path: str, messages: list, stall_after: bool, timeout: float = 5.0) -> list[dict]:
@@ -122,8 +130,8 @@ def test_a_client_that_stalls_mid_body_gets_a_408():
     started = time.monotonic()
     sent = run_raw(app, "/v1/echo", [{"type": "http.request", "body": b"ab", "more_body": True}], stall_after=True)
     assert sent[0]["status"] == 408 and rejected == ["body_timeout"] and time.monotonic() - started < 3
-    body = b"".join(message.get("body", b"") for message in sent[1:])
-    assert b"no request body data for 0.05 s (--body-timeout-s)" in body
+    (detail,) = json.loads(b"".join(message.get("body", b"") for message in sent[1:]))["detail"]
+    assert detail["loc"] == ["body"] and detail["msg"].endswith("no request body data for 0.05 s (--body-timeout-s)")
 
 
 def test_reads_after_the_body_are_not_timed():
@@ -138,19 +146,28 @@ def test_reads_after_the_body_are_not_timed():
 
     rejected: list[str] = []
     guard = RequestGuard(app, LIMIT, 0.05, rejected.append)
-    sent = run_raw(guard, "/v1/echo", [{"type": "http.request", "body": b"done", "more_body": False}], stall_after=False)
-    assert seen == ["http.disconnect"] and sent[0]["status"] == 204 and rejected == []
+    for last in ({"type": "http.request", "body": b"done", "more_body": False}, {"type": "http.request", "body": b"done"}):
+        seen.clear()
+        sent = run_raw(guard, "/v1/echo", [last], stall_after=False)  # no more_body: the whole body (ASGI's default)
+        assert seen == ["http.disconnect"] and sent[0]["status"] == 204 and rejected == []
 
 
 def test_other_scopes_pass_through_untouched():
-    calls = []
+    calls, sent = [], []
 
     async def app(scope, receive, send):
+        await send(await receive())
         calls.append(scope["type"])
 
+    async def receive():
+        return {"type": "lifespan.startup"}
+
+    async def send(message):
+        sent.append(message)
+
     for middleware in (RequestGuard(app, 1, 0.01, lambda kind: None), DrainAndCount(app, SimpleNamespace(telemetry=None), 5)):
-        asyncio.run(middleware({"type": "lifespan"}, None, None))
-    assert calls == ["lifespan", "lifespan"]
+        asyncio.run(middleware({"type": "lifespan"}, receive, send))
+    assert calls == ["lifespan", "lifespan"] and sent == [{"type": "lifespan.startup"}] * 2
 
 
 def drain_app(draining: bool):
@@ -158,11 +175,13 @@ def drain_app(draining: bool):
     return DrainAndCount(echo_app(), service, retry_after_s=7), service
 
 
-def get(app, path: str) -> httpx.Response:
+def get(app, path: str, body: bytes | None = None) -> httpx.Response:
+    """GET ``path``, or POST ``body`` to it."""
+
     async def go():
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            return await client.get(path)
+            return await (client.get(path) if body is None else client.post(path, content=body))
 
     return asyncio.run(go())
 
@@ -175,7 +194,7 @@ def test_while_draining_new_api_requests_get_503_with_retry_after_and_the_rest_i
     app, service = drain_app(draining=True)
     response = get(app, "/v1/fail")
     assert response.status_code == 503 and response.headers["retry-after"] == "7"
-    assert "shutting down" in response.json()["detail"][0]["msg"]
+    assert response.json()["detail"][0]["msg"].endswith("server is shutting down; retry on another replica")
     assert get(app, "/readyz").json() == {"ready": True}  # not /v1: the app answers (the real /readyz says 503 itself)
     assert counted(service, "unmatched", "503") == 1 and counted(service, "/readyz", "200") == 1
     assert service.telemetry.in_flight._value.get() == 0
@@ -192,8 +211,21 @@ def test_api_requests_are_counted_in_flight_and_by_route_and_status():
     app.app = watch
     assert get(app, "/readyz").status_code == 200 and during == [0]  # not /v1: not in flight
     assert get(app, "/v1/fail").status_code == 500 and during == [0, 1]  # the app raised: counted as a 500
+    assert get(app, "/v1/echo", b"abcd").json() == {"bytes": 4} and get(app, "/upload", b"abc").json() == {"bytes": 3}
     assert service.telemetry.in_flight._value.get() == 0
     assert counted(service, "/v1/fail", "500") == 1 and counted(service, "/readyz", "200") == 1
+    assert counted(service, "/v1/echo", "200") == 1 and counted(service, "/upload", "200") == 1
+
+
+def test_an_app_that_raises_before_answering_is_counted_as_a_500():
+    service = SimpleNamespace(draining=False, telemetry=Telemetry())
+
+    async def broken(scope, receive, send):
+        raise RuntimeError("before any response")
+
+    with pytest.raises(RuntimeError):
+        run_raw(DrainAndCount(broken, service, 5), "/v1/echo", [], stall_after=False)
+    assert counted(service, "unmatched", "500") == 1 and service.telemetry.in_flight._value.get() == 0
 
 
 def test_sigterm_drains_at_once_and_hands_over_after_drain_seconds():

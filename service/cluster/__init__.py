@@ -100,13 +100,15 @@ def connect(address: str | None, log_to_driver: bool = False) -> None:
         raise RayUnavailable(f"--ray {address}: no Ray cluster could be reached there ({exc})") from exc
 
 
-def stream(items: list[dict], directory: Path, actor, arguments: dict, actors: int, batch_size: int) -> None:
+def stream(items: list[dict], directory: Path, actor, arguments: dict, actors: int, batch_size: int, progress: bool = True) -> None:
     """The streaming pipeline: decode tasks → a pool of ``actors`` ``actor``s (built with
-    ``arguments`` and the device, called on batches of ``batch_size``) → Parquet files under ``directory``."""
+    ``arguments`` and the device, called on batches of ``batch_size``) → Parquet files under
+    ``directory``; Ray Data's progress bars on the terminal unless ``progress`` is false."""
     import ray
 
     from .work import decode_pair
 
+    ray.data.DataContext.get_current().enable_progress_bars = progress
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0)
     # Decoding is light next to scoring: a quarter of a CPU per task. On CPUs the actors share three
@@ -203,7 +205,7 @@ def run(options: EvalOptions, console, weights_dir: str | None = None, random_we
         console.print(f"[red]{exc}[/red]")
         return 2
     loading = dict(weights_dir=weights_dir, pretrained=not random_weights)
-    pool = (options.ray_actors, options.ray_batch_size)
+    pool = (options.ray_actors, options.ray_batch_size, not options.quiet)
     scored = output.Scored({name: [] for name in models}, {name: [] for name in models}, None)
     said: list[str] = []
     try:

@@ -53,7 +53,7 @@ def on_ray(args) -> Scoring:
         if items:
             arguments = dict(metrics=list(rule.metrics), options=options, weights_dir=args.weights_dir, pretrained=not args.random_weights)
             try:
-                stream(items, directory, Scorer, arguments, args.ray_actors, args.ray_batch_size)
+                stream(items, directory, Scorer, arguments, args.ray_actors, args.ray_batch_size, not args.quiet)
             except Exception as exc:  # Ray wraps the workers' errors: the innermost one, in a line
                 raise ScoringFailed(f"filter --ray stopped: {root_cause(exc)}; the rows so far are in {directory} (--resume)") from exc
             found = rows_by_path(directory, rule)
