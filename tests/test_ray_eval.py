@@ -269,3 +269,42 @@ def test_filter_on_ray_decides_by_the_librarys_values_and_resumes_a_stopped_run(
     assert again == rows
     rescored = [row["image"] for row in rows_of(tmp_path, "manifest.parquet")]
     assert sorted(rescored) == sorted({*rescored}) and len(rescored) == 7  # no file twice, none missing
+
+
+def test_clips_on_ray_score_as_the_library_and_a_broken_clip_fails_alone(local_ray, photos, tmp_path):
+    """A REDS-like layout and a folder of FFV1 videos: per-clip values equal ``losses.score_clip``'s;
+    a clip with an unreadable frame fails alone; ``--resume`` after a lost JSON scores nothing again."""
+    from .test_video import clip_pair, write_video
+
+    clips = {"000": clip_pair(photos), "011": tuple(c[:6] for c in clip_pair(photos[1:]))}
+    for role in ("GT", "SR"):
+        for name, (sr, gt) in clips.items():
+            (tmp_path / role / name).mkdir(parents=True)
+            for index, frame in enumerate(gt if role == "GT" else sr):
+                Image.fromarray(frame).save(tmp_path / role / name / f"{index}.png")
+    (tmp_path / "SR" / "011" / "3.png").write_bytes(b"not a png")
+    (tmp_path / "videos").mkdir()
+    for name, (sr, _) in clips.items():
+        write_video(tmp_path / "videos" / f"{name}.mkv", sr, "ffv1", "bgr0")
+    argv = ["eval", "--ray", "--sr", f"frames={tmp_path / 'SR'}", "--sr", f"video={tmp_path / 'videos'}", "--gt", str(tmp_path / "GT")]
+    argv += ["--metrics", "psnr,tof", "--json", str(tmp_path / "clips.json"), "--out", str(tmp_path / "f.csv"), "--quiet"]
+    assert cli_main(argv) == 1  # frames/011 failed
+    data = json.loads((tmp_path / "clips.json").read_text())
+    assert data["backend"] == "ray" and data["conventions"]["metrics"]["tof"]
+    to = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0  # noqa: E731
+    expected = {name: losses.score_clip(to(sr), to(gt), metrics=["psnr", "tof"]) for name, (sr, gt) in clips.items()}
+    assert sorted(data["models"]["video"]["clips"]) == ["000", "011"] and sorted(data["models"]["frames"]["clips"]) == ["000"]
+    for model, clip in (("frames", "000"), ("video", "000"), ("video", "011")):
+        got = data["models"][model]["clips"][clip]["per_clip"]
+        assert got["psnr"] == pytest.approx(expected[clip]["per_clip"]["psnr"], rel=1e-9)
+        assert got["tof"] == pytest.approx(expected[clip]["per_clip"]["tof"], rel=1e-5)
+    (failure,) = data["models"]["frames"]["failures"]
+    assert failure["clip"] == "011" and "sr[3]" in failure["message"]
+
+    (tmp_path / "clips.json").unlink()  # as if the driver had stopped before writing it
+    assert cli_main([*argv, "--resume"]) == 1
+    again = json.loads((tmp_path / "clips.json").read_text())
+    assert again["models"]["video"]["clips"] == data["models"]["video"]["clips"]
+    (failure,) = again["models"]["frames"]["failures"]  # tried again, said once
+    scored = sorted((row["model"], row["clip"]) for row in rows_of(tmp_path, "f.parquet") if not row["error"])
+    assert scored == [("frames", "000"), ("video", "000"), ("video", "011")]  # none scored twice

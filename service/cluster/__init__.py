@@ -1,4 +1,4 @@
-"""``loss-service eval --ray``: score image folders on a Ray cluster (or a local Ray instance).
+"""``loss-service eval --ray``: score image folders, sets and clips on a Ray cluster (or a local Ray instance).
 
 Ray Data streams the work: listing the pairs is the driver's; reading and decoding each image is a
 CPU task (``work.decode_pair``); scoring runs in a pool of actors that each load the models once
@@ -7,7 +7,8 @@ actor where the cluster has GPUs. Every row goes to Parquet as its block finishe
 keyed by model and image; a row that failed carries its error. The CSV, the JSON and the results
 store are then written from the Parquet rows exactly as ``eval`` writes them, so ``report`` reads
 either. Memory stays bounded: Ray Data holds a few blocks in flight, not the dataset. The set
-metrics (fid, kid) take the same road with feature-extracting actors; ``sets.py`` merges them.
+metrics (fid, kid) take the same road with feature-extracting actors (``sets.py`` merges them);
+clip datasets go to clip-scoring actors (``clips.py``).
 
 Faults: an actor that dies is restarted and its batch runs again (Ray's actor and task retries);
 the output holds each image once, because a block's rows are written only when it completes. A
@@ -24,9 +25,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..client.eval import checked_models, output
+from ..client.eval import clips as clip_eval
 from ..client.eval.folders import Pairing, pair_folders
 from ..client.eval.images import summarise
 from ..client.eval.options import EvalOptions
+from ..client.eval.presets import IMAGE_PRESETS
 from .sets import SETS_DIR, score_sets
 
 DECODE_CPUS = 0.25
@@ -100,10 +103,13 @@ def connect(address: str | None, log_to_driver: bool = False) -> None:
         raise RayUnavailable(f"--ray {address}: no Ray cluster could be reached there ({exc})") from exc
 
 
-def stream(items: list[dict], directory: Path, actor, arguments: dict, actors: int, batch_size: int, progress: bool = True) -> None:
-    """The streaming pipeline: decode tasks → a pool of ``actors`` ``actor``s (built with
-    ``arguments`` and the device, called on batches of ``batch_size``) → Parquet files under
-    ``directory``; Ray Data's progress bars on the terminal unless ``progress`` is false."""
+def stream(
+    items: list[dict], directory: Path, actor, arguments: dict, actors: int, batch_size: int, progress: bool, decode: bool = True
+) -> None:
+    """The streaming pipeline: decode tasks (unless ``decode`` is false: the actor reads its
+    items' files) → a pool of ``actors`` ``actor``s (built with ``arguments`` and the device,
+    called on batches of ``batch_size``) → Parquet files under ``directory``; Ray Data's progress
+    bars on the terminal unless ``progress`` is false."""
     import ray
 
     from .work import decode_pair
@@ -118,7 +124,8 @@ def stream(items: list[dict], directory: Path, actor, arguments: dict, actors: i
     # million pairs become ~16,000 decode tasks spread over the cluster, not a handful of long ones.
     blocks = min(len(items), max(4 * actors, math.ceil(len(items) / ITEMS_PER_BLOCK)))
     dataset = ray.data.from_items(items, override_num_blocks=max(1, blocks))
-    dataset = dataset.map(decode_pair, num_cpus=DECODE_CPUS)
+    if decode:
+        dataset = dataset.map(decode_pair, num_cpus=DECODE_CPUS)
     dataset = dataset.map_batches(
         actor,
         fn_constructor_kwargs=dict(arguments, device="cuda" if gpus else "cpu"),
@@ -176,6 +183,11 @@ def run(options: EvalOptions, console, weights_dir: str | None = None, random_we
     models = checked_models(options, console)
     if models is None:
         return 2
+    gt = options.references.get("gt")
+    if options.preset not in IMAGE_PRESETS and gt is not None and (options.preset or clip_eval.is_clip_dataset(gt)):
+        from .clips import run as run_clips
+
+        return run_clips(options, models, console, weights_dir, random_weights)
     image_metrics, set_metrics = sets.split_metrics(options.metric_names)
     image_options, set_options = sets.split_options(options.metric_options, set_metrics)
     if set_metrics:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 
@@ -142,3 +143,46 @@ class Extractor:
                 **{key: [value] * len(rows) for key, value in self.extractor.meta.items()},
             )
         )
+
+
+class ClipScorer:
+    """An actor's clip metrics (models built when it starts) over a batch of clips: each clip's
+    frames (folders of frames or a video file per role) read and scored as the server's
+    ``/v1/score/clip`` reads and scores an upload (``service/server/clips.py``), the answer as JSON,
+    or its error."""
+
+    def __init__(self, metrics: list[str], options: dict, device: str, weights_dir: str | None, pretrained: bool):
+        from losses import get_backbone
+        from losses.clips.scoring import CLIP_KINDS
+        from losses.plan import make_plan
+
+        self.plan = make_plan(list(metrics), dict(options), kinds=CLIP_KINDS)
+        self.setup = dict(device=device, pretrained=pretrained, weights_dir=weights_dir)
+        for name in sorted(self.plan.backbones()):  # loaded once, here
+            get_backbone(name, device, pretrained, weights_dir)
+
+    def __call__(self, batch):
+        import pandas as pd
+
+        from ..common.errors import ServiceError
+
+        rows = batch.to_dict("records")
+        answers, errors = [], []
+        for row in rows:
+            try:
+                answers.append(json.dumps(self._score({role: json.loads(row[role]) for role in ("sr", "gt")})))
+                errors.append("")
+            except (OSError, ValueError, ServiceError) as exc:  # a file, a frame size, a metric that cannot take the clip
+                answers.append("{}")
+                errors.append(getattr(exc, "message", str(exc)))
+        return pd.DataFrame(dict(model=[row["model"] for row in rows], clip=[row["clip"] for row in rows], answer=answers, error=errors))
+
+    def _score(self, files: dict[str, list[str]]) -> dict:
+        from ..common.decode import decode
+        from ..server import clips
+
+        uploads = {role: [Path(path).read_bytes() for path in paths] for role, paths in files.items()}
+        decoded = {role: clips.frames_of(uploads[role], role, lambda data, field: decode(data, field), None) for role in uploads}
+        clips.check_clips(decoded)
+        with clips.video_sources(uploads) as sources:
+            return clips.score(self.plan, decoded, sources, **self.setup)

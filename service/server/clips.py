@@ -108,8 +108,13 @@ def video_sources(uploads: dict[str, list[bytes]]) -> Iterator[dict[str, Path] |
 
 def run(scorer: Scorer, plan: Plan, clips: dict[str, np.ndarray], sources: dict[str, Path] | None = None) -> dict:
     """Score on the device thread with the request's plan; the answer in JSON's terms (non-finite values as null)."""
+    return score(plan, clips, sources, device=scorer.device, pretrained=scorer.pretrained, weights_dir=scorer.config.weights_dir)
+
+
+def score(plan: Plan, clips: dict[str, np.ndarray], sources: dict[str, Path] | None, **setup) -> dict:
+    """``score_clip`` of decoded (T, H, W, 3) clips, ``setup`` its device, pretrained and weights_dir;
+    the answer in JSON's terms (non-finite values as null). Also what ``eval --ray``'s clip actors call."""
     sr, gt = (torch.from_numpy(clips[role]).permute(0, 3, 1, 2) for role in ("sr", "gt"))  # converted chunk by chunk
-    setup = dict(device=scorer.device, pretrained=scorer.pretrained, weights_dir=scorer.config.weights_dir)
     try:
         result = score_clip(sr, gt, plan=plan, sources=sources, **setup)
     except registry.MetricError as exc:

@@ -7,7 +7,7 @@ name), so the leaderboard's mean of a clip dataset is BasicSR's mean over clips.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from losses.clips.means import dataset_means
@@ -100,66 +100,109 @@ def source_record(clip: Path | list[Path]) -> str | list[str]:
     return [str(path.resolve()) for path in clip] if isinstance(clip, list) else str(clip.resolve())
 
 
-def run(options: EvalOptions, models: dict[str, Path], console) -> int:
+@dataclass
+class ClipRun:
+    """What a clip run scores: the preset's metrics and options, each model's clips paired with the
+    GT's, and what it has (resumed clips, failures) as it goes."""
+
+    options: EvalOptions
+    metrics: str
+    metric_options: dict
+    preset: dict | None
+    gt_clips: dict
+    sr_clips: dict[str, dict]
+    conventions: dict | None
+    results: dict[str, dict] = field(default_factory=dict)
+    failures: dict[str, list] = field(default_factory=dict)
+    unpaired: dict[str, dict] = field(default_factory=dict)
+
+    def todo(self) -> list[tuple[str, str, list[Path] | Path, list[Path] | Path]]:
+        """(model, clip, sr, gt) of every paired clip not resumed; one centre frame each for Vimeo-90K."""
+        centred = bool(self.preset and self.preset["centre_frame"])
+        work = []
+        for model, sr_clips in self.sr_clips.items():
+            for name in sorted(set(self.gt_clips) & set(sr_clips)):
+                if name not in self.results[model]:
+                    sr, gt = sr_clips[name], self.gt_clips[name]
+                    work.append((model, name, *((centre_frame(sr), centre_frame(gt)) if centred else (sr, gt))))
+        return work
+
+    def add(self, model: str, name: str, answer: dict, sr: list[Path] | Path) -> None:
+        """A scored clip: its answer's values and the files its ``sr`` frames were read from."""
+        self.conventions = self.conventions or answer.get("conventions")
+        self.results[model][name] = {key: answer[key] for key in ("per_frame", "temporal", "frames", "per_clip")}
+        self.results[model][name]["sources"] = source_record(sr)
+
+
+def prepare(options: EvalOptions, models: dict[str, Path], console) -> ClipRun | None:
+    """The clips to score, the resumed ones counted; None once a bad preset is said."""
     try:
         metrics, metric_options, preset = preset_setup(options.preset, options.metrics, options.metric_options)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
-        return 2
+        return None
     options = replace(options, metrics=metrics)
     say = console.print if not options.quiet else (lambda line: None)
-    centred = bool(preset and preset["centre_frame"])
     gt_clips = clips_of(Path(options.gt), preset, say)
     done, conventions = resumed(options) if options.resume else ({}, None)
-    results, failures, unpaired = {}, {}, {}
+    run = ClipRun(options, metrics, metric_options, preset, gt_clips, {}, conventions)
+    for model, folder in models.items():
+        sr_clips = run.sr_clips[model] = clips_of(folder, preset, say)
+        run.unpaired[model] = dict(gt=sorted(set(gt_clips) - set(sr_clips)), sr=sorted(set(sr_clips) - set(gt_clips)))
+        paired = set(gt_clips) & set(sr_clips)
+        run.results[model] = {name: clip for name, clip in done.get(model, {}).items() if name in paired}
+        run.failures[model] = []
+        if run.results[model] and not options.quiet:
+            console.print(f"{model}: {len(run.results[model])} clip(s) already in {options.json} (--resume)")
+    return run
+
+
+def run(options: EvalOptions, models: dict[str, Path], console) -> int:
+    clip_run = prepare(options, models, console)
+    if clip_run is None:
+        return 2
     with LossClient(list(options.url), api_key=options.api_key, timeout=options.timeout) as client:
-        for model, folder in models.items():
-            sr_clips = clips_of(folder, preset, say)
-            unpaired[model] = dict(gt=sorted(set(gt_clips) - set(sr_clips)), sr=sorted(set(sr_clips) - set(gt_clips)))
-            paired = sorted(set(gt_clips) & set(sr_clips))
-            results[model] = {name: clip for name, clip in done.get(model, {}).items() if name in paired}
-            failures[model] = []
-            if results[model] and not options.quiet:
-                console.print(f"{model}: {len(results[model])} clip(s) already in {options.json} (--resume)")
-            for name in [name for name in paired if name not in results[model]]:
-                try:
-                    sr, gt = sr_clips[name], gt_clips[name]
-                    if centred:
-                        sr, gt = centre_frame(sr), centre_frame(gt)
-                    answer = client.score_clip(sr, gt, metrics, **metric_options)
-                except (LossServiceError, OSError, ValueError) as exc:
-                    failures[model].append(dict(clip=name, status=getattr(exc, "status", None), message=str(exc)))
-                    console.print(f"[red]{model} / {name}: {exc}[/red]")
-                    continue
-                conventions = conventions or answer["conventions"]
-                results[model][name] = {key: answer[key] for key in ("per_frame", "temporal", "frames", "per_clip")}
-                results[model][name]["sources"] = source_record(sr)
-                if not options.quiet:
-                    console.print(f"{model} / {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in answer["per_clip"].items() if v is not None))
+        for model, name, sr, gt in clip_run.todo():
+            try:
+                answer = client.score_clip(sr, gt, clip_run.metrics, **clip_run.metric_options)
+            except (LossServiceError, OSError, ValueError) as exc:
+                clip_run.failures[model].append(dict(clip=name, status=getattr(exc, "status", None), message=str(exc)))
+                console.print(f"[red]{model} / {name}: {exc}[/red]")
+                continue
+            clip_run.add(model, name, answer, sr)
+            if not options.quiet:
+                console.print(f"{model} / {name}: " + ", ".join(f"{k} {v:.4f}" for k, v in answer["per_clip"].items() if v is not None))
+    return finish(clip_run, models, console)
+
+
+def finish(run: ClipRun, models: dict[str, Path], console) -> int:
+    """The JSON, the store and the frames CSV of a clip run, and its summary; the exit status."""
+    options, results, preset, gt_clips = run.options, run.results, run.preset, run.gt_clips
+    centred = bool(preset and preset["centre_frame"])
     report = dict(
         format="loss-service-eval-clips",
         version=1,
         dataset=options.dataset or options.preset,
         scale=options.scale,
-        metrics=metrics,
+        metrics=run.metrics,
         backend=options.backend,
-        options=metric_options,
+        options=run.metric_options,
         preset=preset and dict(preset, clips=list(preset["clips"] or [])),
-        conventions=conventions,
+        conventions=run.conventions,
         gt_sources={name: source_record(centre_frame(clip) if centred else clip) for name, clip in gt_clips.items()},
         models={
             model: dict(
                 sr_dir=str(models[model].resolve()),
                 clips=results[model],
                 dataset=dataset_means(results[model]),
-                failures=failures[model],
-                unpaired=unpaired[model],
+                failures=run.failures[model],
+                unpaired=run.unpaired[model],
             )
             for model in models
         },
     )
     output.write_json(options.json, report)
-    if options.store and conventions is not None:
+    if options.store and run.conventions is not None:
         values = (
             (model, name, metric, value)
             for model, clips in results.items()
@@ -167,12 +210,12 @@ def run(options: EvalOptions, models: dict[str, Path], console) -> int:
             for metric, value in clip["per_clip"].items()
         )
         try:
-            output.store_values(options.store, options, conventions, values)
+            output.store_values(options.store, options, run.conventions, values)
         except StoreError as exc:
             console.print(f"[red]{exc}[/red]")
             return 2
     output.write_frames_csv(Path(options.out), results)
     for model in models:
-        output.print_clip_summary(model, len(results[model]), report["models"][model]["dataset"], unpaired[model], console)
-    missing = any(unpaired[model]["gt"] for model in models)
-    return 1 if missing or any(failures.values()) else 0
+        output.print_clip_summary(model, len(results[model]), report["models"][model]["dataset"], run.unpaired[model], console)
+    missing = any(run.unpaired[model]["gt"] for model in models)
+    return 1 if missing or any(run.failures.values()) else 0
