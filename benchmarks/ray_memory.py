@@ -19,27 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from skimage import data
-
+from benchmarks.ray_throughput import write_pairs
 from service.bench.machine import cpu_model
-from tests.conftest import degrade
 
 SIZES, SIZE = (100, 800, 1600), 384
 MIB = 2**20
-
-
-def write_pairs(root: Path, count: int) -> None:
-    sources = [data.astronaut(), data.coffee(), data.rocket()]
-    for folder in ("sr", "gt"):
-        (root / folder).mkdir(parents=True)
-    for index in range(count):
-        source = sources[index % len(sources)]
-        top, left = (13 * index) % (source.shape[0] - SIZE), (17 * index) % (source.shape[1] - SIZE)
-        gt = np.ascontiguousarray(source[top : top + SIZE, left : left + SIZE])
-        Image.fromarray(gt).save(root / "gt" / f"{index:04d}.png", compress_level=1)
-        Image.fromarray(degrade(gt, index)).save(root / "sr" / f"{index:04d}.png", compress_level=1)
 
 
 def descendants(pid: int) -> list[int]:
@@ -97,7 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for count in [int(arg) for arg in sys.argv[1:]] or SIZES:
             root = Path(tmp) / str(count)
-            write_pairs(root, count)
+            write_pairs(root, count, SIZE, compress_level=1)
             result[f"{count}_pairs"] = measured_run(root)
     print(json.dumps(result))
 

@@ -32,16 +32,17 @@ from tests.conftest import degrade
 SMALL, LARGE, SIZE = 32, 96, 256
 
 
-def write_pairs(root: Path, count: int) -> None:
-    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+def write_pairs(root: Path, count: int, size: int = SIZE, compress_level: int = 6) -> None:
+    """``count`` GT crops of size² from the photos at least that large, and degraded SR copies."""
+    sources = [photo for photo in (data.astronaut(), data.coffee(), data.chelsea(), data.rocket()) if min(photo.shape[:2]) > size]
     for folder in ("sr", "gt"):
         (root / folder).mkdir(parents=True)
     for index in range(count):
         source = sources[index % len(sources)]
-        top, left = (13 * index) % (source.shape[0] - SIZE), (17 * index) % (source.shape[1] - SIZE)
-        gt = np.ascontiguousarray(source[top : top + SIZE, left : left + SIZE])
-        Image.fromarray(gt).save(root / "gt" / f"{index:04d}.png")
-        Image.fromarray(degrade(gt, index)).save(root / "sr" / f"{index:04d}.png")
+        top, left = (13 * index) % (source.shape[0] - size), (17 * index) % (source.shape[1] - size)
+        gt = np.ascontiguousarray(source[top : top + size, left : left + size])
+        Image.fromarray(gt).save(root / "gt" / f"{index:04d}.png", compress_level=compress_level)
+        Image.fromarray(degrade(gt, index)).save(root / "sr" / f"{index:04d}.png", compress_level=compress_level)
 
 
 def single_process(root: Path, metrics: list[str]) -> float:
