@@ -25,7 +25,7 @@ def run(options: EvalOptions, models: dict[str, Path], console, weights_dir: str
     """The exit status, as ``eval``'s clip mode gives it (0 all scored, 1 failures or missing clips, 2 refused)."""
     import losses
 
-    from . import check_weights_here, connect, has_rows, parquet_dir, read_rows, root_cause, stream
+    from .pipeline import check_weights_here, connect, has_rows, parquet_dir, read_rows, root_cause, stream
     from .work import ClipScorer
 
     clip_run = clip_eval.prepare(options, models, console)

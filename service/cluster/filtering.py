@@ -11,12 +11,11 @@ import json
 from pathlib import Path
 
 from ..client.curate import Rule, Scoring, ScoringFailed, check_rule_metrics
+from .pipeline import check_weights_here, connect, read_rows, root_cause, stream
 
 
 def rows_by_path(directory: Path, rule: Rule) -> dict[str, dict]:
     """The Parquet rows that decide a file under ``rule``: its scores of every metric the rule reads, or its error."""
-    from . import read_rows
-
     found = {}
     for row in read_rows(directory):
         scores = json.loads(row["scores"])
@@ -31,7 +30,6 @@ def on_ray(args) -> Scoring:
     """Scoring on the Ray cluster at ``args.ray`` (or a local instance)."""
     from losses import list_metrics
 
-    from . import check_weights_here, connect, root_cause, stream
     from .work import Scorer
 
     def score(rule: Rule, files: list[Path]) -> list[dict]:

@@ -21,8 +21,8 @@ from losses.sets.statistics import DATASET_METRICS, FeatureFile, FeatureStats, S
 
 from ..client.datasets import reduce_sets, resolve_options
 from ..client.eval.folders import set_paths
+from .pipeline import read_rows
 
-SETS_DIR = "sets"
 GT = ("gt", "")
 
 
@@ -33,8 +33,6 @@ def listings(models: dict[str, Path], gt: Path, suffix: str) -> dict[tuple[str, 
 
 def extracted(directory: Path) -> set[tuple[str, str, str]]:
     """(side, model, path) of every image the Parquet holds features for (not its failures)."""
-    from . import read_rows
-
     return {(row["side"], row["model"], row["path"]) for row in read_rows(directory) if not row["error"]}
 
 
