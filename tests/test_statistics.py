@@ -232,3 +232,142 @@ def test_each_convention_names_its_features_and_whether_it_keeps_rows():
     assert fid.extractor({"convention": "pytorch-fid"})[1] == "pool3_pytorch_fid" and fid.keeps({"convention": "pytorch-fid"})
     assert kid.keeps({}) and kid.keeps({"convention": "torch-fidelity"}) and kid.lower_is_better and fid.lower_is_better
     assert kid.options["subsets"] == 100 and kid.options["subset_size"] == 1000 and kid.options["seed"] == 2020
+
+
+def test_two_images_have_a_covariance_and_the_refusal_says_how_many_are_needed():
+    features = rows(2, 26)
+    np.testing.assert_allclose(stats_of(features).covariance(), np.cov(features, rowvar=False), rtol=1e-12, atol=1e-15)
+    with pytest.raises(S.DatasetMetricError) as refused:
+        stats_of(features[:1]).covariance()
+    assert str(refused.value) == (
+        "a set of 1 image has no covariance: FID needs at least 2 images per set (and a stable estimate needs thousands)"
+    )
+
+
+def test_a_statistics_file_without_meta_loads_and_pickled_arrays_are_refused(tmp_path):
+    stats = stats_of(rows(3, 27))
+    header = np.array('{"format": "loss-service.feature-stats", "version": 1, "count": 3}')
+    np.savez(tmp_path / "plain.npz", header=header, total=stats.total, outer=stats.outer)
+    assert S.FeatureStats.load(tmp_path / "plain.npz").meta == {}
+    np.savez(tmp_path / "pickled.npz", header=header, total=np.array([object()] * DIM, dtype=object), outer=stats.outer)
+    with pytest.raises(ValueError, match="allow_pickle"):
+        S.FeatureStats.load(tmp_path / "pickled.npz")
+
+
+def test_the_refusal_of_broken_features_says_what_is_broken():
+    bad = rows(3, 28)
+    bad[1, 1] = np.nan
+    with pytest.raises(S.DatasetMetricError) as refused:
+        S.check_features(bad, DIM)
+    assert str(refused.value) == "1 feature row(s) are not finite (first: row 1); the extractor's weights or the images are broken"
+
+
+def test_feature_files_are_named_for_the_project_and_read_back_read_only(tmp_path):
+    from pathlib import Path
+
+    temporary = S.FeatureFile(DIM)
+    assert Path(temporary.path).name.startswith("loss-service-features-") and temporary.path.suffix == ".f32"
+    temporary.append(rows(2, 29))
+    assert not temporary.array().flags.writeable
+    placed = S.SetFeatures.empty(DIM, True, tmp_path / "kept.f32")
+    assert placed.stored.path == tmp_path / "kept.f32"
+
+
+def test_trace_sqrt_product_leaves_out_the_rounding_noise_of_a_rank_deficient_covariance():
+    """200-d covariances of 10 and 14 images: tr√(ΣaΣb) is the sum of the singular values of
+    Xa·Xbᵀ (the centred rows over √(n − 1)), exact and well conditioned; the ~190 noise eigenvalues
+    of each 200 × 200 covariance must not add their square roots."""
+    rng = np.random.default_rng(30)
+    a, b = rng.normal(size=(10, 200)), rng.normal(size=(14, 200)) + 0.1
+    xa, xb = (a - a.mean(axis=0)) / np.sqrt(9), (b - b.mean(axis=0)) / np.sqrt(13)
+    expected = np.linalg.svd(xa @ xb.T, compute_uv=False).sum()
+    got = S.trace_sqrt_product(np.cov(a, rowvar=False), np.cov(b, rowvar=False))
+    assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_trace_sqrtm_retries_with_one_millionth_by_default(monkeypatch):
+    calls = []
+
+    def sqrtm(matrix):
+        calls.append(matrix.copy())
+        return np.full_like(matrix, np.nan) if len(calls) == 1 else np.eye(len(matrix))
+
+    monkeypatch.setattr(linalg, "sqrtm", sqrtm)
+    S.trace_sqrtm(np.eye(2), np.eye(2))
+    np.testing.assert_allclose(calls[1], np.eye(2) * (1 + 1e-6) ** 2, rtol=1e-15)
+
+
+def test_without_scipy_the_tools_conventions_say_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "scipy", None)
+    with pytest.raises(S.DatasetMetricError) as refused:
+        S.trace_sqrtm(np.eye(2), np.eye(2))
+    assert str(refused.value) == "the clean-fid and pytorch-fid conventions take √ with SciPy, as those tools do: pip install scipy"
+
+
+def test_kid_shrinks_by_the_sets_sizes_never_by_the_feature_size():
+    """Features of 3 values and sets of 8 and 9 images: the subset size is compared with the image counts."""
+    rng = np.random.default_rng(31)
+    a, b = rng.normal(size=(8, 3)), rng.normal(size=(9, 3)) + 0.2
+    options = dict(KID, subset_size=6, shrink_subsets=True)
+    assert S.kernel_inception_distance(a, b, options) == pytest.approx(kid_by_procedure(a, b, 5, 6, 2020), rel=1e-10)
+    small_a, small_b = rng.normal(size=(4, 3)), rng.normal(size=(5, 3))
+    expected = kid_by_procedure(small_a, small_b, 5, 4, 2020)
+    assert S.kernel_inception_distance(small_a, small_b, options) == pytest.approx(expected, rel=1e-10)
+
+
+def test_kid_takes_subsets_of_two_and_its_refusal_names_the_size_to_use():
+    a, b = rows(3, 32), rows(3, 33)
+    assert S.kernel_inception_distance(a, b, dict(KID, subset_size=2)) == pytest.approx(kid_by_procedure(a, b, 5, 2, 2020), rel=1e-10)
+    with pytest.raises(S.DatasetMetricError) as refused:
+        S.kernel_inception_distance(rows(4, 34), rows(9, 35), KID)
+    assert str(refused.value) == (
+        'the sr set has 4 images, fewer than KID\'s subset_size 6: lower it (options {"subset_size": 4}), '
+        'shrink it as clean-fid does (options {"shrink_subsets": true}) or score more images'
+    )
+
+
+def test_kid_uses_its_gamma_and_float64_on_float32_rows():
+    a, b = rows(8, 36).astype(np.float32), rows(8, 37, shift=0.2).astype(np.float32)
+    options = dict(KID, subset_size=8, subsets=1, gamma=0.5)
+    rng = np.random.RandomState(2020)
+    x, y = a[rng.choice(8, 8, replace=False)].astype(np.float64), b[rng.choice(8, 8, replace=False)].astype(np.float64)
+    expected = mmd2_by_loops(x, y, 3, 0.5, 1.0)
+    assert S.kernel_inception_distance(a, b, options)[0] == pytest.approx(expected, rel=1e-12)
+
+
+def test_kid_reduces_the_kept_rows_of_both_sets():
+    a, b = rows(9, 38), rows(10, 39, shift=0.3)
+    sides = [S.SetFeatures.empty(DIM, True), S.SetFeatures.empty(DIM, True)]
+    for side, features in zip(sides, (a, b)):
+        side.add(features)
+    options = dict(S.DATASET_METRICS["kid"].options, subsets=4, subset_size=5)
+    got = S.DATASET_METRICS["kid"].reduce(*sides, options)
+    mean, std = S.kernel_inception_distance(a.astype(np.float32), b.astype(np.float32), options)
+    assert got == {"kid": mean, "kid.std": std}
+    summed = S.SetFeatures.empty(DIM, False)
+    summed.add(b)
+    for pair in ((sides[0], summed), (summed, sides[1])):  # either side without its rows
+        with pytest.raises(S.DatasetMetricError) as refused:
+            S.DATASET_METRICS["kid"].reduce(*pair, options)
+        assert str(refused.value) == "KID needs the sets' features, which were not kept (keep_features=False)"
+
+
+def test_fid_in_a_tools_convention_refuses_when_either_side_lacks_rows():
+    a, b = rows(6, 40), rows(6, 41)
+    kept, summed = S.SetFeatures.empty(DIM, True), S.SetFeatures.empty(DIM, False)
+    kept.add(a)
+    summed.add(b)
+    for pair in ((kept, summed), (summed, kept)):
+        with pytest.raises(S.DatasetMetricError, match="needs the sets' feature rows"):
+            S.DATASET_METRICS["fid"].reduce(*pair, {"convention": "clean-fid"})
+
+
+def test_fid_of_rows_takes_sets_of_two_and_refuses_one_on_either_side():
+    a, b = rows(2, 42), rows(2, 43)
+    assert np.isfinite(S.fid_of_rows(a, b, np.float64))
+    for pair in ((a[:1], b), (a, b[:1])):
+        with pytest.raises(S.DatasetMetricError) as refused:
+            S.fid_of_rows(*pair, np.float64)
+        assert str(refused.value) == "a set of 1 image has no covariance: FID needs at least 2 images per set"
