@@ -6,7 +6,9 @@ torchvision's and DINOv2's file layouts; the real loader reads them.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -14,6 +16,9 @@ from pathlib import Path
 # Point every cache at empty directories before anything reads them, so no test can pick
 # up (or download) real weights, and make generated checkpoints acceptable.
 _SANDBOX = Path(tempfile.mkdtemp(prefix="loss-service-tests-"))
+# Removed when the test session's own process exits (not a forked child's): its generated
+# checkpoints weigh ~0.7 GB, which every run would otherwise leave behind.
+atexit.register(lambda creator=os.getpid(): os.getpid() == creator and shutil.rmtree(_SANDBOX, ignore_errors=True))
 os.environ["TORCH_HOME"] = str(_SANDBOX / "torch")
 os.environ["HF_HOME"] = str(_SANDBOX / "hf")
 os.environ.pop("HF_HUB_CACHE", None)
