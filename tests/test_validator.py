@@ -82,17 +82,18 @@ def test_when_full_the_oldest_batch_is_dropped_with_a_warning(server, caplog):
 
 
 def test_drop_oldest_with_three_in_flight_drops_the_oldest_waiting_steps(server):
-    """With room for 3, a burst of 8 keeps the newest steps (and step 0 if it was already being
-    sent); the dropped steps are the oldest that waited, one contiguous run. Dropping the newest
-    instead would keep steps 1 or 2 and drop 6."""
+    """With room for 3, a burst of 8 keeps the two newest steps: each step that found the queue full
+    dropped the oldest one waiting. Which other step survives depends on when the sending thread
+    took a batch (step 0 before the burst, or any step during it on a busy machine), so only that is
+    left open. Dropping the newest instead would drop step 6."""
     sr = torch.rand(2, 3, 96, 96)
     with Validator(server.url, "perceptual", max_in_flight=3, when_full="drop_oldest") as validator:
         futures = [validator(step, sr, sr.flip(-1)) for step in range(8)]
         validator.result(7, timeout=120)
     dropped = [step for step, future in enumerate(futures) if future.cancelled()]
     kept = [step for step, future in enumerate(futures) if not future.cancelled()]
-    # Three in flight: the batch being sent (step 0, if the thread took it before the burst) counts.
-    assert (kept, dropped) in (([0, 6, 7], [1, 2, 3, 4, 5]), ([5, 6, 7], [0, 1, 2, 3, 4])), (kept, dropped)
+    assert {6, 7} <= set(kept) and dropped and max(dropped) < 6, (kept, dropped)
+    assert len(kept) >= 3  # the sent batch and the two newest waiting
     assert all(futures[step].result()["per_image"][0]["perceptual"] > 0 for step in kept)
 
 
