@@ -19,6 +19,7 @@ entry of kind ``clip``, and ``losses.clips.scoring.score_clip`` runs them.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,15 +183,13 @@ def tecogan_lpips_values(clip: ClipFrames, options: Mapping[str, Any]) -> ClipVa
     return ClipValues(np.concatenate(values) if values else np.empty(0), frames, pairs=False)
 
 
-def _vmaf_values(name: str) -> Callable[[ClipFrames, Mapping[str, Any]], ClipValues]:
-    def run(clip: ClipFrames, options: Mapping[str, Any]) -> ClipValues:
-        if clip.sources:
-            values, details = libvmaf.vmaf_of_videos(clip.sources["sr"], clip.sources["gt"], name)
-        else:
-            values, details = libvmaf.vmaf(to_uint8(clip.sr), to_uint8(clip.gt), name)
-        return ClipValues(values, list(range(len(values))), pairs=False, details=details)
-
-    return run
+def vmaf_values(clip: ClipFrames, options: Mapping[str, Any], name: str) -> ClipValues:
+    """VMAF (model ``name``) of every frame: of the source videos' planes where the clip has them, else of its frames."""
+    if clip.sources:
+        values, details = libvmaf.vmaf_of_videos(clip.sources["sr"], clip.sources["gt"], name)
+    else:
+        values, details = libvmaf.vmaf(to_uint8(clip.sr), to_uint8(clip.gt), name)
+    return ClipValues(values, list(range(len(values))), pairs=False, details=details)
 
 
 def _libvmaf_missing() -> str | None:
@@ -246,7 +245,7 @@ CLIP_SPECS = {
                 f"VMAF ({model}) per frame and per clip, Netflix's libvmaf through FFmpeg",
                 "FFmpeg's libvmaf filter: on the source videos' decoded planes as they are (the same pixel format, bit depth "
                 "and range required of both); on frames, yuv420p by FFmpeg's default BT.601 limited conversion",
-                _vmaf_values(name),
+                functools.partial(vmaf_values, name=name),
                 missing=_libvmaf_missing,
             )
             for name, model in libvmaf.VMAF_MODELS.items()
