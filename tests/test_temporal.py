@@ -234,3 +234,49 @@ def test_the_tecogan_columns_equal_its_metrics_py_on_real_video(weights_dir):
     assert got["per_clip"]["tecogan_psnr"] == pytest.approx(np.mean(psnr_list), rel=1e-7)
     plain = losses.score_clip(as_tensor(sr), as_tensor(gt), metrics=["psnr"], y_channel=True)["per_clip"]["psnr"]
     assert abs(plain - got["per_clip"]["tecogan_psnr"]) > 1e-3  # every frame, uncropped: another number
+
+
+def test_a_clip_too_short_for_its_skip_gives_no_values_not_an_error(weights_dir):
+    """4 frames with TecoGAN's skip of 2: no pair for tof/tlp and no frame for its PSNR/LPIPS columns."""
+    from losses.clips.temporal import CLIP_SPECS, ClipFrames
+
+    frames = torch.rand(4, 3, 48, 48, generator=torch.Generator().manual_seed(3))
+    clip = ClipFrames(frames, frames.flip(-1), chunk=2, backbone=lambda name: losses.get_backbone(name, "cpu", True, weights_dir))
+    for name in ("tof", "tlp", "tecogan_psnr", "tecogan_lpips"):
+        got = CLIP_SPECS[name].run(clip, {"skip": 2})
+        assert got.values.shape == (0,) and got.frames == [], name
+        assert got.pairs is (name in ("tof", "tlp")), name
+
+
+def test_the_clip_metrics_catalogue_says_each_direction_default_and_what_runs_beside_the_backbones():
+    from losses.clips.temporal import CLIP_SPECS, TECOGAN_SKIP
+
+    directions = {name: spec.lower_is_better for name, spec in CLIP_SPECS.items()}
+    assert directions["tof"] and directions["tlp"] and directions["tecogan_lpips"] and not directions["tecogan_psnr"]
+    assert not any(directions[name] for name in CLIP_SPECS if name.startswith("vmaf"))
+    assert TECOGAN_SKIP == 2
+    assert all(dict(CLIP_SPECS[name].options) == {"skip": 2} for name in ("tof", "tlp", "tecogan_psnr", "tecogan_lpips"))
+    assert [name for name, spec in CLIP_SPECS.items() if spec.background] == ["tof"]  # OpenCV's flows release the GIL
+    assert {name for name, spec in CLIP_SPECS.items() if spec.weights} == {"tlp", "tecogan_lpips"}
+
+
+def test_pairs_are_cut_into_chunks_after_the_skipped_frames():
+    from losses.clips.temporal import ClipFrames
+
+    frames = torch.zeros(10, 3, 8, 8)
+    clip = ClipFrames(frames, frames, chunk=3, backbone=None)
+    assert clip.pairs(2) == [slice(3, 6), slice(6, 8)]
+    assert clip.pairs(0) == [slice(1, 4), slice(4, 7), slice(7, 10)]
+    assert ClipFrames(frames, frames, chunk=16, backbone=None).pairs(4) == [slice(5, 6)]
+
+
+def test_frames_become_the_8_bit_frames_tecogan_reads():
+    from losses.clips.temporal import as_unit, to_uint8
+
+    values = torch.tensor([-0.1, 0.0, 0.2, 0.9, 1.0, 1.3], dtype=torch.float32).reshape(1, 1, 1, 6).expand(1, 3, 1, 6)
+    got = to_uint8(values)
+    assert got.shape == (1, 1, 6, 3) and got.dtype == np.uint8
+    assert got[0, 0, :, 0].tolist() == [0, 0, 51, 229, 255, 255]  # clamped to [0, 1], rounded (float32 0.9 · 255 is 229.49999)
+    eight_bit = torch.arange(0, 256, dtype=torch.uint8).reshape(1, 1, 16, 16).expand(2, 3, 16, 16)
+    assert np.array_equal(to_uint8(eight_bit), eight_bit.permute(0, 2, 3, 1).numpy())
+    assert torch.equal(as_unit(eight_bit), eight_bit.float() / 255.0) and as_unit(values) is values
