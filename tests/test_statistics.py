@@ -128,7 +128,9 @@ def test_trace_sqrtm_drops_a_small_imaginary_part_and_refuses_a_large_one():
         S.trace_sqrtm(np.diag([-1.0, 1.0]), np.eye(2))
 
 
-def test_trace_sqrtm_retries_with_epsilon_where_the_root_is_not_finite(monkeypatch):
+@pytest.fixture
+def sqrtm_calls(monkeypatch) -> list[np.ndarray]:
+    """SciPy's sqrtm replaced by one whose first root is not finite: the matrices it was given."""
     calls = []
 
     def sqrtm(matrix):
@@ -136,8 +138,17 @@ def test_trace_sqrtm_retries_with_epsilon_where_the_root_is_not_finite(monkeypat
         return np.full_like(matrix, np.nan) if len(calls) == 1 else np.eye(len(matrix))
 
     monkeypatch.setattr(linalg, "sqrtm", sqrtm)
+    return calls
+
+
+def test_trace_sqrtm_retries_with_epsilon_where_the_root_is_not_finite(sqrtm_calls):
     assert S.trace_sqrtm(np.eye(3), np.eye(3) * 2, eps=1e-3) == 3.0
-    np.testing.assert_allclose(calls[1], (np.eye(3) * (1 + 1e-3)) @ (np.eye(3) * (2 + 1e-3)))
+    np.testing.assert_allclose(sqrtm_calls[1], (np.eye(3) * (1 + 1e-3)) @ (np.eye(3) * (2 + 1e-3)))
+
+
+def test_trace_sqrtm_retries_with_one_millionth_by_default(sqrtm_calls):
+    S.trace_sqrtm(np.eye(2), np.eye(2))
+    np.testing.assert_allclose(sqrtm_calls[1], np.eye(2) * (1 + 1e-6) ** 2, rtol=1e-15)
 
 
 def mmd2_by_loops(x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float) -> float:
@@ -283,18 +294,6 @@ def test_trace_sqrt_product_leaves_out_the_rounding_noise_of_a_rank_deficient_co
     expected = np.linalg.svd(xa @ xb.T, compute_uv=False).sum()
     got = S.trace_sqrt_product(np.cov(a, rowvar=False), np.cov(b, rowvar=False))
     assert got == pytest.approx(expected, rel=1e-9)
-
-
-def test_trace_sqrtm_retries_with_one_millionth_by_default(monkeypatch):
-    calls = []
-
-    def sqrtm(matrix):
-        calls.append(matrix.copy())
-        return np.full_like(matrix, np.nan) if len(calls) == 1 else np.eye(len(matrix))
-
-    monkeypatch.setattr(linalg, "sqrtm", sqrtm)
-    S.trace_sqrtm(np.eye(2), np.eye(2))
-    np.testing.assert_allclose(calls[1], np.eye(2) * (1 + 1e-6) ** 2, rtol=1e-15)
 
 
 def test_without_scipy_the_tools_conventions_say_what_to_install(monkeypatch):
