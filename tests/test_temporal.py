@@ -280,3 +280,11 @@ def test_frames_become_the_8_bit_frames_tecogan_reads():
     eight_bit = torch.arange(0, 256, dtype=torch.uint8).reshape(1, 1, 16, 16).expand(2, 3, 16, 16)
     assert np.array_equal(to_uint8(eight_bit), eight_bit.permute(0, 2, 3, 1).numpy())
     assert torch.equal(as_unit(eight_bit), eight_bit.float() / 255.0) and as_unit(values) is values
+
+
+@pytest.mark.parametrize("height, width", [(17, 2000), (96, 128), (1080, 1920), (2000, 33), (2160, 3840)])
+def test_crop_8x8_equals_tecogans_on_frame_sizes_up_to_4k(height, width):
+    frame = np.arange(height * width, dtype=np.int64).reshape(height, width)
+    rows, cols = crop_8x8(height, width)
+    expected, top, left = tecogan_crop_8x8(frame)
+    assert np.array_equal(frame[rows, cols], expected) and (rows.start, cols.start) == (top, left)
