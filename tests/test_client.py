@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -19,7 +19,7 @@ from service.cli import main as cli_main
 from service.client import AsyncLossClient, BadRequest, LossClient, RequestTimeout, ServerBusy
 from service.client.eval.folders import pair_folders
 
-from .servers import metric_value, npy_bytes, random_image
+from .servers import StubHTTPServer, metric_value, npy_bytes, random_image
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ class Stub:
             def log_message(self, *args):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = StubHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 

@@ -15,6 +15,7 @@ from losses.nets import weights as W
 from losses.nets.backbones import BACKBONES, build_backbone
 
 from .conftest import generated_dinov2_official_state, generated_vgg_state
+from .servers import StubHTTPServer
 
 
 def test_features_only_checkpoint_loads(weights_dir):
@@ -158,7 +159,7 @@ class MirrorHandler(http.server.BaseHTTPRequestHandler):
 def mirror(monkeypatch):
     """A weights mirror on 127.0.0.1 (LOSS_SERVICE_WEIGHTS_BASE_URL), with downloads allowed."""
     handler = type("Handler", (MirrorHandler,), dict(files={}, truncate=set()))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = StubHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setenv("LOSS_SERVICE_WEIGHTS_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/models")

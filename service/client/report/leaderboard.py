@@ -171,6 +171,13 @@ def curves(store: ResultsStore) -> list[Curve]:
     ]
 
 
+# The training curves' look, in one place: a line with small dots per model, a star at its best step.
+CURVE_FIGURE_SIZE = (5.2, 3.2)
+CURVE_LINE = dict(marker="o", markersize=3)
+BEST_STEP_MARK = dict(marker="*", markersize=14, linestyle="none")
+BEST_STEP_LABEL = dict(textcoords="offset points", xytext=(6, 6), fontsize=8)
+
+
 def curves_html(found: list[Curve]) -> str:
     """One plot per dataset and metric, a line per model, its best step marked."""
     from html import escape
@@ -180,17 +187,18 @@ def curves_html(found: list[Curve]) -> str:
     plt = _pyplot()
     figures = []
     for (dataset, metric), group in itertools.groupby(found, key=lambda c: (c.dataset, c.metric)):
-        fig, ax = plt.subplots(figsize=(5.2, 3.2))
+        fig, ax = plt.subplots(figsize=CURVE_FIGURE_SIZE)
+        group = list(group)
         for index, curve in enumerate(group):
             steps, means = zip(*curve.points)
             color = PALETTE[index % len(PALETTE)]
-            ax.plot(steps, means, color=color, marker="o", markersize=3, label=curve.model)
+            ax.plot(steps, means, color=color, label=curve.model, **CURVE_LINE)
             best_step, best_value = curve.best
-            ax.plot([best_step], [best_value], marker="*", markersize=14, color=color, linestyle="none")
-            ax.annotate(f"best: step {best_step}", (best_step, best_value), textcoords="offset points", xytext=(6, 6), fontsize=8)
+            ax.plot([best_step], [best_value], color=color, **BEST_STEP_MARK)
+            ax.annotate(f"best: step {best_step}", (best_step, best_value), **BEST_STEP_LABEL)
         ax.set_xlabel("step")
-        ax.set_ylabel(f"{metric} {arrow(metric, found[0].lower_is_better)}")
-        ax.legend(fontsize=8, frameon=False)
+        ax.set_ylabel(f"{metric} {arrow(metric, group[0].lower_is_better)}")
+        ax.legend(fontsize=BEST_STEP_LABEL["fontsize"], frameon=False)
         figures.append(f'<figure class="plot">{svg(fig)}<figcaption>{escape(dataset)} · {escape(metric)}</figcaption></figure>')
     note = "Mean over the validation images at each step; ★ marks each model's best step."
     return f'<div class="plots">{"".join(figures)}</div><p class="note">{note}</p>'

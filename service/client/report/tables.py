@@ -54,6 +54,9 @@ LATEX_SPECIAL = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "|": r"\textbar{}",  # OT1, LaTeX's default font encoding, prints these three as other glyphs
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
     "×": r"$\times$",
     "±": r"$\pm$",
 }

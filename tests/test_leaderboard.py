@@ -1,0 +1,187 @@
+"""The leaderboard as a reader gets it: the exact Markdown and LaTeX a user pastes into a paper,
+the HTML table's cells, and the training curves' plot, for a store written by hand.
+
+In-process and fast (no server), so mutation testing sees ``service/client/report/leaderboard.py``."""
+
+from __future__ import annotations
+
+import re
+from html.parser import HTMLParser
+
+import pytest
+
+from service.client.report import leaderboard
+from service.client.store import ResultsStore, Row, conventions_hash
+
+from .test_store import record, record_of_metric
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Set5 ×4 PSNR in RGB (EDSR, a model whose name holds a | and a mean over 2 of the 3 images)
+    and in Y (EDSR again); DIV2K ×4 FID; an unnamed dataset without a scale for NIQE."""
+    rgb, y = record(), record(y_channel=True)
+    fid = record_of_metric("fid", dict(convention="torch-fidelity"), lower_is_better=True)
+    niqe = record_of_metric("niqe", dict(convention="matlab"), lower_is_better=True)
+    with ResultsStore(tmp_path / "r.db") as opened:
+        rows = [Row("EDSR", "Set5", 4, f"img{i}", "psnr", v, conventions_hash(rgb)) for i, v in enumerate((30.0, 31.0, 32.0))]
+        rows += [Row("Swin|IR", "Set5", 4, f"img{i}", "psnr", v, conventions_hash(rgb)) for i, v in enumerate((31.0, 32.0, 34.5))]
+        rows += [Row("Half_net", "Set5", 4, f"img{i}", "psnr", 40.0, conventions_hash(rgb)) for i in range(2)]
+        opened.add(rows, rgb)
+        opened.add([Row("EDSR", "Set5", 4, f"img{i}", "psnr", 33.0, conventions_hash(y)) for i in range(3)], y)
+        opened.add([Row(m, "DIV2K", 4, "(set)", "fid", v, conventions_hash(fid)) for m, v in (("B&C", 25.0), ("A", 20.0))], fid)
+        opened.add([Row("M", "", 0, image, "niqe", v, conventions_hash(niqe)) for image, v in (("a", 4.5), ("b", 5.0))], niqe)
+        yield opened
+
+
+def test_boards_in_dataset_order_with_their_titles_directions_and_groups(store):
+    boards = leaderboard.boards(store)
+    assert [(b.title, b.metric, b.lower_is_better) for b in boards] == [
+        ("unnamed", "niqe", True),
+        ("DIV2K ×4", "fid", True),
+        ("Set5 ×4", "psnr", False),
+    ]
+    psnr = boards[2]
+    assert [[s.label for s in g.standings] for g in psnr.groups] == [["Swin|IR", "EDSR"], ["EDSR"], ["Half_net"]]
+    assert [g.differs for g in psnr.groups] == [[], ["Y vs RGB"], ["2 of 3 images"]]
+    assert [(s.mean, s.images) for s in psnr.groups[0].standings] == [(pytest.approx(32.5), 3), (31.0, 3)]
+    assert [s.label for s in boards[1].groups[0].standings] == ["A", "B&C"]  # lower first
+
+
+def test_the_markdown_is_exactly_what_a_reader_pastes(store):
+    expected = """\
+# Leaderboard
+
+Models are ranked only among numbers computed under the same conventions. \
+values: the values averaged, one per image (fid and kid: one for the whole set).
+
+## unnamed · niqe ↓
+
+| rank | model | mean | values |
+|---|---|---|---|
+| 1 | M | 4.7500 | 2 |
+
+## DIV2K ×4 · fid ↓
+
+| rank | model | mean | values |
+|---|---|---|---|
+| 1 | A | 20.0000 | 1 |
+| 2 | B&C | 25.0000 | 1 |
+
+## Set5 ×4 · psnr ↑
+
+| rank | model | mean | values |
+|---|---|---|---|
+| 1 | Swin\\|IR | 32.50 | 3 |
+| 2 | EDSR | 31.00 | 3 |
+
+Not comparable with the ranking above (this group vs it): Y vs RGB.
+
+| rank | model | mean | values |
+|---|---|---|---|
+| 1 | EDSR | 33.00 | 3 |
+
+Not comparable with the ranking above (this group vs it): 2 of 3 images.
+
+| rank | model | mean | values |
+|---|---|---|---|
+| 1 | Half_net | 40.00 | 2 |
+"""
+    assert leaderboard.markdown(leaderboard.boards(store)) == expected
+
+
+def test_the_latex_is_one_booktabs_table_per_group_with_what_differs_in_its_caption(store):
+    def table(caption: str, rows: str) -> str:
+        return (
+            "\\begin{table}[t]\n\\centering\n\\caption{" + caption + "}\n\\begin{tabular}{rlrr}\n\\toprule\n"
+            "rank & model & mean & values \\\\\n\\midrule\n" + rows + "\n\\bottomrule\n\\end{tabular}\n\\end{table}"
+        )
+
+    expected = "\n\n".join(
+        [
+            table("unnamed, niqe", "1 & M & 4.7500 & 2 \\\\"),
+            table("DIV2K $\\times$4, fid", "1 & A & 20.0000 & 1 \\\\\n2 & B\\&C & 25.0000 & 1 \\\\"),
+            table("Set5 $\\times$4, psnr", "1 & Swin\\textbar{}IR & 32.50 & 3 \\\\\n2 & EDSR & 31.00 & 3 \\\\"),
+            table("Set5 $\\times$4, psnr (differs: Y vs RGB)", "1 & EDSR & 33.00 & 3 \\\\"),
+            table("Set5 $\\times$4, psnr (differs: 2 of 3 images)", "1 & Half\\_net & 40.00 & 2 \\\\"),
+        ]
+    )
+    assert leaderboard.latex(leaderboard.boards(store)) == expected + "\n"
+
+
+class Cells(HTMLParser):
+    """The text of an HTML fragment's headings, warnings and table cells, in order, with the tags
+    that carry them and their attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[tuple[str, dict, str]] = []
+        self._open: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self._open.append((tag, dict(attrs)))
+        self.found.append((tag, dict(attrs), ""))
+
+    def handle_endtag(self, tag):
+        self._open.pop()
+
+    def handle_data(self, data):
+        tag, attrs, text = self.found[-1]
+        self.found[-1] = (tag, attrs, text + data)
+
+
+def parsed(page: str) -> list[tuple[str, dict, str]]:
+    parser = Cells()
+    parser.feed(page)
+    parser.close()
+    assert not parser._open, "every tag is closed"
+    return parser.found
+
+
+def test_the_html_tables_hold_the_same_cells_with_the_model_column_left_aligned(store):
+    found = parsed(leaderboard.html(leaderboard.boards(store)))
+    assert found[0][:2] == ("p", {"class": "note"}) and found[0][2].startswith("Models are ranked only among numbers computed")
+    headings = [text for tag, _, text in found if tag == "h3"]
+    assert headings == ["unnamed · niqe ↓", "DIV2K ×4 · fid ↓", "Set5 ×4 · psnr ↑"]
+    warnings = [text for tag, attrs, text in found if tag == "p" and attrs == {"class": "warn"}]
+    assert warnings == [
+        "Not comparable with the ranking above (this group vs it): Y vs RGB.",
+        "Not comparable with the ranking above (this group vs it): 2 of 3 images.",
+    ]
+    cells = [text for tag, _, text in found if tag in ("td", "th")]
+    header = ["rank", "model", "mean", "values"]
+    assert cells == [
+        *header, "1", "M", "4.7500", "2",
+        *header, "1", "A", "20.0000", "1", "2", "B&C", "25.0000", "1",
+        *header, "1", "Swin|IR", "32.50", "3", "2", "EDSR", "31.00", "3",
+        *header, "1", "EDSR", "33.00", "3",
+        *header, "1", "Half_net", "40.00", "2",
+    ]  # fmt: skip
+    aligned = [text for tag, attrs, text in found if tag in ("td", "th") and attrs.get("style") == "text-align:left"]
+    assert aligned == ["model", "M", "model", "A", "B&C", "model", "Swin|IR", "EDSR", "model", "EDSR", "model", "Half_net"]
+    assert "B&amp;C" in leaderboard.html(leaderboard.boards(store))  # escaped, not raw markup
+
+
+def test_the_training_curves_plot_a_line_per_model_and_star_each_best_step(tmp_path):
+    """Two runs on one dataset and metric share one plot; a third metric gets its own. Each
+    line has its model's colour and a star at its best step, named in the annotation."""
+    ssim = record_of_metric("ssim", dict(crop_border=0), lower_is_better=False)
+    lpips = record_of_metric("lpips", dict(), lower_is_better=True)
+    with ResultsStore(tmp_path / "r.db") as opened:
+        rows = [Row("run-a", "val", 2, "x", "ssim", v, conventions_hash(ssim), step=s) for s, v in ((0, 0.5), (10, 0.75), (20, 0.7))]
+        rows += [Row("run-b", "val", 2, "x", "ssim", v, conventions_hash(ssim), step=s) for s, v in ((0, 0.6), (10, 0.65), (20, 0.8))]
+        opened.add(rows, ssim)
+        opened.add([Row("run-a", "val", 2, "x", "lpips", v, conventions_hash(lpips), step=s) for s, v in ((0, 0.3), (5, 0.2))], lpips)
+        found = leaderboard.curves(opened)
+    bests = [("run-a", "lpips", (5, 0.2)), ("run-a", "ssim", (10, 0.75)), ("run-b", "ssim", (20, 0.8))]
+    assert [(c.model, c.metric, c.best) for c in found] == bests
+    page = leaderboard.curves_html(found)
+    figures = re.findall(r'<figure class="plot">(.*?)</figure>', page, flags=re.S)
+    assert len(figures) == 2 and page.startswith('<div class="plots">')
+    lpips_plot, ssim_plot = figures
+    assert lpips_plot.endswith("<figcaption>val · lpips</figcaption>") and ssim_plot.endswith("<figcaption>val · ssim</figcaption>")
+    texts = lambda svg: re.findall(r"<text[^>]*>([^<]*)</text>", svg)  # noqa: E731
+    assert {"step", "lpips ↓", "best: step 5", "run-a"} <= set(texts(lpips_plot))
+    assert {"step", "ssim ↑", "best: step 10", "best: step 20", "run-a", "run-b"} <= set(texts(ssim_plot))
+    assert "#1f77b4" in ssim_plot and "#ff7f0e" in ssim_plot and "#ff7f0e" not in lpips_plot  # a colour per model
+    assert page.endswith('<p class="note">Mean over the validation images at each step; ★ marks each model\'s best step.</p>')
