@@ -1,0 +1,217 @@
+"""``eval`` of clip datasets, in this process: the folder layouts it reads, what it resumes, and
+one run against a server in a thread (``create_app``, no backbone: psnr and tof need none),
+its JSON, CSV, console lines and exit status. Fast, and visible to mutation testing
+(``service/client/eval/clips.py``); ``test_video.py`` runs the same command against real servers."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import losses
+from service.cli import main as cli_main
+from service.client.eval import clips
+
+
+def touch(path, content: bytes = b"") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+
+
+def test_a_folder_of_clips_is_read_in_frame_order_without_hidden_entries(tmp_path):
+    """Frames sort by the number in their name (``9`` before ``10``); hidden files and folders,
+    other files and folders without frames are no clips; a video file is a clip by its stem."""
+    for name in ("im10.png", "im9.png", "im1.PNG", ".im0.png", "notes.txt"):
+        touch(tmp_path / "b" / name)
+    touch(tmp_path / "a" / "readme.md")
+    touch(tmp_path / ".cache" / "1.png")
+    touch(tmp_path / "c.MKV")
+    touch(tmp_path / ".d.mp4")
+    touch(tmp_path / "list.txt")
+    found = clips.clips_in(tmp_path)
+    assert list(found) == ["b", "c"]
+    assert [p.name for p in found["b"]] == ["im1.PNG", "im9.png", "im10.png"] and found["c"] == tmp_path / "c.MKV"
+    assert clips.frame_number("frame_0012.png") == 12 and clips.frame_number("gt.png") == -1
+
+
+def test_a_clip_dataset_has_clips_and_no_images_of_its_own(tmp_path):
+    assert not clips.is_clip_dataset(tmp_path)  # empty
+    touch(tmp_path / "000" / "0.png")
+    touch(tmp_path / ".thumb.png")  # hidden: not an image of the folder's own
+    assert clips.is_clip_dataset(tmp_path)
+    touch(tmp_path / "cover.JPG")
+    assert not clips.is_clip_dataset(tmp_path)
+
+
+def test_the_nested_layout_reads_the_listed_clips_in_list_order_and_counts_the_rest(tmp_path):
+    for name in ("00002/0001", "00001/0266", "00001/0001", "00003/0004"):
+        for frame in ("im2.png", "im10.png", "im1.png", "im1.txt"):
+            touch(tmp_path / name / frame)
+    touch(tmp_path / "00004/0007" / "notes.txt")  # listed, but no frames: missing
+    found, missing, skipped = clips.nested_clips(tmp_path, ("00002/0001", "00001/0266", "00004/0007", "00009/0009"))
+    assert list(found) == ["00002/0001", "00001/0266"]
+    assert [p.name for p in found["00001/0266"]] == ["im1.png", "im2.png", "im10.png"]
+    assert missing == ["00004/0007", "00009/0009"] and skipped == 2  # 00001/0001 and 00003/0004
+
+
+def test_a_listed_preset_says_what_it_found_and_names_up_to_ten_missing_clips(tmp_path):
+    touch(tmp_path / "00001/0001" / "im1.png")
+    touch(tmp_path / "00001/0002" / "im1.png")
+    said = []
+    listed = tuple(f"00001/{i:04d}" for i in range(1, 14))
+    found = clips.clips_of(tmp_path, dict(clips=listed), said.append)
+    assert list(found) == ["00001/0001", "00001/0002"]
+    missing = ", ".join(listed[2:12])
+    assert said == [
+        f"{tmp_path}: 2 of 13 listed clips; 0 other clip folder(s) left out",
+        f"{tmp_path}: 11 listed clip(s) missing: {missing} …",
+    ]
+    said.clear()
+    clips.clips_of(tmp_path, dict(clips=listed[:3]), said.append)
+    assert said[1] == f"{tmp_path}: 1 listed clip(s) missing: 00001/0003"  # no ellipsis when all are named
+
+
+def test_a_flat_preset_keeps_its_clips_and_no_preset_keeps_every_clip(tmp_path):
+    for name in ("000", "001", "011"):
+        touch(tmp_path / name / "0.png")
+    said = []
+    assert list(clips.clips_of(tmp_path, dict(clips=("000", "011", "015")), said.append)) == ["000", "011"]
+    assert list(clips.clips_of(tmp_path, dict(clips=None), said.append)) == ["000", "001", "011"]
+    assert list(clips.clips_of(tmp_path, None, said.append)) == ["000", "001", "011"] and said == []
+
+
+def test_the_centre_frame_of_a_seven_frame_clip_is_the_fourth(tmp_path):
+    frames = [tmp_path / f"im{i}.png" for i in range(1, 8)]
+    assert clips.centre_frame(frames) == [frames[3]]
+    assert clips.centre_frame(frames[:6]) == [frames[3]]
+    with pytest.raises(ValueError, match="^the centre-frame convention needs clips given as folders of frames$"):
+        clips.centre_frame(tmp_path / "clip.mp4")
+
+
+def write_clip(folder, frames: np.ndarray) -> None:
+    folder.mkdir(parents=True)
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"{index}.png")
+
+
+def as_tensor(frames: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+
+
+@pytest.fixture(scope="module")
+def server():
+    from service.server.app import create_app
+    from service.server.settings import Settings
+
+    from .servers import ThreadServer
+
+    with ThreadServer(create_app(Settings(models=""))) as srv:
+        yield srv
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    """GT clips 000 (7 frames) and 011 (6); model ``m`` has both, one frame of 011 corrupt; model
+    ``n`` has 000 and a clip the GT lacks."""
+    from skimage import data
+
+    rng, photo = np.random.default_rng(3), data.astronaut()
+    pan = lambda frames, top: np.stack([photo[top + 2 * t : top + 2 * t + 48, 3 * t : 3 * t + 64] for t in range(frames)])  # noqa: E731
+    gt = {"000": pan(7, 100), "011": pan(6, 300)}  # real pans: tOF needs motion it can follow
+    noisy = {name: np.clip(c.astype(int) + rng.integers(-12, 13, c.shape), 0, 255).astype(np.uint8) for name, c in gt.items()}
+    for name, frames in gt.items():
+        write_clip(tmp_path / "GT" / name, frames)
+    write_clip(tmp_path / "m" / "000", noisy["000"])
+    write_clip(tmp_path / "m" / "011", noisy["011"])
+    (tmp_path / "m" / "011" / "2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    write_clip(tmp_path / "n" / "000", np.roll(gt["000"], 1, axis=0))
+    write_clip(tmp_path / "n" / "099", gt["000"])
+    return tmp_path, gt, noisy
+
+
+def eval_args(server, root, *more: str) -> list[str]:
+    """``eval`` of models m and n against GT with psnr and tof, writing run.json and frames.csv."""
+    return [
+        "eval", "--url", server.url, "--sr", f"m={root / 'm'}", "--sr", f"n={root / 'n'}", "--gt", str(root / "GT"),
+        "--metrics", "psnr,tof", "--json", str(root / "run.json"), "--out", str(root / "frames.csv"), *more,
+    ]  # fmt: skip
+
+
+def test_a_run_scores_every_pair_names_its_failures_and_unpaired_clips_and_exits_1(server, dataset, capsys):
+    root, gt, noisy = dataset
+    assert cli_main(eval_args(server, root, "--dataset", "tiny", "--scale", "4")) == 1  # a failure and an unpaired GT clip
+    said = " ".join(capsys.readouterr().err.split())
+    data = json.loads((root / "run.json").read_text())
+    assert (data["format"], data["version"], data["dataset"], data["scale"], data["metrics"]) == (
+        "loss-service-eval-clips",
+        1,
+        "tiny",
+        4,
+        "psnr,tof",
+    )
+    assert data["preset"] is None and data["conventions"]["metrics"]["psnr"]["options"]["y_channel"] is False
+    assert data["gt_sources"]["011"] == [str((root / "GT" / "011" / f"{i}.png").resolve()) for i in range(6)]
+
+    expected = losses.score_clip(as_tensor(noisy["000"]), as_tensor(gt["000"]), metrics=["psnr", "tof"])
+    m = data["models"]["m"]
+    assert list(m["clips"]) == ["000"] and m["sr_dir"] == str((root / "m").resolve())
+    got = m["clips"]["000"]
+    assert got["per_clip"]["psnr"] == pytest.approx(expected["per_clip"]["psnr"], rel=1e-9)
+    assert got["per_clip"]["tof"] == pytest.approx(expected["per_clip"]["tof"], rel=1e-5)
+    assert got["per_frame"]["psnr"] == pytest.approx(expected["per_frame"]["psnr"].tolist(), rel=1e-9)
+    assert len(got["temporal"]["tof"]) == 2 and got["frames"]["psnr"] == list(range(7))
+    assert got["sources"] == [str((root / "m" / "000" / f"{i}.png").resolve()) for i in range(7)]
+    (failure,) = m["failures"]
+    assert failure["clip"] == "011" and failure["status"] == 415 and "sr[2]: not a decodable image" in failure["message"]
+    assert m["unpaired"] == dict(gt=[], sr=[]) and m["dataset"]["psnr"]["clips"] == 1
+    assert data["models"]["n"]["unpaired"] == dict(gt=["011"], sr=["099"]) and data["models"]["n"]["failures"] == []
+    assert data["models"]["n"]["clips"]["000"]["per_clip"]["psnr"] < got["per_clip"]["psnr"]  # frames one step late
+
+    assert f"m / 000: psnr {got['per_clip']['psnr']:.4f}, tof {got['per_clip']['tof']:.4f}" in said
+    assert "m / 011: " in said and "sr[2]: not a decodable image" in said
+    assert "n: gt clips without a partner: 011" in said and "n: sr clips without a partner: 099" in said
+    assert "m: 1 clip(s); psnr " in said
+    rows = list(csv.DictReader(open(root / "frames.csv")))
+    assert len(rows) == 7 + 7 and {(r["model"], r["clip"]) for r in rows} == {("m", "000"), ("n", "000")}
+
+
+def test_resume_scores_only_what_the_json_lacks_and_a_run_of_other_metrics_starts_again(server, dataset, capsys):
+    root, gt, noisy = dataset
+    cli_main(eval_args(server, root))
+    first = json.loads((root / "run.json").read_text())
+    Image.fromarray(noisy["011"][2]).save(root / "m" / "011" / "2.png")
+    capsys.readouterr()
+    assert cli_main(eval_args(server, root, "--resume", "--store", str(root / "r.db"), "--dataset", "tiny")) == 1  # n still lacks 011
+    said = " ".join(capsys.readouterr().err.split())
+    assert "m: 1 clip(s) already in" in said and "n: 1 clip(s) already in" in said
+    assert "m / 000:" not in said and "m / 011: psnr" in said  # only the clip that failed is sent again
+    second = json.loads((root / "run.json").read_text())
+    assert second["models"]["m"]["clips"]["000"] == first["models"]["m"]["clips"]["000"] and second["models"]["m"]["failures"] == []
+    assert second["conventions"] == first["conventions"]
+    from service.client.store import ResultsStore
+
+    with ResultsStore(root / "r.db") as store:
+        stored = {(r.model, r.image, r.metric): r.value for r in store.rows()}
+    assert stored[("m", "011", "tof")] == second["models"]["m"]["clips"]["011"]["per_clip"]["tof"]
+    assert sorted(stored) == sorted(
+        (model, clip, metric) for model, clip in (("m", "000"), ("m", "011"), ("n", "000")) for metric in ("psnr", "tof")
+    )
+
+    for other in (dict(first, metrics="psnr"), dict(first, format="loss-service-eval")):  # another run's JSON
+        (root / "run.json").write_text(json.dumps(other))
+        capsys.readouterr()
+        cli_main(eval_args(server, root, "--resume"))
+        said = " ".join(capsys.readouterr().err.split())
+        assert "already in" not in said and "m / 000: psnr" in said  # scored again
+
+
+def test_quiet_prints_only_failures_and_the_summary(server, dataset, capsys):
+    root, _, _ = dataset
+    assert cli_main(eval_args(server, root, "--quiet")) == 1
+    said = " ".join(capsys.readouterr().err.split())
+    assert "m / 000:" not in said and "m / 011: " in said and "m: 1 clip(s); psnr" in said
