@@ -63,17 +63,17 @@ def test_a_listed_preset_says_what_it_found_and_names_up_to_ten_missing_clips(tm
     touch(tmp_path / "00001/0001" / "im1.png")
     touch(tmp_path / "00001/0002" / "im1.png")
     said = []
-    listed = tuple(f"00001/{i:04d}" for i in range(1, 14))
+    listed = tuple(f"00001/{i:04d}" for i in range(1, 13))
     found = clips.clips_of(tmp_path, dict(clips=listed), said.append)
     assert list(found) == ["00001/0001", "00001/0002"]
     missing = ", ".join(listed[2:12])
     assert said == [
-        f"{tmp_path}: 2 of 13 listed clips; 0 other clip folder(s) left out",
-        f"{tmp_path}: 11 listed clip(s) missing: {missing} …",
+        f"{tmp_path}: 2 of 12 listed clips; 0 other clip folder(s) left out",
+        f"{tmp_path}: 10 listed clip(s) missing: {missing}",  # all ten named: no ellipsis
     ]
     said.clear()
-    clips.clips_of(tmp_path, dict(clips=listed[:3]), said.append)
-    assert said[1] == f"{tmp_path}: 1 listed clip(s) missing: 00001/0003"  # no ellipsis when all are named
+    clips.clips_of(tmp_path, dict(clips=(*listed, "00001/0013")), said.append)
+    assert said[1] == f"{tmp_path}: 11 listed clip(s) missing: {missing} …"  # ten named, and an ellipsis for the rest
 
 
 def test_a_flat_preset_keeps_its_clips_and_no_preset_keeps_every_clip(tmp_path):
@@ -83,6 +83,8 @@ def test_a_flat_preset_keeps_its_clips_and_no_preset_keeps_every_clip(tmp_path):
     assert list(clips.clips_of(tmp_path, dict(clips=("000", "011", "015")), said.append)) == ["000", "011"]
     assert list(clips.clips_of(tmp_path, dict(clips=None), said.append)) == ["000", "001", "011"]
     assert list(clips.clips_of(tmp_path, None, said.append)) == ["000", "001", "011"] and said == []
+    touch(tmp_path / "extra")  # a file without a frame suffix: not an image of the folder's own
+    assert clips.is_clip_dataset(tmp_path)
 
 
 def test_the_centre_frame_of_a_seven_frame_clip_is_the_fourth(tmp_path):
@@ -110,7 +112,7 @@ def server():
 
     from .servers import ThreadServer
 
-    with ThreadServer(create_app(Settings(models=""))) as srv:
+    with ThreadServer(create_app(Settings(models="", api_key="clip-key"))) as srv:
         yield srv
 
 
@@ -138,7 +140,7 @@ def eval_args(server, root, *more: str) -> list[str]:
     """``eval`` of models m and n against GT with psnr and tof, writing run.json and frames.csv."""
     return [
         "eval", "--url", server.url, "--sr", f"m={root / 'm'}", "--sr", f"n={root / 'n'}", "--gt", str(root / "GT"),
-        "--metrics", "psnr,tof", "--json", str(root / "run.json"), "--out", str(root / "frames.csv"), *more,
+        "--metrics", "psnr,tof", "--json", str(root / "run.json"), "--out", str(root / "frames.csv"), "--api-key", "clip-key", *more,
     ]  # fmt: skip
 
 
@@ -215,3 +217,113 @@ def test_quiet_prints_only_failures_and_the_summary(server, dataset, capsys):
     assert cli_main(eval_args(server, root, "--quiet")) == 1
     said = " ".join(capsys.readouterr().err.split())
     assert "m / 000:" not in said and "m / 011: " in said and "m: 1 clip(s); psnr" in said
+
+
+def test_a_clean_run_exits_0_and_passes_its_metric_options(server, dataset, capsys):
+    root, gt, noisy = dataset
+    Image.fromarray(noisy["011"][2]).save(root / "m" / "011" / "2.png")
+    args = ["eval", "--url", server.url, "--api-key", "clip-key", "--sr", f"m={root / 'm'}", "--gt", str(root / "GT"), "--metrics", "psnr"]
+    args += ["--y-channel", "--crop-border", "4", "--json", str(root / "y.json"), "--out", str(root / "y.csv")]
+    assert cli_main(args) == 0
+    data = json.loads((root / "y.json").read_text())
+    assert data["backend"] == "server" and data["options"] == dict(y_channel=True, crop_border=4)
+    expected = losses.score_clip(as_tensor(noisy["011"]), as_tensor(gt["011"]), metrics=["psnr"], y_channel=True, crop_border=4)
+    assert data["models"]["m"]["clips"]["011"]["per_clip"]["psnr"] == pytest.approx(expected["per_clip"]["psnr"], rel=1e-9)
+    assert data["conventions"]["metrics"]["psnr"]["options"] == dict(y_channel=True, crop_border=4)
+
+
+def test_a_frame_that_cannot_be_read_here_fails_its_clip_without_a_status(server, dataset):
+    root, _, _ = dataset
+    (root / "n" / "000" / "3.png").unlink()
+    (root / "n" / "000" / "3.png").mkdir()  # listed as a frame, unreadable: an OSError before any request
+    assert cli_main(eval_args(server, root, "--quiet")) == 1
+    (failure,) = json.loads((root / "run.json").read_text())["models"]["n"]["failures"]
+    assert failure["clip"] == "000" and failure["status"] is None and "3.png" in failure["message"]
+
+
+def test_a_wrong_key_or_a_timeout_is_each_clips_failure(server, dataset):
+    root, _, _ = dataset
+    assert cli_main([*eval_args(server, root, "--quiet")[:-3], "--api-key", "wrong"]) == 1
+    failures = json.loads((root / "run.json").read_text())["models"]["m"]["failures"]
+    assert {f["status"] for f in failures} == {401} and len(failures) == 2
+    assert cli_main(eval_args(server, root, "--quiet", "--timeout", "0.001")) == 1
+    failures = json.loads((root / "run.json").read_text())["models"]["m"]["failures"]
+    assert len(failures) == 2 and all("timed out" in f["message"] or "timeout" in f["message"].lower() for f in failures)
+
+
+def test_the_vimeo_preset_scores_the_centre_frame_of_each_listed_clip_and_records_the_preset(server, tmp_path, capsys):
+    from service.client.eval.presets import listed_clips
+
+    listed = listed_clips("vimeo90k/meta_info_Vimeo90K_test_GT.txt")
+    rng = np.random.default_rng(8)
+    frames = {name: rng.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8) for name in listed[:2]}
+    for name, clip in frames.items():
+        for role, pixels in (("GT", clip), ("SR", np.clip(clip.astype(int) + 9, 0, 255).astype(np.uint8))):
+            (tmp_path / role / name).mkdir(parents=True)
+            for index, frame in enumerate(pixels):
+                Image.fromarray(frame).save(tmp_path / role / name / f"im{index + 1}.png")
+    args = ["eval", "--url", server.url, "--api-key", "clip-key", "--sr", f"m={tmp_path / 'SR'}", "--gt", str(tmp_path / "GT")]
+    args += ["--metrics", "psnr", "--preset", "Vimeo90K-T", "--json", str(tmp_path / "v.json"), "--out", str(tmp_path / "v.csv")]
+    assert cli_main(args) == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert f"{tmp_path / 'GT'}: 2 of 7824 listed clips; 0 other clip folder(s) left out" in said
+    data = json.loads((tmp_path / "v.json").read_text())
+    assert data["preset"]["name"] == "Vimeo90K-T" and data["preset"]["clips"] == list(listed) and data["preset"]["centre_frame"] is True
+    assert data["dataset"] == "Vimeo90K-T" and data["options"] == dict(y_channel=True, crop_border=0)
+    for name in frames:
+        assert data["gt_sources"][name] == [str((tmp_path / "GT" / name / "im4.png").resolve())]
+        assert data["models"]["m"]["clips"][name]["sources"] == [str((tmp_path / "SR" / name / "im4.png").resolve())]
+    capsys.readouterr()
+    assert cli_main([*args, "--quiet"]) == 0
+    assert "listed clips" not in capsys.readouterr().err  # --quiet: the layout's counts are not said
+
+
+def test_a_preset_that_refuses_the_metrics_is_exit_2_with_its_reason(server, dataset, capsys):
+    root, _, _ = dataset
+    assert cli_main(eval_args(server, root, "--preset", "Vimeo90K-T")) == 2
+    assert "scores the centre frame of each clip only: tof and tlp need consecutive frames" in " ".join(capsys.readouterr().err.split())
+    assert not (root / "run.json").exists()
+
+
+def test_a_flat_preset_is_recorded_with_its_clip_list(server, dataset):
+    root, _, _ = dataset
+    assert cli_main(eval_args(server, root, "--preset", "REDS4", "--quiet")) == 1
+    data = json.loads((root / "run.json").read_text())
+    assert data["preset"] == dict(
+        name="REDS4", options=dict(y_channel=False, crop_border=0), clips=["000", "011", "015", "020"], centre_frame=False
+    )
+    assert data["gt_sources"]["000"] == [str((root / "GT" / "000" / f"{i}.png").resolve()) for i in range(7)]
+    assert data["dataset"] == "REDS4" and sorted(data["models"]["n"]["clips"]) == ["000"]
+
+
+def test_resume_reads_what_an_older_or_partial_json_holds(server, dataset, capsys):
+    root, _, _ = dataset
+    assert cli_main(eval_args(server, root, "--resume", "--quiet")) == 1  # no JSON yet: everything is scored
+    first = json.loads((root / "run.json").read_text())
+    partial = dict(first, models={"m": first["models"]["m"], "n": {}})  # n's clips not written
+    partial.pop("conventions")
+    (root / "run.json").write_text(json.dumps(partial))
+    capsys.readouterr()
+    assert cli_main(eval_args(server, root, "--resume")) == 1
+    said = " ".join(capsys.readouterr().err.split())
+    assert "m: 1 clip(s) already in" in said and "n / 000: psnr" in said and "m / 000" not in said
+    assert json.loads((root / "run.json").read_text())["conventions"] == first["conventions"]  # from the answers
+    (root / "run.json").write_text(json.dumps(dict(format="loss-service-eval-clips", metrics="psnr,tof")))  # no models
+    assert cli_main(eval_args(server, root, "--resume", "--quiet")) == 1
+
+
+def test_a_store_that_is_not_a_results_store_is_exit_2_naming_it(server, dataset, capsys):
+    import sqlite3
+
+    root, _, _ = dataset
+    foreign = root / "notes.db"
+    sqlite3.connect(foreign).execute("CREATE TABLE notes (text TEXT)").connection.commit()
+    assert cli_main(eval_args(server, root, "--quiet", "--store", str(foreign))) == 2
+    assert "notes.db" in capsys.readouterr().err
+
+
+def test_a_video_clip_is_recorded_by_its_file(tmp_path):
+    video = tmp_path / "clip.mkv"
+    video.write_bytes(b"")
+    assert clips.source_record(video) == str(video.resolve())
+    assert clips.source_record([video]) == [str(video.resolve())]

@@ -185,3 +185,125 @@ def test_the_training_curves_plot_a_line_per_model_and_star_each_best_step(tmp_p
     assert {"step", "ssim ↑", "best: step 10", "best: step 20", "run-a", "run-b"} <= set(texts(ssim_plot))
     assert "#1f77b4" in ssim_plot and "#ff7f0e" in ssim_plot and "#ff7f0e" not in lpips_plot  # a colour per model
     assert page.endswith('<p class="note">Mean over the validation images at each step; ★ marks each model\'s best step.</p>')
+
+
+def test_the_curve_figure_draws_each_models_line_and_best_step_in_its_colour(tmp_path):
+    import matplotlib.pyplot as plt
+
+    runs = [
+        leaderboard.Curve("run-a", "val", "lpips", True, [(0, 0.3), (5, 0.2), (10, 0.25)]),
+        leaderboard.Curve("run-b", "val", "lpips", True, [(0, 0.4), (5, 0.35)]),
+    ]
+    figure = leaderboard.curve_figure(runs)
+    (ax,) = figure.axes
+    lines = ax.get_lines()
+    assert [(list(line.get_xdata()), list(line.get_ydata())) for line in lines] == [
+        ([0, 5, 10], [0.3, 0.2, 0.25]),
+        ([5], [0.2]),
+        ([0, 5], [0.4, 0.35]),
+        ([5], [0.35]),
+    ]
+    assert [line.get_color() for line in lines] == ["#1f77b4", "#1f77b4", "#ff7f0e", "#ff7f0e"]
+    assert [line.get_marker() for line in lines] == ["o", "*", "o", "*"] and [line.get_linestyle() for line in lines][1::2] == ["None"] * 2
+    assert [line.get_markersize() for line in lines] == [3, 14, 3, 14]
+    assert [(text.get_text(), text.xy, text.xyann, text.get_fontsize()) for text in ax.texts] == [
+        ("best: step 5", (5, 0.2), (6, 6), 8),
+        ("best: step 5", (5, 0.35), (6, 6), 8),
+    ]
+    assert ax.get_xlabel() == "step" and ax.get_ylabel() == "lpips ↓"
+    legend = ax.get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == ["run-a", "run-b"] and not legend.get_frame_on()
+    assert {text.get_fontsize() for text in legend.get_texts()} == {8}
+    assert tuple(figure.get_size_inches()) == (5.2, 3.2)
+    plt.close(figure)
+
+
+def test_two_plots_follow_each_other_in_the_page(tmp_path):
+    runs = [leaderboard.Curve("r", "val", metric, False, [(0, 1.0), (1, 2.0)]) for metric in ("psnr", "ssim")]
+    page = leaderboard.curves_html(runs)
+    assert page.count('</figure><figure class="plot">') == 1
+
+
+def test_a_run_stands_by_its_earliest_best_step_and_a_checkpoint_or_one_step_is_labelled(tmp_path):
+    lpips = record_of_metric("lpips", dict(), lower_is_better=True)
+    psnr = record()
+    with ResultsStore(tmp_path / "r.db") as opened:
+        rows = [
+            Row("run", "val", 2, "x", "lpips", v, conventions_hash(lpips), step=s) for s, v in ((0, 0.3), (5, 0.2), (9, 0.2), (12, 0.4))
+        ]
+        rows += [Row("once", "val", 2, "x", "lpips", 0.5, conventions_hash(lpips), step=0)]
+        opened.add(rows, lpips)
+        rows = [Row("run", "val", 2, "x", "psnr", v, conventions_hash(psnr), step=s) for s, v in ((0, 30.0), (5, 31.0), (9, 31.0))]
+        rows += [Row("net", "val", 2, "x", "psnr", 29.0, conventions_hash(psnr), checkpoint="ep10")]
+        rows += [Row("net", "val", 2, "x", "psnr", 29.5, conventions_hash(psnr), checkpoint="ep20")]
+        opened.add(rows, psnr)
+        by_metric = {board.metric: board for board in leaderboard.boards(opened)}
+        found = leaderboard.curves(opened)
+    assert [(s.label, s.mean) for s in by_metric["lpips"].groups[0].standings] == [("run (step 5, best of 4)", 0.2), ("once (step 0)", 0.5)]
+    standings = [(s.label, s.mean) for s in by_metric["psnr"].groups[0].standings]
+    assert standings == [("run (step 5, best of 3)", 31.0), ("net @ ep20", 29.5), ("net @ ep10", 29.0)]
+    assert [(c.model, c.metric) for c in found] == [("run", "lpips"), ("run", "psnr")]  # one step is no curve
+
+
+def test_components_read_their_metrics_direction_and_values_that_are_not_finite_are_left_out(tmp_path):
+    kid = record_of_metric("kid", dict(subsets=100), lower_is_better=True)
+    with ResultsStore(tmp_path / "r.db") as opened:
+        rows = [Row(m, "DIV2K", 4, "(set)", "kid.std", v, conventions_hash(kid)) for m, v in (("A", 0.02), ("B", 0.01))]
+        rows += [Row("C", "DIV2K", 4, "(set)", "kid.std", None, conventions_hash(kid))]
+        rows += [Row("run", "DIV2K", 4, "(set)", "kid.std", v, conventions_hash(kid), step=s) for s, v in ((1, None), (2, 0.5), (3, 0.4))]
+        opened.add(rows, kid)
+        (board,) = leaderboard.boards(opened)
+        (curve,) = leaderboard.curves(opened)
+    assert board.metric == "kid.std" and board.lower_is_better
+    assert [s.label for s in board.groups[0].standings] == ["B", "A", "run (step 3, best of 2)"]  # C scored nothing finite
+    assert curve.points == [(2, 0.5), (3, 0.4)]
+
+
+def test_a_server_upgrade_that_keeps_a_metrics_conventions_keeps_one_ranking(tmp_path):
+    """Two records that differ outside the metric (their version) and list its options in
+    another order: one convention, one group."""
+    old, new = record(), record()
+    new["version"] = "2"
+    new["metrics"]["psnr"]["options"] = dict(reversed(list(new["metrics"]["psnr"]["options"].items())))
+    with ResultsStore(tmp_path / "r.db") as opened:
+        opened.add([Row("A", "Set5", 4, "x", "psnr", 30.0, conventions_hash(old))], old)
+        opened.add([Row("B", "Set5", 4, "x", "psnr", 31.0, conventions_hash(new))], new)
+        (board,) = leaderboard.boards(opened)
+    assert [[s.label for s in g.standings] for g in board.groups] == [["B", "A"]]
+
+
+def test_on_equal_group_sizes_the_convention_stored_first_is_the_reference(tmp_path):
+    crop4, crop0 = record(crop_border=4), record(crop_border=0)  # crop 4 stored first; its JSON sorts after crop 0's
+    with ResultsStore(tmp_path / "r.db") as opened:
+        opened.add([Row("A", "Set5", 4, "x", "psnr", 30.0, conventions_hash(crop4))], crop4)
+        opened.add([Row("B", "Set5", 4, "x", "psnr", 31.0, conventions_hash(crop0))], crop0)
+        (board,) = leaderboard.boards(opened)
+    assert [g.standings[0].label for g in board.groups] == ["A", "B"] and board.groups[1].differs == ["crop 0 vs 4"]
+
+
+def test_a_mean_over_other_images_says_how_many_it_shares(tmp_path):
+    conventions = record()
+    digest = conventions_hash(conventions)
+    with ResultsStore(tmp_path / "r.db") as opened:
+        rows = [Row(m, "Set5", 4, f"img{i}", "psnr", 30.0, digest) for m in ("A", "B") for i in range(3)]
+        rows += [Row("C", "Set5", 4, name, "psnr", 30.0, digest) for name in ("img0", "other")]
+        opened.add(rows, conventions)
+        (board,) = leaderboard.boards(opened)
+    assert board.groups[1].differs == ["other images (1 of 2 shared)"]
+
+
+def test_what_differs_names_weights_on_one_side_only_and_option_values_both_ways():
+    base = leaderboard.metric_convention(record(), "psnr")
+    assert leaderboard.metric_convention(dict(record(), metrics={"psnr": dict(options={}, lower_is_better=False)}), "psnr")["weights"] == {}
+    other = dict(base, options=dict(base["options"], crop_border=8), weights={"vgg16": "b" * 64})
+    assert leaderboard.describe_difference(
+        dict(base, options=dict(base["options"], extra=1)), dict(other, options=dict(other["options"], extra=2))
+    ) == [
+        "crop 8 vs 0",
+        "extra 2 vs 1",
+        f"vgg16 weights sha {'b' * 8}… vs none (random weights)",
+    ]
+    assert leaderboard.describe_difference(dict(base, weights={"vgg19": "a" * 64}), dict(base, weights={"vgg16": "c" * 64})) == [
+        f"vgg16 weights sha {'c' * 8}… vs none (random weights)",
+        f"vgg19 weights sha none (random weights) vs {'a' * 8}…",
+    ]

@@ -182,38 +182,46 @@ def curves_html(found: list[Curve]) -> str:
     """One plot per dataset and metric, a line per model, its best step marked."""
     from html import escape
 
-    from .plots import _pyplot, svg
+    from .plots import svg
 
-    plt = _pyplot()
     figures = []
     for (dataset, metric), group in itertools.groupby(found, key=lambda c: (c.dataset, c.metric)):
-        fig, ax = plt.subplots(figsize=CURVE_FIGURE_SIZE)
-        group = list(group)
-        for index, curve in enumerate(group):
-            steps, means = zip(*curve.points)
-            color = PALETTE[index % len(PALETTE)]
-            ax.plot(steps, means, color=color, label=curve.model, **CURVE_LINE)
-            best_step, best_value = curve.best
-            ax.plot([best_step], [best_value], color=color, **BEST_STEP_MARK)
-            ax.annotate(f"best: step {best_step}", (best_step, best_value), **BEST_STEP_LABEL)
-        ax.set_xlabel("step")
-        ax.set_ylabel(f"{metric} {arrow(metric, group[0].lower_is_better)}")
-        ax.legend(fontsize=BEST_STEP_LABEL["fontsize"], frameon=False)
-        figures.append(f'<figure class="plot">{svg(fig)}<figcaption>{escape(dataset)} · {escape(metric)}</figcaption></figure>')
+        figure = curve_figure(list(group))
+        figures.append(f'<figure class="plot">{svg(figure)}<figcaption>{escape(dataset)} · {escape(metric)}</figcaption></figure>')
     note = "Mean over the validation images at each step; ★ marks each model's best step."
     return f'<div class="plots">{"".join(figures)}</div><p class="note">{note}</p>'
 
 
+def curve_figure(group: list[Curve]):
+    """The matplotlib figure of one dataset and metric's curves: a line per model in its palette
+    colour, a star and a label at its best step."""
+    from .plots import _pyplot
+
+    fig, ax = _pyplot().subplots(figsize=CURVE_FIGURE_SIZE)
+    for index, curve in enumerate(group):
+        steps, means = zip(*curve.points)
+        color = PALETTE[index % len(PALETTE)]
+        ax.plot(steps, means, color=color, label=curve.model, **CURVE_LINE)
+        best_step, best_value = curve.best
+        ax.plot([best_step], [best_value], color=color, **BEST_STEP_MARK)
+        ax.annotate(f"best: step {best_step}", (best_step, best_value), **BEST_STEP_LABEL)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{group[0].metric} {arrow(group[0].metric, group[0].lower_is_better)}")
+    ax.legend(fontsize=BEST_STEP_LABEL["fontsize"], frameon=False)
+    return fig
+
+
 def _best_step_only(lower_is_better: bool, values: dict[tuple[str, str, int], dict[str, float]]) -> list[Standing]:
     """One standing per model and checkpoint: a training run (values at several steps) stands by
-    its best step, named in its label; its other steps are its training curve."""
-    pick = min if lower_is_better else max
+    its best step (the earliest of equal bests), named in its label; its other steps are its
+    training curve."""
+    sign = 1 if lower_is_better else -1
     runs: dict[tuple[str, str], list[tuple[float, int, frozenset]]] = {}
     for (model, checkpoint, step), found in values.items():
         runs.setdefault((model, checkpoint), []).append((sum(found.values()) / len(found), step, frozenset(found)))
     standings = []
     for (model, checkpoint), points in runs.items():
-        mean, step, names = pick(points, key=lambda point: point[:2])
+        mean, step, names = min(points, key=lambda point: (sign * point[0], point[1]))  # a tie: the earliest step
         label = model + (f" @ {checkpoint}" if checkpoint else "")
         if step >= 0:
             label += f" (step {step}, best of {len(points)})" if len(points) > 1 else f" (step {step})"
