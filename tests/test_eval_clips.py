@@ -327,3 +327,40 @@ def test_a_video_clip_is_recorded_by_its_file(tmp_path):
     video.write_bytes(b"")
     assert clips.source_record(video) == str(video.resolve())
     assert clips.source_record([video]) == [str(video.resolve())]
+
+
+def test_the_tecogan_preset_renames_its_columns_and_resumes_under_those_names(server, dataset, capsys):
+    root, _, _ = dataset
+    assert cli_main(eval_args(server, root, "--preset", "TecoGAN", "--quiet")) == 1
+    data = json.loads((root / "run.json").read_text())
+    assert data["metrics"] == "tecogan_psnr,tof" and data["preset"]["clips"] == [] and data["preset"]["name"] == "TecoGAN"
+    capsys.readouterr()
+    assert cli_main(eval_args(server, root, "--preset", "TecoGAN", "--resume")) == 1
+    assert "m: 1 clip(s) already in" in " ".join(capsys.readouterr().err.split())
+
+
+def test_without_resume_an_earlier_json_is_scored_again(server, dataset, capsys):
+    root, _, _ = dataset
+    cli_main(eval_args(server, root, "--quiet"))
+    capsys.readouterr()
+    cli_main(eval_args(server, root))
+    said = " ".join(capsys.readouterr().err.split())
+    assert "already in" not in said and "m / 000: psnr" in said
+
+
+def test_a_fully_resumed_run_stores_with_the_jsons_conventions_and_drops_clips_no_longer_paired(server, dataset):
+    root, _, _ = dataset
+    cli_main(eval_args(server, root, "--quiet"))
+    first = json.loads((root / "run.json").read_text())
+    first["models"]["n"]["clips"]["099"] = first["models"]["n"]["clips"]["000"]  # n's 099 has no GT clip
+    (root / "run.json").write_text(json.dumps(first))
+    args = eval_args(server, root, "--quiet", "--resume", "--store", str(root / "r.db"), "--dataset", "tiny")
+    args[args.index("--url") + 1] = "http://127.0.0.1:9"  # nothing listens: only failed clips would be sent
+    assert cli_main(args) == 1  # m's 011, which failed, is sent again and fails again
+    after = json.loads((root / "run.json").read_text())
+    assert sorted(after["models"]["n"]["clips"]) == ["000"] and after["conventions"] == first["conventions"]
+    from service.client.store import ResultsStore
+
+    with ResultsStore(root / "r.db") as store:
+        (record,) = store.conventions().values()
+    assert record["metrics"]["psnr"] == first["conventions"]["metrics"]["psnr"]

@@ -19,8 +19,8 @@ from .test_store import record, record_of_metric
 @pytest.fixture
 def store(tmp_path):
     """Set5 ×4 PSNR in RGB (EDSR, a model whose name holds a | and a mean over 2 of the 3 images)
-    and in Y (EDSR again); DIV2K ×4 FID; an unnamed dataset without a scale for NIQE."""
-    rgb, y = record(), record(y_channel=True)
+    and in Y with a crop of 4 (EDSR again); DIV2K ×4 FID; an unnamed dataset without a scale for NIQE."""
+    rgb, y = record(), record(y_channel=True, crop_border=4)
     fid = record_of_metric("fid", dict(convention="torch-fidelity"), lower_is_better=True)
     niqe = record_of_metric("niqe", dict(convention="matlab"), lower_is_better=True)
     with ResultsStore(tmp_path / "r.db") as opened:
@@ -43,7 +43,7 @@ def test_boards_in_dataset_order_with_their_titles_directions_and_groups(store):
     ]
     psnr = boards[2]
     assert [[s.label for s in g.standings] for g in psnr.groups] == [["Swin|IR", "EDSR"], ["EDSR"], ["Half_net"]]
-    assert [g.differs for g in psnr.groups] == [[], ["Y vs RGB"], ["2 of 3 images"]]
+    assert [g.differs for g in psnr.groups] == [[], ["crop 4 vs 0", "Y vs RGB"], ["2 of 3 images"]]
     assert [(s.mean, s.images) for s in psnr.groups[0].standings] == [(pytest.approx(32.5), 3), (31.0, 3)]
     assert [s.label for s in boards[1].groups[0].standings] == ["A", "B&C"]  # lower first
 
@@ -75,7 +75,7 @@ values: the values averaged, one per image (fid and kid: one for the whole set).
 | 1 | Swin\\|IR | 32.50 | 3 |
 | 2 | EDSR | 31.00 | 3 |
 
-Not comparable with the ranking above (this group vs it): Y vs RGB.
+Not comparable with the ranking above (this group vs it): crop 4 vs 0; Y vs RGB.
 
 | rank | model | mean | values |
 |---|---|---|---|
@@ -102,7 +102,7 @@ def test_the_latex_is_one_booktabs_table_per_group_with_what_differs_in_its_capt
             table("unnamed, niqe", "1 & M & 4.7500 & 2 \\\\"),
             table("DIV2K $\\times$4, fid", "1 & A & 20.0000 & 1 \\\\\n2 & B\\&C & 25.0000 & 1 \\\\"),
             table("Set5 $\\times$4, psnr", "1 & Swin\\textbar{}IR & 32.50 & 3 \\\\\n2 & EDSR & 31.00 & 3 \\\\"),
-            table("Set5 $\\times$4, psnr (differs: Y vs RGB)", "1 & EDSR & 33.00 & 3 \\\\"),
+            table("Set5 $\\times$4, psnr (differs: crop 4 vs 0; Y vs RGB)", "1 & EDSR & 33.00 & 3 \\\\"),
             table("Set5 $\\times$4, psnr (differs: 2 of 3 images)", "1 & Half\\_net & 40.00 & 2 \\\\"),
         ]
     )
@@ -140,12 +140,15 @@ def parsed(page: str) -> list[tuple[str, dict, str]]:
 
 def test_the_html_tables_hold_the_same_cells_with_the_model_column_left_aligned(store):
     found = parsed(leaderboard.html(leaderboard.boards(store)))
-    assert found[0][:2] == ("p", {"class": "note"}) and found[0][2].startswith("Models are ranked only among numbers computed")
+    assert found[0][:2] == ("p", {"class": "note"}) and found[0][2] == (
+        "Models are ranked only among numbers computed under the same conventions; a number computed otherwise stands in a "
+        "group of its own, which says what differs. values: the values averaged, one per image (fid and kid: one for the whole set)."
+    )
     headings = [text for tag, _, text in found if tag == "h3"]
     assert headings == ["unnamed · niqe ↓", "DIV2K ×4 · fid ↓", "Set5 ×4 · psnr ↑"]
     warnings = [text for tag, attrs, text in found if tag == "p" and attrs == {"class": "warn"}]
     assert warnings == [
-        "Not comparable with the ranking above (this group vs it): Y vs RGB.",
+        "Not comparable with the ranking above (this group vs it): crop 4 vs 0; Y vs RGB.",
         "Not comparable with the ranking above (this group vs it): 2 of 3 images.",
     ]
     cells = [text for tag, _, text in found if tag in ("td", "th")]
@@ -307,3 +310,14 @@ def test_what_differs_names_weights_on_one_side_only_and_option_values_both_ways
         f"vgg16 weights sha {'c' * 8}… vs none (random weights)",
         f"vgg19 weights sha none (random weights) vs {'a' * 8}…",
     ]
+
+
+def test_near_ties_get_decimals_up_to_eight_and_only_where_neighbours_print_alike(tmp_path):
+    def printed(values: list[float]) -> list[tuple[int, str]]:
+        group = leaderboard.Group({}, [leaderboard.Standing(f"m{i}", v, 1) for i, v in enumerate(values)])
+        board = leaderboard.Board("Set5", 4, "psnr", False, [group])
+        return [(rank, mean) for rank, _, mean, _ in leaderboard._rows(board, group)]
+
+    assert printed([2.004, 2.001, 1.5]) == [(1, "2.004"), (2, "2.001"), (3, "1.500")]  # 2 decimals would tie the first two
+    assert printed([1.000000002, 1.000000001]) == [(1, "1.00000000"), (2, "1.00000000")]  # 8 at most: ranks still differ
+    assert printed([3.0, 2.5, 2.5]) == [(1, "3.00"), (2, "2.50"), (2, "2.50")]
