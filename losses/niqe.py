@@ -99,13 +99,16 @@ def check_blocks(size: tuple[int, int], crop_border: int) -> None:
         )
 
 
-def aggd_fit(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def aggd_fit(samples: np.ndarray, parts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The AGGD parameters (α, β_left, β_right) of each row of ``samples`` (rows × n), by
     niqe_release's moment matching: the α on GAMMA_GRID whose ratio is nearest (the first on a tie).
     A row with no negative (or no positive) value gives NaN, as the MATLAB code does. The sums run
     over the negative and the positive parts (row-wise dot products), and the counts over the
-    rows of a sign mask: each coefficient is read a few times, and no masked copy is made."""
-    negative, positive = np.minimum(samples, 0.0), np.maximum(samples, 0.0)
+    rows of a sign mask: each coefficient is read a few times, and no masked copy is made.
+    ``parts`` (2 × rows × n), if given, holds the negative and positive parts (no allocation)."""
+    negative, positive = np.empty((2, *samples.shape)) if parts is None else parts
+    np.minimum(samples, 0.0, out=negative)
+    np.maximum(samples, 0.0, out=positive)
     left_squares, right_squares = np.einsum("ij,ij->i", negative, negative), np.einsum("ij,ij->i", positive, positive)
     left_count, right_count = row_counts(samples < 0), row_counts(samples > 0)
     ones = np.ones(samples.shape[1])
@@ -148,12 +151,12 @@ def image_blocks(normalized: np.ndarray, block: int, column_major: bool = False)
 
 def block_features(blocks: np.ndarray) -> np.ndarray:
     """The 18 features of every block (blocks × 18), all blocks at once."""
-    alpha, beta_left, beta_right = aggd_fit(blocks.reshape(len(blocks), -1))
+    products, parts = np.empty_like(blocks), np.empty((2, len(blocks), blocks[0].size))  # reused by every fit
+    alpha, beta_left, beta_right = aggd_fit(blocks.reshape(len(blocks), -1), parts)
     features = [alpha, (beta_left + beta_right) / 2]
-    products = np.empty_like(blocks)
     for shift in SHIFTS:
         neighbour_products(blocks, shift, products)
-        alpha, beta_left, beta_right = aggd_fit(products.reshape(len(blocks), -1))
+        alpha, beta_left, beta_right = aggd_fit(products.reshape(len(blocks), -1), parts)
         features += [alpha, (beta_right - beta_left) * gamma(2 / alpha) / gamma(1 / alpha), beta_left, beta_right]
     return np.stack(features, axis=1)
 
@@ -174,11 +177,13 @@ def neighbour_products(blocks: np.ndarray, shift: tuple[int, int], out: np.ndarr
             np.multiply(blocks[:, rows_to, cols_to], blocks[:, rows_from, cols_from], out=out[:, rows_to, cols_to])
 
 
-def gaussian_filter(image: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """MATLAB's ``imfilter(image, window, 'replicate')`` of the separable Gaussian window: two 1-D
-    passes, down the columns then along the rows, in float64, as MATLAB runs it."""
+def gaussian_filter(image: np.ndarray, window: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """MATLAB's ``imfilter(image, window, 'replicate')`` of the separable Gaussian window into
+    ``out``: two 1-D passes, down the columns (into ``scratch``) then along the rows, in float64,
+    as MATLAB runs it."""
     taps = window.sum(axis=1)  # the window is outer(taps, taps), taps summing to 1
-    return correlate1d(correlate1d(image, taps, axis=0, mode="nearest"), taps, axis=1, mode="nearest")
+    correlate1d(image, taps, axis=0, mode="nearest", output=scratch)
+    return correlate1d(scratch, taps, axis=1, mode="nearest", output=out)
 
 
 def quality(features: np.ndarray, pristine: dict[str, np.ndarray]) -> float:
@@ -227,9 +232,10 @@ def niqe_of_luma(luma: np.ndarray, pristine: dict[str, np.ndarray]) -> tuple[flo
 def normalized(image: np.ndarray, window: np.ndarray) -> np.ndarray:
     """(I − μ) / (σ + 1) under the Gaussian window, σ = √|μ(I²) − μ²| (niqe_release's
     computefeature), computed in place where the arithmetic allows: the same values, fewer copies."""
-    mu = gaussian_filter(image, window)
-    sigma = gaussian_filter(image * image, window)
-    sigma -= mu * mu
+    mu, sigma, scratch = (np.empty_like(image) for _ in range(3))
+    gaussian_filter(image, window, mu, scratch)
+    gaussian_filter(np.multiply(image, image, out=sigma), window, sigma, scratch)
+    sigma -= np.multiply(mu, mu, out=scratch)
     np.sqrt(np.abs(sigma, out=sigma), out=sigma)
     sigma += 1
     np.subtract(image, mu, out=mu)
