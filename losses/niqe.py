@@ -99,14 +99,14 @@ def check_blocks(size: tuple[int, int], crop_border: int) -> None:
         )
 
 
-def aggd_fit(samples: np.ndarray, parts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def aggd_fit(samples: np.ndarray, parts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The AGGD parameters (α, β_left, β_right) of each row of ``samples`` (rows × n), by
     niqe_release's moment matching: the α on GAMMA_GRID whose ratio is nearest (the first on a tie).
     A row with no negative (or no positive) value gives NaN, as the MATLAB code does. The sums run
     over the negative and the positive parts (row-wise dot products), and the counts over the
     rows of a sign mask: each coefficient is read a few times, and no masked copy is made.
-    ``parts`` (2 × rows × n), if given, holds the negative and positive parts (no allocation)."""
-    negative, positive = np.empty((2, *samples.shape)) if parts is None else parts
+    ``parts`` (2 × rows × n) receives the negative and positive parts (the caller's buffer)."""
+    negative, positive = parts
     np.minimum(samples, 0.0, out=negative)
     np.maximum(samples, 0.0, out=positive)
     left_squares, right_squares = np.einsum("ij,ij->i", negative, negative), np.einsum("ij,ij->i", positive, positive)

@@ -114,12 +114,14 @@ def basicsr_imresize_half(img: np.ndarray) -> np.ndarray:
     return out_2.squeeze(0).numpy()
 
 
-def reference_niqe(img: np.ndarray, mu_pris, cov_pris, window, convention: str) -> float:
-    """niqe.m / BasicSR's niqe(): blocks column by column, two scales."""
+def reference_niqe(img: np.ndarray, mu_pris, cov_pris, window, convention: str, zero_flat_noise: float | None = None):
+    """niqe.m / BasicSR's niqe(): blocks column by column, two scales. With ``zero_flat_noise``,
+    a block where at least 1% of the coefficients are below it in magnitude has those taken as
+    exact zeros, and the value comes with the number of grid places flat at either scale."""
     h, w = img.shape
     num_block_h, num_block_w = math.floor(h / 96), math.floor(w / 96)
     img = img[0 : num_block_h * 96, 0 : num_block_w * 96]
-    distparam = []
+    distparam, flat = [], set()
     for scale in (1, 2):
         if convention == "matlab":
             mu = imfilter_separable(img, window)
@@ -132,6 +134,11 @@ def reference_niqe(img: np.ndarray, mu_pris, cov_pris, window, convention: str) 
         for idx_w in range(num_block_w):
             for idx_h in range(num_block_h):
                 block = normalized[idx_h * 96 // scale : (idx_h + 1) * 96 // scale, idx_w * 96 // scale : (idx_w + 1) * 96 // scale]
+                if zero_flat_noise is not None:
+                    noise = np.abs(block) < zero_flat_noise
+                    if noise.sum() >= 0.01 * block.size:
+                        flat.add((idx_h, idx_w))
+                        block = np.where(noise, 0, block).astype(block.dtype)
                 feat.append(compute_feature(block))
         distparam.append(np.array(feat))
         if scale == 1:
@@ -143,8 +150,8 @@ def reference_niqe(img: np.ndarray, mu_pris, cov_pris, window, convention: str) 
     mu_distparam = np.nanmean(distparam, axis=0)
     cov_distparam = np.cov(distparam[~np.isnan(distparam).any(axis=1)], rowvar=False)
     invcov = np.linalg.pinv((cov_pris + cov_distparam) / 2)
-    quality = np.matmul(np.matmul(mu_pris - mu_distparam, invcov), np.transpose(mu_pris - mu_distparam))
-    return float(np.squeeze(np.sqrt(quality)))
+    quality = float(np.squeeze(np.sqrt(np.matmul(np.matmul(mu_pris - mu_distparam, invcov), np.transpose(mu_pris - mu_distparam)))))
+    return quality if zero_flat_noise is None else (quality, len(flat))
 
 
 def reference_luma(rgb_uint8: np.ndarray, convert_to: str, convention: str) -> np.ndarray:
@@ -233,6 +240,127 @@ def test_the_flat_block_warning_fires_on_flat_areas_and_not_on_a_natural_photo(p
     for photo in [np.array(Image.open(BABOON).convert("RGB")), photos[1]]:
         natural = {k: v.item() for k, v in losses.score(to_tensor(photo), metrics=["niqe"]).items()}
         assert natural["niqe.flat_blocks"] == 0 and natural["niqe.flat_spread"] == 0 and niqe_module.flat_warning(natural) is None
+
+
+@pytest.mark.parametrize("convention", ["matlab", "basicsr"])
+def test_the_flat_spread_is_how_far_niqe_moves_when_flat_blocks_noise_is_taken_as_zeros(convention):
+    """Against the transcription with the flat blocks' rounding noise zeroed: the same count of
+    flat grid places and the same spread, on each photo with flat areas."""
+    with np.load("losses/data/niqe_pris_params.npz", allow_pickle=False) as params:
+        model = params["mu_pris_param"], params["cov_pris_param"], params["gaussian_window"]
+    noise, counts = niqe_module.FLAT_NOISE[convention], {}
+    for name, photo in flat_photos().items():
+        luma = reference_luma(photo, "y", convention)
+        plain = reference_niqe(luma, *model, convention)
+        zeroed, count = reference_niqe(luma, *model, convention, zero_flat_noise=noise)
+        got = {k: v.item() for k, v in losses.score(to_tensor(photo), metrics=["niqe"], convention=convention).items()}
+        assert got["niqe"] == pytest.approx(plain, abs=1e-6), name
+        assert got["niqe.flat_blocks"] == count, name
+        assert got["niqe.flat_spread"] == pytest.approx(abs(zeroed - plain), abs=1e-6), name
+        counts[name] = count
+    assert counts["page"] > 0 and counts["black"] > 0
+
+
+def test_the_block_check_counts_whole_blocks_after_the_crop_and_says_the_size():
+    niqe_module.check_blocks((96, 192), 0)
+    niqe_module.check_blocks((99, 195), 1)  # 97 × 193 after the crop: 1 × 2 blocks
+    for size, crop in (((96, 191), 0), ((150, 150), 0), ((98, 194), 2), ((100, 100), 150)):  # a crop larger than the image too
+        with pytest.raises(ValueError, match=r"^NIQE needs two whole 96×96 blocks \(e\.g\. 192×96\) after crop_border="):
+            niqe_module.check_blocks(size, crop)
+    with pytest.raises(ValueError, match=r"after crop_border=3; got 200×100$"):
+        niqe_module.check_blocks((100, 200), 3)
+
+
+def test_blocks_are_taken_row_by_row_or_column_by_column_as_basicsr_loops():
+    image = np.arange(4 * 6, dtype=np.float64).reshape(4, 6)
+    rows = niqe_module.image_blocks(image, 2)
+    columns = niqe_module.image_blocks(image, 2, column_major=True)
+    assert rows.shape == columns.shape == (6, 2, 2) and rows.flags.c_contiguous and columns.flags.c_contiguous
+    assert [b[0, 0] for b in rows] == [0, 2, 4, 12, 14, 16] and [b[0, 0] for b in columns] == [0, 12, 2, 14, 4, 16]
+    np.testing.assert_array_equal(rows[1], [[2, 3], [8, 9]])
+
+
+def test_each_weights_dir_has_its_own_pristine_model_and_a_malformed_one_is_refused(tmp_path):
+    """The model read from a directory is that file's (μ flattened), cached per directory; a file
+    of another shape, a window that is not separable or a pickled array is refused by path."""
+    from losses.nets.weights import WeightsError
+
+    name = niqe_module.NIQE_PRISTINE.filenames[0]
+    with np.load("losses/data/niqe_pris_params.npz", allow_pickle=False) as params:
+        real = {key: params[key] for key in params.files}
+
+    def write(folder: str, **changes) -> Path:
+        (tmp_path / folder).mkdir()
+        np.savez(tmp_path / folder / name, **{**real, **changes})
+        return tmp_path / folder
+
+    shifted = write("shifted", mu_pris_param=real["mu_pris_param"] + 1.0)
+    model, other = niqe_module.load_pristine(shifted), niqe_module.load_pristine(write("real"))
+    np.testing.assert_array_equal(model["mu"], real["mu_pris_param"].reshape(-1) + 1.0)
+    np.testing.assert_array_equal(other["mu"], real["mu_pris_param"].reshape(-1))
+    np.testing.assert_array_equal(model["cov"], real["cov_pris_param"])
+    np.testing.assert_array_equal(model["window"], real["gaussian_window"])
+    assert model["mu"].shape == (36,)
+    window = real["gaussian_window"].copy()
+    window[0, 0] += 1e-9  # no longer the outer product of its taps
+    bad = dict(
+        mu=dict(mu_pris_param=np.zeros((1, 37))),
+        cov=dict(cov_pris_param=np.zeros((36, 35))),
+        window=dict(gaussian_window=window),
+    )
+    for folder, changes in bad.items():
+        path = write(folder, **changes)
+        with pytest.raises(
+            WeightsError, match=r"niqe_pris_params\.npz: not a NIQE model \(μ 1×36, Σ 36×36 and a separable Gaussian window\)$"
+        ):
+            niqe_module.load_pristine(path)
+    pickled = write("pickled", gaussian_window=np.array([object()], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        niqe_module.load_pristine(pickled)
+
+
+@pytest.mark.parametrize("convention", ["matlab", "basicsr"])
+def test_a_grey_image_is_scored_on_its_own_channel(photos, convention):
+    """One channel: the channel itself is the luma (BasicSR reads a grey PNG as one channel)."""
+    grey = np.ascontiguousarray(photos[1][..., 1])
+    tensor = torch.from_numpy(grey)[None, None].float() / 255.0
+    got = losses.score(tensor, metrics=["niqe"], convention=convention)["niqe"].item()
+    with np.load("losses/data/niqe_pris_params.npz", allow_pickle=False) as params:
+        model = params["mu_pris_param"], params["cov_pris_param"], params["gaussian_window"]
+    luma = grey.astype(np.float32 if convention == "basicsr" else np.float64)
+    assert got == pytest.approx(reference_niqe(luma, *model, convention), rel=1e-6)
+
+
+def test_the_function_itself_defaults_to_matlabs_y_without_a_crop_and_reads_the_given_weights(photos, tmp_path):
+    tensor = to_tensor(photos[1])
+    direct = niqe_module.niqe(tensor)
+    assert direct["total"].item() == pytest.approx(reference_calculate_niqe(photos[1], 0, "y", "matlab"), rel=1e-9)
+    with np.load("losses/data/niqe_pris_params.npz", allow_pickle=False) as params:
+        np.savez(tmp_path / "niqe_pris_params.npz", **{k: params[k] * (0 if k == "mu_pris_param" else 1) for k in params.files})
+    assert niqe_module.niqe(tensor, weights_dir=tmp_path)["total"].item() != pytest.approx(direct["total"].item(), rel=1e-3)
+    with pytest.raises(ValueError, match=r"^NIQE convention must be one of \('matlab', 'basicsr'\), got 'pyiqa'$"):
+        niqe_module.niqe(tensor, convention="pyiqa")
+
+
+def test_eight_bit_pixels_are_read_as_integers_and_others_as_they_are():
+    k = np.arange(256, dtype=np.float64)
+    as_float32 = (k / 255).astype(np.float32)
+    np.testing.assert_array_equal(niqe_module.snap_to_eight_bits(as_float32), k)
+    near = k / 255 + np.where(k % 2 == 0, 3e-7, -3e-7)  # within the snap at the 255 scale (7.7e-5)
+    np.testing.assert_array_equal(niqe_module.snap_to_eight_bits(near), k)
+    mixed = np.concatenate([k / 255, [0.5, 1e-3]]).astype(np.float32)  # two values between 8-bit levels
+    got = niqe_module.snap_to_eight_bits(mixed)
+    np.testing.assert_array_equal(got[:256], k)
+    np.testing.assert_allclose(got[256:], np.array([0.5, 1e-3], dtype=np.float32).astype(np.float64) * 255, rtol=0, atol=1e-12)
+
+
+def test_the_warning_fires_only_past_its_threshold_and_names_the_blocks():
+    at = {"niqe.flat_blocks": 3.0, "niqe.flat_spread": niqe_module.FLAT_SPREAD_WARNING}
+    assert niqe_module.flat_warning(at) is None and niqe_module.flat_warning({"niqe": 3.0}) is None
+    assert niqe_module.flat_warning(dict(at, **{"niqe.flat_spread": 0.0123})) == (
+        "niqe: 3 flat block(s), where the normalised coefficients are rounding noise, can move NIQE by 0.0123: "
+        "implementations that differ only in rounding may disagree by that much"
+    )
 
 
 def test_an_unknown_convention_is_refused_naming_the_choices():
