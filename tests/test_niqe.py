@@ -263,7 +263,7 @@ def test_the_flat_spread_is_how_far_niqe_moves_when_flat_blocks_noise_is_taken_a
 
 def test_the_block_check_counts_whole_blocks_after_the_crop_and_says_the_size():
     niqe_module.check_blocks((96, 192), 0)
-    niqe_module.check_blocks((99, 195), 1)  # 97 × 193 after the crop: 1 × 2 blocks
+    niqe_module.check_blocks((98, 194), 1)  # 96 × 192 after the crop: 1 × 2 blocks
     for size, crop in (((96, 191), 0), ((150, 150), 0), ((98, 194), 2), ((100, 100), 150)):  # a crop larger than the image too
         with pytest.raises(ValueError, match=r"^NIQE needs two whole 96×96 blocks \(e\.g\. 192×96\) after crop_border="):
             niqe_module.check_blocks(size, crop)
@@ -348,10 +348,12 @@ def test_eight_bit_pixels_are_read_as_integers_and_others_as_they_are():
     np.testing.assert_array_equal(niqe_module.snap_to_eight_bits(as_float32), k)
     near = k / 255 + np.where(k % 2 == 0, 3e-7, -3e-7)  # within the snap at the 255 scale (7.7e-5)
     np.testing.assert_array_equal(niqe_module.snap_to_eight_bits(near), k)
-    mixed = np.concatenate([k / 255, [0.5, 1e-3]]).astype(np.float32)  # two values between 8-bit levels
-    got = niqe_module.snap_to_eight_bits(mixed)
-    np.testing.assert_array_equal(got[:256], k)
-    np.testing.assert_allclose(got[256:], np.array([0.5, 1e-3], dtype=np.float32).astype(np.float64) * 255, rtol=0, atol=1e-12)
+    # values between 8-bit levels are kept: each below its nearest level (127.8, 3.9), or 1.5e-4 above one
+    for between in ([127.8 / 255, 3.9 / 255], [(100 + 1.5e-4) / 255]):
+        mixed = np.concatenate([k / 255, between]).astype(np.float32)
+        got = niqe_module.snap_to_eight_bits(mixed)
+        np.testing.assert_array_equal(got[:256], k)
+        np.testing.assert_allclose(got[256:], mixed[256:].astype(np.float64) * 255, rtol=0, atol=1e-12)
 
 
 def test_the_warning_fires_only_past_its_threshold_and_names_the_blocks():
