@@ -300,13 +300,13 @@ def test_what_differs_names_weights_on_one_side_only_and_option_values_both_ways
     assert leaderboard.metric_convention(dict(record(), metrics={"psnr": dict(options={}, lower_is_better=False)}), "psnr")["weights"] == {}
     other = dict(base, options=dict(base["options"], crop_border=8), weights={"vgg16": "b" * 64})
     assert leaderboard.describe_difference(
-        dict(base, options=dict(base["options"], extra=1)), dict(other, options=dict(other["options"], extra=2))
+        dict(base, options=dict(base["options"], extra=1)), dict(other, options=dict(other["options"], extra=2)), "psnr"
     ) == [
         "crop 8 vs 0",
         "extra 2 vs 1",
         f"vgg16 weights sha {'b' * 8}… vs none (random weights)",
     ]
-    assert leaderboard.describe_difference(dict(base, weights={"vgg19": "a" * 64}), dict(base, weights={"vgg16": "c" * 64})) == [
+    assert leaderboard.describe_difference(dict(base, weights={"vgg19": "a" * 64}), dict(base, weights={"vgg16": "c" * 64}), "psnr") == [
         f"vgg16 weights sha {'c' * 8}… vs none (random weights)",
         f"vgg19 weights sha none (random weights) vs {'a' * 8}…",
     ]

@@ -116,7 +116,7 @@ def time_plot(runs: list[ClipRun], clip: str, metrics: list[str]) -> str:
                 continue
             values = [np.nan if v is None else v for v in series]
             ax.plot(entry["frames"][metric], values, color=PALETTE[index % len(PALETTE)], linewidth=1.2, marker=".", label=run.model)
-        ax.set_ylabel(f"{metric} {arrow(metric, lower_is_better(metric))}", fontsize=9)
+        ax.set_ylabel(f"{metric} {arrow(lower_is_better(metric))}", fontsize=9)
         ax.grid(alpha=0.3)
     axes[0, 0].set_title(f"{clip}: per frame", fontsize=10)
     axes[0, 0].legend(fontsize=8, frameon=False, loc="best")
@@ -175,7 +175,7 @@ def html_sections(runs: list[ClipRun]) -> list[tuple[str, str, str]]:
     """The report's clip sections: per-clip tables, time plots, the worst clip's frame strip."""
     sections = []
     tables = "".join(
-        f"<figure><h3>{escape(m)} {arrow(m, lower_is_better(m))}</h3>{html_clip_table(runs, m)}</figure>" for m in metrics_of(runs)
+        f"<figure><h3>{escape(m)} {arrow(lower_is_better(m))}</h3>{html_clip_table(runs, m)}</figure>" for m in metrics_of(runs)
     )
     tables = f'<div class="plots">{tables}</div>'
     note = (
@@ -205,7 +205,7 @@ def html_sections(runs: list[ClipRun]) -> list[tuple[str, str, str]]:
 def markdown(runs: list[ClipRun]) -> str:
     lines = [f"<!-- loss-service clip report: {', '.join(sorted({r.dataset for r in runs}))} -->"]
     for metric in metrics_of(runs):
-        lines += ["", f"### {metric} {arrow(metric, lower_is_better(metric))}", ""]
+        lines += ["", f"### {metric} {arrow(lower_is_better(metric))}", ""]
         lines.append("| clip | " + " | ".join(markdown_cell(run.model) for run in runs) + " |")
         lines.append("|---|" + "---:|" * len(runs))
         for label, values in per_clip_rows(runs, metric):

@@ -198,5 +198,5 @@ def fmt(metric: str, value: float) -> str:
     return f"{value:.{decimals(metric)}f}"
 
 
-def arrow(metric: str, lower_is_better: bool) -> str:
+def arrow(lower_is_better: bool) -> str:
     return "↓" if lower_is_better else "↑"

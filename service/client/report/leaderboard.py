@@ -65,7 +65,7 @@ def metric_convention(record: dict, metric: str) -> dict:
     )
 
 
-def describe_difference(first: dict, other: dict, metric: str = "") -> list[str]:
+def describe_difference(first: dict, other: dict, metric: str) -> list[str]:
     """Each way ``other`` differs from ``first``, as a reader would say it: "Y vs RGB", "crop 4 vs 0",
     "FID clean-fid vs torch-fidelity"."""
     said = []
@@ -206,7 +206,7 @@ def curve_figure(group: list[Curve]):
         ax.plot([best_step], [best_value], color=color, **BEST_STEP_MARK)
         ax.annotate(f"best: step {best_step}", (best_step, best_value), **BEST_STEP_LABEL)
     ax.set_xlabel("step")
-    ax.set_ylabel(f"{group[0].metric} {arrow(group[0].metric, group[0].lower_is_better)}")
+    ax.set_ylabel(f"{group[0].metric} {arrow(group[0].lower_is_better)}")
     ax.legend(fontsize=BEST_STEP_LABEL["fontsize"], frameon=False)
     return fig
 
@@ -237,7 +237,7 @@ def markdown(boards: list[Board]) -> str:
         "values: the values averaged, one per image (fid and kid: one for the whole set).",
     ]
     for board in boards:
-        lines += ["", f"## {board.title} · {board.metric} {arrow(board.metric, board.lower_is_better)}"]
+        lines += ["", f"## {board.title} · {board.metric} {arrow(board.lower_is_better)}"]
         for index, group in enumerate(board.groups):
             if index:
                 lines += ["", f"Not comparable with the ranking above (this group vs it): {'; '.join(group.differs)}."]
@@ -304,9 +304,7 @@ def html(boards: list[Board]) -> str:
                 f"{note}<table><thead><tr><th>rank</th><th {LEFT}>model</th><th>mean</th><th>values</th></tr></thead>"
                 f"<tbody>{rows}</tbody></table>"
             )
-        sections.append(
-            f"<h3>{escape(board.title)} · {escape(board.metric)} {arrow(board.metric, board.lower_is_better)}</h3>" + "".join(tables)
-        )
+        sections.append(f"<h3>{escape(board.title)} · {escape(board.metric)} {arrow(board.lower_is_better)}</h3>" + "".join(tables))
     return (
         '<p class="note">Models are ranked only among numbers computed under the same conventions; a number computed '
         "otherwise stands in a group of its own, which says what differs. values: the values averaged, one per image "

@@ -38,7 +38,7 @@ def _e(text) -> str:
 
 
 def html_table(report: Report, group: str) -> str:
-    head = "".join(f"<th>{_e(m)} {arrow(m, report.lower_is_better[m])}</th>" for m in report.metrics)
+    head = "".join(f"<th>{_e(m)} {arrow(report.lower_is_better[m])}</th>" for m in report.metrics)
     rows = []
     for model in report.models_in(group):
         cells = []
@@ -79,7 +79,7 @@ def html_paired(report: Report, group: str) -> str:
             )
         if rows:
             blocks.append(
-                f"<h3>{_e(metric)} {arrow(metric, report.lower_is_better[metric])}</h3>"
+                f"<h3>{_e(metric)} {arrow(report.lower_is_better[metric])}</h3>"
                 "<table><thead><tr><th>A vs B</th><th>images</th><th>mean(A − B)</th>"
                 f"<th>{CONFIDENCE:.0%} CI</th><th>A wins / ties / losses</th><th>Wilcoxon p</th><th>reading</th></tr></thead>"
                 f"<tbody>{''.join(rows)}</tbody></table>"
@@ -181,7 +181,7 @@ def render_html(
     )
     if worst > 0:
         gallery = "".join(
-            f"<h3>{_e(m)} {arrow(m, report.lower_is_better[m])}: the {worst} worst per model</h3>{html_gallery(report, m, worst, crop)}"
+            f"<h3>{_e(m)} {arrow(report.lower_is_better[m])}: the {worst} worst per model</h3>{html_gallery(report, m, worst, crop)}"
             for m in report.metrics
         )
         sections.append(

@@ -57,8 +57,8 @@ def perception_distortion_plot(report: Report, x: str, y: str) -> str:
                 elinewidth=0.8,
             )
             ax.annotate(model, (cx.mean, cy.mean), textcoords="offset points", xytext=(6, 4), fontsize=8)
-    ax.set_xlabel(f"{x} {arrow(x, report.lower_is_better[x])}")
-    ax.set_ylabel(f"{y} {arrow(y, report.lower_is_better[y])}")
+    ax.set_xlabel(f"{x} {arrow(report.lower_is_better[x])}")
+    ax.set_ylabel(f"{y} {arrow(report.lower_is_better[y])}")
     handles = [plt.Line2D([], [], color=color_of(report, m), marker="o", linestyle="", label=m) for m in report.models]
     if len(report.groups) > 1:
         handles += [
@@ -105,6 +105,6 @@ def distribution_plot(report: Report, metric: str) -> str:
         ax.set_xticks(centres, report.groups, fontsize=8)
         handles = [plt.Rectangle((0, 0), 1, 1, color=color_of(report, m), alpha=0.75, label=m) for m in report.models]
         ax.legend(handles=handles, fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_ylabel(f"{metric} {arrow(metric, report.lower_is_better[metric])}")
+    ax.set_ylabel(f"{metric} {arrow(report.lower_is_better[metric])}")
     ax.grid(axis="y", alpha=0.3)
     return svg(fig)

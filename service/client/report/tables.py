@@ -22,7 +22,7 @@ def markdown(report: Report) -> str:
         "",
     ]
     for group in report.groups:
-        header = ["Model", *(f"{m} {arrow(m, report.lower_is_better[m])}" for m in report.metrics)]
+        header = ["Model", *(f"{m} {arrow(report.lower_is_better[m])}" for m in report.metrics)]
         lines += [f"### {group}", "", "| " + " | ".join(header) + " |", "|---" + "|---:" * len(report.metrics) + "|"]
         for model in report.models_in(group):
             row = [markdown_cell(model)]
