@@ -312,7 +312,7 @@ def _contributions_float32(in_length: int, out_length: int, scale: float) -> tup
     return weights.contiguous(), [int(i) for i in indices[:, 0] + before - 1], before, after
 
 
-def luma_basicsr(x: torch.Tensor, gray: bool = False) -> np.ndarray:
+def luma_basicsr(x: torch.Tensor, gray: bool) -> np.ndarray:
     """(B, C, H, W) in [0, 1] → (B, H, W) float32 on [0, 255] as BasicSR's ``calculate_niqe``
     converts an 8-bit image: ``to_y_channel`` (``bgr2ycbcr``, float32) or OpenCV's gray, then
     ``round()`` (half to even)."""
@@ -347,7 +347,7 @@ def niqe_of_luma_basicsr(luma: np.ndarray, pristine: dict[str, np.ndarray]) -> t
     return with_flat_spread(per_scale, block_features_float32, FLAT_NOISE["basicsr"], pristine)
 
 
-def luma_255(x: torch.Tensor, gray: bool = False) -> np.ndarray:
+def luma_255(x: torch.Tensor, gray: bool) -> np.ndarray:
     """(B, C, H, W) in [0, 1] → (B, H, W) float64 on [0, 255]: MATLAB's Y (``rgb2ycbcr``) or its
     ``rgb2gray`` for RGB, the channel itself for grey; rounded half away from zero, as MATLAB
     rounds a uint8 result, with the sum taken in MATLAB's order (a Y of exactly n + ½ from integer
