@@ -7,6 +7,7 @@ other crops with noise added (the sets are neither paired nor the same size). to
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -72,8 +73,36 @@ def reference(sets, weights_dir):
 
 
 def folder_batches(folder, every: int = 1, offset: int = 0):
-    for path in sorted(folder.iterdir())[offset::every]:
+    yield from path_batches(sorted(folder.iterdir())[offset::every])
+
+
+def path_batches(paths):
+    for path in paths:
         yield to_tensor(np.asarray(Image.open(path).convert("RGB")))
+
+
+@pytest.fixture(scope="module")
+def ours(sets):
+    """The library's features (FID's sums and KID's rows, default convention) of both sets and of
+    the GT set's two interleaved halves: one Inception pass per image for the tests that reduce them."""
+    return dict(
+        sr=losses.dataset_features(folder_batches(sets["sr"])),
+        gt=losses.dataset_features(folder_batches(sets["gt"])),
+        halves=[losses.dataset_features(folder_batches(sets["gt"], 2, offset)) for offset in (0, 1)],
+    )
+
+
+@pytest.fixture(scope="module")
+def few(sets, tmp_path_factory):
+    """Every third image of each set (8 SR, 10 GT), in folders, for the other tools' slower runs."""
+    root = tmp_path_factory.mktemp("few")
+    folders = {}
+    for name, folder in sets.items():
+        folders[name] = root / name
+        folders[name].mkdir()
+        for path in sorted(folder.iterdir())[::3]:
+            shutil.copy(path, folders[name] / path.name)
+    return folders
 
 
 def test_inception_features_equal_torch_fidelity_extractor(photos, weights_dir):
@@ -92,21 +121,19 @@ def test_inception_features_equal_torch_fidelity_extractor(photos, weights_dir):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_fid_and_kid_equal_torch_fidelity(sets, reference):
-    values = losses.dataset_score(folder_batches(sets["sr"]), folder_batches(sets["gt"]), subset_size=SUBSET)
+def test_fid_and_kid_equal_torch_fidelity(ours, reference):
+    values = losses.dataset_score(ours["sr"], ours["gt"], subset_size=SUBSET)
     assert values["fid"] == pytest.approx(reference["frechet_inception_distance"], rel=FID_REL)
     assert values["kid"] == pytest.approx(reference["kernel_inception_distance_mean"], abs=KID_ABS)
     assert values["kid.std"] == pytest.approx(reference["kernel_inception_distance_std"], abs=KID_ABS)
     assert values["fid"] > 1.0  # the noisy set is measurably apart
 
 
-def test_partial_sums_merge_to_one_pass(sets, reference, tmp_path):
+def test_partial_sums_merge_to_one_pass(ours, reference, tmp_path):
     """Two replicas each see half of the GT set (interleaved); their saved sums merge to the
     statistics of one pass, and to torch-fidelity's FID."""
-    sr = losses.dataset_features(folder_batches(sets["sr"]), "fid")
-    whole = losses.dataset_features(folder_batches(sets["gt"]), "fid")
-    halves = [losses.dataset_features(folder_batches(sets["gt"], 2, offset), "fid") for offset in (0, 1)]
-    for index, half in enumerate(halves):
+    sr, whole = ours["sr"], ours["gt"]
+    for index, half in enumerate(ours["halves"]):
         half.stats.save(tmp_path / f"replica{index}.npz")
     merged = FeatureStats.load(tmp_path / "replica0.npz").merge(FeatureStats.load(tmp_path / "replica1.npz"))
     assert merged.count == whole.count == 30
@@ -115,7 +142,7 @@ def test_partial_sums_merge_to_one_pass(sets, reference, tmp_path):
     assert frechet_distance(sr.stats, merged) == pytest.approx(reference["frechet_inception_distance"], rel=FID_REL)
 
 
-def test_statistics_from_other_weights_are_never_merged(sets, weights_dir, tmp_path):
+def test_statistics_from_other_weights_are_never_merged(sets, ours, weights_dir, tmp_path):
     """Two replicas whose Inception files differ (one sha256 each) refuse to merge, saved and loaded
     or in memory; the same weights merge."""
     other = tmp_path / "other"
@@ -125,17 +152,16 @@ def test_statistics_from_other_weights_are_never_merged(sets, weights_dir, tmp_p
     state = generated_inception_state()
     state["fc.bias"] = state["fc.bias"] + 1.0  # another file, same architecture
     torch.save(state, other / "pt_inception-2015-12-05-6726825d.pth")
-    ours = losses.dataset_features(folder_batches(sets["gt"], 2, 0), "fid")
+    mine, same = ours["halves"]
     theirs = losses.dataset_features(folder_batches(sets["gt"], 2, 1), "fid", weights_dir=other)
-    assert ours.stats.meta["weights_sha256"] != theirs.stats.meta["weights_sha256"]
-    ours.stats.save(tmp_path / "a.npz")
+    assert mine.stats.meta["weights_sha256"] != theirs.stats.meta["weights_sha256"]
+    mine.stats.save(tmp_path / "a.npz")
     theirs.stats.save(tmp_path / "b.npz")
     with pytest.raises(DatasetMetricError, match="weights_sha256"):
         FeatureStats.load(tmp_path / "a.npz").merge(FeatureStats.load(tmp_path / "b.npz"))
     with pytest.raises(DatasetMetricError, match="weights_sha256"):
-        theirs.stats.merge(ours.stats)
-    same = losses.dataset_features(folder_batches(sets["gt"], 2, 1), "fid")
-    assert ours.stats.merge(same.stats).count == 30
+        theirs.stats.merge(mine.stats)
+    assert mine.stats.merge(same.stats).count == 30
 
 
 def test_trace_sqrt_equals_scipy_sqrtm_on_full_rank_covariances():
@@ -216,7 +242,7 @@ def test_service_features_and_refusals(server, sets):
     np.testing.assert_array_equal(asyncio.run(features_async())["features"], answer["features"])
     assert answer["features"].shape == (5, 2048) and answer["extractor"] == "inception_v3_fid:pool3"
     assert answer["format"] == "loss-service.features" and answer["version"] == 1
-    expected = losses.dataset_features(folder_batches(sets["gt"]), "kid").stored.array()[:5]
+    expected = losses.dataset_features(path_batches(paths), "kid").stored.array()
     np.testing.assert_allclose(answer["features"], expected, rtol=1e-5, atol=1e-6)
     assert catalogue["fid"]["dataset"] and not catalogue["psnr"]["dataset"] and catalogue["fid"]["available"]
     assert catalogue["fid"]["choices"] == {"convention": ["torch-fidelity", "clean-fid", "pytorch-fid"]}
@@ -227,7 +253,7 @@ def test_service_features_and_refusals(server, sets):
         clean["extractor"] == "inception_v3_fid:pool3_clean_fid"
         and clean["conventions"]["metrics"]["fid"]["options"]["convention"] == "clean-fid"
     )
-    expected_clean = losses.dataset_features(folder_batches(sets["gt"]), "kid", convention="clean-fid").stored.array()[:5]
+    expected_clean = losses.dataset_features(path_batches(paths), "kid", convention="clean-fid").stored.array()
     np.testing.assert_allclose(clean["features"], expected_clean, rtol=1e-5, atol=1e-6)
     assert bad.status_code == 422 and "'convention' must be one of" in bad.json()["detail"][0]["msg"]
     image = paths[0].read_bytes()
@@ -286,21 +312,22 @@ def test_eval_reports_fid_kid_per_model_and_caches_the_gt_set(server, sets, refe
     assert stored[("a", "(set)", "fid")] == first["models"]["a"]["dataset_metrics"]["values"]["fid"]
     assert {key[2] for key in stored} == {"fid", "kid", "kid.std"}
 
-    assert cli_main(args) == 0  # the GT features come from the cache now
+    only_a = ["eval", "--url", server.url, "--sr", f"a={sets['sr']}"]
+    assert cli_main([*only_a, *args[len(models) + 1 :]]) == 0  # the GT features come from the cache now
     again = json.loads(out.read_text())["models"]["a"]["dataset_metrics"]
     assert again["gt_cached"] is True and again["values"] == first["models"]["a"]["dataset_metrics"]["values"]
 
     changed = tmp_path / "gt"
     shutil.copytree(sets["gt"], changed)
     Image.fromarray(photo_crops(1, 9, 0.0)[0]).save(changed / "000.png")  # one file's content differs
-    assert cli_main(["eval", *models, "--gt", str(changed), *args[len(models) + 3 :]]) == 0
+    assert cli_main([*only_a, "--gt", str(changed), *args[len(models) + 3 :]]) == 0
     assert json.loads(out.read_text())["models"]["a"]["dataset_metrics"]["gt_cached"] is False
 
     html = tmp_path / "report.html"
     assert cli_main(["report", str(out), "--html", str(html), "--markdown", str(tmp_path / "r.md")]) == 0
     markdown = (tmp_path / "r.md").read_text()
-    last = json.loads(out.read_text())["models"]["b"]["dataset_metrics"]["values"]
-    assert f"| b | {last['fid']:.4f} | {last['kid']:.4f} |" in markdown.replace("**", "")
+    last = json.loads(out.read_text())["models"]["a"]["dataset_metrics"]["values"]
+    assert f"| a | {last['fid']:.4f} | {last['kid']:.4f} |" in markdown.replace("**", "")
 
 
 def test_eval_refuses_sets_it_cannot_reduce_before_sending_anything(sets, tmp_path, capsys):
@@ -364,12 +391,39 @@ def test_pytorch_fid_input_and_features_are_pytorch_fids(pytorch_fid_model, weig
         assert (other - expected).abs().max() > 1e-3  # the conventions differ measurably on the same photo
 
 
-def test_fid_in_the_pytorch_fid_convention_equals_pytorch_fid(sets, pytorch_fid_model):
+def test_fid_in_the_pytorch_fid_convention_equals_pytorch_fid(few, pytorch_fid_model, sqrtm_once):
     from pytorch_fid.fid_score import calculate_fid_given_paths
 
-    expected = calculate_fid_given_paths([str(sets["sr"]), str(sets["gt"])], batch_size=8, device="cpu", dims=2048, num_workers=0)
-    got = losses.dataset_score(folder_batches(sets["sr"]), folder_batches(sets["gt"]), "fid", convention="pytorch-fid")["fid"]
+    expected = calculate_fid_given_paths([str(few["sr"]), str(few["gt"])], batch_size=8, device="cpu", dims=2048, num_workers=0)
+    tools = list(sqrtm_once)
+    got = losses.dataset_score(folder_batches(few["sr"]), folder_batches(few["gt"]), "fid", convention="pytorch-fid")["fid"]
     assert got == pytest.approx(expected, rel=1e-9)
+    assert sqrtm_once[len(tools) :] == tools  # the same matrices, bit for bit
+
+
+@pytest.fixture
+def sqrtm_once(monkeypatch) -> list[str]:
+    """scipy's ``sqrtm`` (seconds at 2048-d) taken once per distinct matrix: the tool and the library
+    each take it of their covariances' product, and a deterministic function of the same bits gives
+    the same bits. Yields the digest of each call's matrix, so a test can see the library asked for
+    the very matrix the tool did. (With ``disp=False`` the error estimate is computed as scipy does.)"""
+    from scipy import linalg
+
+    original, roots, digests = linalg.sqrtm, {}, []
+
+    def sqrtm(matrix, disp=True, **kwargs):
+        matrix = np.asarray(matrix)
+        digest = hashlib.sha256(np.ascontiguousarray(matrix).tobytes()).hexdigest() + str((matrix.shape, matrix.dtype, kwargs))
+        digests.append(digest)
+        if digest not in roots:
+            roots[digest] = original(matrix, **kwargs)
+        root = roots[digest].copy()
+        if disp is False:
+            return root, np.linalg.norm(root @ root - matrix, "fro") ** 2 / np.linalg.norm(matrix, "fro")
+        return root
+
+    monkeypatch.setattr(linalg, "sqrtm", sqrtm)
+    return digests
 
 
 class CleanFidNetwork(torch.nn.Module):
@@ -386,12 +440,12 @@ class CleanFidNetwork(torch.nn.Module):
         return h.flatten(1)
 
 
-def test_fid_in_the_clean_fid_convention_equals_clean_fid(sets, weights_dir, reference):
+def test_fid_in_the_clean_fid_convention_equals_clean_fid(few, weights_dir, sqrtm_once):
     from cleanfid import fid as clean_fid
 
     expected = clean_fid.compute_fid(
-        str(sets["sr"]),
-        str(sets["gt"]),
+        str(few["sr"]),
+        str(few["gt"]),
         mode="clean",
         custom_feat_extractor=CleanFidNetwork(),
         device=torch.device("cpu"),
@@ -400,15 +454,17 @@ def test_fid_in_the_clean_fid_convention_equals_clean_fid(sets, weights_dir, ref
         verbose=False,
         use_dataparallel=False,
     )
-    got = losses.dataset_score(folder_batches(sets["sr"]), folder_batches(sets["gt"]), "fid", convention="clean-fid")["fid"]
+    tools = list(sqrtm_once)
+    got = losses.dataset_score(folder_batches(few["sr"]), folder_batches(few["gt"]), "fid", convention="clean-fid")["fid"]
     assert got == pytest.approx(expected, rel=1e-9)
-    # another number for the same sets than torch-fidelity's (which the default convention equals): why it is recorded
-    assert abs(got - reference["frechet_inception_distance"]) > 1e-3 * got
+    assert sqrtm_once[len(tools) :] == tools  # the same matrices, bit for bit
+    sr, gt = (losses.dataset_features(folder_batches(few[name])) for name in ("sr", "gt"))
+    # another number for the same sets than the default convention's (torch-fidelity's): why it is recorded
+    assert abs(got - losses.dataset_score(sr, gt, "fid")["fid"]) > 1e-3 * got
 
 
-def test_kid_refuses_a_small_set_unless_asked_to_shrink_and_then_is_seeded(sets):
-    sr = losses.dataset_features(folder_batches(sets["sr"]), "kid")
-    gt = losses.dataset_features(folder_batches(sets["gt"]), "kid")
+def test_kid_refuses_a_small_set_unless_asked_to_shrink_and_then_is_seeded(ours):
+    sr, gt = ours["sr"], ours["gt"]
     with pytest.raises(DatasetMetricError, match="shrink_subsets"):
         losses.dataset_score(sr, gt, "kid")
     shrunk = losses.dataset_score(sr, gt, "kid", shrink_subsets=True)
