@@ -41,7 +41,7 @@ class GatedClient:
 
     def score_batch(self, triplets, metrics=None, **options):
         self.handed.release()
-        assert self.gate.wait(30), "the test never opened the gate"
+        assert self.gate.wait(10), "the test never opened the gate"
         self.sent.append((list(triplets), metrics, options))
         if self.failures:
             raise self.failures.pop(0)
@@ -55,7 +55,7 @@ class GatedClient:
 
     def wait_handed(self, count: int = 1) -> None:
         for _ in range(count):
-            assert self.handed.acquire(timeout=30), "the validator never handed a batch to the client"
+            assert self.handed.acquire(timeout=10), "the validator never handed a batch to the client"
 
 
 @pytest.fixture
@@ -84,13 +84,13 @@ def test_the_client_gets_the_url_key_timeout_and_retries_and_the_default_metrics
     assert client.args == dict(url="http://scorer:8000", api_key=None, timeout=120.0, retries=4)
     client.gate.set()
     validator(0, images(0.5), images(0.25))
-    validator.close(timeout=30)
+    validator.close(timeout=10)
     assert client.sent[0][1] == "psnr,ssim" and client.sent[0][2] == {} and client.closed
     validator, client = gated(metrics="lpips_alex", api_key="k", timeout=7.5, retries=1, crop_border=4, y_channel=True)
     assert client.args == dict(url="http://scorer:8000", api_key="k", timeout=7.5, retries=1)
     client.gate.set()
     validator(0, images(0.5), images(0.25))
-    validator.close(timeout=30)
+    validator.close(timeout=10)
     assert client.sent[0][1:] == ("lpips_alex", {"crop_border": 4, "y_channel": True})
 
 
@@ -118,8 +118,8 @@ def test_the_smallest_bounds_are_accepted(gated):
         validator, client = gated(**kwargs)
         client.gate.set()
         validator(0, images(0.01), images(0.0))
-        assert validator.result(0, timeout=30)["per_image"] == [{"psnr": pytest.approx(0.01)}]
-        validator.close(timeout=30)
+        assert validator.result(0, timeout=10)["per_image"] == [{"psnr": pytest.approx(0.01)}]
+        validator.close(timeout=10)
 
 
 def test_drop_oldest_drops_exactly_the_oldest_waiting_steps_and_warns_for_each(gated, caplog):
@@ -135,8 +135,8 @@ def test_drop_oldest_drops_exactly_the_oldest_waiting_steps_and_warns_for_each(g
         f"validation of step {step} dropped: 3 batches already in flight (max_in_flight)" for step in range(1, 6)
     ]
     client.gate.set()
-    assert validator.result(7, timeout=30)["per_image"] == [{"psnr": pytest.approx(0.07)}]
-    validator.close(timeout=30)
+    assert validator.result(7, timeout=10)["per_image"] == [{"psnr": pytest.approx(0.07)}]
+    validator.close(timeout=10)
     assert sent_steps(client) == [0, 6, 7]
     with pytest.raises(CancelledError):
         validator.result(3)
@@ -150,7 +150,7 @@ def test_drop_oldest_under_the_bound_drops_nothing(gated, caplog):
     futures = [validator(step, images(step / 100), images(0.0)) for step in (1, 2, 3)]
     assert not any(f.cancelled() for f in futures) and not caplog.records
     client.gate.set()
-    validator.close(timeout=30)
+    validator.close(timeout=10)
     assert sent_steps(client) == [0, 1, 2, 3]
 
 
@@ -172,9 +172,9 @@ def test_block_waits_for_room_then_queues_in_order(gated, max_in_flight):
     waiting.join(0.3)
     assert waiting.is_alive(), f"a call with {bound} batches in flight must wait for room"
     client.gate.set()
-    waiting.join(30)
+    waiting.join(10)
     assert not waiting.is_alive()
-    validator.close(timeout=30)
+    validator.close(timeout=10)
     assert sent_steps(client) == list(range(bound + 1))
     assert not any(validator.results[step].cancelled() for step in range(bound + 1))
 
@@ -184,7 +184,7 @@ def test_each_finished_batch_makes_room_for_one_more(gated):
     client.gate.set()
     for step in range(10):  # would wait forever if a finished batch left its place taken
         validator(step, images(step / 100), images(0.0))
-    validator.close(timeout=30)
+    validator.close(timeout=10)
     assert sent_steps(client) == list(range(10))
 
 
@@ -192,12 +192,12 @@ def test_close_scores_what_is_queued_then_refuses_new_batches(gated):
     validator, client = gated(max_in_flight=8)
     for step in range(3):
         validator(step, images(step / 100), images(0.0))
-    closer = threading.Thread(target=validator.close, kwargs=dict(timeout=30), daemon=True)
+    closer = threading.Thread(target=validator.close, kwargs=dict(timeout=10), daemon=True)
     closer.start()
     closer.join(0.2)
     assert closer.is_alive() and not client.closed  # waits for the queued steps
     client.gate.set()
-    closer.join(30)
+    closer.join(10)
     assert sent_steps(client) == [0, 1, 2] and client.closed
     assert [validator.result(step)["mean"]["psnr"] for step in range(3)] == pytest.approx([0.0, 0.01, 0.02])
     with pytest.raises(RuntimeError, match="the validator is closed"):
@@ -220,7 +220,7 @@ def test_the_images_sent_are_clones_as_float32_host_arrays(gated):
     sr.fill_(0.0)  # the loop overwrites its tensors: the validator cloned them
     client.gate.set()
     validator(1, sr.requires_grad_(), None)  # a tensor that needs grad, and no gt
-    validator.close(timeout=30)
+    validator.close(timeout=10)
     first, second = client.sent[0][0], client.sent[1][0]
     assert [sorted(t) for t in first] == [["gt", "lr", "sr"]] * 2 and [sorted(t) for t in second] == [["sr"]] * 2
     for index in range(2):
@@ -236,7 +236,7 @@ def test_eight_bit_rounds_and_clips_to_uint8(gated):
     sr = values.view(1, 1, 1, 8).expand(1, 3, 1, 8).contiguous()
     client.gate.set()
     validator(0, sr, sr)
-    validator.close(timeout=30)
+    validator.close(timeout=10)
     sent = client.sent[0][0][0]["sr"]
     assert sent.dtype == np.uint8 and sent.shape == (1, 8, 3)
     assert sent[0, :, 0].tolist() == [0, 0, 0, 1, 127, 128, 255, 255]
@@ -263,7 +263,7 @@ def test_means_go_to_the_writer_and_the_run_without_missing_values(gated):
     client.answers[0] = dict(results=[{"scores": scores}], mean=scores, conventions=CONVENTIONS)
     client.gate.set()
     validator(12, images(0.3), images(0.3))
-    validator.close(timeout=30)
+    validator.close(timeout=10)
     assert writer.scalars == [("validation/psnr", 30.0, 12)]
     assert run.logged == [({"validation/psnr": 30.0}, 12)]
     assert validator.result(12) == dict(
@@ -286,7 +286,7 @@ def test_the_store_gets_each_scored_image_under_its_step_and_conventions(gated, 
     client.answers[0] = answer
     client.gate.set()
     validator(500, images(0.1, batch=3), images(0.2, batch=3))
-    validator.close(timeout=30)
+    validator.close(timeout=10)
     assert validator.result(500)["per_image"] == [{"psnr": 31.5, "ssim": 0.9}, None, {"psnr": 29.0, "ssim": 0.8}]
     with ResultsStore(path) as store:  # the validator closed its connection: the store opens again
         rows = sorted(store.rows(), key=lambda r: (r.image, r.metric))
@@ -305,8 +305,8 @@ def test_a_store_that_cannot_be_opened_is_logged_and_scoring_goes_on(gated, tmp_
     validator, client = gated(store=str(tmp_path))  # a folder, not a database file
     client.gate.set()
     validator(0, images(0.02), images(0.0))
-    assert validator.result(0, timeout=30)["mean"]["psnr"] == pytest.approx(0.02)
-    validator.close(timeout=30)
+    assert validator.result(0, timeout=10)["mean"]["psnr"] == pytest.approx(0.02)
+    validator.close(timeout=10)
     assert [r.getMessage() for r in caplog.records] == [f"the results store {tmp_path} cannot be opened; scores are not stored"]
     assert caplog.records[0].exc_info is not None
 
@@ -321,7 +321,7 @@ def test_failures_raise_from_result_and_a_dead_server_is_logged_once(gated, capl
     client.gate.set()
     for step in range(7):
         validator(step, images(step / 100), images(0.0))
-    validator.close(timeout=30)
+    validator.close(timeout=10)
     for step, error in enumerate([refused, down[0], down[1], refused, down[2], broken]):
         with pytest.raises(type(error)) as raised:
             validator.result(step)
