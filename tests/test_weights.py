@@ -35,6 +35,21 @@ def test_full_checkpoint_drops_classifier(tmp_path):
     assert torch.equal(model.features[0].weight, state["features.0.weight"])
 
 
+def test_a_half_precision_checkpoint_loads_as_float32_and_a_wrong_one_is_refused(tmp_path):
+    """The tensors are taken from the checkpoint without a random initialisation first: cast to the
+    network's float32, and held to every key and shape as a plain ``load_state_dict`` is."""
+    state = generated_vgg_state("alexnet")
+    torch.save({key: value.half() for key, value in state.items()}, tmp_path / "alexnet-owt-7be5be79.pth")
+    model = build_backbone("alexnet", weights_dir=tmp_path)
+    assert {value.dtype for value in model.state_dict().values()} == {torch.float32}
+    assert all(torch.equal(value, state[f"features.{key}"].half().float()) for key, value in model.features.state_dict().items())
+    assert not any(value.is_meta for value in model.state_dict().values())
+    for broken in ({k: v for k, v in state.items() if k != "features.3.bias"}, {**state, "features.3.bias": torch.zeros(7)}):
+        torch.save(broken, tmp_path / "alexnet-owt-7be5be79.pth")
+        with pytest.raises(W.WeightsError, match="not a alexnet checkpoint"):
+            build_backbone("alexnet", weights_dir=tmp_path)
+
+
 def test_dinov2_official_layout_and_timm_safetensors(weights_dir, tmp_path):
     from safetensors.torch import save_file
 

@@ -173,13 +173,23 @@ def torchvision_features(arch: str, state: StateDict | None) -> nn.Sequential:
     (the classifier is never built, and a full checkpoint's classifier keys are ignored)."""
     import torchvision
 
-    features = _seeded_init(lambda: getattr(torchvision.models, arch)(weights=None).features)
-    if state is not None:
-        features_state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
-        if not features_state:
-            raise W.WeightsError(f"no 'features.*' keys; is this a torchvision {arch} checkpoint?")
-        features.load_state_dict(features_state)
-    return features
+    if state is None:  # the whole network is built: its random draws are the same as torchvision's
+        return _seeded_init(lambda: getattr(torchvision.models, arch)(weights=None).features)
+    features_state = {k.removeprefix("features."): v for k, v in state.items() if k.startswith("features.")}
+    if not features_state:
+        raise W.WeightsError(f"no 'features.*' keys; is this a torchvision {arch} checkpoint?")
+    return load_into_empty(lambda: getattr(torchvision.models, arch)(weights=None).features, features_state)
+
+
+def load_into_empty(build, state: StateDict) -> nn.Module:
+    """``build()`` on the meta device, its tensors then taken from ``state`` (strictly: every key,
+    each shape), cast to the module's own dtypes: no random initialisation is run only to be
+    overwritten (about a second for VGG16's classifier, which the features never use)."""
+    with torch.device("meta"):
+        module = build()
+    dtypes = {key: value.dtype for key, value in module.state_dict().items()}
+    module.load_state_dict({key: value.to(dtypes.get(key, value.dtype)) for key, value in state.items()}, assign=True)
+    return module
 
 
 def build_torchvision_features(spec: BackboneSpec, state: StateDict | None) -> SequentialFeatures:
@@ -272,12 +282,14 @@ def build_dinov2(spec: BackboneSpec, state: StateDict | None) -> DINOv2Features:
     import timm
     from timm.models.vision_transformer import checkpoint_filter_fn
 
-    model = _seeded_init(
-        lambda: timm.create_model("vit_base_patch14_dinov2.lvd142m", pretrained=False, num_classes=0, dynamic_img_size=True)
-    )
-    if state is not None:
-        model.load_state_dict(checkpoint_filter_fn(dict(state), model))
-    return DINOv2Features(spec, model)
+    def build():
+        return timm.create_model("vit_base_patch14_dinov2.lvd142m", pretrained=False, num_classes=0, dynamic_img_size=True)
+
+    if state is None:
+        return DINOv2Features(spec, _seeded_init(build))
+    with torch.device("meta"):
+        shapes = build()  # what checkpoint_filter_fn reads of the model: its parameters' shapes
+    return DINOv2Features(spec, load_into_empty(build, checkpoint_filter_fn(dict(state), shapes)))
 
 
 class CLIPLogits(Backbone):
