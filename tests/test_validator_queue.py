@@ -1,5 +1,5 @@
 """The validator's queue, its hand-off to the client and its logging, in this process: a client
-that answers only when the test opens its gate makes every step's fate exact (which steps are
+that answers only as the test lets it makes every step's fate exact (which steps are
 dropped, when a call blocks, what ``close`` waits for), and a server in a thread (``create_app``,
 no backbone) checks the values against the library. Fast, and visible to mutation testing
 (``service/client/validator.py``); ``test_validator.py`` runs a training loop against real servers."""
@@ -21,18 +21,22 @@ from service.client.errors import BadRequest, ConnectionFailed
 from service.client.store import ResultsStore, conventions_hash
 from service.client.validator import Validator
 
+# A validator's thread must never die of an exception: the training loop would wait for results forever.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 CONVENTIONS = {"psnr": {"crop_border": 0}, "date": "2026-01-01T00:00:00"}
 
 
 class GatedClient:
-    """Stands in for ``LossClient``: ``score_batch`` announces each batch it is handed, waits for
-    the gate, then answers with each image's mean pixel as ``psnr`` (or raises ``failures``' next)."""
+    """Stands in for ``LossClient``: ``score_batch`` announces each batch it is handed, waits until
+    the test lets one answer through (``answer_one``, or ``open`` for all), then answers with each
+    image's mean pixel as ``psnr`` (or raises ``failures``' next)."""
 
     made: list[GatedClient] = []
 
     def __init__(self, url, api_key=None, timeout=None, retries=None):
         self.args = dict(url=url, api_key=api_key, timeout=timeout, retries=retries)
-        self.gate, self.handed = threading.Event(), threading.Semaphore(0)
+        self.gate, self.handed = threading.Semaphore(0), threading.Semaphore(0)
         self.sent: list[tuple[list[dict], str, dict]] = []
         self.failures: list[Exception] = []
         self.answers: dict[int, dict] = {}  # index of the batch → answer to give instead
@@ -41,7 +45,7 @@ class GatedClient:
 
     def score_batch(self, triplets, metrics=None, **options):
         self.handed.release()
-        assert self.gate.wait(10), "the test never opened the gate"
+        assert self.gate.acquire(timeout=10), "the test never let this batch's answer through"
         self.sent.append((list(triplets), metrics, options))
         if self.failures:
             raise self.failures.pop(0)
@@ -52,6 +56,12 @@ class GatedClient:
 
     def close(self):
         self.closed = True
+
+    def answer_one(self) -> None:
+        self.gate.release()
+
+    def open(self) -> None:
+        self.gate.release(10_000)
 
     def wait_handed(self, count: int = 1) -> None:
         for _ in range(count):
@@ -82,13 +92,13 @@ def sent_steps(client: GatedClient) -> list[float]:
 def test_the_client_gets_the_url_key_timeout_and_retries_and_the_default_metrics(gated):
     validator, client = gated()
     assert client.args == dict(url="http://scorer:8000", api_key=None, timeout=120.0, retries=4)
-    client.gate.set()
+    client.open()
     validator(0, images(0.5), images(0.25))
     validator.close(timeout=10)
     assert client.sent[0][1] == "psnr,ssim" and client.sent[0][2] == {} and client.closed
     validator, client = gated(metrics="lpips_alex", api_key="k", timeout=7.5, retries=1, crop_border=4, y_channel=True)
     assert client.args == dict(url="http://scorer:8000", api_key="k", timeout=7.5, retries=1)
-    client.gate.set()
+    client.open()
     validator(0, images(0.5), images(0.25))
     validator.close(timeout=10)
     assert client.sent[0][1:] == ("lpips_alex", {"crop_border": 4, "y_channel": True})
@@ -116,7 +126,7 @@ def test_settings_that_cannot_work_are_refused_before_any_thread_starts(gated, k
 def test_the_smallest_bounds_are_accepted(gated):
     for kwargs in (dict(max_in_flight=1), dict(max_in_flight=2, when_full="drop_oldest")):
         validator, client = gated(**kwargs)
-        client.gate.set()
+        client.open()
         validator(0, images(0.01), images(0.0))
         assert validator.result(0, timeout=10)["per_image"] == [{"psnr": pytest.approx(0.01)}]
         validator.close(timeout=10)
@@ -134,7 +144,7 @@ def test_drop_oldest_drops_exactly_the_oldest_waiting_steps_and_warns_for_each(g
     assert [r.getMessage() for r in caplog.records] == [
         f"validation of step {step} dropped: 3 batches already in flight (max_in_flight)" for step in range(1, 6)
     ]
-    client.gate.set()
+    client.open()
     assert validator.result(7, timeout=10)["per_image"] == [{"psnr": pytest.approx(0.07)}]
     validator.close(timeout=10)
     assert sent_steps(client) == [0, 6, 7]
@@ -149,7 +159,7 @@ def test_drop_oldest_under_the_bound_drops_nothing(gated, caplog):
     client.wait_handed()
     futures = [validator(step, images(step / 100), images(0.0)) for step in (1, 2, 3)]
     assert not any(f.cancelled() for f in futures) and not caplog.records
-    client.gate.set()
+    client.open()
     validator.close(timeout=10)
     assert sent_steps(client) == [0, 1, 2, 3]
 
@@ -171,7 +181,7 @@ def test_block_waits_for_room_then_queues_in_order(gated, max_in_flight):
     waiting = submit_in_thread(validator, bound)
     waiting.join(0.3)
     assert waiting.is_alive(), f"a call with {bound} batches in flight must wait for room"
-    client.gate.set()
+    client.open()
     waiting.join(10)
     assert not waiting.is_alive()
     validator.close(timeout=10)
@@ -181,7 +191,7 @@ def test_block_waits_for_room_then_queues_in_order(gated, max_in_flight):
 
 def test_each_finished_batch_makes_room_for_one_more(gated):
     validator, client = gated(max_in_flight=2)
-    client.gate.set()
+    client.open()
     for step in range(10):  # would wait forever if a finished batch left its place taken
         validator(step, images(step / 100), images(0.0))
     validator.close(timeout=10)
@@ -196,19 +206,56 @@ def test_close_scores_what_is_queued_then_refuses_new_batches(gated):
     closer.start()
     closer.join(0.2)
     assert closer.is_alive() and not client.closed  # waits for the queued steps
-    client.gate.set()
+    client.open()
     closer.join(10)
     assert sent_steps(client) == [0, 1, 2] and client.closed
     assert [validator.result(step)["mean"]["psnr"] for step in range(3)] == pytest.approx([0.0, 0.01, 0.02])
-    with pytest.raises(RuntimeError, match="the validator is closed"):
+    with pytest.raises(RuntimeError, match="^the validator is closed$"):
         validator(3, images(0.0), images(0.0))
 
 
-def test_a_closed_idle_validator_stops_its_thread(gated):
+def test_one_daemon_thread_named_for_the_validator_until_it_is_closed(gated):
+    """Named, so that a stack dump says whose it is; a daemon, so that a loop that never closes its
+    validator still exits."""
+    before = set(threading.enumerate())
     validator, client = gated()
     with validator:
-        pass
-    assert not validator._thread.is_alive() and client.closed
+        (thread,) = set(threading.enumerate()) - before
+        assert thread.name == "loss-service-validator" and thread.daemon
+    assert not thread.is_alive() and client.closed
+
+
+def test_a_finished_batch_frees_exactly_one_place(gated):
+    """With room for 3: step 0 sent, 1 and 2 waiting. Once step 0 is answered (and step 1 sent),
+    there is room for one more call, not two."""
+    validator, client = gated(max_in_flight=3)
+    validator(0, images(0.0), images(0.0))
+    client.wait_handed()
+    validator(1, images(0.01), images(0.0))
+    validator(2, images(0.02), images(0.0))
+    client.answer_one()
+    client.wait_handed()  # step 1 is being sent: steps 1 and 2 in flight
+    validator(3, images(0.03), images(0.0))
+    waiting = submit_in_thread(validator, 4)
+    waiting.join(0.3)
+    assert waiting.is_alive(), "a fourth batch in flight with max_in_flight=3"
+    client.open()
+    waiting.join(10)
+    validator.close(timeout=10)
+    assert sent_steps(client) == [0, 1, 2, 3, 4]
+
+
+def test_result_and_close_honour_their_timeouts(gated):
+    validator, client = gated()
+    validator(0, images(0.0), images(0.0))
+    client.wait_handed()
+    with pytest.raises(TimeoutError):
+        validator.result(0, timeout=0.05)
+    started = time.perf_counter()
+    validator.close(timeout=0.2)  # gives up waiting for the step being sent
+    assert time.perf_counter() - started < 5 and validator._thread.is_alive() and client.closed
+    client.open()
+    assert validator.result(0, timeout=10)["mean"]["psnr"] == 0.0
 
 
 def test_the_images_sent_are_clones_as_float32_host_arrays(gated):
@@ -218,7 +265,7 @@ def test_the_images_sent_are_clones_as_float32_host_arrays(gated):
     expected = {role: t.permute(0, 2, 3, 1).float().numpy().copy() for role, t in (("sr", sr), ("gt", gt), ("lr", lr))}
     validator(0, sr, gt, lr)
     sr.fill_(0.0)  # the loop overwrites its tensors: the validator cloned them
-    client.gate.set()
+    client.open()
     validator(1, sr.requires_grad_(), None)  # a tensor that needs grad, and no gt
     validator.close(timeout=10)
     first, second = client.sent[0][0], client.sent[1][0]
@@ -234,7 +281,7 @@ def test_eight_bit_rounds_and_clips_to_uint8(gated):
     validator, client = gated(eight_bit=True)
     values = torch.tensor([-0.5, 0.0, 0.4 / 255, 0.6 / 255, 127.5 / 255 - 1e-4, 0.5, 1.0, 1.5])
     sr = values.view(1, 1, 1, 8).expand(1, 3, 1, 8).contiguous()
-    client.gate.set()
+    client.open()
     validator(0, sr, sr)
     validator.close(timeout=10)
     sent = client.sent[0][0][0]["sr"]
@@ -261,7 +308,7 @@ def test_means_go_to_the_writer_and_the_run_without_missing_values(gated):
     validator, client = gated(writer=writer, wandb_run=run)
     scores = {"psnr": 30.0, "niqe": None}
     client.answers[0] = dict(results=[{"scores": scores}], mean=scores, conventions=CONVENTIONS)
-    client.gate.set()
+    client.open()
     validator(12, images(0.3), images(0.3))
     validator.close(timeout=10)
     assert writer.scalars == [("validation/psnr", 30.0, 12)]
@@ -284,7 +331,7 @@ def test_the_store_gets_each_scored_image_under_its_step_and_conventions(gated, 
         conventions=CONVENTIONS,
     )
     client.answers[0] = answer
-    client.gate.set()
+    client.open()
     validator(500, images(0.1, batch=3), images(0.2, batch=3))
     validator.close(timeout=10)
     assert validator.result(500)["per_image"] == [{"psnr": 31.5, "ssim": 0.9}, None, {"psnr": 29.0, "ssim": 0.8}]
@@ -298,12 +345,23 @@ def test_the_store_gets_each_scored_image_under_its_step_and_conventions(gated, 
         ("00002", "ssim", 0.8, 500),
     ]
     assert {(r.model, r.dataset, r.scale, r.conventions_hash, r.checkpoint) for r in rows} == {("edsr", "div2k-val", 4, digest, "")}
+    assert not path.with_name(path.name + "-wal").exists()  # the validator closed the store: its log went back into it
+
+
+def test_the_store_names_an_unnamed_run_model_on_validation(gated, tmp_path):
+    path = tmp_path / "curves.db"
+    validator, client = gated(store=str(path))
+    client.open()
+    validator(3, images(0.1), images(0.2))
+    validator.close(timeout=10)
+    with ResultsStore(path) as store:
+        assert [(r.model, r.dataset, r.scale, r.image, r.step) for r in store.rows()] == [("model", "validation", 0, "00000", 3)]
 
 
 def test_a_store_that_cannot_be_opened_is_logged_and_scoring_goes_on(gated, tmp_path, caplog):
     caplog.set_level(logging.ERROR, logger="loss_service.validator")
     validator, client = gated(store=str(tmp_path))  # a folder, not a database file
-    client.gate.set()
+    client.open()
     validator(0, images(0.02), images(0.0))
     assert validator.result(0, timeout=10)["mean"]["psnr"] == pytest.approx(0.02)
     validator.close(timeout=10)
@@ -318,7 +376,7 @@ def test_failures_raise_from_result_and_a_dead_server_is_logged_once(gated, capl
     down = [ConnectionFailed(f"no replica reachable ({n})") for n in range(3)]
     broken = ValueError("a bug")
     client.failures = [refused, down[0], down[1], refused, down[2], broken]
-    client.gate.set()
+    client.open()
     for step in range(7):
         validator(step, images(step / 100), images(0.0))
     validator.close(timeout=10)
