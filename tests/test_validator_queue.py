@@ -149,7 +149,7 @@ def test_drop_oldest_drops_exactly_the_oldest_waiting_steps_and_warns_for_each(g
     validator.close(timeout=10)
     assert sent_steps(client) == [0, 6, 7]
     with pytest.raises(CancelledError):
-        validator.result(3)
+        validator.result(3, timeout=10)
 
 
 def test_drop_oldest_under_the_bound_drops_nothing(gated, caplog):
@@ -209,7 +209,7 @@ def test_close_scores_what_is_queued_then_refuses_new_batches(gated):
     client.open()
     closer.join(10)
     assert sent_steps(client) == [0, 1, 2] and client.closed
-    assert [validator.result(step)["mean"]["psnr"] for step in range(3)] == pytest.approx([0.0, 0.01, 0.02])
+    assert [validator.result(step, timeout=10)["mean"]["psnr"] for step in range(3)] == pytest.approx([0.0, 0.01, 0.02])
     with pytest.raises(RuntimeError, match="^the validator is closed$"):
         validator(3, images(0.0), images(0.0))
 
@@ -313,7 +313,7 @@ def test_means_go_to_the_writer_and_the_run_without_missing_values(gated):
     validator.close(timeout=10)
     assert writer.scalars == [("validation/psnr", 30.0, 12)]
     assert run.logged == [({"validation/psnr": 30.0}, 12)]
-    assert validator.result(12) == dict(
+    assert validator.result(12, timeout=10) == dict(
         per_image=[{"psnr": 30.0, "niqe": None}], mean={"psnr": 30.0, "niqe": None}, conventions=CONVENTIONS
     )
 
@@ -334,7 +334,7 @@ def test_the_store_gets_each_scored_image_under_its_step_and_conventions(gated, 
     client.open()
     validator(500, images(0.1, batch=3), images(0.2, batch=3))
     validator.close(timeout=10)
-    assert validator.result(500)["per_image"] == [{"psnr": 31.5, "ssim": 0.9}, None, {"psnr": 29.0, "ssim": 0.8}]
+    assert validator.result(500, timeout=10)["per_image"] == [{"psnr": 31.5, "ssim": 0.9}, None, {"psnr": 29.0, "ssim": 0.8}]
     with ResultsStore(path) as store:  # the validator closed its connection: the store opens again
         rows = sorted(store.rows(), key=lambda r: (r.image, r.metric))
     digest = conventions_hash(CONVENTIONS)
@@ -382,9 +382,9 @@ def test_failures_raise_from_result_and_a_dead_server_is_logged_once(gated, capl
     validator.close(timeout=10)
     for step, error in enumerate([refused, down[0], down[1], refused, down[2], broken]):
         with pytest.raises(type(error)) as raised:
-            validator.result(step)
+            validator.result(step, timeout=10)
         assert raised.value is error
-    assert validator.result(6)["mean"]["psnr"] == pytest.approx(0.06)  # the next step scores again
+    assert validator.result(6, timeout=10)["mean"]["psnr"] == pytest.approx(0.06)  # the next step scores again
     logged = [(r.levelno, r.getMessage()) for r in caplog.records]
     assert logged == [
         (logging.ERROR, "validation of step 0 failed (training goes on; result(0) raises it): sr: not an image"),
