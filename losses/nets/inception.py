@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losses.nets.backbones import Backbone, BackboneSpec, StateDict, _seeded_init, register_backbone, to_rgb
+from losses.nets.backbones import Backbone, BackboneSpec, StateDict, _seeded_init, load_into_empty, register_backbone, to_rgb
 from losses.nets.weight_files import FID_INCEPTION_FILE
 
 INPUT_SIDE = 299
@@ -191,9 +191,7 @@ class InceptionFeatures(Backbone):
 def build_fid_inception(spec: BackboneSpec, state: StateDict | None) -> InceptionFeatures:
     """The FID network with ``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid's and
     torch-fidelity's file; its ``fc`` is loaded too, so a checkpoint must be the whole network)."""
-    model = _seeded_init(fid_inception_v3)
-    if state is not None:
-        model.load_state_dict(dict(state))
+    model = _seeded_init(fid_inception_v3) if state is None else load_into_empty(fid_inception_v3, dict(state))
     return InceptionFeatures(spec, model)
 
 
