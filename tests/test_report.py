@@ -8,6 +8,7 @@ import re
 import shutil
 import subprocess
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -46,6 +47,40 @@ def test_paired_comparison_against_scipy_and_direct_counts():
     flipped = compare_paired(a, b, lower_is_better=True, seed=2, resamples=500)
     assert (flipped.wins, flipped.losses) == (c.losses, c.wins)
     assert compare_paired(a, a, lower_is_better=False).p_value is None  # no difference at all: no test
+
+
+def test_statistics_default_to_seed_0_and_take_any_numbers_as_float64():
+    """A report's intervals are reproducible from the documented loop with seed 0; values given as
+    float32 or 8-bit integers are the same numbers in float64 (no float32 means, no wrap-around)."""
+    rng = np.random.default_rng(8)
+    values = rng.normal(30.0, 2.0, 50)
+    assert bootstrap_mean_ci(values) == bootstrap_mean_ci(values, seed=0) != bootstrap_mean_ci(values, seed=1)
+    single = values.astype(np.float32)
+    assert bootstrap_mean_ci(single) == bootstrap_mean_ci(single.astype(np.float64))
+    a, b = values.astype(np.float32), (values - rng.normal(0.3, 0.1, 50)).astype(np.float32)
+    assert compare_paired(a, b, lower_is_better=False) == compare_paired(a.astype(np.float64), b.astype(np.float64), lower_is_better=False)
+    assert compare_paired(a, b, lower_is_better=False) != compare_paired(a, b, lower_is_better=False, seed=1)
+    eight_bit = compare_paired(np.array([200, 10, 7], np.uint8), np.array([10, 200, 7], np.uint8), lower_is_better=False)
+    assert eight_bit.mean_diff == 0.0 and (eight_bit.wins, eight_bit.ties, eight_bit.losses) == (1, 1, 1)
+    flipped = compare_paired(np.array([10, 7], np.uint8), np.array([200, 7], np.uint8), lower_is_better=False)
+    assert flipped.mean_diff == -95.0 and flipped.losses == 1
+
+
+def test_statistics_of_no_image_and_of_one():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice" either
+        assert all(np.isnan(bootstrap_mean_ci([])))
+        empty = compare_paired([], [], lower_is_better=True)
+    assert empty.count == 0 and np.isnan(empty.mean_diff) and np.isnan(empty.ci_low) and np.isnan(empty.ci_high)
+    assert (empty.wins, empty.ties, empty.losses, empty.p_value) == (0, 0, 0, None)
+    assert bootstrap_mean_ci([31.25]) == (31.25, 31.25)  # every resample is the one value
+
+
+@pytest.mark.parametrize(("a", "b"), [([1.0, 2.0, 3.0], [1.0, 2.0]), ([[1.0, 2.0]], [[1.0, 3.0]])], ids=["lengths", "2-D"])
+def test_paired_values_must_be_two_1d_arrays_of_one_length(a, b):
+    shapes = f"got {np.shape(a)} and {np.shape(b)}"
+    with pytest.raises(ValueError, match=re.escape(f"paired values must be two 1-D arrays of one length, {shapes}")):
+        compare_paired(a, b, lower_is_better=False)
 
 
 def write_png(path: Path, pixels: np.ndarray) -> str:
