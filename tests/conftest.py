@@ -126,6 +126,26 @@ def write_clip_archive(path: Path) -> None:
             torch.jit.save(torch.jit.trace_module(model, {"encode_image": torch.rand(1, 3, 224, 224)}), str(path))
 
 
+class ScalarWriter:
+    """TensorBoard's ``SummaryWriter`` as the validator uses it: records each ``add_scalar``."""
+
+    def __init__(self):
+        self.scalars = []
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+
+class WandbRun:
+    """A Weights & Biases run as the validator uses it: records each ``log``."""
+
+    def __init__(self):
+        self.logged = []
+
+    def log(self, values, step):
+        self.logged.append((values, step))
+
+
 def write_weights(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     torch.save(generated_vgg_state("vgg16"), directory / "vgg16-397923af.pth")

@@ -15,6 +15,7 @@ import losses
 from service.client import ConnectionFailed, Validator
 from service.client.store import ResultsStore
 
+from .conftest import ScalarWriter, WandbRun
 from .servers import SubprocessServer
 
 METRICS = "psnr,ssim,perceptual"
@@ -124,21 +125,7 @@ def test_a_killed_server_is_logged_once_and_training_goes_on(weights_dir, caplog
 def test_each_result_is_logged_to_tensorboard_and_weights_and_biases(server):
     """Objects with TensorBoard's ``add_scalar`` and W&B's ``log`` get each step's means."""
 
-    class Writer:
-        def __init__(self):
-            self.scalars = []
-
-        def add_scalar(self, tag, value, step):
-            self.scalars.append((tag, value, step))
-
-    class Run:
-        def __init__(self):
-            self.logged = []
-
-        def log(self, values, step):
-            self.logged.append((values, step))
-
-    writer, run = Writer(), Run()
+    writer, run = ScalarWriter(), WandbRun()
     sr, gt = next(training_batches(4, 1))
     with Validator(server.url, "psnr,ssim", writer=writer, wandb_run=run) as validator:
         validator(7, sr, gt)

@@ -21,6 +21,8 @@ from service.client.errors import BadRequest, ConnectionFailed
 from service.client.store import ResultsStore, conventions_hash
 from service.client.validator import Validator
 
+from .conftest import ScalarWriter, WandbRun
+
 # A validator's thread must never die of an exception: the training loop would wait for results forever.
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
@@ -290,21 +292,7 @@ def test_eight_bit_rounds_and_clips_to_uint8(gated):
 
 
 def test_means_go_to_the_writer_and_the_run_without_missing_values(gated):
-    class Writer:
-        def __init__(self):
-            self.scalars = []
-
-        def add_scalar(self, tag, value, step):
-            self.scalars.append((tag, value, step))
-
-    class Run:
-        def __init__(self):
-            self.logged = []
-
-        def log(self, values, step):
-            self.logged.append((values, step))
-
-    writer, run = Writer(), Run()
+    writer, run = ScalarWriter(), WandbRun()
     validator, client = gated(writer=writer, wandb_run=run)
     scores = {"psnr": 30.0, "niqe": None}
     client.answers[0] = dict(results=[{"scores": scores}], mean=scores, conventions=CONVENTIONS)
