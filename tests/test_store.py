@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import re
 import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -54,6 +56,24 @@ def test_two_processes_writing_one_store_at_once_lose_nothing(tmp_path):
         assert len(rows) == 2 * 40 * 25
         assert {(r.model, r.image) for r in rows} == {(f"model{w}", f"img{b}-{k}") for w in range(2) for b in range(40) for k in range(25)}
         assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_the_tables_and_the_query_the_readme_shows_are_the_stores(tmp_path):
+    """Users query the store with SQL of their own: the README's tables are SQLite's own text of
+    a new store's schema, and its example query runs and gives one mean per conventions hash."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("### A results store") :]
+    tables, query = re.findall(r"```sql\n(.*?)```", section, re.S)[:2]
+    with ResultsStore(tmp_path / "r.db") as store:
+        listed = [sql + ";" for (sql,) in store.db.execute("SELECT sql FROM sqlite_master WHERE type = 'table' ORDER BY rowid")]
+        assert "\n".join(listed) == tables.strip()
+        for digest, value in (("a", 30.0), ("a", 32.0), ("b", 0.5)):
+            conventions = {"psnr": digest}
+            row = Row("edsr", "Set5", 4, f"{value}", "psnr", value, conventions_hash(conventions))
+            store.add([row], conventions)
+        store.add([Row("edsr", "Set5", 4, "(set)", "psnr", 99.0, conventions_hash({"psnr": "a"}))], {"psnr": "a"})
+        means = {row[4]: row[5:] for row in store.db.execute(query)}
+    assert means == {conventions_hash({"psnr": "a"}): (31.0, 2), conventions_hash({"psnr": "b"}): (0.5, 1)}
 
 
 def test_a_corrupt_or_foreign_database_is_refused_and_left_as_it_was(tmp_path):
