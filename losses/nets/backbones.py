@@ -170,7 +170,8 @@ def _seeded_init(build):
 
 def torchvision_features(arch: str, state: StateDict | None) -> nn.Sequential:
     """torchvision's ``<arch>(weights=None).features`` with the checkpoint's ``features.*`` keys
-    (the classifier is never built, and a full checkpoint's classifier keys are ignored)."""
+    (from a checkpoint the classifier is never built, and a full checkpoint's classifier keys are
+    ignored)."""
     import torchvision
 
     if state is None:  # the whole network is built: its random draws are the same as torchvision's
