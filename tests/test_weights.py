@@ -50,6 +50,17 @@ def test_a_half_precision_checkpoint_loads_as_float32_and_a_wrong_one_is_refused
             build_backbone("alexnet", weights_dir=tmp_path)
 
 
+@pytest.mark.parametrize("name", ["vgg16_l2pool", "dinov2", "inception_v3_fid"])
+def test_a_backbone_built_empty_holds_every_tensor_after_loading(weights_dir, name):
+    """Built on the meta device and filled from the checkpoint: no parameter or buffer (persistent
+    or not, e.g. DISTS's pooling window) may be left without storage."""
+    import losses.nets.inception  # noqa: F401 - registers inception_v3_fid
+
+    model = build_backbone(name, weights_dir=weights_dir)
+    tensors = [*model.named_parameters(), *model.named_buffers()]
+    assert tensors and not [key for key, tensor in tensors if tensor.is_meta]
+
+
 def test_dinov2_official_layout_and_timm_safetensors(weights_dir, tmp_path):
     from safetensors.torch import save_file
 
