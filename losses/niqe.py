@@ -199,20 +199,24 @@ def with_flat_spread(per_scale: list[tuple[np.ndarray, np.ndarray]], features_of
     scales (the same grid of blocks, in the same order), the count of flat blocks (at least
     FLAT_FRACTION of their coefficients rounding noise), and how far NIQE moves when the noise in
     those blocks is taken as exact zeros (0.0 where no block is flat). A block's features depend
-    on that block alone, so only the flat blocks are fitted again."""
+    on that block alone, so only the flat blocks whose noise is not already exact zeros (as in a
+    saturated area) are fitted again: zeroing changes nothing in the others."""
     per_scale, features = [blocks for blocks, _ in per_scale], [found for _, found in per_scale]
     value = quality(np.concatenate(features, axis=1), pristine)
     noisy = [np.abs(blocks) < noise for blocks in per_scale]
     flat = [row_counts(mask.reshape(len(mask), -1)) >= FLAT_FRACTION * mask[0].size for mask in noisy]
-    if not any(found.any() for found in flat):
-        return value, 0, 0.0
-    zeroed = []
+    count = int((flat[0] | flat[1]).sum())  # a block is counted once: flat at either scale (the same area, halved)
+    zeroed, moved = [], False
     for blocks, mask, found, found_features in zip(per_scale, noisy, flat, features):
         zeroed.append(found_features.copy())
-        if found.any():
-            zeroed[-1][found] = features_of(np.where(mask[found], 0, blocks[found]).astype(blocks.dtype))
+        refit = found.copy()  # the flat blocks with noise that zeroing moves
+        refit[found] = [np.any(block[noise_mask]) for block, noise_mask in zip(blocks[found], mask[found])]
+        if refit.any():
+            zeroed[-1][refit] = features_of(np.where(mask[refit], 0, blocks[refit]).astype(blocks.dtype))
+            moved = True
+    if not moved:
+        return value, count, 0.0
     other = quality(np.concatenate(zeroed, axis=1), pristine)
-    count = int((flat[0] | flat[1]).sum())  # a block is counted once: flat at either scale (the same area, halved)
     return value, count, abs(other - value) if np.isfinite(other) else float("inf")
 
 

@@ -261,6 +261,25 @@ def test_the_flat_spread_is_how_far_niqe_moves_when_flat_blocks_noise_is_taken_a
     assert counts["page"] > 0 and counts["black"] > 0
 
 
+def test_flat_blocks_whose_noise_is_exact_zeros_are_not_fitted_again(monkeypatch):
+    """A saturated area's coefficients are exact zeros, not rounding noise: zeroing them changes
+    nothing, so such a flat block is counted but not fitted again, and its spread is exactly 0.
+    Blocks with real noise still are fitted again (the page)."""
+    from skimage import data
+
+    fitted = []
+    original = niqe_module.block_features
+    monkeypatch.setattr(niqe_module, "block_features", lambda blocks: fitted.append(len(blocks)) or original(blocks))
+    photo = np.ascontiguousarray(data.astronaut()[:480, :480])  # a black background: 4 flat grid places
+    got = {k: v.item() for k, v in losses.score(to_tensor(photo), metrics=["niqe"]).items()}
+    assert got["niqe.flat_blocks"] == 4 and got["niqe.flat_spread"] == 0.0
+    assert fitted == [25, 25]  # the two scales' blocks, once each
+    assert got["niqe"] == pytest.approx(reference_calculate_niqe(photo, 0), rel=1e-6)
+    fitted.clear()
+    page = {k: v.item() for k, v in losses.score(to_tensor(flat_photos()["page"]), metrics=["niqe"]).items()}
+    assert len(fitted) > 2 and page["niqe.flat_spread"] > 0
+
+
 def test_the_block_check_counts_whole_blocks_after_the_crop_and_says_the_size():
     niqe_module.check_blocks((96, 192), 0)
     niqe_module.check_blocks((98, 194), 1)  # 96 × 192 after the crop: 1 × 2 blocks
