@@ -67,6 +67,8 @@ FLAT_NOISE = {"matlab": 1e-9, "basicsr": 1e-4}
 FLAT_SPREAD_WARNING = 1e-3
 # A block is flat when at least this share of its coefficients is noise (a textured block has a few in 10⁴ near zero).
 FLAT_FRACTION = 0.01
+# The bytes of the rows a column pass takes at a time: a run that stays in the core's cache.
+CACHE_ROWS_BYTES = 1 << 18
 
 
 def load_pristine(weights_dir=None) -> dict[str, np.ndarray]:
@@ -82,8 +84,10 @@ def load_pristine(weights_dir=None) -> dict[str, np.ndarray]:
             model["mu"].shape != (36,)
             or model["cov"].shape != (36, 36)
             or not np.allclose(np.outer(taps, taps), model["window"], rtol=0, atol=1e-12)
+            or len(taps) % 2 == 0
+            or not np.array_equal(taps, taps[::-1])
         ):
-            raise W.WeightsError(f"{path}: not a NIQE model (μ 1×36, Σ 36×36 and a separable Gaussian window)")
+            raise W.WeightsError(f"{path}: not a NIQE model (μ 1×36, Σ 36×36 and a separable, symmetric Gaussian window of odd size)")
         return model
 
     return MODELS.get(("niqe_pristine", W.explicit_dir(weights_dir)), read)
@@ -181,9 +185,38 @@ def gaussian_filter(image: np.ndarray, window: np.ndarray, out: np.ndarray, scra
     """MATLAB's ``imfilter(image, window, 'replicate')`` of the separable Gaussian window into
     ``out``: two 1-D passes, down the columns (into ``scratch``) then along the rows, in float64,
     as MATLAB runs it."""
-    taps = window.sum(axis=1)  # the window is outer(taps, taps), taps summing to 1
-    correlate1d(image, taps, axis=0, mode="nearest", output=scratch)
+    taps = window.sum(axis=1)  # the window is outer(taps, taps), taps summing to 1 (and symmetric: ``load_pristine``)
+    correlate_columns(image, taps, scratch)
     return correlate1d(scratch, taps, axis=1, mode="nearest", output=out)
+
+
+def correlate_columns(image: np.ndarray, taps: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """SciPy's ``correlate1d(image, taps, axis=0, mode="nearest")`` of a symmetric odd kernel into
+    ``out``, bit for bit, in about half its time on a C-ordered image: SciPy reads each column
+    with a stride, while this runs whole rows at a time, over runs of rows that stay in cache
+    (``CACHE_ROWS_BYTES``). The sums are SciPy's, in its order (``correlate_rows``)."""
+    half, height = len(taps) // 2, len(image)
+    scratch = np.empty((max(half, CACHE_ROWS_BYTES // image[0].nbytes), image.shape[1]))  # the edges take `half` rows
+    for start in range(half, height - half, len(scratch)):
+        stop = min(start + len(scratch), height - half)
+        correlate_rows(image[start - half : stop + half], taps, out[start:stop], scratch)
+    # The first and last ``half`` rows, with the edge row repeated ('replicate', SciPy's "nearest").
+    top, bottom = [0] * half + list(range(2 * half)), list(range(height - 2 * half, height)) + [height - 1] * half
+    correlate_rows(image[top], taps, out[:half], scratch)
+    correlate_rows(image[bottom], taps, out[height - half :], scratch)
+    return out
+
+
+def correlate_rows(source: np.ndarray, taps: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+    """``out[i] = Σ taps[k] · source[i + k]`` for a symmetric kernel, as SciPy's ``correlate1d``
+    sums it: the centre tap's product, then, from the outermost pair in, ``+= (a + b) · tap``."""
+    half, rows = len(taps) // 2, len(out)
+    pair = scratch[:rows]
+    np.multiply(source[half : half + rows], taps[half], out=out)
+    for k in range(half, 0, -1):
+        np.add(source[half - k : half - k + rows], source[half + k : half + k + rows], out=pair)
+        pair *= taps[half + k]
+        out += pair
 
 
 def quality(features: np.ndarray, pristine: dict[str, np.ndarray]) -> float:

@@ -322,15 +322,20 @@ def test_each_weights_dir_has_its_own_pristine_model_and_a_malformed_one_is_refu
     assert model["mu"].shape == (36,)
     window = real["gaussian_window"].copy()
     window[0, 0] += 1e-9  # no longer the outer product of its taps
+    lopsided = np.linspace(1.0, 2.0, 7) / 10.5  # separable (taps summing to 1), not symmetric: the passes sum pairs of taps
+    even = np.full((4, 4), 1 / 16)  # separable and symmetric, but no centre tap
     bad = dict(
         mu=dict(mu_pris_param=np.zeros((1, 37))),
         cov=dict(cov_pris_param=np.zeros((36, 35))),
         window=dict(gaussian_window=window),
+        lopsided=dict(gaussian_window=np.outer(lopsided, lopsided)),
+        even=dict(gaussian_window=even),
     )
     for folder, changes in bad.items():
         path = write(folder, **changes)
         with pytest.raises(
-            WeightsError, match=r"niqe_pris_params\.npz: not a NIQE model \(μ 1×36, Σ 36×36 and a separable Gaussian window\)$"
+            WeightsError,
+            match=r"niqe_pris_params\.npz: not a NIQE model \(μ 1×36, Σ 36×36 and a separable, symmetric Gaussian window of odd size\)$",
         ):
             niqe_module.load_pristine(path)
     pickled = write("pickled", gaussian_window=np.array([object()], dtype=object))
@@ -501,6 +506,19 @@ def test_the_nearest_grid_ratio_is_argmins_over_the_whole_grid():
     r = np.concatenate([rng.uniform(grid[0] - 0.1, grid[-1] + 0.1, 20000), grid, (grid[1:] + grid[:-1]) / 2, [np.nan]])
     expected = np.array([np.argmin((grid - value) ** 2) for value in r])
     np.testing.assert_array_equal(niqe_module.nearest_ratio(r), expected)
+
+
+@pytest.mark.parametrize("cache_bytes", [1 << 18, 1])
+def test_the_column_pass_is_scipys_bit_for_bit(monkeypatch, cache_bytes):
+    """The row-wise column pass against SciPy's ``correlate1d(axis=0, mode="nearest")`` on photos with
+    flat areas (whose rounding noise decides their blocks' fits) and heights that are not a whole
+    number of runs; with a 1-byte cache each run is the fewest rows (the kernel's half width). Exact equality: no tolerance."""
+    monkeypatch.setattr(niqe_module, "CACHE_ROWS_BYTES", cache_bytes)
+    taps = niqe_module.load_pristine()["window"].sum(axis=1)
+    for name, photo in flat_photos().items():
+        for image in (photo[..., 0].astype(np.float64), photo[:53, :77, 1].astype(np.float64) ** 2 / 7):
+            got = niqe_module.correlate_columns(image, taps, np.empty_like(image))
+            np.testing.assert_array_equal(got, correlate1d(image, taps, axis=0, mode="nearest"), err_msg=name)
 
 
 def test_eval_and_the_report_show_the_flat_block_warning_naming_the_image(server, photos, tmp_path, capsys):
