@@ -508,6 +508,30 @@ def test_the_nearest_grid_ratio_is_argmins_over_the_whole_grid():
     np.testing.assert_array_equal(niqe_module.nearest_ratio(r), expected)
 
 
+@pytest.mark.parametrize("length", [96 * 96, 48 * 48, 100, 7])
+def test_row_counts_count_each_rows_true_values(length):
+    """Whole 64-bit words (a block's row) and rows that are not, against ``count_nonzero`` row by row;
+    all-False and all-True rows included."""
+    rng = np.random.default_rng(length)
+    mask = np.concatenate([rng.random((5, length)) < share for share in (0.0, 0.01, 0.5, 0.99, 1.0)])
+    expected = [np.count_nonzero(row) for row in mask]
+    assert niqe_module.row_counts(mask).tolist() == expected and expected[0] == 0 and expected[-1] == length
+
+
+@pytest.mark.parametrize("block", [niqe_module.BLOCK, niqe_module.BLOCK // 2])
+def test_neighbour_products_are_the_rolled_products_bit_for_bit(block):
+    """Each block times its own wrapped-around shift (``np.roll``), for every shift the features use,
+    at both scales' block sizes, on a photo's normalised coefficients with a flat area."""
+    photo = flat_photos()["black"][..., 1].astype(np.float64)
+    window = niqe_module.load_pristine()["window"]
+    normalized = niqe_module.normalized(photo[: photo.shape[0] // block * block, : photo.shape[1] // block * block], window)
+    blocks = niqe_module.image_blocks(normalized, block)
+    for shift in niqe_module.SHIFTS:
+        out = np.full_like(blocks, np.nan)
+        niqe_module.neighbour_products(blocks, shift, out)
+        np.testing.assert_array_equal(out, blocks * np.roll(blocks, shift, axis=(1, 2)), err_msg=str(shift))
+
+
 @pytest.mark.parametrize("cache_bytes", [1 << 18, 1])
 def test_the_column_pass_is_scipys_bit_for_bit(monkeypatch, cache_bytes):
     """The row-wise column pass against SciPy's ``correlate1d(axis=0, mode="nearest")`` on photos with
