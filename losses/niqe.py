@@ -67,6 +67,9 @@ FLAT_NOISE = {"matlab": 1e-9, "basicsr": 1e-4}
 FLAT_SPREAD_WARNING = 1e-3
 # A block is flat when at least this share of its coefficients is noise (a textured block has a few in 10⁴ near zero).
 FLAT_FRACTION = 0.01
+# Where the positive part's squares are at most this share of a row's, the AGGD fit sums them
+# directly: as the whole's less the negative part's, they would keep only ~1e-16 / LOPSIDED of accuracy.
+LOPSIDED = 1e-6
 # The bytes of the rows a column pass takes at a time: a run that stays in the core's cache.
 CACHE_ROWS_BYTES = 1 << 18
 
@@ -103,25 +106,32 @@ def check_blocks(size: tuple[int, int], crop_border: int) -> None:
         )
 
 
-def aggd_fit(samples: np.ndarray, parts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def aggd_fit(samples: np.ndarray, negative: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The AGGD parameters (α, β_left, β_right) of each row of ``samples`` (rows × n), by
     niqe_release's moment matching: the α on GAMMA_GRID whose ratio is nearest (the first on a tie).
-    A row with no negative (or no positive) value gives NaN, as the MATLAB code does. The sums run
-    over the negative and the positive parts (row-wise dot products), and the counts over the
-    rows of a sign mask: each coefficient is read a few times, and no masked copy is made.
-    ``parts`` (2 × rows × n) receives the negative and positive parts (the caller's buffer)."""
-    negative, positive = parts
+    A row with no negative (or no positive) value gives NaN, as the MATLAB code does.
+
+    The sums are row-wise dot products over the samples and their negative part only (written
+    into ``negative``, the caller's rows × n buffer): the positive part's sums are the whole's
+    less the negative's. Where that difference could lose digits (the positive squares under
+    LOPSIDED of the whole) it is summed over the positive part instead, so every sum keeps ~1e-9
+    relative accuracy or better, and a row with no positive value sums to exactly 0."""
     np.minimum(samples, 0.0, out=negative)
-    np.maximum(samples, 0.0, out=positive)
-    left_squares, right_squares = np.einsum("ij,ij->i", negative, negative), np.einsum("ij,ij->i", positive, positive)
+    squares, left_squares = np.einsum("ij,ij->i", samples, samples), np.einsum("ij,ij->i", negative, negative)
+    right_squares = squares - left_squares
+    lopsided = right_squares <= LOPSIDED * squares
+    if lopsided.any():
+        positive = np.maximum(samples[lopsided], 0.0)
+        right_squares[lopsided] = np.einsum("ij,ij->i", positive, positive)
     left_count, right_count = row_counts(samples < 0), row_counts(samples > 0)
     ones = np.ones(samples.shape[1])
+    absolute = samples @ ones - 2 * (negative @ ones)  # Σ|x| = Σx − 2·Σ(negative part): no cancellation to fear
     count = samples.shape[1]
     with np.errstate(invalid="ignore", divide="ignore"):
         left_std = np.sqrt(left_squares / left_count)
         right_std = np.sqrt(right_squares / right_count)
         gamma_hat = left_std / right_std
-        r_hat = ((positive @ ones - negative @ ones) / count) ** 2 / ((left_squares + right_squares) / count)
+        r_hat = (absolute / count) ** 2 / (squares / count)
         r_hat_norm = r_hat * (gamma_hat**3 + 1) * (gamma_hat + 1) / (gamma_hat**2 + 1) ** 2
     alpha = GAMMA_GRID[nearest_ratio(r_hat_norm)]  # a NaN row: index 0, and β below is NaN
     spread = np.sqrt(gamma(1 / alpha) / gamma(3 / alpha))
@@ -159,12 +169,12 @@ def image_blocks(normalized: np.ndarray, block: int, column_major: bool = False)
 
 def block_features(blocks: np.ndarray) -> np.ndarray:
     """The 18 features of every block (blocks × 18), all blocks at once."""
-    products, parts = np.empty_like(blocks), np.empty((2, len(blocks), blocks[0].size))  # reused by every fit
-    alpha, beta_left, beta_right = aggd_fit(blocks.reshape(len(blocks), -1), parts)
+    products, negative = np.empty_like(blocks), np.empty((len(blocks), blocks[0].size))  # reused by every fit
+    alpha, beta_left, beta_right = aggd_fit(blocks.reshape(len(blocks), -1), negative)
     features = [alpha, (beta_left + beta_right) / 2]
     for shift in SHIFTS:
         neighbour_products(blocks, shift, products)
-        alpha, beta_left, beta_right = aggd_fit(products.reshape(len(blocks), -1), parts)
+        alpha, beta_left, beta_right = aggd_fit(products.reshape(len(blocks), -1), negative)
         features += [alpha, (beta_right - beta_left) * gamma(2 / alpha) / gamma(1 / alpha), beta_left, beta_right]
     return np.stack(features, axis=1)
 

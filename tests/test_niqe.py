@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import cv2
@@ -506,6 +507,28 @@ def test_the_nearest_grid_ratio_is_argmins_over_the_whole_grid():
     r = np.concatenate([rng.uniform(grid[0] - 0.1, grid[-1] + 0.1, 20000), grid, (grid[1:] + grid[:-1]) / 2, [np.nan]])
     expected = np.array([np.argmin((grid - value) ** 2) for value in r])
     np.testing.assert_array_equal(niqe_module.nearest_ratio(r), expected)
+
+
+def test_the_aggd_fit_is_the_transcriptions_on_balanced_and_lopsided_rows():
+    """Rows whose positive part is all, most, a sliver (its squares ~1e-16 of the whole: summed
+    directly, not as a difference) or none of them, and rows of exact and negative zeros, against
+    estimateaggdparam.m's transcription: the same α, β to 1e-9 relative, NaN where it gives NaN."""
+    rng = np.random.default_rng(7)
+    normal = rng.standard_normal((4, 2304))
+    sliver = -np.abs(normal[0]).copy()
+    sliver[::500] = 1e-6
+    tenth = -np.abs(normal[1]).copy()
+    tenth[::10] = 0.05
+    zeros = normal[2].copy()
+    zeros[:1000], zeros[1000:1500] = 0.0, -0.0
+    rows = np.stack([normal[3], sliver, tenth, -np.abs(normal[0]), np.abs(normal[1]), zeros, np.zeros(2304)])
+    alpha, beta_left, beta_right = niqe_module.aggd_fit(rows, np.empty_like(rows))
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the mean of no values, where a side is empty
+        expected = np.array([estimate_aggd_param(row) for row in rows])
+    np.testing.assert_array_equal(alpha, expected[:, 0])
+    np.testing.assert_allclose(np.stack([beta_left, beta_right], axis=1), expected[:, 1:], rtol=1e-9, atol=0)
+    assert np.isnan(expected[3, 2]) and np.isnan(expected[4, 1]) and np.isnan(expected[6, 1:]).all()
 
 
 @pytest.mark.parametrize("length", [96 * 96, 48 * 48, 100, 7])
