@@ -419,21 +419,26 @@ def luma_255(x: torch.Tensor, gray: bool) -> np.ndarray:
     the uint8 image could round the other way."""
     values = snap_to_eight_bits(x.detach().cpu().numpy())
     if values.shape[1] == 1:
-        luma = values[:, 0]
-    else:  # imlincomb's order, as rgb2gray and rgb2ycbcr call it: K1·R + K2·G + K3·B (+ offset), in place
+        luma = values[:, 0].astype(np.float64)
+    else:  # imlincomb's order, as rgb2gray and rgb2ycbcr call it: K1·R + K2·G + K3·B (+ offset), in place, in float64
         weights, offset = (GRAY_WEIGHTS, 0.0) if gray else ([w / 255.0 for w in Y_WEIGHTS], Y_OFFSET)
-        luma, term = weights[0] * values[:, 0], np.empty_like(values[:, 0])
+        luma = np.multiply(weights[0], values[:, 0], dtype=np.float64)
+        term = np.empty_like(luma)
         for weight, channel in zip(weights[1:], (values[:, 1], values[:, 2])):
-            luma += np.multiply(weight, channel, out=term)
+            luma += np.multiply(weight, channel, out=term, dtype=np.float64)
         luma += offset
+    if luma.min(initial=0.0) >= 0:  # pixels in [0, 1]: half away from zero is half up
+        luma += 0.5
+        return np.floor(luma, out=luma)
     rounded = np.abs(luma)
     rounded += 0.5
     return np.copysign(np.floor(rounded, out=rounded), luma, out=rounded)
 
 
 def snap_to_eight_bits(pixels: np.ndarray) -> np.ndarray:
-    """Pixels in [0, 1] on the 255 scale (float64): a value within EIGHT_BIT_SNAP of an integer as
-    that integer, the others as they are. An image that came from 8 bits is recognised in float32
+    """Pixels in [0, 1] on the 255 scale: a value within EIGHT_BIT_SNAP of an integer as that
+    integer, the others as they are; float32 integers (exact) where the whole image came from 8
+    bits, float64 otherwise. An image that came from 8 bits is recognised in float32
     and taken whole: where every float32 product is within half the snap of an integer (its
     rounding adds under 1e-5), the exact float64 products are within the snap of the same integers."""
     if pixels.dtype == np.float32:
@@ -441,7 +446,7 @@ def snap_to_eight_bits(pixels: np.ndarray) -> np.ndarray:
         nearest = np.rint(scaled)
         np.subtract(scaled, nearest, out=scaled)
         if max(scaled.max(initial=0.0), -scaled.min(initial=0.0)) < EIGHT_BIT_SNAP / 2:
-            return nearest.astype(np.float64)
+            return nearest
     values = pixels.astype(np.float64) * 255.0
     nearest = np.rint(values)
     distance = np.abs(values - nearest)

@@ -29,6 +29,7 @@ from scipy.special import gamma
 
 import losses
 from losses import niqe as niqe_module
+from losses.psnr_ssim import Y_OFFSET, Y_WEIGHTS
 from losses.registry import MetricError
 
 from .conftest import degrade, to_tensor
@@ -370,7 +371,9 @@ def test_the_function_itself_defaults_to_matlabs_y_without_a_crop_and_reads_the_
 def test_eight_bit_pixels_are_read_as_integers_and_others_as_they_are():
     k = np.arange(256, dtype=np.float64)
     as_float32 = (k / 255).astype(np.float32)
-    np.testing.assert_array_equal(niqe_module.snap_to_eight_bits(as_float32), k)
+    snapped = niqe_module.snap_to_eight_bits(as_float32)
+    np.testing.assert_array_equal(snapped, k)
+    assert snapped.dtype == np.float32  # integers, exact in float32
     near = k / 255 + np.where(k % 2 == 0, 3e-7, -3e-7)  # within the snap at the 255 scale (7.7e-5)
     np.testing.assert_array_equal(niqe_module.snap_to_eight_bits(near), k)
     # values between 8-bit levels are kept: each below its nearest level (127.8, 3.9), or 1.5e-4 above one
@@ -379,6 +382,27 @@ def test_eight_bit_pixels_are_read_as_integers_and_others_as_they_are():
         got = niqe_module.snap_to_eight_bits(mixed)
         np.testing.assert_array_equal(got[:256], k)
         np.testing.assert_allclose(got[256:], mixed[256:].astype(np.float64) * 255, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("gray", [False, True])
+def test_the_luma_is_matlabs_rounded_half_away_from_zero_in_float64(gray):
+    """MATLAB's Y and rgb2gray of float32 8-bit pixels, summed in imlincomb's order in float64 and
+    rounded half away from zero; a grey channel of values between levels rounds likewise, below
+    zero too (pixels outside [0, 1])."""
+    rng = np.random.default_rng(3)
+    # Pixels whose Y or grey lies within float32's error of a half: float32 sums would round them the other way.
+    near_halves = np.array([[52, 188, 14], [244, 183, 149], [92, 141, 230], [150, 101, 12], [128, 112, 206], [229, 180, 91]]).T
+    rgb = np.concatenate([rng.integers(0, 256, (3, 250)), near_halves], axis=1).reshape(1, 3, 16, 16)
+    got = niqe_module.luma_255(torch.from_numpy(rgb.astype(np.float32) / 255), gray)
+    weights, offset = (niqe_module.GRAY_WEIGHTS, 0.0) if gray else ([w / 255 for w in Y_WEIGHTS], Y_OFFSET)
+    exact = ((weights[0] * rgb[:, 0].astype(np.float64) + weights[1] * rgb[:, 1]) + weights[2] * rgb[:, 2]) + offset
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, np.sign(exact) * np.floor(np.abs(exact) + 0.5))
+    levels = np.array([-2.5, -2.4, -0.5, 0.5, 2.5, 2.6, 250.5]) / 255
+    grey = niqe_module.luma_255(torch.from_numpy(levels).view(1, 1, 1, -1), gray)
+    np.testing.assert_array_equal(grey.ravel(), [-3, -2, -1, 1, 3, 3, 251])
+    positive = niqe_module.luma_255(torch.from_numpy(levels[3:]).view(1, 1, 1, -1), gray)
+    np.testing.assert_array_equal(positive.ravel(), [1, 3, 3, 251])
 
 
 def test_the_warning_fires_only_past_its_threshold_and_names_the_blocks():
