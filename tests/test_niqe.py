@@ -541,11 +541,13 @@ def test_the_aggd_fit_is_the_transcriptions_on_balanced_and_lopsided_rows():
     normal = rng.standard_normal((4, 2304))
     sliver = -np.abs(normal[0]).copy()
     sliver[::500] = 1e-6
+    thin = -np.abs(normal[2]).copy()
+    thin[::500] = 1e-4  # positive squares ~2e-11 of the whole: a difference would keep ~5 digits
     tenth = -np.abs(normal[1]).copy()
     tenth[::10] = 0.05
     zeros = normal[2].copy()
     zeros[:1000], zeros[1000:1500] = 0.0, -0.0
-    rows = np.stack([normal[3], sliver, tenth, -np.abs(normal[0]), np.abs(normal[1]), zeros, np.zeros(2304)])
+    rows = np.stack([normal[3], sliver, tenth, -np.abs(normal[0]), np.abs(normal[1]), zeros, np.zeros(2304), thin])
     alpha, beta_left, beta_right = niqe_module.aggd_fit(rows, np.empty_like(rows))
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the mean of no values, where a side is empty
@@ -555,7 +557,7 @@ def test_the_aggd_fit_is_the_transcriptions_on_balanced_and_lopsided_rows():
     assert np.isnan(expected[3, 2]) and np.isnan(expected[4, 1]) and np.isnan(expected[6, 1:]).all()
 
 
-@pytest.mark.parametrize("length", [96 * 96, 48 * 48, 100, 7])
+@pytest.mark.parametrize("length", [96 * 96, 48 * 48, 100, 72, 7])
 def test_row_counts_count_each_rows_true_values(length):
     """Whole 64-bit words (a block's row) and rows that are not, against ``count_nonzero`` row by row;
     all-False and all-True rows included."""
