@@ -323,7 +323,8 @@ def test_each_weights_dir_has_its_own_pristine_model_and_a_malformed_one_is_refu
     np.testing.assert_array_equal(model["window"], real["gaussian_window"])
     assert model["mu"].shape == (36,)
     window = real["gaussian_window"].copy()
-    window[0, 0] += 1e-9  # no longer the outer product of its taps
+    window[0, 0] += 1e-9  # no longer the outer product of its taps (whose sums stay symmetric: refused for that alone)
+    window[-1, -1] += 1e-9
     lopsided = np.linspace(1.0, 2.0, 7) / 10.5  # separable (taps summing to 1), not symmetric: the passes sum pairs of taps
     even = np.full((4, 4), 1 / 16)  # separable and symmetric, but no centre tap
     bad = dict(
