@@ -460,7 +460,8 @@ def niqe(
 ) -> dict[str, torch.Tensor]:
     """Per-image NIQE (float64, shape (B,)) of (B, C, H, W) images in [0, 1]; lower is better.
     ``crop_border`` pixels are cropped from each edge first (BasicSR's ``calculate_niqe``).
-    Returns ``total`` (NIQE), ``flat_blocks`` and ``flat_spread`` (see the module's docstring)."""
+    Returns ``total`` (NIQE), ``flat_blocks`` and ``flat_spread`` (see the module's docstring), all
+    NaN for an image with a NaN or infinite pixel."""
     if convention not in CONVENTIONS:
         raise ValueError(f"NIQE convention must be one of {CONVENTIONS}, got {convention!r}")
     check_blocks(tuple(x.shape[-2:]), crop_border)
@@ -468,9 +469,13 @@ def niqe(
     # The crop, then the whole blocks from the top left: only those pixels are converted.
     height, width = ((side - 2 * crop_border) // BLOCK * BLOCK for side in x.shape[-2:])
     x = x[..., crop_border : crop_border + height, crop_border : crop_border + width]
-    lumas = (luma_basicsr if convention == "basicsr" else luma_255)(x, gray)
+    with np.errstate(invalid="ignore"):  # an infinite pixel's distance to the nearest integer is NaN
+        lumas = (luma_basicsr if convention == "basicsr" else luma_255)(x, gray)
     score = niqe_of_luma_basicsr if convention == "basicsr" else niqe_of_luma
-    values = np.array([score(luma, pristine) for luma in lumas], dtype=np.float64).reshape(-1, 3)
+    # An image with a NaN or infinite pixel (a diverged model's output) scores NaN, as every other metric gives it.
+    finite = np.isfinite(lumas.reshape(len(lumas), -1)).all(axis=1)
+    values = [score(luma, pristine) if ok else (math.nan,) * 3 for luma, ok in zip(lumas, finite)]
+    values = np.array(values, dtype=np.float64).reshape(-1, 3)
     return dict(
         total=torch.from_numpy(values[:, 0].copy()),
         flat_blocks=torch.from_numpy(values[:, 1].copy()),
@@ -481,7 +486,7 @@ def niqe(
 def flat_warning(values: dict[str, float]) -> str | None:
     """The warning for one image's NIQE whose flat blocks can move it by more than FLAT_SPREAD_WARNING."""
     spread = values.get("niqe.flat_spread") or 0.0
-    if spread <= FLAT_SPREAD_WARNING:
+    if not spread > FLAT_SPREAD_WARNING:  # NaN (an image with non-finite pixels) included
         return None
     return (
         f"niqe: {int(values['niqe.flat_blocks'])} flat block(s), where the normalised coefficients are rounding noise, "

@@ -435,6 +435,23 @@ def test_a_batch_scores_each_image_alone(photos):
     assert torch.equal(together, alone)
 
 
+@pytest.mark.parametrize("convention", ["matlab", "basicsr"])
+def test_an_image_with_a_nan_or_infinite_pixel_scores_nan_and_the_others_are_unchanged(photos, convention):
+    """A diverged model's output: NaN for that image (no warning, no crash), as PSNR gives it; the
+    batch's other images score as they do alone."""
+    crops = [to_tensor(photo[:192, :192]) for photo in photos[:2]]
+    for bad in (math.nan, math.inf):
+        broken = crops[1].clone()
+        broken[0, 0, 5, 7] = bad
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # no NumPy noise about the NaN either
+            got = losses.score(torch.cat([crops[0], broken]), metrics=["niqe"], convention=convention)
+        alone = losses.score(crops[0], metrics=["niqe"], convention=convention)
+        assert got["niqe"][0].item() == alone["niqe"].item()
+        assert all(math.isnan(got[key][1].item()) for key in ("niqe", "niqe.flat_blocks", "niqe.flat_spread"))
+        assert niqe_module.flat_warning({key: value[1].item() for key, value in got.items()}) is None
+
+
 def test_niqe_needs_two_whole_blocks_after_the_crop():
     with pytest.raises(MetricError, match="two whole 96×96 blocks") as info:
         losses.score(torch.rand(1, 3, 100, 150), metrics=["niqe"])
