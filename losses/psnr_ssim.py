@@ -220,8 +220,10 @@ def matlab_downsample(x: torch.Tensor) -> torch.Tensor:
 
 def _power_of_positive_part(x: torch.Tensor, exponent: float) -> torch.Tensor:
     """max(x, 0)^exponent for 0 < exponent < 1, with a finite gradient everywhere: at 0 the power's
-    derivative is inf, and inf · 0 (another factor of the product being 0) is NaN."""
-    return torch.where(x > 0, x.clamp_min(torch.finfo(x.dtype).tiny).pow(exponent), 0.0)
+    derivative is inf, and inf · 0 (another factor of the product being 0) is NaN. NaN stays NaN
+    (an image with a NaN pixel scores NaN, not the 0 of a negative value)."""
+    positive = torch.where(x > 0, x.clamp_min(torch.finfo(x.dtype).tiny).pow(exponent), 0.0)
+    return torch.where(x.isnan(), x, positive)
 
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, crop_border: int = 0, y_channel: bool = False) -> torch.Tensor:

@@ -87,6 +87,28 @@ def test_no_metric_writes_to_its_inputs(weights_dir, images):
         assert torch.equal(view, before[role]), role
 
 
+def test_an_image_with_a_nan_pixel_scores_nan_in_every_metric_and_its_neighbour_as_before(weights_dir, images):
+    """A diverged model's output: NaN in every per-image metric and component (none turns it into a
+    number: MS-SSIM's power of the positive part once gave the 0 of a negative value), while the
+    other image of the batch keeps its score. Weightless components (a weight of 0) stay 0."""
+    g = torch.Generator().manual_seed(13)
+    sized = {
+        **{name: images for name in PER_IMAGE - {"ms_ssim", "niqe", "maniqa_kadid", "ntire2025_perceptual"}},
+        "ms_ssim": dict(sr=torch.rand(2, 3, 176, 176, generator=g), gt=torch.rand(2, 3, 176, 176, generator=g)),
+        "niqe": dict(sr=torch.rand(2, 3, 96, 192, generator=g)),
+    }
+    for name, clean in sized.items():
+        metrics = get_metrics([name])
+        options = resolve_options(metrics, {})
+        broken = {role: image.clone() for role, image in clean.items()}
+        broken["sr"][1, 0, 3, 4] = float("nan")
+        with torch.no_grad():
+            before, after = compute(metrics, clean, options), compute(metrics, broken, options)
+        for key, value in after.items():
+            assert value[0].item() == before[key][0].item(), key
+            assert torch.isnan(value[1]) or (before[key][1].item() == 0.0 == value[1].item()), key
+
+
 def test_ms_ssim_batched_equals_per_image():
     g = torch.Generator().manual_seed(12)
     sr, gt = torch.rand(2, 3, 181, 190, generator=g, dtype=torch.float64), torch.rand(2, 3, 181, 190, generator=g, dtype=torch.float64)
