@@ -244,9 +244,15 @@ def correlate_rows(source: np.ndarray, taps: np.ndarray, out: np.ndarray, scratc
 
 
 def quality(features: np.ndarray, pristine: dict[str, np.ndarray]) -> float:
-    """The distance between the blocks' feature Gaussian and the pristine one (NaN rows left out)."""
+    """The distance between the blocks' feature Gaussian and the pristine one (NaN rows left out of
+    the covariance, NaN values out of the mean). NaN where fewer than two blocks have no NaN
+    feature (a constant image: no block has a negative coefficient), as no covariance exists there;
+    MATLAB's ``pinv`` and NumPy's stop with an error instead."""
+    complete = features[~np.isnan(features).any(axis=1)]
+    if len(complete) < 2:
+        return math.nan
     mu = np.nanmean(features, axis=0)
-    cov = np.cov(features[~np.isnan(features).any(axis=1)], rowvar=False)
+    cov = np.cov(complete, rowvar=False)
     difference = pristine["mu"] - mu
     return float(np.sqrt(difference @ np.linalg.pinv((pristine["cov"] + cov) / 2) @ difference))
 
@@ -263,6 +269,8 @@ def with_flat_spread(per_scale: list[tuple[np.ndarray, np.ndarray]], features_of
     noisy = [np.abs(blocks) < noise for blocks in per_scale]
     flat = [row_counts(mask.reshape(len(mask), -1)) >= FLAT_FRACTION * mask[0].size for mask in noisy]
     count = int((flat[0] | flat[1]).sum())  # a block is counted once: flat at either scale (the same area, halved)
+    if math.isnan(value):  # undefined (``quality``): nothing for the flat blocks to move
+        return value, count, math.nan
     zeroed, moved = [], False
     for blocks, mask, found, found_features in zip(per_scale, noisy, flat, features):
         zeroed.append(found_features.copy())
@@ -310,8 +318,8 @@ def aggd_fit_float32(block: np.ndarray) -> tuple[float, float, float]:
     """BasicSR's ``estimate_aggd_param`` on one block: its moments in the block's dtype (float32),
     each over the selected coefficients only, as NumPy sums them."""
     block = block.reshape(-1)
-    left_std = np.sqrt(np.mean(block[block < 0] ** 2))
-    right_std = np.sqrt(np.mean(block[block > 0] ** 2))
+    # NumPy's mean of no values is NaN, with a warning: NaN here without one (a flat block has no negative coefficient).
+    left_std, right_std = (np.sqrt(np.mean(side**2)) if side.size else np.float32(np.nan) for side in (block[block < 0], block[block > 0]))
     gamma_hat = left_std / right_std
     r_hat = (np.mean(np.abs(block))) ** 2 / np.mean(block**2)
     r_hat_norm = (r_hat * (gamma_hat**3 + 1) * (gamma_hat + 1)) / ((gamma_hat**2 + 1) ** 2)
@@ -484,7 +492,13 @@ def niqe(
 
 
 def flat_warning(values: dict[str, float]) -> str | None:
-    """The warning for one image's NIQE whose flat blocks can move it by more than FLAT_SPREAD_WARNING."""
+    """The warning for one image's NIQE whose flat blocks can move it by more than FLAT_SPREAD_WARNING,
+    or that is undefined because its blocks are flat (``quality``)."""
+    if math.isnan(values.get("niqe", 0.0)) and math.isfinite(values.get("niqe.flat_blocks", math.nan)):
+        return (
+            f"niqe: undefined for this image: fewer than two of its {BLOCK}×{BLOCK} blocks have features (a block of one "
+            f"value has no negative coefficient to fit), as in a constant image; {int(values['niqe.flat_blocks'])} flat block(s)"
+        )
     spread = values.get("niqe.flat_spread") or 0.0
     if not spread > FLAT_SPREAD_WARNING:  # NaN (an image with non-finite pixels) included
         return None

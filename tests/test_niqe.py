@@ -452,6 +452,27 @@ def test_an_image_with_a_nan_or_infinite_pixel_scores_nan_and_the_others_are_unc
         assert niqe_module.flat_warning({key: value[1].item() for key, value in got.items()}) is None
 
 
+@pytest.mark.parametrize("convention", ["matlab", "basicsr"])
+def test_niqe_of_a_constant_image_is_nan_with_its_reason_and_no_numpy_noise(convention):
+    """Black, grey and white: no block has a negative coefficient, so no feature covariance exists
+    (MATLAB and BasicSR stop in pinv): NaN, every block counted flat, the spread NaN, and a warning
+    that says why. An image with two textured blocks among flat ones is scored."""
+    for level in (0.0, 0.5, 1.0):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            scores = losses.score(torch.full((1, 3, 192, 192), level), metrics=["niqe"], convention=convention)
+        got = {key: value.item() for key, value in scores.items()}
+        assert math.isnan(got["niqe"]) and got["niqe.flat_blocks"] == 4 and math.isnan(got["niqe.flat_spread"]), (level, got)
+        assert niqe_module.flat_warning(got) == (
+            "niqe: undefined for this image: fewer than two of its 96×96 blocks have features (a block of one value has no "
+            "negative coefficient to fit), as in a constant image; 4 flat block(s)"
+        )
+    textured = torch.full((1, 3, 192, 192), 0.5)
+    textured[..., :96, :] = torch.rand(1, 3, 96, 192, generator=torch.Generator().manual_seed(0))
+    got = losses.score(textured, metrics=["niqe"], convention=convention)
+    assert math.isfinite(got["niqe"].item()) and got["niqe.flat_blocks"].item() == 2
+
+
 def test_niqe_needs_two_whole_blocks_after_the_crop():
     with pytest.raises(MetricError, match="two whole 96×96 blocks") as info:
         losses.score(torch.rand(1, 3, 100, 150), metrics=["niqe"])
@@ -503,6 +524,21 @@ def test_a_request_may_send_only_sr_for_niqe(server, photos):
     assert "'psnr' needs image(s) ['gt']" in missing.json()["detail"][0]["msg"]
     small = httpx.post(f"{server.url}/v1/score", files=[("sr", png_bytes(photo[:100, :150]))], data={"metrics": "niqe"})
     assert small.status_code == 422 and "two whole 96×96 blocks" in small.json()["detail"][0]["msg"]
+
+
+def test_a_constant_image_is_scored_null_with_the_reason_and_the_server_serves_on(server, photos):
+    """NIQE is undefined for a one-colour image (no block has a negative coefficient): null with a
+    warning that says why, in a batch whose other image is scored as alone."""
+    from service.client import LossClient
+
+    from .servers import png_bytes
+
+    blank = np.full((192, 288, 3), 128, np.uint8)
+    with LossClient(server.url) as client:
+        blank_result, photo_result = client.score_batch([{"sr": png_bytes(blank)}, {"sr": png_bytes(photos[1])}], metrics="niqe")["results"]
+    assert blank_result["scores"]["niqe"] is None and blank_result["scores"]["niqe.flat_blocks"] == 6
+    assert any("niqe: undefined for this image" in warning and "6 flat block(s)" in warning for warning in blank_result["warnings"])
+    assert photo_result["scores"]["niqe"] == pytest.approx(losses.score(to_tensor(photos[1]), metrics=["niqe"])["niqe"].item(), rel=1e-12)
 
 
 def test_eval_scores_a_folder_of_sr_images_without_gt(server, photos, tmp_path):
