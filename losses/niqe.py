@@ -261,7 +261,8 @@ def with_flat_spread(per_scale: list[tuple[np.ndarray, np.ndarray]], features_of
     """NIQE from the blocks of normalised coefficients and their features (``features_of``) at two
     scales (the same grid of blocks, in the same order), the count of flat blocks (at least
     FLAT_FRACTION of their coefficients rounding noise), and how far NIQE moves when the noise in
-    those blocks is taken as exact zeros (0.0 where no block is flat). A block's features depend
+    those blocks is taken as exact zeros (0.0 where no block is flat, NaN where NIQE itself is
+    undefined: ``quality``). A block's features depend
     on that block alone, so only the flat blocks whose noise is not already exact zeros (as in a
     saturated area) are fitted again: zeroing changes nothing in the others."""
     per_scale, features = [blocks for blocks, _ in per_scale], [found for _, found in per_scale]
